@@ -1,0 +1,172 @@
+"""Video-text similarity by query-scoring and by mean pooling (Bain et al., arXiv 2205.08508).
+
+Pure tensor functions: no files, no device choice. Results follow the inputs' device and dtype;
+half-precision inputs are computed in float32.
+
+Letters: T texts, V videos, F frames per video, D embedding width.
+
+Query-scoring (``mean="feats"``, the paper's method), for text t and frames v_1..v_F:
+    t^ = t / max(|t|, eps),  v^_f = v_f / max(|v_f|, eps),  s_f = t^ . v^_f
+    w = softmax(s / temperature) over the frames
+    u = sum_f w_f v_f                      (unnormalised frames, as in the reference release)
+    score = t^ . u / max(|u|, eps)
+
+Computing u for every (text, video) pair would need a [T, V, D] tensor (and the reference release
+builds [T, V, F, D]: 245 GB at MSR-VTT 1k-A size with 120 frames). Neither is needed:
+    t^ . u = sum_f w_f s_f |v_f|           (since v_f = |v_f| v^_f)
+    |u|^2  = w^T G w, with G = V V^T the video's [F, F] frame Gram matrix.
+So everything is one [T, V*F] matmul plus [T, V, F]-sized work, done in chunks of texts.
+When F > D, forming u directly (F*D per pair) is cheaper than the Gram form (F*F per pair).
+"""
+import math
+import numbers
+
+import torch
+
+# Elements of one [chunk, V, F] intermediate; a few of these are alive at once (~4 x 128 MB).
+_CHUNK_ELEMENTS = 1 << 25
+
+_MEAN_CHOICES = ("feats", "scores")
+
+
+def similarity_queryscoring(text_embeds, vid_embeds, temperature=0.1, eps=1e-8, mean="feats",
+                            video_mask=None):
+    """Query-scoring similarity of every text with every video.
+
+    text_embeds: [T, D], any scale (normalised here).
+    vid_embeds: [V, F, D] per-frame embeddings, unnormalised (their norms weight the pooled
+        frame in ``mean="feats"``, as in the reference release).
+    temperature: float > 0, or a 0-dim tensor (e.g. a learnable one). Small tends to the best
+        single frame, large to mean pooling.
+    mean: "feats" (the paper's method: weighted mean of frame embeddings, then cosine) or
+        "scores" (weighted mean of the text-frame cosines, sum_f w_f s_f; the reference release's
+        branch multiplies by frame norms instead, which is not a weighted mean of cosines).
+    video_mask: optional [V, F] bool; False frames (padding) take no part in the softmax or sums.
+    returns: [T, V], dtype promoted from the inputs, on their device. Differentiable in both
+        inputs (and a tensor temperature).
+    """
+    _check_inputs(text_embeds, vid_embeds, video_mask)
+    _check_temperature(temperature)
+    if mean not in _MEAN_CHOICES:
+        raise ValueError(f"mean must be 'feats' or 'scores', got {mean!r}")
+    out_dtype = torch.promote_types(text_embeds.dtype, vid_embeds.dtype)
+    text_unit, frames, frame_norms, video_mask = _prepare(text_embeds, vid_embeds, eps, video_mask)
+    frame_units = frames / frame_norms.clamp_min(eps).unsqueeze(-1)
+    num_videos, num_frames, dim = frames.shape
+    use_gram = mean == "feats" and num_frames <= dim
+    gram = torch.einsum("v f d, v g d -> v f g", frames, frames) if use_gram else None
+
+    chunk = max(1, _CHUNK_ELEMENTS // (num_videos * num_frames))
+    scores = []
+    for start in range(0, text_unit.shape[0], chunk):
+        frame_weights, sims = _frame_weights(text_unit[start:start + chunk], frame_units,
+                                             temperature, video_mask)
+        if mean == "scores":
+            scores.append((frame_weights * sims).sum(-1))
+        else:
+            scores.append(_pooled_cosine(frame_weights, sims, frames, frame_norms, gram, eps))
+    return torch.cat(scores).to(out_dtype)
+
+
+def similarity_meanpooling(text_embeds, vid_embeds, eps=1e-8, video_mask=None):
+    """Cosine similarity of each text with the mean of each video's unnormalised frame embeddings.
+
+    text_embeds: [T, D]; vid_embeds: [V, F, D]; video_mask: optional [V, F] bool, the mean is
+    over the True frames. returns: [T, V], dtype promoted from the inputs.
+    """
+    _check_inputs(text_embeds, vid_embeds, video_mask)
+    out_dtype = torch.promote_types(text_embeds.dtype, vid_embeds.dtype)
+    text_unit, frames, _, video_mask = _prepare(text_embeds, vid_embeds, eps, video_mask)
+    frame_counts = video_mask.sum(dim=1, keepdim=True)  # [V, 1]
+    pooled_video = frames.sum(dim=1) / frame_counts  # [V, D]; padded frames are zero
+    pooled_unit = pooled_video / pooled_video.norm(dim=1, keepdim=True).clamp_min(eps)
+    return (text_unit @ pooled_unit.T).to(out_dtype)
+
+
+def _prepare(text_embeds, vid_embeds, eps, video_mask):
+    """Float32-or-wider copies, unit texts, zeroed padding frames and frame norms [V, F]."""
+    compute_dtype = torch.promote_types(torch.promote_types(text_embeds.dtype, vid_embeds.dtype),
+                                        torch.float32)
+    text = text_embeds.to(compute_dtype)
+    frames = vid_embeds.to(compute_dtype)
+    if video_mask is None:
+        video_mask = torch.ones(frames.shape[:2], dtype=torch.bool, device=frames.device)
+    else:
+        # Zeroed, so that padding (even NaN padding) cannot leak into sums through 0 * x.
+        frames = torch.where(video_mask.unsqueeze(-1), frames, frames.new_zeros(()))
+    text_unit = text / text.norm(dim=1, keepdim=True).clamp_min(eps)
+    return text_unit, frames, frames.norm(dim=-1), video_mask
+
+
+def _frame_weights(text_unit, frame_units, temperature, video_mask):
+    """Softmax weights over frames and the text-frame cosines, both [t, V, F] for t texts."""
+    num_videos, num_frames, dim = frame_units.shape
+    # One matmul against all frames: the floor every method pays.
+    sims = (text_unit @ frame_units.reshape(num_videos * num_frames, dim).T)
+    sims = sims.view(text_unit.shape[0], num_videos, num_frames)  # [t, V, F]
+    logits = (sims / temperature).masked_fill(~video_mask, float("-inf"))
+    return torch.softmax(logits, dim=-1), sims
+
+
+def _pooled_cosine(frame_weights, sims, frames, frame_norms, gram, eps):
+    """Cosine of each text with its weighted mean frame u = sum_f w_f v_f, as [t, V].
+
+    frame_weights, sims: [t, V, F]; frames: [V, F, D]; frame_norms: [V, F];
+    gram: [V, F, F] frame Gram matrices, or None to form u directly (cheaper when F > D).
+    """
+    text_dot_pooled = (frame_weights * sims * frame_norms).sum(-1)  # t^ . u
+    if gram is not None:
+        weighted_gram = torch.einsum("t v f, v f g -> t v g", frame_weights, gram)
+        pooled_norm_sq = (weighted_gram * frame_weights).sum(-1)  # w^T G w = |u|^2
+    else:
+        pooled_video = torch.einsum("t v f, v f d -> t v d", frame_weights, frames)
+        pooled_norm_sq = pooled_video.pow(2).sum(-1)
+    # sqrt(clamp(|u|^2, eps^2)) == max(|u|, eps), with a finite gradient at the clamp.
+    pooled_norm = pooled_norm_sq.clamp_min(eps * eps).sqrt()
+    return text_dot_pooled / pooled_norm
+
+
+def _check_inputs(text_embeds, vid_embeds, video_mask):
+    if not (torch.is_tensor(text_embeds) and torch.is_tensor(vid_embeds)):
+        raise ValueError("text_embeds and vid_embeds must be torch tensors, got "
+                         f"{type(text_embeds).__name__} and {type(vid_embeds).__name__}")
+    if text_embeds.ndim != 2:
+        raise ValueError(f"text_embeds must be [T, D], got shape {tuple(text_embeds.shape)}")
+    if vid_embeds.ndim != 3:
+        raise ValueError(f"vid_embeds must be [V, F, D], got shape {tuple(vid_embeds.shape)}")
+    if text_embeds.shape[1] != vid_embeds.shape[2]:
+        raise ValueError(f"embedding widths differ: text_embeds {tuple(text_embeds.shape)} has "
+                         f"D={text_embeds.shape[1]}, vid_embeds {tuple(vid_embeds.shape)} has "
+                         f"D={vid_embeds.shape[2]}")
+    if 0 in text_embeds.shape or 0 in vid_embeds.shape:
+        raise ValueError(f"empty input: text_embeds {tuple(text_embeds.shape)}, "
+                         f"vid_embeds {tuple(vid_embeds.shape)}; need T, V, F, D >= 1")
+    if not (text_embeds.is_floating_point() and vid_embeds.is_floating_point()):
+        raise ValueError(f"embeddings must be floating point, got {text_embeds.dtype} and "
+                         f"{vid_embeds.dtype}")
+    if video_mask is None:
+        return
+    expected = tuple(vid_embeds.shape[:2])
+    if not torch.is_tensor(video_mask) or tuple(video_mask.shape) != expected \
+            or video_mask.dtype != torch.bool:
+        got = (f"{video_mask.dtype} {tuple(video_mask.shape)}" if torch.is_tensor(video_mask)
+               else type(video_mask).__name__)
+        raise ValueError(f"video_mask must be a bool tensor of shape [V, F] = {expected}, got {got}")
+    if not bool(video_mask.any(dim=1).all()):
+        empty = torch.nonzero(~video_mask.any(dim=1)).flatten().tolist()
+        raise ValueError(f"video_mask leaves videos {empty[:10]} with no valid frame; "
+                         "drop those videos or mark at least one frame True")
+
+
+def _check_temperature(temperature):
+    if torch.is_tensor(temperature):
+        if temperature.ndim != 0:
+            raise ValueError("temperature must be a number or a 0-dim tensor, got shape "
+                             f"{tuple(temperature.shape)}")
+        value = float(temperature.detach())
+    elif isinstance(temperature, numbers.Real) and not isinstance(temperature, bool):
+        value = float(temperature)
+    else:
+        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"temperature must be finite and > 0, got {value!r}")

@@ -1,0 +1,214 @@
+import math
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from query_scoring import similarity_meanpooling, similarity_queryscoring
+
+
+def direct_queryscoring(text, vids, temperature, eps=1e-8, mean="feats", mask=None):
+    """The definition, one (text, video) pair at a time: slow and obviously right."""
+    scores = torch.empty(text.shape[0], vids.shape[0], dtype=text.dtype)
+    for i, t in enumerate(text):
+        t_unit = t / torch.clamp(t.norm(), min=eps)
+        for j, frames in enumerate(vids):
+            if mask is not None:
+                frames = frames[mask[j]]
+            frame_units = frames / torch.clamp(frames.norm(dim=1, keepdim=True), min=eps)
+            s = frame_units @ t_unit
+            w = torch.softmax(s / temperature, dim=0)
+            if mean == "scores":
+                scores[i, j] = (w * s).sum()
+            else:
+                u = (w[:, None] * frames).sum(0)
+                scores[i, j] = t_unit @ (u / torch.clamp(u.norm(), min=eps))
+    return torch.stack([row for row in scores])
+
+
+def direct_meanpooling(text, vids, eps=1e-8):
+    pooled = vids.mean(1)
+    t = text / text.norm(dim=1, keepdim=True).clamp_min(eps)
+    p = pooled / pooled.norm(dim=1, keepdim=True).clamp_min(eps)
+    return t @ p.T
+
+
+def random_inputs(T, V, F, D, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randn(T, D, generator=g, dtype=dtype)
+    vids = torch.randn(V, F, D, generator=g, dtype=dtype) + 0.5  # frames of one video alike
+    return text, vids
+
+
+def test_hand_computed_one_hot_frames():
+    # Query = e1, frames e1 and e2: cosines 1 and 0.
+    text = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    vids = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]], dtype=torch.float64)
+    assert similarity_meanpooling(text, vids).item() == pytest.approx(1 / math.sqrt(2), abs=1e-15)
+    # tau = 1: weights e/(e+1), 1/(e+1); u ∝ (e, 1); cosine with e1 = e / sqrt(e^2 + 1).
+    expected = math.e / math.sqrt(math.e ** 2 + 1)
+    got = similarity_queryscoring(text, vids, temperature=1.0).item()
+    assert got == pytest.approx(expected, abs=1e-15)
+    # mean="scores": sum_f w_f s_f = e / (e + 1).
+    got_scores = similarity_queryscoring(text, vids, temperature=1.0, mean="scores").item()
+    assert got_scores == pytest.approx(math.e / (math.e + 1), abs=1e-15)
+
+
+@pytest.mark.parametrize("F,D", [(3, 4), (6, 4), (1, 5)])  # Gram form (F <= D) and direct u (F > D)
+@pytest.mark.parametrize("mean", ["feats", "scores"])
+@pytest.mark.parametrize("temperature", [1e-3, 0.1, 1.0, 1e3])
+def test_matches_direct_formula_float64(F, D, mean, temperature):
+    text, vids = random_inputs(7, 5, F, D)
+    expected = direct_queryscoring(text, vids, temperature, mean=mean)
+    got = similarity_queryscoring(text, vids, temperature=temperature, mean=mean)
+    assert got.dtype == torch.float64
+    assert_close(got, expected, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("temperature", [1e-3, 0.01, 0.1, 1.0, 10.0, 1e3])
+def test_matches_direct_formula_float32(temperature):
+    text, vids = random_inputs(7, 5, 3, 4)
+    expected = direct_queryscoring(text, vids, temperature)
+    got = similarity_queryscoring(text.float(), vids.float(), temperature=temperature)
+    assert got.dtype == torch.float32
+    assert_close(got.double(), expected, atol=1e-5, rtol=0)
+
+
+def test_meanpooling_matches_direct_formula():
+    text, vids = random_inputs(7, 5, 3, 4)
+    assert_close(similarity_meanpooling(text, vids), direct_meanpooling(text, vids),
+                 atol=1e-12, rtol=0)
+
+
+def test_large_temperature_tends_to_mean_pooling():
+    text, vids = random_inputs(7, 5, 3, 4)
+    mean_pool = similarity_meanpooling(text, vids)
+    gaps = [(similarity_queryscoring(text, vids, temperature=t) - mean_pool).abs().max().item()
+            for t in (1.0, 10.0, 1e3, 1e6)]
+    assert gaps[-1] < 1e-5  # the gap shrinks as 1/temperature
+    assert gaps == sorted(gaps, reverse=True)
+
+
+def test_small_temperature_tends_to_best_frame():
+    text, vids = random_inputs(7, 5, 3, 4)
+    t_unit = text / text.norm(dim=1, keepdim=True)
+    f_unit = vids / vids.norm(dim=2, keepdim=True)
+    best_frame = torch.einsum("t d, v f d -> t v f", t_unit, f_unit).amax(dim=2)
+    got = similarity_queryscoring(text, vids, temperature=1e-6)
+    assert_close(got, best_frame, atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("mean", ["feats", "scores"])
+def test_gradients_match_gradcheck(mean):
+    text, vids = random_inputs(3, 2, 3, 4)
+    text.requires_grad_(True)
+    vids.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda t, v: similarity_queryscoring(t, v, temperature=0.5, mean=mean), (text, vids))
+
+
+def test_gradients_equal_direct_formula_gradients():
+    for F, D in [(3, 4), (6, 4)]:
+        text, vids = random_inputs(7, 5, F, D)
+        weights = torch.randn(7, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        grads = []
+        for fn in (similarity_queryscoring, direct_queryscoring):
+            t, v = text.clone().requires_grad_(True), vids.clone().requires_grad_(True)
+            (fn(t, v, 0.2) * weights).sum().backward()
+            grads.append((t.grad, v.grad))
+        assert_close(grads[0], grads[1], atol=1e-10, rtol=0)
+
+
+def test_tensor_temperature_gets_gradient():
+    text, vids = random_inputs(3, 2, 3, 4)
+    temperature = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda tau: similarity_queryscoring(text, vids, tau),
+                                    (temperature,))
+
+
+def test_invariances():
+    text, vids = random_inputs(7, 5, 3, 4)
+    base = similarity_queryscoring(text, vids)
+    assert_close(similarity_queryscoring(3.7 * text, vids), base, atol=1e-12, rtol=0)
+    permuted = vids[:, torch.tensor([2, 0, 1])]
+    assert_close(similarity_queryscoring(text, permuted), base, atol=1e-12, rtol=0)
+
+
+def test_zero_vectors_give_no_nan():
+    text, vids = random_inputs(3, 2, 3, 4)
+    text[0] = 0
+    vids[1] = 0
+    for mean in ("feats", "scores"):
+        got = similarity_queryscoring(text, vids, mean=mean)
+        assert torch.isfinite(got).all()
+        assert (got[0] == 0).all() and (got[:, 1] == 0).all()
+    assert torch.isfinite(similarity_meanpooling(text, vids)).all()
+
+
+@pytest.mark.parametrize("mean", ["feats", "scores"])
+def test_video_mask_equals_unpadded_videos(mean):
+    text, vids = random_inputs(7, 5, 4, 4)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0], [1, 1, 1, 0]],
+                        dtype=torch.bool)
+    padded = vids.clone()
+    padded[~mask] = float("nan")  # padding contents must not matter
+    expected = direct_queryscoring(text, vids, 0.1, mean=mean, mask=mask)
+    assert_close(similarity_queryscoring(text, padded, mean=mean, video_mask=mask), expected,
+                 atol=1e-10, rtol=0)
+    expected_mean = torch.stack([direct_meanpooling(text, vids[j:j + 1, mask[j]])[:, 0]
+                                 for j in range(5)], dim=1)
+    assert_close(similarity_meanpooling(text, padded, video_mask=mask), expected_mean,
+                 atol=1e-12, rtol=0)
+
+
+def test_chunked_texts_equal_unchunked(monkeypatch):
+    import query_scoring
+    text, vids = random_inputs(7, 5, 3, 4)
+    whole = similarity_queryscoring(text, vids)
+    monkeypatch.setattr(query_scoring, "_CHUNK_ELEMENTS", 2 * 5 * 3)  # 2 texts per chunk
+    assert_close(similarity_queryscoring(text, vids), whole, atol=1e-15, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_uses_float32_accumulation(dtype):
+    text, vids = random_inputs(7, 5, 3, 64)
+    text, vids = text.to(dtype), vids.to(dtype)
+    expected = direct_queryscoring(text.double(), vids.double(), 0.1)
+    got = similarity_queryscoring(text, vids)
+    assert got.dtype == dtype
+    # Only the final rounding to the half type is lost.
+    assert_close(got.double(), expected, atol=torch.finfo(dtype).eps, rtol=0)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(text=torch.zeros(3), vids=torch.zeros(2, 3, 3)), "text_embeds must be \\[T, D\\]"),
+    (dict(text=torch.zeros(2, 3), vids=torch.zeros(2, 3)), "vid_embeds must be \\[V, F, D\\]"),
+    (dict(text=torch.zeros(2, 4), vids=torch.zeros(2, 3, 3)), "embedding widths differ"),
+    (dict(text=torch.zeros(0, 3), vids=torch.zeros(2, 3, 3)), "empty input"),
+    (dict(text=torch.zeros(2, 3), vids=torch.zeros(2, 0, 3)), "empty input"),
+    (dict(temperature=0.0), "temperature must be finite and > 0"),
+    (dict(temperature=-1.0), "temperature must be finite and > 0"),
+    (dict(temperature=float("inf")), "temperature must be finite and > 0"),
+    (dict(temperature=float("nan")), "temperature must be finite and > 0"),
+    (dict(temperature="0.1"), "temperature must be a positive number"),
+    (dict(mean="max"), "mean must be 'feats' or 'scores', got 'max'"),
+    (dict(video_mask=torch.ones(2, 2, dtype=torch.bool)), "video_mask must be a bool tensor"),
+    (dict(video_mask=torch.ones(2, 3)), "video_mask must be a bool tensor"),
+    (dict(video_mask=torch.tensor([[1, 1, 1], [0, 0, 0]], dtype=torch.bool)),
+     "leaves videos \\[1\\] with no valid frame"),
+])
+def test_bad_arguments_raise_value_error(kwargs, message):
+    args = dict(text=torch.ones(2, 3), vids=torch.ones(2, 3, 3))
+    args.update(kwargs)
+    text, vids = args.pop("text"), args.pop("vids")
+    with pytest.raises(ValueError, match=message):
+        similarity_queryscoring(text, vids, **args)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_matches_cpu():
+    text, vids = random_inputs(7, 5, 3, 4, dtype=torch.float32)
+    expected = similarity_queryscoring(text, vids)
+    got = similarity_queryscoring(text.cuda(), vids.cuda())
+    assert got.device.type == "cuda"
+    assert_close(got.cpu(), expected, atol=1e-5, rtol=0)
