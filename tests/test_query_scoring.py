@@ -161,12 +161,17 @@ def test_video_mask_equals_unpadded_videos(mean):
                  atol=1e-12, rtol=0)
 
 
-def test_chunked_texts_equal_unchunked(monkeypatch):
+@pytest.mark.parametrize("budget", [6, 30])  # 2 texts x 1 video blocks; 7 texts x 1 video
+@pytest.mark.parametrize("mean", ["feats", "scores"])
+def test_blocked_equals_unblocked(monkeypatch, budget, mean):
     import query_scoring
     text, vids = random_inputs(7, 5, 3, 4)
-    whole = similarity_queryscoring(text, vids)
-    monkeypatch.setattr(query_scoring, "_CHUNK_ELEMENTS", 2 * 5 * 3)  # 2 texts per chunk
-    assert_close(similarity_queryscoring(text, vids), whole, atol=1e-15, rtol=0)
+    mask = torch.ones(5, 3, dtype=torch.bool)
+    mask[2, 1:] = False
+    whole = similarity_queryscoring(text, vids, mean=mean, video_mask=mask)
+    monkeypatch.setattr(query_scoring, "_CHUNK_ELEMENTS", budget)
+    assert_close(similarity_queryscoring(text, vids, mean=mean, video_mask=mask), whole,
+                 atol=1e-15, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
