@@ -1,0 +1,34 @@
+import pytest
+
+from tests import synthetic
+
+
+@pytest.fixture(scope="session")
+def msrvtt_source(tmp_path_factory):
+    """A synthetic MSRVTT/ folder (6 videos of 5..40 frames) and its description."""
+    root = tmp_path_factory.mktemp("msrvtt_source")
+    info = synthetic.build_msrvtt(root, short_videos=("video7011",))
+    return root, info
+
+
+@pytest.fixture(scope="session")
+def msrvtt_zip(msrvtt_source):
+    """The synthetic MSRVTT/ folder zipped as the release's MSRVTT.zip, as bytes."""
+    root, _ = msrvtt_source
+    return synthetic.zip_bytes(root / "MSRVTT")
+
+
+@pytest.fixture(scope="session")
+def msrvtt_root(msrvtt_source, tmp_path_factory):
+    """A data_root holding the extracted synthetic MSR-VTT, downloaded from 127.0.0.1."""
+    from data_loader import download_msrvtt
+    data_root = tmp_path_factory.mktemp("data")
+    with synthetic.FileServer(synthetic.zip_bytes(msrvtt_source[0] / "MSRVTT")) as server:
+        download_msrvtt(data_root, url=server.url, progress=False)
+    return data_root
+
+
+@pytest.fixture(scope="session")
+def clip_preprocess():
+    import clip
+    return clip.clip._transform(32)

@@ -1,0 +1,358 @@
+import pickle
+import shutil
+import stat
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.testing import assert_close
+from torch.utils.data import DataLoader
+
+import data_loader
+from data_loader import (COMPLETE_MARKER, CSVDataset, DatasetError, FramePreprocess, MSRVTTDataset,
+                         VideoDecodeError, download_msrvtt, load_msrvtt_split, read_video_decord,
+                         read_video_frames, sample_frame_indices)
+from tests import synthetic
+
+
+# ---------------------------------------------------------------- download and extraction
+
+def test_download_and_extract(msrvtt_zip, tmp_path, capsys):
+    with synthetic.FileServer(msrvtt_zip) as server:
+        dataset_dir = download_msrvtt(tmp_path, url=server.url, progress=False)
+    assert server.ranges == [None]
+    assert (dataset_dir / COMPLETE_MARKER).is_file()
+    assert (tmp_path / "MSRVTT.zip").read_bytes() == msrvtt_zip
+    assert (dataset_dir / "videos" / "all" / "video7010.mp4").is_file()
+    assert not list(tmp_path.glob(".MSRVTT.extracting"))
+    # Complete: a second call does nothing, asks nothing, prints nothing.
+    capsys.readouterr()
+    assert download_msrvtt(tmp_path, url="http://127.0.0.1:9/unreachable", progress=False) \
+        == dataset_dir
+    assert capsys.readouterr() == ("", "")
+
+
+def test_resume_after_cut_off(msrvtt_zip, tmp_path):
+    half = len(msrvtt_zip) // 2
+    with synthetic.FileServer(msrvtt_zip, cut_after=half) as server:
+        with pytest.raises(DatasetError, match="interrupted.*run again to resume"):
+            download_msrvtt(tmp_path, url=server.url, progress=False, retries=0)
+        assert (tmp_path / "MSRVTT.zip.part").stat().st_size == half
+        assert not (tmp_path / "MSRVTT").exists()
+        download_msrvtt(tmp_path, url=server.url, progress=False, retries=0)
+    assert server.ranges == [None, f"bytes={half}-"]
+    assert (tmp_path / "MSRVTT.zip").read_bytes() == msrvtt_zip
+    assert (tmp_path / "MSRVTT" / COMPLETE_MARKER).is_file()
+
+
+def test_retries_resume_within_one_call(msrvtt_zip, tmp_path):
+    with synthetic.FileServer(msrvtt_zip, cut_after=1000) as server:
+        download_msrvtt(tmp_path, url=server.url, progress=False)
+    assert server.ranges == [None, "bytes=1000-"]
+    assert (tmp_path / "MSRVTT.zip").read_bytes() == msrvtt_zip
+
+
+def test_server_ignoring_range_restarts_cleanly(msrvtt_zip, tmp_path):
+    (tmp_path / "MSRVTT.zip.part").write_bytes(b"garbage that is not a prefix")
+    with synthetic.FileServer(msrvtt_zip, ignore_range=True) as server:
+        download_msrvtt(tmp_path, url=server.url, progress=False)
+    assert server.ranges == ["bytes=28-"]
+    assert (tmp_path / "MSRVTT.zip").read_bytes() == msrvtt_zip
+
+
+def test_http_404_names_url_and_status(tmp_path):
+    with synthetic.FileServer(b"", status=404) as server:
+        with pytest.raises(DatasetError) as error:
+            download_msrvtt(tmp_path, url=server.url, progress=False)
+    message = str(error.value)
+    assert server.url in message and "HTTP 404" in message
+    assert str(tmp_path / "MSRVTT.zip") in message  # where to put a copy made by hand
+    assert not (tmp_path / "MSRVTT.zip").exists()
+
+
+def test_corrupt_zip_is_moved_aside(msrvtt_zip, tmp_path):
+    corrupt = bytearray(msrvtt_zip)
+    # Flip bytes inside the first stored file's data: the CRC check must catch it.
+    corrupt[200:210] = bytes(10)
+    with synthetic.FileServer(bytes(corrupt)) as server:
+        with pytest.raises(DatasetError, match="corrupt.*moved to"):
+            download_msrvtt(tmp_path, url=server.url, progress=False)
+    assert not (tmp_path / "MSRVTT.zip").exists()
+    assert (tmp_path / "MSRVTT.zip.corrupt").is_file()
+    assert not (tmp_path / "MSRVTT").exists()
+    assert not (tmp_path / ".MSRVTT.extracting").exists()
+
+
+@pytest.mark.parametrize("entry,message", [
+    ("MSRVTT/../../evil.txt", "leaves the target folder"),
+    ("/tmp/evil.txt", "absolute path"),
+    ("symlink", "symbolic link"),
+])
+def test_unsafe_zip_entries_are_refused(msrvtt_source, tmp_path, entry, message):
+    root, _ = msrvtt_source
+    if entry == "symlink":
+        info = zipfile.ZipInfo("MSRVTT/link")
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        extra = [(info, "/etc/passwd")]
+    else:
+        extra = [(zipfile.ZipInfo(entry), "pwned")]
+    zip_path = synthetic.zip_folder(root / "MSRVTT", tmp_path / "MSRVTT.zip", extra)
+    data_root = tmp_path / "data" / "inner"
+    data_root.mkdir(parents=True)
+    shutil.copy(zip_path, data_root / "MSRVTT.zip")
+    with pytest.raises(DatasetError, match=message):
+        download_msrvtt(data_root, url="http://127.0.0.1:9/unused", progress=False)
+    assert not (tmp_path / "data" / "evil.txt").exists() and not (tmp_path / "evil.txt").exists()
+    assert not (data_root / "MSRVTT").exists()
+
+
+def test_interrupted_extraction_is_redone(msrvtt_zip, tmp_path):
+    (tmp_path / "MSRVTT.zip").write_bytes(msrvtt_zip)
+    half_done = tmp_path / "MSRVTT" / "annotation"
+    half_done.mkdir(parents=True)
+    (half_done / "MSR_VTT.json").write_text("{truncated")
+    download_msrvtt(tmp_path, url="http://127.0.0.1:9/unused", progress=False)
+    assert (tmp_path / "MSRVTT" / COMPLETE_MARKER).is_file()
+    assert "annotations" in (half_done / "MSR_VTT.json").read_text()
+
+
+# ---------------------------------------------------------------- splits
+
+def test_jsfusion_split_rows(msrvtt_root, msrvtt_source):
+    _, info = msrvtt_source
+    split = load_msrvtt_split(msrvtt_root, "jsfusion")
+    test_ids = sorted(info["lists"]["jsfusion"])
+    expected = [(v, info["captions"][v][info["caption_index"][v]]) for v in test_ids]
+    assert list(split.columns) == ["video_id", "caption"]
+    assert list(split.itertuples(index=False, name=None)) == expected
+
+
+@pytest.mark.parametrize("split", ["miech", "full-test"])
+def test_all_caption_split_rows(msrvtt_root, msrvtt_source, split):
+    _, info = msrvtt_source
+    rows = list(load_msrvtt_split(msrvtt_root, split).itertuples(index=False, name=None))
+    expected = [(v, c) for v in sorted(info["lists"][split]) for c in info["captions"][v]]
+    assert rows == expected
+    assert sum(1 for v, _ in rows if v == "video7011") == 2  # the short video: one caption fewer
+
+
+def test_unknown_split(msrvtt_root):
+    with pytest.raises(ValueError, match="split must be one of"):
+        load_msrvtt_split(msrvtt_root, "train")
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (Path.touch, (Path(self.target),))
+
+
+def test_pickle_that_would_run_code_is_refused(msrvtt_root, tmp_path):
+    data_root = tmp_path / "data"
+    shutil.copytree(msrvtt_root / "MSRVTT", data_root / "MSRVTT")
+    payload = _RunsCode()
+    payload.target = tmp_path / "pwned"
+    pkl = data_root / "MSRVTT" / "high-quality" / "structured-symlinks" / \
+        "jsfusion_val_caption_idx.pkl"
+    pkl.write_bytes(pickle.dumps({"video7010": payload}))
+    with pytest.raises(DatasetError, match="refusing to load pathlib"):
+        load_msrvtt_split(data_root, "jsfusion")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_restricted_pickle_accepts_plain_data(tmp_path):
+    data = {"a": np.int64(3), "b": [1, 2.5, "x"], "c": np.arange(4), "d": (None, True)}
+    (tmp_path / "ok.pkl").write_bytes(pickle.dumps(data))
+    loaded = data_loader.load_restricted_pickle(tmp_path / "ok.pkl")
+    assert loaded["a"] == 3 and loaded["b"] == [1, 2.5, "x"] and loaded["d"] == (None, True)
+    np.testing.assert_array_equal(loaded["c"], np.arange(4))
+
+
+# ---------------------------------------------------------------- frames
+
+@pytest.mark.parametrize("n,f,expected", [
+    (10, 2, [2, 7]),          # edges 0,5,10
+    (10, 4, [1, 3, 6, 8]),    # edges 0,2,5,7,10
+    (3, 5, [0, 0, 1, 1, 2]),  # edges 0,0,1,1,2,3: fewer frames than asked repeat
+    (1, 3, [0, 0, 0]),
+    (7, 1, [3]),
+])
+def test_sample_frame_indices_hand_computed(n, f, expected):
+    assert sample_frame_indices(n, f) == expected
+
+
+def test_sample_frame_indices_equals_release_rule():
+    for n in (1, 2, 5, 17, 100, 451):
+        for f in (1, 4, 16, 120):
+            edges = np.linspace(start=0, stop=n, num=f + 1).astype(int)
+            assert sample_frame_indices(n, f) == [(a + b) // 2 for a, b in zip(edges[:-1],
+                                                                                edges[1:])]
+
+
+@pytest.mark.parametrize("n,f", [(0, 4), (5, 0)])
+def test_sample_frame_indices_bad_arguments(n, f):
+    with pytest.raises(ValueError):
+        sample_frame_indices(n, f)
+
+
+@pytest.mark.parametrize("length,num_frames", [(5, 4), (23, 4), (40, 16), (7, 12), (1, 3)])
+def test_decoded_frames_are_the_sampled_ones(tmp_path, length, num_frames):
+    path = tmp_path / "v.mp4"
+    synthetic.write_index_video(path, length)
+    frames = read_video_frames(path, num_frames)
+    assert frames.dtype == torch.uint8 and tuple(frames.shape) == (num_frames, 3, 48, 64)
+    assert synthetic.decode_frame_indices(frames) == sample_frame_indices(length, num_frames)
+    as_float = read_video_decord(path, num_frames)
+    assert as_float.dtype == torch.float32 and 0 <= as_float.min() and as_float.max() <= 1
+    assert_close(as_float, frames.float() / 255)
+
+
+def test_grayscale_and_odd_size_videos(tmp_path):
+    synthetic.write_index_video(tmp_path / "gray.mp4", 20, gray=True)
+    gray = read_video_frames(tmp_path / "gray.mp4", 4)
+    assert tuple(gray.shape) == (4, 3, 48, 64)  # decord gives RGB
+    assert synthetic.decode_frame_indices(gray, gray=True) == [i % 16 for i in
+                                                               sample_frame_indices(20, 4)]
+    synthetic.write_index_video(tmp_path / "odd.mp4", 9, width=65, height=49)
+    odd = read_video_frames(tmp_path / "odd.mp4", 3)
+    assert tuple(odd.shape) == (3, 3, 49, 65)
+    assert synthetic.decode_frame_indices(odd) == sample_frame_indices(9, 3)
+
+
+def test_bad_videos_raise_video_decode_error(tmp_path):
+    with pytest.raises(VideoDecodeError, match="not found: .*missing.mp4"):
+        read_video_frames(tmp_path / "missing.mp4", 4)
+    (tmp_path / "junk.mp4").write_bytes(b"\x00not a video" * 100)
+    with pytest.raises(VideoDecodeError, match="junk.mp4"):
+        read_video_frames(tmp_path / "junk.mp4", 4)
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(VideoDecodeError, match="empty.mp4"):
+        read_video_frames(tmp_path / "empty.mp4", 4)
+
+
+def test_zero_frame_video(tmp_path, monkeypatch):
+    import decord
+
+    class NoFrames:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __len__(self):
+            return 0
+
+    (tmp_path / "zero.mp4").write_bytes(b"x")
+    monkeypatch.setattr(decord, "VideoReader", NoFrames)
+    with pytest.raises(VideoDecodeError, match="no frames: .*zero.mp4"):
+        read_video_frames(tmp_path / "zero.mp4", 4)
+
+
+@pytest.mark.parametrize("resolution", [32, 224])
+def test_preprocess_equals_release_float_pipeline(tmp_path, resolution):
+    import clip
+    from torchvision import transforms
+    preprocess = clip.clip._transform(resolution)
+    synthetic.write_index_video(tmp_path / "v.mp4", 30, width=80, height=50)
+    frames = read_video_frames(tmp_path / "v.mp4", 5)
+    # The release: float frames in [0, 1] through preprocess's nn.Module transforms.
+    release = transforms.Compose([t for t in preprocess.transforms
+                                  if isinstance(t, torch.nn.Module)])
+    expected = release(frames.float() / 255)
+    got = FramePreprocess(preprocess)(frames)
+    assert tuple(got.shape) == (5, 3, resolution, resolution)
+    assert_close(got, expected, atol=0, rtol=0)
+    half = FramePreprocess(preprocess, dtype=torch.float16)(frames)
+    assert half.dtype == torch.float16
+    assert_close(half.float(), expected, atol=0.01, rtol=0)
+
+
+def test_preprocess_must_come_from_clip():
+    with pytest.raises(ValueError, match="Compose that clip.load returns"):
+        FramePreprocess(lambda x: x)
+
+
+# ---------------------------------------------------------------- datasets
+
+def test_msrvtt_dataset_one_item_per_video(msrvtt_root, msrvtt_source, clip_preprocess):
+    _, info = msrvtt_source
+    dataset = MSRVTTDataset(clip_preprocess, 4, split="miech", data_root=msrvtt_root,
+                            download=False)
+    test_ids = sorted(info["lists"]["miech"])
+    assert dataset.video_ids == test_ids and len(dataset) == len(test_ids)
+    assert len(dataset.queries) == sum(len(info["captions"][v]) for v in test_ids)
+    np.testing.assert_array_equal(
+        dataset.query_to_video, [test_ids.index(v) for v in dataset.queries["video_id"]])
+    item = dataset[2]
+    assert item["video_id"] == test_ids[2] and item["error"] == ""
+    assert tuple(item["video"].shape) == (4, 3, 32, 32)
+    raw = read_video_frames(msrvtt_root / "MSRVTT" / "videos" / "all" / f"{test_ids[2]}.mp4", 4)
+    assert_close(item["video"], FramePreprocess(clip_preprocess)(raw))
+
+
+def test_dataset_in_dataloader_with_workers(msrvtt_root, clip_preprocess):
+    dataset = MSRVTTDataset(clip_preprocess, 3, data_root=msrvtt_root, download=False)
+    loader = DataLoader(dataset, batch_size=2, num_workers=2)
+    batches = list(loader)
+    assert sum(len(b["video_id"]) for b in batches) == len(dataset)
+    assert [v for b in batches for v in b["video_id"]] == dataset.video_ids
+    assert tuple(batches[0]["video"].shape) == (2, 3, 3, 32, 32)
+
+
+def test_bad_video_in_dataset(msrvtt_root, clip_preprocess, tmp_path):
+    data_root = tmp_path / "data"
+    shutil.copytree(msrvtt_root / "MSRVTT", data_root / "MSRVTT")
+    (data_root / "MSRVTT" / "videos" / "all" / "video7012.mp4").write_bytes(b"corrupt")
+    strict = MSRVTTDataset(clip_preprocess, 3, data_root=data_root, download=False)
+    with pytest.raises(VideoDecodeError, match="video7012.mp4"):
+        strict[2]
+    lenient = MSRVTTDataset(clip_preprocess, 3, data_root=data_root, download=False,
+                            skip_bad_videos=True)
+    item = lenient[2]
+    assert "video7012.mp4" in item["error"] and (item["video"] == 0).all()
+    assert tuple(item["video"].shape) == (3, 3, 32, 32)
+
+
+def _write_csv_dataset(root):
+    (root / "clips").mkdir()
+    synthetic.write_index_video(root / "clips" / "a.mp4", 12)
+    synthetic.write_index_video(root / "clips" / "b.mp4", 30)
+    csv = root / "captions.csv"
+    csv.write_text("video_path,caption\nclips/b.mp4,a dog\nclips/a.mp4,a cat\n"
+                   "clips/b.mp4,\"a dog, running\"\n")
+    return csv
+
+
+def test_csv_dataset(tmp_path, clip_preprocess):
+    csv = _write_csv_dataset(tmp_path)
+    dataset = CSVDataset(csv, tmp_path, clip_preprocess, 4)
+    assert dataset.video_ids == ["clips/b.mp4", "clips/a.mp4"]
+    assert list(dataset.queries.itertuples(index=False, name=None)) == [
+        ("clips/b.mp4", "a dog"), ("clips/b.mp4", "a dog, running"), ("clips/a.mp4", "a cat")]
+    np.testing.assert_array_equal(dataset.query_to_video, [0, 0, 1])
+    raw = read_video_frames(tmp_path / "clips" / "a.mp4", 4)
+    assert synthetic.decode_frame_indices(raw) == sample_frame_indices(12, 4)
+    assert_close(dataset[1]["video"], FramePreprocess(clip_preprocess)(raw))
+
+
+def test_csv_missing_file_reported_by_line(tmp_path, clip_preprocess, monkeypatch):
+    csv = _write_csv_dataset(tmp_path)
+    with open(csv, "a") as f:
+        f.write("clips/gone.mp4,nothing\n")
+    decoded = []
+    monkeypatch.setattr(data_loader, "read_video_frames", lambda *a: decoded.append(a))
+    with pytest.raises(DatasetError, match=r"line\(s\) \[5\].*gone.mp4.*--video_root"):
+        CSVDataset(csv, tmp_path, clip_preprocess, 4)
+    assert decoded == []
+
+
+@pytest.mark.parametrize("content,message", [
+    ("path,text\nx.mp4,y\n", "needs columns video_path and caption"),
+    ("video_path,caption\n", "has no rows"),
+    ("video_path,caption\nclips/a.mp4,\n", "empty video_path or caption on line\\(s\\) \\[2\\]"),
+])
+def test_csv_bad_content(tmp_path, clip_preprocess, content, message):
+    (tmp_path / "bad.csv").write_text(content)
+    with pytest.raises(DatasetError, match=message):
+        CSVDataset(tmp_path / "bad.csv", tmp_path, clip_preprocess, 4)
+    with pytest.raises(DatasetError, match="not found"):
+        CSVDataset(tmp_path / "nope.csv", tmp_path, clip_preprocess, 4)
