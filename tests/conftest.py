@@ -32,3 +32,13 @@ def msrvtt_root(msrvtt_source, tmp_path_factory):
 def clip_preprocess():
     import clip
     return clip.clip._transform(32)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_files(tmp_path_factory):
+    """Tiny CLIP checkpoints: TorchScript (as the official ones) and a state dict, same weights;
+    and a TorchScript one with other weights."""
+    folder = tmp_path_factory.mktemp("clip")
+    return {"torchscript": synthetic.save_tiny_clip(folder / "tiny.pt"),
+            "state_dict": synthetic.save_tiny_clip(folder / "tiny_sd.pt", kind="state_dict"),
+            "other": synthetic.save_tiny_clip(folder / "other.pt", seed=1)}
