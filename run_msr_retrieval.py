@@ -10,6 +10,7 @@ import argparse
 import hashlib
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import sys
@@ -297,8 +298,14 @@ class ChunkedImageEncoder:
 
 def encode_videos(model, dataset, indices, args, ctx, show_progress):
     """Encode dataset[indices]. returns: (kept indices, float32 [n, F, D], [(index, error)])."""
+    options = {}
+    if args.num_workers > 0:
+        # Keep a whole encode chunk decoded ahead, so that decoding overlaps with encoding.
+        frames_per_round = args.num_workers * args.batch_size * args.num_frames
+        options["prefetch_factor"] = max(2, math.ceil(args.frame_chunk / frames_per_round) + 1)
     loader = DataLoader(Subset(dataset, indices), batch_size=args.batch_size, shuffle=False,
-                        num_workers=args.num_workers, pin_memory=ctx.device.type == "cuda")
+                        num_workers=args.num_workers, pin_memory=ctx.device.type == "cuda",
+                        **options)
     encoder = ChunkedImageEncoder(model, args.frame_chunk)
     kept, errors = [], []
     batches = tqdm(loader, desc="encoding videos", unit="batch", disable=not show_progress)

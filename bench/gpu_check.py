@@ -1,0 +1,160 @@
+"""GPU check: encode, decode, end-to-end and similarity throughput, each with how it was measured.
+
+Run through bench/gpu_check.sh (which installs missing packages from a local wheel folder).
+--cpu-dry-run runs the same steps at tiny sizes on the CPU, with a tiny CLIP.
+"""
+import argparse
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+
+from bench.bench_pipeline import vit_b16_checkpoint, write_textured_video  # noqa: E402
+
+FULL = {"videos": 200, "seconds": (10, 20), "chunks": (256, 1024), "frames": (16, 120),
+        "similarity": (1000, 1000, 120, 512), "iters": 10}
+DRY = {"videos": 4, "seconds": (1, 2), "chunks": (4, 8), "frames": (2, 3),
+       "similarity": (20, 20, 8, 32), "iters": 2}
+
+
+def _write_one(job):
+    path, seconds, seed = job
+    if not Path(path).is_file():
+        write_textured_video(path, seconds, seed=seed)
+
+
+def make_videos(folder, sizes):
+    """sizes["videos"] MSR-VTT-like videos (320x240, 30 fps), written in parallel, and a CSV."""
+    folder.mkdir(parents=True, exist_ok=True)
+    low, high = sizes["seconds"]
+    jobs = [(str(folder / f"v{i:04d}.mp4"), low + (i * 7) % (high - low + 1), i)
+            for i in range(sizes["videos"])]
+    with multiprocessing.Pool(min(16, os.cpu_count() or 1)) as pool:
+        pool.map(_write_one, jobs)
+    csv = folder / "captions.csv"
+    csv.write_text("video_path,caption\n" + "".join(f"v{i:04d}.mp4,clip number {i}\n"
+                                                    for i in range(sizes["videos"])))
+    return csv
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def best_time(fn, device, iters):
+    fn()  # warm-up
+    synchronize(device)
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def check_encode(model, device, sizes):
+    resolution = model.visual.input_resolution
+    for chunk in sizes["chunks"]:
+        frames = torch.randn(chunk, 3, resolution, resolution, device=device, dtype=model.dtype)
+        with torch.inference_mode():
+            seconds = best_time(lambda: model.encode_image(frames), device, sizes["iters"])
+        print(f"encode: {chunk / seconds:9.1f} frames/s  (encode_image on {chunk} random "
+              f"{resolution}px frames, {model.dtype}, best of {sizes['iters']} after warm-up)")
+
+
+def check_decode(csv, preprocess, frame_dtype, workers, sizes):
+    from torch.utils.data import DataLoader
+
+    from data_loader import CSVDataset, FramePreprocess
+    for num_frames in sizes["frames"]:
+        dataset = CSVDataset(csv, csv.parent, FramePreprocess(preprocess, frame_dtype), num_frames)
+        loader = DataLoader(dataset, batch_size=4, num_workers=workers, pin_memory=True)
+        start = time.perf_counter()
+        count = sum(len(batch["video"]) for batch in loader)
+        seconds = time.perf_counter() - start
+        print(f"decode: {count * num_frames / seconds:9.1f} frames/s  ({count} videos x "
+              f"{num_frames} frames through decord + CLIP preprocessing, {workers} DataLoader "
+              f"workers, batch 4, no model; worker start-up included)")
+
+
+def check_end_to_end(csv, checkpoint, device, workers, sizes):
+    import run_msr_retrieval
+    for num_frames in sizes["frames"]:
+        report = run_msr_retrieval.main(run_msr_retrieval.parse_args([
+            "--csv", str(csv), "--video_root", str(csv.parent), "--model", str(checkpoint),
+            "--num_frames", str(num_frames), "--batch_size", "4", "--num_workers", str(workers),
+            "--device", str(device), "--no_cache"]))
+        videos, seconds = report["counts"]["videos"], report["timings_s"]["encode"]
+        print(f"end-to-end: {videos / seconds:7.2f} videos/s, {videos * num_frames / seconds:9.1f}"
+              f" frames/s  (CLI run_msr_retrieval.main, {num_frames} frames, batch 4, {workers} "
+              f"workers, frame_chunk 256: decode + encode of {videos} videos and their captions; "
+              f"total with model load and metrics {report['timings_s']['total']:.1f} s)")
+
+
+def check_similarity(device, sizes):
+    from query_scoring import similarity_queryscoring
+    T, V, F, D = sizes["similarity"]
+    g = torch.Generator(device=device).manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        text = torch.randn(T, D, device=device, generator=g).to(dtype)
+        vids = torch.randn(V, F, D, device=device, generator=g).to(dtype)
+        frames = vids.reshape(V * F, D)
+        floor = best_time(lambda: text @ frames.T, device, sizes["iters"])
+        ours = best_time(lambda: similarity_queryscoring(text, vids, 0.1), device, sizes["iters"])
+        peak = ""
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            similarity_queryscoring(text, vids, 0.1)
+            peak = f", peak +{(torch.cuda.max_memory_allocated() - base) / 2**20:.0f} MiB"
+        print(f"similarity_queryscoring {dtype}: {ours * 1e3:8.2f} ms, matmul floor "
+              f"{floor * 1e3:8.2f} ms ({ours / floor:.2f}x){peak}  (T,V,F,D = {T},{V},{F},{D}; "
+              f"floor = text [T,D] @ frames [V*F,D].T in {dtype}; best of {sizes['iters']})")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cpu-dry-run", action="store_true",
+                        help="the same steps at tiny sizes on the CPU")
+    parser.add_argument("--work_dir", default=os.path.join(tempfile.gettempdir(), "gpu_check"))
+    args = parser.parse_args()
+    sizes = DRY if args.cpu_dry_run else FULL
+    if not args.cpu_dry_run and not torch.cuda.is_available():
+        sys.exit("gpu_check: no CUDA device; use --cpu-dry-run to exercise the script on a CPU")
+    device = torch.device("cpu" if args.cpu_dry_run else "cuda")
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    workers = 2 if args.cpu_dry_run else min(16, os.cpu_count() or 1)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "none (CPU dry run)"
+    print(f"GPU: {name}; torch {torch.__version__}, CUDA {torch.version.cuda}, "
+          f"{os.cpu_count()} CPUs")
+
+    import run_msr_retrieval
+    if args.cpu_dry_run:
+        from tests.synthetic import save_tiny_clip
+        checkpoint = save_tiny_clip(work / "tiny_clip.pt", kind="state_dict")
+    else:
+        checkpoint = vit_b16_checkpoint(work / "vit_b16_random.pt")
+    model, preprocess, _ = run_msr_retrieval.load_clip_model(str(checkpoint), device)
+    frame_dtype = torch.float16 if model.dtype == torch.float16 else torch.float32
+    start = time.perf_counter()
+    csv = make_videos(work / "videos", sizes)
+    print(f"made {sizes['videos']} videos of 320x240, {sizes['seconds'][0]}-{sizes['seconds'][1]}"
+          f" s at 30 fps in {time.perf_counter() - start:.1f} s")
+    check_encode(model, device, sizes)
+    check_decode(csv, preprocess, frame_dtype, workers, sizes)
+    check_end_to_end(csv, checkpoint, device, workers, sizes)
+    check_similarity(device, sizes)
+
+
+if __name__ == "__main__":
+    main()

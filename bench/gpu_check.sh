@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# GPU check: prints encode, decode, end-to-end and similarity figures, and saves them.
+#   bash bench/gpu_check.sh [--wheels DIR] [--out FILE] [--cpu-dry-run]
+# Uses the machine's own torch. Packages it lacks (decord, openai-clip, ftfy, av, ...) are
+# installed from DIR with no network; fill DIR beforehand with bench/fetch_gpu_wheels.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+wheels="" out="bench/results/gpu_check.txt" dry=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --wheels) wheels="$2"; shift 2 ;;
+    --out) out="$2"; shift 2 ;;
+    --cpu-dry-run) dry=(--cpu-dry-run); shift ;;
+    *) echo "gpu_check.sh: unknown argument $1 (expected --wheels DIR, --out FILE, --cpu-dry-run)" >&2; exit 2 ;;
+  esac
+done
+python=${PYTHON:-python3}
+missing=()
+for pair in decord:decord av:av ftfy:ftfy regex:regex clip:openai-clip pkg_resources:setuptools \
+            pandas:pandas tqdm:tqdm; do
+  module=${pair%%:*} package=${pair#*:}
+  "$python" -c "import $module" 2>/dev/null || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ -z "$wheels" ]; then
+    echo "gpu_check.sh: missing ${missing[*]}; pass --wheels DIR (see bench/fetch_gpu_wheels.sh)" >&2
+    exit 2
+  fi
+  echo "installing from $wheels: ${missing[*]}"
+  "$python" -m pip install -q --no-index --find-links "$wheels" "${missing[@]/setuptools/setuptools<81}"
+fi
+mkdir -p "$(dirname "$out")"
+PYTHONUNBUFFERED=1 "$python" bench/gpu_check.py "${dry[@]}" 2> >(grep -v -e "it/s" -e "batch/s" >&2) | tee "$out"

@@ -1,0 +1,40 @@
+"""The benchmark and GPU-check scripts run (tiny sizes, CPU) and print every figure."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_gpu_check_cpu_dry_run(tmp_path):
+    out = tmp_path / "results" / "gpu_check.txt"
+    env = {**os.environ, "PYTHON": sys.executable, "TMPDIR": str(tmp_path)}
+    result = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), "--cpu-dry-run",
+                             "--out", str(out)], capture_output=True, text=True, timeout=600,
+                            env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = out.read_text()
+    assert text == result.stdout
+    assert "GPU: none (CPU dry run)" in text
+    assert len(re.findall(r"^encode: +[\d.]+ frames/s", text, re.M)) == 2
+    assert len(re.findall(r"^decode: +[\d.]+ frames/s", text, re.M)) == 2
+    assert len(re.findall(r"^end-to-end: +[\d.]+ videos/s", text, re.M)) == 2
+    assert re.search(r"^similarity_queryscoring torch.float32: .* \([\d.]+x\)", text, re.M)
+    assert re.search(r"^similarity_queryscoring torch.bfloat16: .* \([\d.]+x\)", text, re.M)
+
+
+def test_gpu_check_refuses_unknown_arguments():
+    result = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), "--bogus"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "unknown argument --bogus" in result.stderr
+
+
+def test_bench_query_scoring_quick():
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "bench_query_scoring.py"),
+                             "--quick", "--repeats", "1"], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(re.findall(r"\(\d+\.\d\dx floor\)", result.stdout)) == 2
+    assert re.search(r"speed-up \d+\.\dx", result.stdout)
