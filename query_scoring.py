@@ -23,9 +23,11 @@ import numbers
 
 import torch
 
-# Elements of one [v, F, t] block intermediate (16 MB in float32): small enough to stay in the
-# allocator's free lists instead of fresh page-faulted mmaps, big enough for an efficient matmul.
+# Elements of one [v, F, t] block intermediate. On a CPU, 16 MB in float32: small enough to stay
+# in the allocator's free lists instead of fresh page-faulted mmaps, big enough for an efficient
+# matmul. On an accelerator, larger blocks (128 MB) keep the kernel launches few.
 _CHUNK_ELEMENTS = 1 << 22
+_CHUNK_ELEMENTS_ACCELERATOR = 1 << 25
 
 _MEAN_CHOICES = ("feats", "scores")
 
@@ -58,24 +60,18 @@ def similarity_queryscoring(text_embeds, vid_embeds, temperature=0.1, eps=1e-8, 
     gram = torch.einsum("v f d, v g d -> v f g", frames, frames) if use_gram else None
     padding = None if bool(video_mask.all()) else ~video_mask
 
-    # Blocks of texts x videos small enough for the CPU cache and the allocator's free lists.
-    text_chunk = max(1, _CHUNK_ELEMENTS // num_frames)
+    budget = _CHUNK_ELEMENTS if frames.device.type == "cpu" else _CHUNK_ELEMENTS_ACCELERATOR
+    text_chunk = max(1, budget // num_frames)
     rows = []
     for t0 in range(0, text_unit.shape[0], text_chunk):
         text_block = text_unit[t0:t0 + text_chunk]
-        video_chunk = max(1, _CHUNK_ELEMENTS // (num_frames * text_block.shape[0]))
-        blocks = []
-        for v0 in range(0, num_videos, video_chunk):
-            v1 = v0 + video_chunk
-            frame_weights, text_dot_frames = _frame_weights(
-                text_block, frames[v0:v1], inv_frame_norms[v0:v1], temperature,
-                None if padding is None else padding[v0:v1])
-            if mean == "scores":
-                sims = text_dot_frames * inv_frame_norms[v0:v1].unsqueeze(-1)
-                blocks.append((frame_weights * sims).sum(1))
-            else:
-                blocks.append(_pooled_cosine(frame_weights, text_dot_frames, frames[v0:v1],
-                                             None if gram is None else gram[v0:v1], eps))
+        video_chunk = max(1, budget // (num_frames * text_block.shape[0]))
+        blocks = [_score_block(text_block, frames[v0:v0 + video_chunk],
+                               inv_frame_norms[v0:v0 + video_chunk],
+                               None if gram is None else gram[v0:v0 + video_chunk],
+                               None if padding is None else padding[v0:v0 + video_chunk],
+                               temperature, mean, eps)
+                  for v0 in range(0, num_videos, video_chunk)]
         rows.append(torch.cat(blocks).T)  # [t, V]
     return torch.cat(rows).to(out_dtype)
 
@@ -108,6 +104,16 @@ def _prepare(text_embeds, vid_embeds, eps, video_mask):
         frames = torch.where(video_mask.unsqueeze(-1), frames, frames.new_zeros(()))
     text_unit = text / text.norm(dim=1, keepdim=True).clamp_min(eps)
     return text_unit, frames, frames.norm(dim=-1), video_mask
+
+
+def _score_block(text_unit, frames, inv_frame_norms, gram, padding, temperature, mean, eps):
+    """Scores of t texts against v videos, as [v, t]. Shapes as in _frame_weights."""
+    frame_weights, text_dot_frames = _frame_weights(text_unit, frames, inv_frame_norms,
+                                                    temperature, padding)
+    if mean == "scores":
+        sims = text_dot_frames * inv_frame_norms.unsqueeze(-1)  # s_f
+        return (frame_weights * sims).sum(1)
+    return _pooled_cosine(frame_weights, text_dot_frames, frames, gram, eps)
 
 
 def _frame_weights(text_unit, frames, inv_frame_norms, temperature, padding):

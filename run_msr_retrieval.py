@@ -112,6 +112,8 @@ def setup_context(device_arg):
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     rank = int(os.environ.get("RANK", "0"))
+    if rank != 0:
+        warnings.simplefilter("ignore")  # other ranks print nothing but errors
     if device_arg == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if device.type == "cpu" and rank == 0:
@@ -586,6 +588,9 @@ def _report(args, ctx, content, cache_hit, path, decoded, times):
 
 
 def cli(argv=None):
+    # Third-party deprecation notices that a user of the CLI cannot act on.
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+    warnings.filterwarnings("ignore", message="`torch.jit", category=FutureWarning)
     args = parse_args(argv)
     try:
         main(args)

@@ -9,10 +9,10 @@ The floor is the one matmul every method must do: unit texts [T, D] against all 
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -30,35 +30,59 @@ def reference_release(text, vids, temperature=0.1, eps=1e-8):
     return torch.einsum("t d, t v d -> t v", text_unit, pooled)
 
 
-def measure(method, T, V, F, D, repeats):
-    """Runs in the child: returns best-of-repeats seconds and the peak RSS added by the call."""
+def make_inputs(T, V, F, D):
     import torch
-    from query_scoring import similarity_queryscoring
     g = torch.Generator().manual_seed(0)
-    text = torch.randn(T, D, generator=g)
-    vids = torch.randn(V, F, D, generator=g)
-    if method == "floor":
+    return torch.randn(T, D, generator=g), torch.randn(V, F, D, generator=g)
+
+
+def prepare(name, text, vids):
+    """A zero-argument call of the named method on these inputs (set-up done outside it)."""
+    from query_scoring import similarity_queryscoring
+    if name == "floor":
+        V, F, D = vids.shape
         text_unit = text / text.norm(dim=1, keepdim=True)
         frame_units = (vids / vids.norm(dim=2, keepdim=True)).reshape(V * F, D)
-        fn = lambda: text_unit @ frame_units.T  # noqa: E731
-    elif method == "queryscoring":
-        fn = lambda: similarity_queryscoring(text, vids, temperature=0.1)  # noqa: E731
-    else:
-        fn = lambda: reference_release(text, vids)  # noqa: E731
-    rss_before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    times = []
+        return lambda: text_unit @ frame_units.T
+    if name == "queryscoring":
+        return lambda: similarity_queryscoring(text, vids, temperature=0.1)
+    return lambda: reference_release(text, vids)
+
+
+def measure_times(names, size, repeats):
+    """Child: the named methods run in turn, `repeats` rounds; best time of each.
+
+    Interleaving puts the floor and the method under the same machine conditions."""
+    text, vids = make_inputs(*size)
+    fns = {name: prepare(name, text, vids) for name in names}
+    best = {name: float("inf") for name in names}
     for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-        del out
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before_kb
-    return {"seconds": min(times), "peak_mb": peak_kb / 1024}
+        for name in names:
+            start = time.perf_counter()
+            out = fns[name]()
+            best[name] = min(best[name], time.perf_counter() - start)
+            del out
+    return best
 
 
-def run_child(method, size, repeats):
-    cmd = [sys.executable, __file__, "--child", method, ",".join(map(str, size)),
-           "--repeats", str(repeats)]
+def measure_peak(name, size):
+    """Child: peak RSS added by one call over the RSS just before it (Linux /proc)."""
+    fn = prepare(name, *make_inputs(*size))
+    Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
+    before_kb = _proc_status_kb("VmRSS")
+    fn()
+    return (_proc_status_kb("VmHWM") - before_kb) / 1024
+
+
+def _proc_status_kb(field):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def run_child(*child_args):
+    cmd = [sys.executable, __file__, "--child", *map(str, child_args)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -66,30 +90,37 @@ def run_child(method, size, repeats):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--child", nargs=2, metavar=("METHOD", "T,V,F,D"), help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        size = tuple(int(x) for x in args.child[1].split(","))
-        print(json.dumps(measure(args.child[0], *size, args.repeats)))
+        kind, size, *names = args.child
+        size = tuple(int(x) for x in size.split(","))
+        result = measure_times(names, size, args.repeats) if kind == "times" \
+            else measure_peak(names[0], size)
+        print(json.dumps(result))
         return
     import torch
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, CPU")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, CPU; "
+          f"best of {args.repeats} interleaved rounds; peak RSS over the call, in a fresh process per figure")
     sizes = [(50, 50, 16, 64), (50, 50, 120, 64)] if args.quick else \
         [(1000, 1000, 16, 512), (1000, 1000, 120, 512)]
     for size in sizes:
-        floor = run_child("floor", size, args.repeats)
-        ours = run_child("queryscoring", size, args.repeats)
-        print(f"T,V,F,D={size}: matmul floor {floor['seconds']:.3f} s, "
-              f"similarity_queryscoring {ours['seconds']:.3f} s "
-              f"({ours['seconds'] / floor['seconds']:.2f}x floor), peak +{ours['peak_mb']:.0f} MB "
-              f"(floor's output alone +{floor['peak_mb']:.0f} MB)")
+        size_arg = ",".join(map(str, size))
+        times = run_child("times", size_arg, "floor", "queryscoring", "--repeats", args.repeats)
+        peak = run_child("peak", size_arg, "queryscoring")
+        floor_peak = run_child("peak", size_arg, "floor")
+        print(f"T,V,F,D={size}: matmul floor {times['floor']:.3f} s, similarity_queryscoring "
+              f"{times['queryscoring']:.3f} s ({times['queryscoring'] / times['floor']:.2f}x "
+              f"floor), peak +{peak:.0f} MB (floor's output alone +{floor_peak:.0f} MB)")
     small = (20, 20, 16, 64) if args.quick else (200, 200, 16, 512)
-    ref = run_child("release", small, args.repeats)
-    ours = run_child("queryscoring", small, args.repeats)
-    print(f"T,V,F,D={small}: reference release formula {ref['seconds']:.3f} s, peak "
-          f"+{ref['peak_mb']:.0f} MB; similarity_queryscoring {ours['seconds']:.3f} s, peak "
-          f"+{ours['peak_mb']:.0f} MB; speed-up {ref['seconds'] / ours['seconds']:.1f}x")
+    size_arg = ",".join(map(str, small))
+    times = run_child("times", size_arg, "release", "queryscoring", "--repeats", args.repeats)
+    release_peak = run_child("peak", size_arg, "release")
+    peak = run_child("peak", size_arg, "queryscoring")
+    print(f"T,V,F,D={small}: reference release formula {times['release']:.3f} s, peak "
+          f"+{release_peak:.0f} MB; similarity_queryscoring {times['queryscoring']:.3f} s, peak "
+          f"+{peak:.0f} MB; speed-up {times['release'] / times['queryscoring']:.1f}x")
 
 
 if __name__ == "__main__":
