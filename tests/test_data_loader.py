@@ -289,13 +289,19 @@ def test_msrvtt_dataset_one_item_per_video(msrvtt_root, msrvtt_source, clip_prep
     assert_close(item["video"], FramePreprocess(clip_preprocess)(raw))
 
 
-def test_dataset_in_dataloader_with_workers(msrvtt_root, clip_preprocess):
-    dataset = MSRVTTDataset(clip_preprocess, 3, data_root=msrvtt_root, download=False)
+@pytest.mark.parametrize("kind", ["msrvtt", "csv"])
+def test_dataset_in_dataloader_with_workers(msrvtt_root, clip_preprocess, tmp_path, kind):
+    if kind == "msrvtt":
+        dataset = MSRVTTDataset(clip_preprocess, 3, data_root=msrvtt_root, download=False)
+    else:
+        dataset = CSVDataset(_write_csv_dataset(tmp_path), tmp_path, clip_preprocess, 3)
     loader = DataLoader(dataset, batch_size=2, num_workers=2)
     batches = list(loader)
-    assert sum(len(b["video_id"]) for b in batches) == len(dataset)
     assert [v for b in batches for v in b["video_id"]] == dataset.video_ids
     assert tuple(batches[0]["video"].shape) == (2, 3, 3, 32, 32)
+    for batch in batches:
+        for index, video in zip(batch["index"], batch["video"]):
+            assert_close(video, dataset[int(index)]["video"], atol=0, rtol=0)
 
 
 def test_bad_video_in_dataset(msrvtt_root, clip_preprocess, tmp_path):
