@@ -141,6 +141,9 @@ class FileServer:
                 range_header = self.headers.get("Range")
                 if range_header and not server.ignore_range:
                     start = int(range_header.split("=")[1].split("-")[0])
+                    if start >= len(server.payload):
+                        self.send_error(416)
+                        return
                     self.send_response(206)
                     self.send_header("Content-Range", f"bytes {start}-{len(server.payload) - 1}"
                                                       f"/{len(server.payload)}")

@@ -62,6 +62,14 @@ def test_server_ignoring_range_restarts_cleanly(msrvtt_zip, tmp_path):
     assert (tmp_path / "MSRVTT.zip").read_bytes() == msrvtt_zip
 
 
+def test_part_file_longer_than_the_file_starts_over(msrvtt_zip, tmp_path):
+    (tmp_path / "MSRVTT.zip.part").write_bytes(b"x" * (len(msrvtt_zip) + 10))
+    with synthetic.FileServer(msrvtt_zip) as server:
+        download_msrvtt(tmp_path, url=server.url, progress=False)
+    assert server.ranges == [f"bytes={len(msrvtt_zip) + 10}-", None]  # 416, then from scratch
+    assert (tmp_path / "MSRVTT.zip").read_bytes() == msrvtt_zip
+
+
 def test_http_404_names_url_and_status(tmp_path):
     with synthetic.FileServer(b"", status=404) as server:
         with pytest.raises(DatasetError) as error:
