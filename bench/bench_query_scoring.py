@@ -101,27 +101,31 @@ def main():
         print(json.dumps(result))
         return
     import torch
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, CPU; "
-          f"best of {args.repeats} interleaved rounds; peak RSS over the call, in a fresh process per figure")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, CPU; best of "
+          f"{args.repeats} interleaved rounds; peak RSS over the call, a fresh process each")
     sizes = [(50, 50, 16, 64), (50, 50, 120, 64)] if args.quick else \
         [(1000, 1000, 16, 512), (1000, 1000, 120, 512)]
     for size in sizes:
-        size_arg = ",".join(map(str, size))
-        times = run_child("times", size_arg, "floor", "queryscoring", "--repeats", args.repeats)
-        peak = run_child("peak", size_arg, "queryscoring")
-        floor_peak = run_child("peak", size_arg, "floor")
+        times, peaks = compare(size, "floor", args.repeats)
         print(f"T,V,F,D={size}: matmul floor {times['floor']:.3f} s, similarity_queryscoring "
               f"{times['queryscoring']:.3f} s ({times['queryscoring'] / times['floor']:.2f}x "
-              f"floor), peak +{peak:.0f} MB (floor's output alone +{floor_peak:.0f} MB)")
+              f"floor), peak +{peaks['queryscoring']:.0f} MB (floor's output alone "
+              f"+{peaks['floor']:.0f} MB)")
     small = (20, 20, 16, 64) if args.quick else (200, 200, 16, 512)
-    size_arg = ",".join(map(str, small))
-    times = run_child("times", size_arg, "release", "queryscoring", "--repeats", args.repeats)
-    release_peak = run_child("peak", size_arg, "release")
-    peak = run_child("peak", size_arg, "queryscoring")
+    times, peaks = compare(small, "release", args.repeats)
     print(f"T,V,F,D={small}: reference release formula {times['release']:.3f} s, peak "
-          f"+{release_peak:.0f} MB; similarity_queryscoring {times['queryscoring']:.3f} s, peak "
-          f"+{peak:.0f} MB; speed-up {times['release'] / times['queryscoring']:.1f}x")
+          f"+{peaks['release']:.0f} MB; similarity_queryscoring {times['queryscoring']:.3f} s, "
+          f"peak +{peaks['queryscoring']:.0f} MB; speed-up "
+          f"{times['release'] / times['queryscoring']:.1f}x")
 
+
+def compare(size, baseline, repeats):
+    """Best times (interleaved in one child) and peak MB (one child each) of baseline and ours."""
+    size_arg = ",".join(map(str, size))
+    names = (baseline, "queryscoring")
+    times = run_child("times", size_arg, *names, "--repeats", repeats)
+    peaks = {name: run_child("peak", size_arg, name) for name in names}
+    return times, peaks
 
 if __name__ == "__main__":
     main()
