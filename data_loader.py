@@ -385,7 +385,8 @@ class FramePreprocess:
     """
 
     def __init__(self, preprocess, dtype=torch.float32):
-        modules = [t for t in getattr(preprocess, "transforms", []) if isinstance(t, torch.nn.Module)]
+        modules = [t for t in getattr(preprocess, "transforms", [])
+                   if isinstance(t, torch.nn.Module)]
         if not any(isinstance(m, Normalize) for m in modules):
             raise ValueError("preprocess must be the torchvision Compose that clip.load returns "
                              f"(with a Normalize), got {preprocess!r}")

@@ -176,7 +176,8 @@ def _check_inputs(text_embeds, vid_embeds, video_mask):
             or video_mask.dtype != torch.bool:
         got = (f"{video_mask.dtype} {tuple(video_mask.shape)}" if torch.is_tensor(video_mask)
                else type(video_mask).__name__)
-        raise ValueError(f"video_mask must be a bool tensor of shape [V, F] = {expected}, got {got}")
+        raise ValueError(f"video_mask must be a bool tensor of shape [V, F] = {expected}, "
+                         f"got {got}")
     if not bool(video_mask.any(dim=1).all()):
         empty = torch.nonzero(~video_mask.any(dim=1)).flatten().tolist()
         raise ValueError(f"video_mask leaves videos {empty[:10]} with no valid frame; "

@@ -288,7 +288,9 @@ class ChunkedImageEncoder:
         """returns: float32 CPU [total frames, D], in the order added."""
         if self.pending_count:
             self._encode(self.pending_count)
-        return torch.cat(self.outputs) if self.outputs else torch.zeros(0, self.model.visual.output_dim)
+        if not self.outputs:
+            return torch.zeros(0, self.model.visual.output_dim)
+        return torch.cat(self.outputs)
 
     def _encode(self, count):
         frames = torch.cat(self.pending) if len(self.pending) > 1 else self.pending[0]

@@ -10,7 +10,6 @@ import torch
 from torch.testing import assert_close
 
 import run_msr_retrieval as cli_module
-from tests import synthetic
 
 REPO = Path(__file__).resolve().parent.parent
 
