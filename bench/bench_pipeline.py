@@ -127,7 +127,7 @@ def main():
     encode_s = time_encoding(model, frames[:args.frame_chunk], total_frames, args.frame_chunk,
                              device)
     start = time.perf_counter()
-    run_msr_retrieval.main(run_msr_retrieval.parse_args([
+    report = run_msr_retrieval.main(run_msr_retrieval.parse_args([
         "--csv", str(csv), "--video_root", str(work / "videos"), "--model", str(checkpoint),
         "--num_frames", str(args.num_frames), "--batch_size", str(args.batch_size),
         "--num_workers", str(args.num_workers), "--frame_chunk", str(args.frame_chunk),
@@ -135,10 +135,13 @@ def main():
     pipeline_s = time.perf_counter() - start
     print(f"decode alone:  {decode_s:7.1f} s  ({total_frames / decode_s:8.1f} frames/s)")
     print(f"encode alone:  {encode_s:7.1f} s  ({total_frames / encode_s:8.1f} frames/s)")
-    print(f"pipeline (CLI, model load and text included): {pipeline_s:7.1f} s  "
-          f"({total_frames / pipeline_s:.1f} frames/s, {args.videos / pipeline_s:.2f} videos/s)")
-    print(f"pipeline / (decode + encode) = {pipeline_s / (decode_s + encode_s):.2f}; "
-          f"pipeline / max(decode, encode) = {pipeline_s / max(decode_s, encode_s):.2f}")
+    phase_s = report["timings_s"]["encode"]
+    print(f"pipeline, the CLI's encoding phase (videos and captions): {phase_s:7.1f} s  "
+          f"({total_frames / phase_s:.1f} frames/s, {args.videos / phase_s:.2f} videos/s)")
+    print(f"pipeline, the whole CLI (model load and metrics too):      {pipeline_s:7.1f} s")
+    print(f"encoding phase / (decode + encode) = {phase_s / (decode_s + encode_s):.2f}; "
+          f"/ max(decode, encode) = {phase_s / max(decode_s, encode_s):.2f}; whole CLI / "
+          f"(decode + encode) = {pipeline_s / (decode_s + encode_s):.2f}")
 
 
 if __name__ == "__main__":
