@@ -395,13 +395,17 @@ def cache_path(cache_dir, key):
 
 
 def save_embeddings(path, content, key):
-    """Write atomically: a temporary file in the same folder, then os.replace."""
+    write_atomically(path, lambda tmp: torch.save({**content, "key": key}, tmp))
+
+
+def write_atomically(path, write):
+    """write(tmp_path) into a temporary file beside path, then os.replace: never half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
         tmp_name = f.name
     try:
-        torch.save({**content, "key": key}, tmp_name)
+        write(tmp_name)
         os.replace(tmp_name, path)
     except BaseException:
         os.unlink(tmp_name)
@@ -484,11 +488,7 @@ def package_versions():
 
 
 def write_json(path, obj):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 # ----------------------------------------------------------------------------------------------
