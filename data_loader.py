@@ -1,6 +1,7 @@
-"""MSR-VTT and custom video datasets: download, splits, frame sampling, decoding, preprocessing.
+"""MSR-VTT and custom video datasets: splits, frame sampling, decoding, preprocessing.
 
-Everything that touches the network, the disk, decord and pandas lives here.
+Everything that reads datasets, videos (decord) and CSVs (pandas); the download and extraction
+machinery is in clip_hitchhiker.downloads.
 
 Layout of the release's zip (https://github.com/m-bain/frozen-in-time), extracted under data_root:
     MSRVTT/annotation/MSR_VTT.json                        COCO-style captions
@@ -9,46 +10,37 @@ Layout of the release's zip (https://github.com/m-bain/frozen-in-time), extracte
         val_list_jsfusion.txt, jsfusion_val_caption_idx.pkl   (1k-A)
         test_list_miech.txt, test_list_full.txt               (one video id per line)
 """
-import http.client
 import json
 import os
-import pickle
-import shutil
-import socket
-import stat
-import urllib.error
-import urllib.request
-import zipfile
-import zlib
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import Normalize
-from tqdm import tqdm
+
+from clip_hitchhiker.downloads import (
+    COMPLETE_MARKER,
+    download_file,
+    extract_zip_safely,
+    load_restricted_pickle,
+)
+from clip_hitchhiker.errors import DatasetError, VideoDecodeError
+
+__all__ = ["COMPLETE_MARKER", "CSVDataset", "DatasetError", "FramePreprocess", "MSRVTTDataset",
+           "MSRVTT_URL", "SPLITS", "VideoDataset", "VideoDecodeError", "download_msrvtt",
+           "load_msrvtt_split", "read_video_decord", "read_video_frames", "sample_frame_indices"]
 
 MSRVTT_URL = "https://www.robots.ox.ac.uk/~maxbain/frozen-in-time/data/MSRVTT.zip"
 SPLITS = ("jsfusion", "miech", "full-test")
-# Written inside MSRVTT/ once extraction has finished; a folder without it is redone.
-COMPLETE_MARKER = ".extraction_complete"
 _SPLIT_LISTS = {"jsfusion": "val_list_jsfusion.txt", "miech": "test_list_miech.txt",
                 "full-test": "test_list_full.txt"}
 _JSFUSION_CAPTION_INDEX = "jsfusion_val_caption_idx.pkl"
-_DOWNLOAD_BLOCK = 1 << 20
-
-
-class DatasetError(RuntimeError):
-    """A dataset that cannot be downloaded, extracted or read; the message says what to do."""
-
-
-class VideoDecodeError(RuntimeError):
-    """A video file that is missing or cannot be decoded; the message names the path."""
 
 
 # ----------------------------------------------------------------------------------------------
-# Download and extraction
+# Download
 
 
 def download_msrvtt(data_root="./data", url=MSRVTT_URL, progress=True, retries=3):
@@ -68,160 +60,6 @@ def download_msrvtt(data_root="./data", url=MSRVTT_URL, progress=True, retries=3
         download_file(url, zip_path, progress=progress, retries=retries)
     extract_zip_safely(zip_path, data_root, top_folder="MSRVTT", progress=progress)
     return dataset_dir
-
-
-def download_file(url, dest, progress=True, retries=3, timeout=60):
-    """Stream url into dest + '.part', resuming with HTTP Range; rename to dest when complete.
-
-    A server that ignores Range (HTTP 200) restarts the file cleanly. After an interruption, up to
-    ``retries`` resumes are tried before giving up; the next call resumes where this one stopped.
-    """
-    dest = Path(dest)
-    part = dest.with_name(dest.name + ".part")
-    for attempt in range(retries + 1):
-        try:
-            expected_size = _download_into(url, part, progress, timeout)
-            break
-        except _Interrupted as interruption:
-            if attempt == retries:
-                raise DatasetError(
-                    f"download of {url} was interrupted ({interruption}) with "
-                    f"{part.stat().st_size} bytes in {part}; run again to resume") from interruption
-    size = part.stat().st_size
-    if expected_size is not None and size != expected_size:
-        raise DatasetError(f"download of {url} ended with {size} of {expected_size} bytes in "
-                           f"{part}; run again to resume")
-    os.replace(part, dest)
-    return dest
-
-
-class _Interrupted(Exception):
-    pass
-
-
-def _download_into(url, part, progress, timeout):
-    """One HTTP request that appends to (or restarts) part. returns: the full size, if known."""
-    offset = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": "clip-hitchhiker"})
-    if offset:
-        request.add_header("Range", f"bytes={offset}-")
-    try:
-        response = urllib.request.urlopen(request, timeout=timeout)
-    except urllib.error.HTTPError as e:
-        if e.code == 416 and offset:  # the .part is not a prefix we can extend: start over
-            part.unlink()
-            return _download_into(url, part, progress, timeout)
-        raise DatasetError(f"download of {url} failed: HTTP {e.code} {e.reason}. Check the URL, "
-                           f"or download the file by hand and place it at "
-                           f"{part.with_name(part.name[:-len('.part')])}") from e
-    except (urllib.error.URLError, OSError) as e:
-        raise DatasetError(f"cannot reach {url}: {getattr(e, 'reason', e)}. Check the network, "
-                           f"or download the file by hand and place it at "
-                           f"{part.with_name(part.name[:-len('.part')])}") from e
-    with response:
-        if response.status == 206:
-            expected_size = _content_range_total(response, offset, url)
-            mode = "ab"
-        else:  # 200: the server sent the whole file, whatever we asked
-            offset, mode = 0, "wb"
-            length = response.headers.get("Content-Length")
-            expected_size = int(length) if length is not None else None
-        with open(part, mode) as out, tqdm(total=expected_size, initial=offset, unit="B",
-                                           unit_scale=True, desc=part.name[:-len(".part")],
-                                           disable=not progress) as bar:
-            try:
-                while block := response.read(_DOWNLOAD_BLOCK):
-                    out.write(block)
-                    bar.update(len(block))
-            except (http.client.IncompleteRead, ConnectionError, socket.timeout, OSError) as e:
-                raise _Interrupted(repr(e)) from e
-    if expected_size is not None and part.stat().st_size < expected_size:
-        raise _Interrupted(f"connection closed at {part.stat().st_size} of {expected_size} bytes")
-    return expected_size
-
-
-def _content_range_total(response, offset, url):
-    """Total size from 'Content-Range: bytes START-END/TOTAL', checking START is our offset."""
-    content_range = response.headers.get("Content-Range", "")
-    try:
-        unit, spec = content_range.split(" ", 1)
-        span, total = spec.split("/")
-        start = int(span.split("-")[0])
-    except ValueError as e:
-        raise DatasetError(f"{url} answered a range request with a bad Content-Range "
-                           f"{content_range!r}") from e
-    if unit != "bytes" or start != offset:
-        raise DatasetError(f"{url} resumed at {content_range!r}, expected byte {offset}; delete "
-                           "the .part file and run again")
-    return None if total == "*" else int(total)
-
-
-def extract_zip_safely(zip_path, dest_root, top_folder="MSRVTT", progress=True):
-    """Extract zip_path's top_folder into dest_root, all or nothing.
-
-    Every entry is checked before anything is written (no absolute paths, no '..', no symlinks)
-    and every file's CRC while it is written, into a staging folder that is moved into place
-    only when all is well; then COMPLETE_MARKER is written. A corrupt zip is renamed to
-    '<zip>.corrupt' so that it is never taken for a good download.
-    """
-    zip_path, dest_root = Path(zip_path), Path(dest_root)
-    staging = dest_root / f".{top_folder}.extracting"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        with zipfile.ZipFile(zip_path) as archive:
-            members = archive.infolist()
-            for member in members:
-                _check_member(member, zip_path)
-            total = sum(m.file_size for m in members)
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"extracting {zip_path.name}",
-                      disable=not progress) as bar:
-                for member in members:
-                    _extract_member(archive, member, staging)
-                    bar.update(member.file_size)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError) as e:
-        shutil.rmtree(staging, ignore_errors=True)
-        corrupt = zip_path.with_name(zip_path.name + ".corrupt")
-        os.replace(zip_path, corrupt)
-        raise DatasetError(f"{zip_path} is corrupt ({e}); it was moved to {corrupt}. Run again to "
-                           "download it afresh, or place a good copy at that path") from e
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    extracted = staging / top_folder
-    if not extracted.is_dir():
-        shutil.rmtree(staging, ignore_errors=True)
-        raise DatasetError(f"{zip_path} has no {top_folder}/ folder; is it the right file?")
-    target = dest_root / top_folder
-    shutil.rmtree(target, ignore_errors=True)  # an interrupted earlier extraction
-    os.replace(extracted, target)
-    shutil.rmtree(staging, ignore_errors=True)
-    (target / COMPLETE_MARKER).write_text(f"extracted from {zip_path.name}\n")
-    return target
-
-
-def _check_member(member, zip_path):
-    name = member.filename
-    path = PurePosixPath(name.replace("\\", "/"))
-    if path.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        raise DatasetError(f"{zip_path} has an entry with an absolute path, {name!r}; refusing "
-                           "to extract it")
-    if ".." in path.parts:
-        raise DatasetError(f"{zip_path} has an entry that leaves the target folder, {name!r}; "
-                           "refusing to extract it")
-    if stat.S_ISLNK(member.external_attr >> 16):
-        raise DatasetError(f"{zip_path} has a symbolic link entry, {name!r}; refusing to "
-                           "extract it")
-
-
-def _extract_member(archive, member, staging):
-    target = staging.joinpath(*PurePosixPath(member.filename.replace("\\", "/")).parts)
-    if member.is_dir():
-        target.mkdir(parents=True, exist_ok=True)
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # ZipExtFile checks the CRC when the entry has been read to its end.
-    with archive.open(member) as source, open(target, "wb") as out:
-        shutil.copyfileobj(source, out, _DOWNLOAD_BLOCK)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -293,43 +131,6 @@ def _jsfusion_rows(video_ids, captions, index_path):
                                f"{len(captions[video_id])}")
         rows.append((video_id, captions[video_id][index]))
     return rows
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Plain containers, numbers, strings and numpy arrays/scalars; nothing else is built."""
-
-    def find_class(self, module, name):
-        allowed = _allowed_pickle_globals()
-        if (module, name) not in allowed:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        return allowed[(module, name)]
-
-
-def _allowed_pickle_globals():
-    try:
-        from numpy._core import multiarray
-    except ImportError:  # numpy < 2
-        from numpy.core import multiarray
-    allowed = {("numpy", "dtype"): np.dtype, ("numpy", "ndarray"): np.ndarray,
-               ("collections", "OrderedDict"): __import__("collections").OrderedDict,
-               ("builtins", "set"): set, ("builtins", "frozenset"): frozenset,
-               ("__builtin__", "set"): set, ("__builtin__", "frozenset"): frozenset}
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed[(module, "scalar")] = multiarray.scalar
-        allowed[(module, "_reconstruct")] = multiarray._reconstruct
-    return allowed
-
-
-def load_restricted_pickle(path):
-    """Unpickle path allowing only data types (see _RestrictedUnpickler); nothing in it runs."""
-    try:
-        with open(path, "rb") as f:
-            return _RestrictedUnpickler(f).load()
-    except FileNotFoundError as e:
-        raise DatasetError(f"missing {path}; the MSR-VTT folder is incomplete, delete it and "
-                           "download again") from e
-    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError) as e:
-        raise DatasetError(f"{path} is not a plain-data pickle ({e}); refusing to load it") from e
 
 
 # ----------------------------------------------------------------------------------------------
@@ -409,24 +210,24 @@ class FramePreprocess:
 class VideoDataset(Dataset):
     """One item per video: {"index", "video_id", "video" [F, 3, R, R], "error"}.
 
-    queries: DataFrame with one row per caption (video_id, caption); ``query_to_video`` gives
-    each query's video index. With skip_bad_videos, a video that fails to decode gives zeros and
-    its error message instead of raising VideoDecodeError.
+    queries: DataFrame with one row per caption (video_id, caption), captions of a video together.
+    on_error: what a video that fails to decode does to its item. "raise" raises the
+        VideoDecodeError; "report" gives zeros and the message in "error" ("" when decoded), so
+        that the caller decides for the whole run (the CLI does, in one place).
     """
 
-    def __init__(self, video_ids, video_paths, queries, preprocess, num_frames,
-                 skip_bad_videos=False):
+    def __init__(self, video_ids, video_paths, queries, preprocess, num_frames, on_error="raise"):
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        if on_error not in ("raise", "report"):
+            raise ValueError(f"on_error must be 'raise' or 'report', got {on_error!r}")
         self.video_ids = list(video_ids)
         self.video_paths = [str(p) for p in video_paths]
         self.queries = queries.reset_index(drop=True)
-        position = {v: i for i, v in enumerate(self.video_ids)}
-        self.query_to_video = self.queries["video_id"].map(position).to_numpy(dtype=np.int64)
         self.preprocess = preprocess if isinstance(preprocess, FramePreprocess) \
             else FramePreprocess(preprocess)
         self.num_frames = num_frames
-        self.skip_bad_videos = skip_bad_videos
+        self.on_error = on_error
 
     def __len__(self):
         return len(self.video_ids)
@@ -437,7 +238,7 @@ class VideoDataset(Dataset):
             item["video"] = self.preprocess(read_video_frames(self.video_paths[index],
                                                               self.num_frames))
         except VideoDecodeError as e:
-            if not self.skip_bad_videos:
+            if self.on_error == "raise":
                 raise
             item["error"] = str(e)
             item["video"] = torch.zeros(self.num_frames, 3, *self._resolution(),
@@ -453,25 +254,27 @@ class MSRVTTDataset(VideoDataset):
     """MSR-VTT test videos of a split (see load_msrvtt_split), downloaded when missing."""
 
     def __init__(self, preprocess, num_frames, split="jsfusion", data_root="./data",
-                 download=True, url=MSRVTT_URL, skip_bad_videos=False, progress=True):
+                 download=True, url=MSRVTT_URL, on_error="raise", progress=True):
         if download:
             download_msrvtt(data_root, url=url, progress=progress)
         queries = load_msrvtt_split(data_root, split)
         video_ids = list(dict.fromkeys(queries["video_id"]))
         video_dir = Path(data_root) / "MSRVTT" / "videos" / "all"
         super().__init__(video_ids, [video_dir / f"{v}.mp4" for v in video_ids], queries,
-                         preprocess, num_frames, skip_bad_videos)
+                         preprocess, num_frames, on_error)
 
 
 class CSVDataset(VideoDataset):
     """The user's own videos: a CSV with video_path (relative to video_root) and caption columns,
     one row per caption. Videos keep their first-appearance order; captions are grouped by video.
+    check_files: report rows whose video file is missing before anything is decoded.
     """
 
-    def __init__(self, csv_path, video_root, preprocess, num_frames, skip_bad_videos=False):
+    def __init__(self, csv_path, video_root, preprocess, num_frames, on_error="raise",
+                 check_files=True):
         table = _read_caption_csv(csv_path)
         video_root = Path(video_root)
-        if not skip_bad_videos:
+        if check_files:
             _check_files_exist(table, video_root, csv_path)
         video_ids = list(dict.fromkeys(table["video_path"]))
         order = {v: i for i, v in enumerate(video_ids)}
@@ -480,7 +283,7 @@ class CSVDataset(VideoDataset):
         queries = pd.DataFrame({"video_id": table["video_path"].to_numpy(),
                                 "caption": table["caption"].to_numpy()})
         super().__init__(video_ids, [video_root / v for v in video_ids], queries, preprocess,
-                         num_frames, skip_bad_videos)
+                         num_frames, on_error)
 
 
 def _read_caption_csv(csv_path):

@@ -4,7 +4,6 @@ Run through bench/gpu_check.sh (which installs missing packages from a local whe
 --cpu-dry-run runs the same steps at tiny sizes on the CPU, with a tiny CLIP.
 """
 import argparse
-import multiprocessing
 import os
 import sys
 import tempfile
@@ -16,32 +15,12 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
-from bench.bench_pipeline import vit_b16_checkpoint, write_textured_video  # noqa: E402
+from bench.common import make_videos, random_clip_checkpoint  # noqa: E402
 
 FULL = {"videos": 200, "seconds": (10, 20), "chunks": (256, 1024), "frames": (16, 120),
         "similarity": (1000, 1000, 120, 512), "iters": 10}
 DRY = {"videos": 4, "seconds": (1, 2), "chunks": (4, 8), "frames": (2, 3),
        "similarity": (20, 20, 8, 32), "iters": 2}
-
-
-def _write_one(job):
-    path, seconds, seed = job
-    if not Path(path).is_file():
-        write_textured_video(path, seconds, seed=seed)
-
-
-def make_videos(folder, sizes):
-    """sizes["videos"] MSR-VTT-like videos (320x240, 30 fps), written in parallel, and a CSV."""
-    folder.mkdir(parents=True, exist_ok=True)
-    low, high = sizes["seconds"]
-    jobs = [(str(folder / f"v{i:04d}.mp4"), low + (i * 7) % (high - low + 1), i)
-            for i in range(sizes["videos"])]
-    with multiprocessing.Pool(min(16, os.cpu_count() or 1)) as pool:
-        pool.map(_write_one, jobs)
-    csv = folder / "captions.csv"
-    csv.write_text("video_path,caption\n" + "".join(f"v{i:04d}.mp4,clip number {i}\n"
-                                                    for i in range(sizes["videos"])))
-    return csv
 
 
 def synchronize(device):
@@ -71,12 +50,12 @@ def check_encode(model, device, sizes):
               f"{resolution}px frames, {model.dtype}, best of {sizes['iters']} after warm-up)")
 
 
-def check_decode(csv, preprocess, frame_dtype, workers, sizes):
+def check_decode(csv, frames, workers, sizes):
     from torch.utils.data import DataLoader
 
-    from data_loader import CSVDataset, FramePreprocess
+    from data_loader import CSVDataset
     for num_frames in sizes["frames"]:
-        dataset = CSVDataset(csv, csv.parent, FramePreprocess(preprocess, frame_dtype), num_frames)
+        dataset = CSVDataset(csv, csv.parent, frames, num_frames)
         loader = DataLoader(dataset, batch_size=4, num_workers=workers, pin_memory=True)
         start = time.perf_counter()
         count = sum(len(batch["video"]) for batch in loader)
@@ -86,18 +65,22 @@ def check_decode(csv, preprocess, frame_dtype, workers, sizes):
               f"workers, batch 4, no model; worker start-up included)")
 
 
-def check_end_to_end(csv, checkpoint, device, workers, sizes):
-    import run_msr_retrieval
+def check_end_to_end(csv, model, frames, device, workers, sizes):
+    from clip_hitchhiker.torchrun import Context
+    from run_msr_retrieval import build_dataset, compute_embeddings
     for num_frames in sizes["frames"]:
-        report = run_msr_retrieval.main(run_msr_retrieval.parse_args([
-            "--csv", str(csv), "--video_root", str(csv.parent), "--model", str(checkpoint),
-            "--num_frames", str(num_frames), "--batch_size", "4", "--num_workers", str(workers),
-            "--device", str(device), "--no_cache"]))
-        videos, seconds = report["counts"]["videos"], report["timings_s"]["encode"]
+        dataset, _ = build_dataset(frames, num_frames, csv=csv, video_root=csv.parent)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            content, _ = compute_embeddings(model, dataset, Context(device), batch_size=4,
+                                            num_workers=workers, frame_chunk=256,
+                                            skip_bad_videos=False)
+        seconds = time.perf_counter() - start
+        videos = len(content["video_ids"])
         print(f"end-to-end: {videos / seconds:7.2f} videos/s, {videos * num_frames / seconds:9.1f}"
-              f" frames/s  (CLI run_msr_retrieval.main, {num_frames} frames, batch 4, {workers} "
-              f"workers, frame_chunk 256: decode + encode of {videos} videos and their captions; "
-              f"total with model load and metrics {report['timings_s']['total']:.1f} s)")
+              f" frames/s  (compute_embeddings, as the CLI: {num_frames} frames, batch 4, "
+              f"{workers} workers, frame_chunk 256: decode + encode of {videos} videos and their "
+              "captions)")
 
 
 def check_similarity(device, sizes):
@@ -138,21 +121,19 @@ def main():
     print(f"GPU: {name}; torch {torch.__version__}, CUDA {torch.version.cuda}, "
           f"{os.cpu_count()} CPUs")
 
-    import run_msr_retrieval
-    if args.cpu_dry_run:
-        from tests.synthetic import save_tiny_clip
-        checkpoint = save_tiny_clip(work / "tiny_clip.pt", kind="state_dict")
-    else:
-        checkpoint = vit_b16_checkpoint(work / "vit_b16_random.pt")
-    model, preprocess, _ = run_msr_retrieval.load_clip_model(str(checkpoint), device)
-    frame_dtype = torch.float16 if model.dtype == torch.float16 else torch.float32
+    from clip_hitchhiker.clip_models import frame_dtype_for, load_clip_model
+    from data_loader import FramePreprocess
+    shape = "tiny" if args.cpu_dry_run else "ViT-B/16"
+    checkpoint = random_clip_checkpoint(work / f"{shape.replace('/', '-')}_random.pt", shape)
+    model, preprocess, _ = load_clip_model(str(checkpoint), device)
+    frames = FramePreprocess(preprocess, frame_dtype_for(model.dtype))
     start = time.perf_counter()
-    csv = make_videos(work / "videos", sizes)
+    csv = make_videos(work / "videos", sizes["videos"], sizes["seconds"])
     print(f"made {sizes['videos']} videos of 320x240, {sizes['seconds'][0]}-{sizes['seconds'][1]}"
           f" s at 30 fps in {time.perf_counter() - start:.1f} s")
     check_encode(model, device, sizes)
-    check_decode(csv, preprocess, frame_dtype, workers, sizes)
-    check_end_to_end(csv, checkpoint, device, workers, sizes)
+    check_decode(csv, frames, workers, sizes)
+    check_end_to_end(csv, model, frames, device, workers, sizes)
     check_similarity(device, sizes)
 
 

@@ -42,3 +42,12 @@ def tiny_clip_files(tmp_path_factory):
     return {"torchscript": synthetic.save_tiny_clip(folder / "tiny.pt"),
             "state_dict": synthetic.save_tiny_clip(folder / "tiny_sd.pt", kind="state_dict"),
             "other": synthetic.save_tiny_clip(folder / "other.pt", seed=1)}
+
+
+@pytest.fixture
+def data_root(msrvtt_root, tmp_path):
+    """A private copy of the extracted synthetic MSR-VTT (tests may damage it)."""
+    import shutil
+    root = tmp_path / "data"
+    shutil.copytree(msrvtt_root / "MSRVTT", root / "MSRVTT")
+    return root

@@ -179,16 +179,10 @@ class FileServer:
         self.httpd.server_close()
 
 
-def tiny_clip(embed_dim=32, image_resolution=32, seed=0):
-    """A small clip.model.CLIP (widths 64: clip's build_model infers heads as width // 64)."""
-    import torch
-    from clip.model import CLIP
-
-    torch.manual_seed(seed)
-    model = CLIP(embed_dim=embed_dim, image_resolution=image_resolution, vision_layers=1,
-                 vision_width=64, vision_patch_size=16, context_length=77, vocab_size=49408,
-                 transformer_width=64, transformer_heads=1, transformer_layers=1)
-    return model.eval()
+def tiny_clip(seed=0):
+    """A small clip.model.CLIP (embedding width 32, 32 px images), seeded."""
+    from bench.common import random_clip
+    return random_clip("tiny", seed)
 
 
 def save_tiny_clip(path, kind="torchscript", **kwargs):
@@ -212,3 +206,10 @@ def zip_bytes(folder):
     buffer = io.BytesIO()
     zip_folder(folder, buffer)
     return buffer.getvalue()
+
+
+def cli_argv(tmp_path, data_root, model, *extra):
+    """run_msr_retrieval arguments for a quick offline CPU run on the synthetic data."""
+    return ["--num_frames", "4", "--model", str(model), "--data_root", str(data_root),
+            "--cache_dir", str(tmp_path / "cache"), "--num_workers", "0", "--device", "cpu",
+            "--msrvtt_url", "http://127.0.0.1:9/not-needed", *map(str, extra)]

@@ -1,6 +1,5 @@
 """torchrun on the CPU (gloo): sharded encoding equals the single-process run."""
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ import torch
 from torch.testing import assert_close
 
 import run_msr_retrieval as cli_module
+from tests import synthetic
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -17,29 +17,18 @@ REPO = Path(__file__).resolve().parent.parent
 def torchrun(tmp_path, data_root, model, *extra, nproc=2):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={nproc}", str(REPO / "run_msr_retrieval.py"),
-           "--num_frames", "4", "--model", str(model), "--data_root", str(data_root),
-           "--cache_dir", str(tmp_path / "cache"), "--num_workers", "0", "--device", "cpu",
-           "--msrvtt_url", "http://127.0.0.1:9/not-needed", *map(str, extra)]
+           *synthetic.cli_argv(tmp_path, data_root, model, *extra)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
 
 
 def single(tmp_path, data_root, model, *extra):
-    argv = ["--num_frames", "4", "--model", str(model), "--data_root", str(data_root),
-            "--cache_dir", str(tmp_path / "cache"), "--num_workers", "0", "--device", "cpu",
-            "--msrvtt_url", "http://127.0.0.1:9/not-needed", *map(str, extra)]
-    return cli_module.main(cli_module.parse_args(argv))
+    return cli_module.main(cli_module.parse_args(synthetic.cli_argv(tmp_path, data_root, model,
+                                                                    *extra)))
 
 
 def metric_lines(text):
     return [line for line in text.splitlines() if "  agg: " in line]
-
-
-@pytest.fixture
-def data_root(msrvtt_root, tmp_path):
-    root = tmp_path / "data"
-    shutil.copytree(msrvtt_root / "MSRVTT", root / "MSRVTT")
-    return root
 
 
 @pytest.mark.parametrize("split,num_videos", [("jsfusion", 5), ("full-test", 6)])

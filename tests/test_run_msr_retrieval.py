@@ -1,6 +1,5 @@
 import json
 import re
-import shutil
 
 import numpy as np
 import pytest
@@ -9,6 +8,8 @@ from torch.testing import assert_close
 
 import data_loader
 import run_msr_retrieval as cli_module
+from clip_hitchhiker.clip_models import load_clip_model
+from clip_hitchhiker.errors import ModelLoadError, VideoDecodeError
 from data_loader import FramePreprocess, read_video_frames
 from metrics import t2v_metrics, v2t_metrics
 from query_scoring import similarity_meanpooling, similarity_queryscoring
@@ -19,19 +20,9 @@ LINE = re.compile(r"^\{'R1': \d+\.\d, 'R5': \d+\.\d, 'R10': \d+\.\d, 'R50': \d+\
                   r"temp: [\d.e-]+)$")
 
 
-@pytest.fixture
-def data_root(msrvtt_root, tmp_path):
-    """A private copy of the extracted synthetic MSR-VTT (tests may damage it)."""
-    root = tmp_path / "data"
-    shutil.copytree(msrvtt_root / "MSRVTT", root / "MSRVTT")
-    return root
-
-
 def run(tmp_path, data_root, model, *extra):
-    argv = ["--num_frames", "4", "--model", str(model), "--data_root", str(data_root),
-            "--cache_dir", str(tmp_path / "cache"), "--num_workers", "0", "--device", "cpu",
-            "--msrvtt_url", "http://127.0.0.1:9/not-needed", *map(str, extra)]
-    return cli_module.main(cli_module.parse_args(argv))
+    return cli_module.main(cli_module.parse_args(synthetic.cli_argv(tmp_path, data_root, model,
+                                                                    *extra)))
 
 
 def expected_line(metrics, label):
@@ -73,7 +64,7 @@ def test_saved_video_embeddings_are_encode_image_of_sampled_frames(tmp_path, dat
     run(tmp_path, data_root, tiny_clip_files["torchscript"], "--save_embeddings", saved,
         "--frame_chunk", "3")  # chunks that straddle videos
     content = torch.load(saved, weights_only=True)
-    model, preprocess, _ = cli_module.load_clip_model(str(tiny_clip_files["torchscript"]),
+    model, preprocess, _ = load_clip_model(str(tiny_clip_files["torchscript"]),
                                                       torch.device("cpu"))
     for row, video_id in enumerate(content["video_ids"]):
         raw = read_video_frames(data_root / "MSRVTT" / "videos" / "all" / f"{video_id}.mp4", 4)
@@ -135,7 +126,7 @@ def test_truncated_cache_is_recomputed(tmp_path, data_root, tiny_clip_files):
 
 def test_skip_bad_videos(tmp_path, data_root, tiny_clip_files, capsys):
     (data_root / "MSRVTT" / "videos" / "all" / "video7012.mp4").write_bytes(b"corrupt")
-    with pytest.raises(data_loader.VideoDecodeError, match="video7012.mp4.*--skip_bad_videos"):
+    with pytest.raises(VideoDecodeError, match="video7012.mp4.*--skip_bad_videos"):
         run(tmp_path, data_root, tiny_clip_files["torchscript"], "--no_cache")
     capsys.readouterr()
     report = run(tmp_path, data_root, tiny_clip_files["torchscript"], "--skip_bad_videos",
@@ -148,7 +139,7 @@ def test_skip_bad_videos(tmp_path, data_root, tiny_clip_files, capsys):
                              "with the benchmark]") for line in metric_lines)
     assert "skipped video7012" in captured.err
     # The partial cache must not pass for a complete result in a strict run.
-    with pytest.raises(data_loader.VideoDecodeError, match="1 video\\(s\\) failed to decode"):
+    with pytest.raises(VideoDecodeError, match="1 video\\(s\\) failed to decode"):
         run(tmp_path, data_root, tiny_clip_files["torchscript"])
 
 
@@ -188,9 +179,9 @@ def test_weights_that_cannot_be_downloaded(tmp_path, data_root, monkeypatch):
     import clip
     with synthetic.FileServer(b"", status=404) as server:
         monkeypatch.setitem(clip.clip._MODELS, "ViT-B/16", server.url)
-        with pytest.raises(cli_module.ModelLoadError, match="--model /path/to/MSRVTT.zip"):
+        with pytest.raises(ModelLoadError, match="--model /path/to/MSRVTT.zip"):
             run(tmp_path, data_root, "ViT-B/16", "--download_root", tmp_path / "weights")
-    with pytest.raises(cli_module.ModelLoadError, match="neither a file nor one of"):
+    with pytest.raises(ModelLoadError, match="neither a file nor one of"):
         run(tmp_path, data_root, "ViT-Z/99")
 
 
@@ -219,3 +210,33 @@ def test_help_describes_every_option(capsys):
                    "--video_root", "--data_root", "--msrvtt_url", "--cache_dir", "--no_cache",
                    "--save_embeddings", "--output_json", "--skip_bad_videos"]:
         assert option in text
+
+
+def test_cli_prints_config_errors_as_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_module.cli(["--device", "cuda"])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == "error: --device cuda: CUDA is not available on this " \
+                                      "machine\n"
+
+
+def test_cli_keeps_the_traceback_of_errors_from_libraries(monkeypatch):
+    def main(args):
+        raise ValueError("raised deep inside torch")
+
+    monkeypatch.setattr(cli_module, "main", main)
+    with pytest.raises(ValueError, match="deep inside torch"):
+        cli_module.cli(["--device", "cpu"])
+
+
+def test_decode_failure_rule():
+    skipped = [["video1", "cannot decode a.mp4"], ["video2", "video file not found: b.mp4"]]
+    cli_module.check_decode_failures([], skip_bad_videos=False)
+    cli_module.check_decode_failures(skipped, skip_bad_videos=True)
+    with pytest.raises(VideoDecodeError, match=r"^2 video\(s\) failed to decode, e.g. video1: "
+                                               r"cannot decode a.mp4; pass --skip_bad_videos"):
+        cli_module.check_decode_failures(skipped, skip_bad_videos=False)
+    with pytest.raises(VideoDecodeError, match="recorded in the embedding cache c.pt; pass "
+                                               "--no_cache"):
+        cli_module.check_decode_failures(skipped, skip_bad_videos=False, cache_file="c.pt")

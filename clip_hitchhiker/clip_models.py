@@ -1,0 +1,155 @@
+"""CLIP loading (by name or from a checkpoint) and chunked encoding of frames and captions."""
+import math
+import os
+import zipfile
+
+import torch
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from clip_hitchhiker.downloads import sha256_file
+from clip_hitchhiker.errors import ModelLoadError
+
+_TEXT_BATCH = 256
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_clip_model(name_or_path, device, download_root=None):
+    """CLIP by name (downloaded by clip.load) or from a checkpoint file.
+
+    A checkpoint may be a TorchScript archive like the official ones, or a plain state dict
+    (read with weights_only=True). returns: (model in eval mode, preprocess, model id for the
+    cache: the name, or "sha256:<the file's digest>").
+    """
+    import clip
+
+    if os.path.isfile(name_or_path):
+        model_id = f"sha256:{sha256_file(name_or_path)}"
+        if _is_torchscript(name_or_path):
+            model, preprocess = clip.load(name_or_path, device=device, jit=False)
+        else:
+            model, preprocess = _load_state_dict_checkpoint(name_or_path, device)
+        return model.eval(), preprocess, model_id
+    if name_or_path not in clip.available_models():
+        raise ModelLoadError(f"--model {name_or_path!r} is neither a file nor one of "
+                             f"{clip.available_models()}")
+    try:
+        model, preprocess = clip.load(name_or_path, device=device, jit=False,
+                                      download_root=download_root)
+    except (OSError, RuntimeError) as e:  # urllib errors are OSErrors; clip raises on a bad hash
+        url = clip.clip._MODELS[name_or_path]
+        raise ModelLoadError(f"could not download or read CLIP weights {name_or_path!r} ({e}). "
+                             f"Fetch {url} on a machine with internet and pass the file with "
+                             f"--model /path/to/{os.path.basename(url)}") from e
+    return model.eval(), preprocess, name_or_path
+
+
+def _is_torchscript(path):
+    """TorchScript archives hold code/ and constants.pkl; torch.save zips do not."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in archive.namelist())
+
+
+def _load_state_dict_checkpoint(path, device):
+    import clip
+
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError...
+        raise ModelLoadError(f"cannot read checkpoint {path} as a TorchScript archive or a "
+                             f"state dict ({e})") from e
+    if isinstance(state_dict, dict) and isinstance(state_dict.get("state_dict"), dict):
+        state_dict = state_dict["state_dict"]
+    try:
+        model = clip.model.build_model(state_dict).to(device)
+    except (KeyError, AttributeError, RuntimeError, TypeError) as e:
+        raise ModelLoadError(f"{path} is not a CLIP state dict ({e})") from e
+    if device.type == "cpu":
+        model.float()  # as clip.load does on the CPU
+    return model, clip.clip._transform(model.visual.input_resolution)
+
+
+def frame_dtype_for(model_dtype):
+    """The dtype workers preprocess frames in: fp16 for an fp16 model (what encode_image casts to
+    anyway, at half the transfer), else float32."""
+    return torch.float16 if model_dtype == torch.float16 else torch.float32
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoding
+
+
+class ChunkedImageEncoder:
+    """Feeds frames to model.encode_image in chunks of exactly `chunk` frames, across videos,
+    so that small videos still fill the device and 120-frame batches never overflow it."""
+
+    def __init__(self, model, chunk):
+        self.model, self.chunk = model, chunk
+        self.pending, self.pending_count, self.outputs = [], 0, []
+
+    def add(self, frames):
+        """frames: [n, 3, R, R] on the model's device."""
+        self.pending.append(frames)
+        self.pending_count += len(frames)
+        while self.pending_count >= self.chunk:
+            self._encode(self.chunk)
+
+    def finish(self):
+        """returns: float32 CPU [total frames, D], in the order added."""
+        if self.pending_count:
+            self._encode(self.pending_count)
+        if not self.outputs:
+            return torch.zeros(0, self.model.visual.output_dim)
+        return torch.cat(self.outputs)
+
+    def _encode(self, count):
+        frames = torch.cat(self.pending) if len(self.pending) > 1 else self.pending[0]
+        self.pending = [frames[count:]]
+        self.pending_count -= count
+        features = self.model.encode_image(frames[:count].to(self.model.dtype))
+        self.outputs.append(features.float().cpu())
+
+
+def encode_videos(model, dataset, indices, device, *, batch_size=1, num_workers=0,
+                  frame_chunk=256, on_failures=None, show_progress=False):
+    """Encode dataset[indices] (items as VideoDataset's with on_error="report").
+
+    on_failures([[video_id, reason], ...]) is called with each batch's failed videos, and may
+    raise to stop the run. returns: (kept indices, float32 [n, F, D], [(index, reason)]).
+    """
+    options = {}
+    if num_workers > 0:
+        # Keep a whole encode chunk decoded ahead, so that decoding overlaps with encoding.
+        frames_per_round = num_workers * batch_size * dataset.num_frames
+        options["prefetch_factor"] = max(2, math.ceil(frame_chunk / frames_per_round) + 1)
+    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, pin_memory=device.type == "cuda", **options)
+    encoder = ChunkedImageEncoder(model, frame_chunk)
+    kept, failures = [], []
+    for batch in tqdm(loader, desc="encoding videos", unit="batch", disable=not show_progress):
+        ok = torch.tensor([e == "" for e in batch["error"]])
+        batch_failures = [(int(i), e) for i, e in zip(batch["index"], batch["error"]) if e]
+        if batch_failures and on_failures is not None:
+            on_failures([[dataset.video_ids[i], e] for i, e in batch_failures])
+        failures += batch_failures
+        kept += batch["index"][ok].tolist()
+        if ok.any():
+            encoder.add(batch["video"][ok].to(device, non_blocking=True).flatten(0, 1))
+    features = encoder.finish()
+    return kept, features.view(len(kept), dataset.num_frames, features.shape[-1]), failures
+
+
+def encode_captions(model, captions, device):
+    """captions: list of str, cut to CLIP's context. returns: float32 CPU [len(captions), D]."""
+    import clip
+
+    outputs = [torch.zeros(0, model.text_projection.shape[1])]
+    for start in range(0, len(captions), _TEXT_BATCH):
+        tokens = clip.tokenize(captions[start:start + _TEXT_BATCH], truncate=True).to(device)
+        outputs.append(model.encode_text(tokens).float().cpu())
+    return torch.cat(outputs)

@@ -1,0 +1,239 @@
+"""Downloads and archives that are never mistaken for complete, and pickles that cannot run code.
+
+    download_file        HTTP into '<dest>.part', resumed with Range, renamed when complete
+    extract_zip_safely   CRC-checked, zip-slip-safe, staged extraction with a completion marker
+    load_restricted_pickle  plain data only: containers, numbers, strings, numpy arrays
+"""
+import collections
+import hashlib
+import http.client
+import os
+import pickle
+import shutil
+import socket
+import stat
+import urllib.error
+import urllib.request
+import zipfile
+import zlib
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from tqdm import tqdm
+
+from clip_hitchhiker.errors import DatasetError
+
+# Written inside an extracted folder once extraction has finished; a folder without it is redone.
+COMPLETE_MARKER = ".extraction_complete"
+_DOWNLOAD_BLOCK = 1 << 20
+
+
+def sha256_file(path):
+    """Hex sha256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_DOWNLOAD_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# Download
+
+def download_file(url, dest, progress=True, retries=3, timeout=60):
+    """Stream url into dest + '.part', resuming with HTTP Range; rename to dest when complete.
+
+    A server that ignores Range (HTTP 200) restarts the file cleanly. After an interruption, up to
+    ``retries`` resumes are tried before giving up; the next call resumes where this one stopped.
+    """
+    dest = Path(dest)
+    part = dest.with_name(dest.name + ".part")
+    for attempt in range(retries + 1):
+        try:
+            expected_size = _download_into(url, part, progress, timeout)
+            break
+        except _Interrupted as interruption:
+            if attempt == retries:
+                raise DatasetError(
+                    f"download of {url} was interrupted ({interruption}) with "
+                    f"{part.stat().st_size} bytes in {part}; run again to resume") from interruption
+    size = part.stat().st_size
+    if expected_size is not None and size != expected_size:
+        raise DatasetError(f"download of {url} ended with {size} of {expected_size} bytes in "
+                           f"{part}; run again to resume")
+    os.replace(part, dest)
+    return dest
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _download_into(url, part, progress, timeout):
+    """One HTTP request that appends to (or restarts) part. returns: the full size, if known."""
+    offset = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "clip-hitchhiker"})
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and offset:  # the .part is not a prefix we can extend: start over
+            part.unlink()
+            return _download_into(url, part, progress, timeout)
+        raise DatasetError(f"download of {url} failed: HTTP {e.code} {e.reason}. Check the URL, "
+                           f"or download the file by hand and place it at "
+                           f"{part.with_name(part.name[:-len('.part')])}") from e
+    except (urllib.error.URLError, OSError) as e:
+        raise DatasetError(f"cannot reach {url}: {getattr(e, 'reason', e)}. Check the network, "
+                           f"or download the file by hand and place it at "
+                           f"{part.with_name(part.name[:-len('.part')])}") from e
+    with response:
+        if response.status == 206:
+            expected_size = _content_range_total(response, offset, url)
+            mode = "ab"
+        else:  # 200: the server sent the whole file, whatever we asked
+            offset, mode = 0, "wb"
+            length = response.headers.get("Content-Length")
+            expected_size = int(length) if length is not None else None
+        with open(part, mode) as out, tqdm(total=expected_size, initial=offset, unit="B",
+                                           unit_scale=True, desc=part.name[:-len(".part")],
+                                           disable=not progress) as bar:
+            try:
+                while block := response.read(_DOWNLOAD_BLOCK):
+                    out.write(block)
+                    bar.update(len(block))
+            except (http.client.IncompleteRead, ConnectionError, socket.timeout, OSError) as e:
+                raise _Interrupted(repr(e)) from e
+    if expected_size is not None and part.stat().st_size < expected_size:
+        raise _Interrupted(f"connection closed at {part.stat().st_size} of {expected_size} bytes")
+    return expected_size
+
+
+def _content_range_total(response, offset, url):
+    """Total size from 'Content-Range: bytes START-END/TOTAL', checking START is our offset."""
+    content_range = response.headers.get("Content-Range", "")
+    try:
+        unit, spec = content_range.split(" ", 1)
+        span, total = spec.split("/")
+        start = int(span.split("-")[0])
+    except ValueError as e:
+        raise DatasetError(f"{url} answered a range request with a bad Content-Range "
+                           f"{content_range!r}") from e
+    if unit != "bytes" or start != offset:
+        raise DatasetError(f"{url} resumed at {content_range!r}, expected byte {offset}; delete "
+                           "the .part file and run again")
+    return None if total == "*" else int(total)
+
+
+# ----------------------------------------------------------------------------------------------
+# Extraction
+
+
+def extract_zip_safely(zip_path, dest_root, top_folder, progress=True):
+    """Extract zip_path's top_folder into dest_root, all or nothing.
+
+    Every entry is checked before anything is written (no absolute paths, no '..', no symlinks)
+    and every file's CRC while it is written, into a staging folder that is moved into place
+    only when all is well; then COMPLETE_MARKER is written. A corrupt zip is renamed to
+    '<zip>.corrupt' so that it is never taken for a good download.
+    """
+    zip_path, dest_root = Path(zip_path), Path(dest_root)
+    staging = dest_root / f".{top_folder}.extracting"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            members = archive.infolist()
+            for member in members:
+                _check_member(member, zip_path)
+            total = sum(m.file_size for m in members)
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"extracting {zip_path.name}",
+                      disable=not progress) as bar:
+                for member in members:
+                    _extract_member(archive, member, staging)
+                    bar.update(member.file_size)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError) as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        corrupt = zip_path.with_name(zip_path.name + ".corrupt")
+        os.replace(zip_path, corrupt)
+        raise DatasetError(f"{zip_path} is corrupt ({e}); it was moved to {corrupt}. Run again to "
+                           "download it afresh, or place a good copy at that path") from e
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    extracted = staging / top_folder
+    if not extracted.is_dir():
+        shutil.rmtree(staging, ignore_errors=True)
+        raise DatasetError(f"{zip_path} has no {top_folder}/ folder; is it the right file?")
+    target = dest_root / top_folder
+    shutil.rmtree(target, ignore_errors=True)  # an interrupted earlier extraction
+    os.replace(extracted, target)
+    shutil.rmtree(staging, ignore_errors=True)
+    (target / COMPLETE_MARKER).write_text(f"extracted from {zip_path.name}\n")
+    return target
+
+
+def _check_member(member, zip_path):
+    name = member.filename
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        raise DatasetError(f"{zip_path} has an entry with an absolute path, {name!r}; refusing "
+                           "to extract it")
+    if ".." in path.parts:
+        raise DatasetError(f"{zip_path} has an entry that leaves the target folder, {name!r}; "
+                           "refusing to extract it")
+    if stat.S_ISLNK(member.external_attr >> 16):
+        raise DatasetError(f"{zip_path} has a symbolic link entry, {name!r}; refusing to "
+                           "extract it")
+
+
+def _extract_member(archive, member, staging):
+    target = staging.joinpath(*PurePosixPath(member.filename.replace("\\", "/")).parts)
+    if member.is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # ZipExtFile checks the CRC when the entry has been read to its end.
+    with archive.open(member) as source, open(target, "wb") as out:
+        shutil.copyfileobj(source, out, _DOWNLOAD_BLOCK)
+
+
+# ----------------------------------------------------------------------------------------------
+# Restricted unpickling
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Plain containers, numbers, strings and numpy arrays/scalars; nothing else is built."""
+
+    def find_class(self, module, name):
+        allowed = _allowed_pickle_globals()
+        if (module, name) not in allowed:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return allowed[(module, name)]
+
+
+def _allowed_pickle_globals():
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray
+    allowed = {("numpy", "dtype"): np.dtype, ("numpy", "ndarray"): np.ndarray,
+               ("collections", "OrderedDict"): collections.OrderedDict,
+               ("builtins", "set"): set, ("builtins", "frozenset"): frozenset,
+               ("__builtin__", "set"): set, ("__builtin__", "frozenset"): frozenset}
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[(module, "scalar")] = multiarray.scalar
+        allowed[(module, "_reconstruct")] = multiarray._reconstruct
+    return allowed
+
+
+def load_restricted_pickle(path):
+    """Unpickle path allowing only data types (see _RestrictedUnpickler); nothing in it runs."""
+    try:
+        with open(path, "rb") as f:
+            return _RestrictedUnpickler(f).load()
+    except FileNotFoundError as e:
+        raise DatasetError(f"missing {path}; the dataset folder is incomplete, delete it and "
+                           "download again") from e
+    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError) as e:
+        raise DatasetError(f"{path} is not a plain-data pickle ({e}); refusing to load it") from e

@@ -1,0 +1,100 @@
+"""The embedding cache: what it holds, its key, where it lives, atomic saves and safe loads.
+
+An entry is a torch.save'd dict of plain tensors, strings and lists, read back with
+weights_only=True, so a tampered file cannot run code. Writes go to a temporary file that is
+renamed into place, so an interrupted write never leaves a half-written entry.
+"""
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+CACHE_FORMAT = 1
+
+
+def cache_content(text_embeds, video_embeds, video_ids, query_video_ids, captions, skipped):
+    """What the cache and --save_embeddings hold: plain tensors, strings and lists only.
+
+    text_embeds: [Q, D] one row per query of the dataset (kept videos or not);
+    video_embeds: [V, F, D] for the decoded videos video_ids; skipped: [[video_id, reason]].
+    """
+    return {"format": CACHE_FORMAT, "text_embeds": text_embeds, "video_embeds": video_embeds,
+            "video_ids": video_ids, "query_video_ids": query_video_ids, "captions": captions,
+            "skipped": skipped}
+
+
+def cache_key(model_id, model_dtype, num_frames, dataset_id, preprocess_id):
+    """Everything the embeddings depend on, as a canonical JSON string.
+
+    model_id: the model's name or "sha256:<file digest>"; dataset_id: a JSON-able dict naming the
+    data (split, or CSV digest, and the queries' digest); preprocess_id: a string that changes
+    whenever the preprocessed frames would.
+    """
+    return json.dumps({"format": CACHE_FORMAT, "model": model_id, "model_dtype": str(model_dtype),
+                       "num_frames": num_frames, "dataset": dataset_id,
+                       "preprocess": preprocess_id}, sort_keys=True)
+
+
+def cache_path(cache_dir, key):
+    """The entry's file for key: a digest of the key, so equal settings share one file."""
+    return Path(cache_dir) / f"embeddings-{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
+
+
+def save_embeddings(path, content, key):
+    """Write content (see cache_content) and its key to path, atomically."""
+    write_atomically(path, lambda tmp: torch.save({**content, "key": key}, tmp))
+
+
+def write_json(path, obj):
+    """Write obj as indented JSON to path, atomically."""
+    write_atomically(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def write_atomically(path, write):
+    """write(tmp_path) into a temporary file beside path, then os.replace: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
+        tmp_name = f.name
+    try:
+        write(tmp_name)
+        os.replace(tmp_name, path)
+    except BaseException:
+        os.unlink(tmp_name)
+        raise
+
+
+def load_cached_embeddings(path, key):
+    """The cached content if path holds a complete entry for key, else None (with a warning
+    when a file was there but unusable)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+        check_cache_content(content)
+    except Exception as e:  # truncated zip, wrong types, missing fields: recompute
+        warnings.warn(f"ignoring unreadable embedding cache {path} ({type(e).__name__}: {e}); "
+                      "recomputing", stacklevel=2)
+        return None
+    if content.get("key") != key:
+        warnings.warn(f"ignoring stale embedding cache {path} (made for other settings); "
+                      "recomputing", stacklevel=2)
+        return None
+    return content
+
+
+def check_cache_content(content):
+    """Raise ValueError unless content has the fields and consistent shapes of cache_content."""
+    if not isinstance(content, dict) or content.get("format") != CACHE_FORMAT:
+        raise ValueError("not an embedding cache of this format")
+    text, video = content["text_embeds"], content["video_embeds"]
+    if text.ndim != 2 or video.ndim != 3 or text.shape[1] != video.shape[2]:
+        raise ValueError(f"shapes {tuple(text.shape)}, {tuple(video.shape)} do not fit")
+    if len(content["video_ids"]) != video.shape[0] or not (
+            len(content["captions"]) == len(content["query_video_ids"]) == text.shape[0]):
+        raise ValueError("ids and embeddings disagree in length")

@@ -1,0 +1,26 @@
+"""The project's own exceptions. Their messages name the thing at fault and what to do, so the
+CLI prints them as one line; any other exception keeps its traceback."""
+
+
+class HitchhikerError(Exception):
+    """Base of every error whose message is meant for the user as it is."""
+
+
+class DatasetError(HitchhikerError, RuntimeError):
+    """A dataset that cannot be downloaded, extracted or read."""
+
+
+class VideoDecodeError(HitchhikerError, RuntimeError):
+    """A video file that is missing or cannot be decoded; the message names the path."""
+
+
+class ModelLoadError(HitchhikerError, RuntimeError):
+    """CLIP weights that cannot be found, downloaded or read."""
+
+
+class ConfigError(HitchhikerError, ValueError):
+    """A command-line setting that cannot work on this machine (e.g. --device cuda without CUDA)."""
+
+
+class PeerFailure(HitchhikerError, RuntimeError):
+    """Another rank of a distributed run failed; that rank reports the cause."""

@@ -1,0 +1,122 @@
+"""Device choice and, under torchrun, the process group and the collectives the CLI needs.
+
+Every collective goes through an initialised process group; without one (a plain single process)
+the helpers return their input. Nothing received from another rank is unpickled: metadata
+travels as JSON in uint8 tensors.
+"""
+import json
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from clip_hitchhiker.errors import ConfigError, PeerFailure
+
+
+@dataclass
+class Context:
+    """Where this process runs: its device and, under torchrun, its rank."""
+    device: torch.device
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+
+def setup_context(device_arg):
+    """Choose the device; under torchrun (WORLD_SIZE > 1) also join the process group.
+
+    device_arg: "auto" (CUDA when present, else the CPU), "cpu", "cuda" or "cuda:N".
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    rank = int(os.environ.get("RANK", "0"))
+    if rank != 0:
+        warnings.simplefilter("ignore")  # other ranks print nothing but errors
+    if device_arg == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if device.type == "cpu" and rank == 0:
+            warnings.warn("no CUDA device found: running on the CPU, which is slow for the real "
+                          "dataset (pass --device cpu to silence this)", stacklevel=2)
+    else:
+        device = torch.device(device_arg)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"--device {device_arg}: CUDA is not available on this machine")
+    if device.type == "cuda" and world_size > 1:
+        device = torch.device("cuda", local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world_size > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Context(device, rank, local_rank, world_size)
+
+
+def teardown(ctx):
+    """Leave the process group that setup_context joined, if any."""
+    if ctx.world_size > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _in_group():
+    return dist.is_available() and dist.is_initialized()
+
+
+def collective_step(ctx, fn):
+    """Run fn on this rank; if any rank raised, raise on every rank, so that none waits forever.
+
+    The failing rank re-raises its own exception; the others raise PeerFailure naming it.
+    """
+    try:
+        result, error = fn(), None
+    except Exception as e:  # re-raised below, after the other ranks have been told
+        result, error = None, e
+    if _in_group():
+        messages = all_gather_json(ctx, None if error is None else
+                                   f"{type(error).__name__}: {error}")
+        failed = [f"rank {r}: {m}" for r, m in enumerate(messages) if m is not None]
+        if failed and error is None:
+            raise PeerFailure("; ".join(failed))
+    if error is not None:
+        raise error
+    return result
+
+
+def all_gather_rows(ctx, rows):
+    """Every rank's rows [n_r, ...] concatenated in rank order (n_r may differ). CPU in and out."""
+    if not _in_group():
+        return rows
+    world_size = dist.get_world_size()
+    on_device = rows.to(ctx.device)
+    counts = [torch.zeros(1, dtype=torch.long, device=ctx.device) for _ in range(world_size)]
+    dist.all_gather(counts, torch.tensor([len(rows)], device=ctx.device))
+    counts = [int(c) for c in counts]
+    padded = on_device.new_zeros((max(max(counts), 1), *rows.shape[1:]))
+    padded[:len(rows)] = on_device
+    gathered = [torch.empty_like(padded) for _ in range(world_size)]
+    dist.all_gather(gathered, padded)
+    return torch.cat([g[:n] for g, n in zip(gathered, counts)]).cpu()
+
+
+def all_gather_json(ctx, obj):
+    """Every rank's JSON-able obj, as a list in rank order (JSON, so nothing is unpickled)."""
+    payload = torch.frombuffer(bytearray(json.dumps(obj).encode()), dtype=torch.uint8)
+    gathered = all_gather_rows(ctx, payload.clone())
+    counts = all_gather_rows(ctx, torch.tensor([len(payload)]))
+    chunks = torch.split(gathered, counts.tolist())
+    return [json.loads(bytes(c.tolist()).decode()) for c in chunks]
+
+
+def broadcast_json(ctx, obj):
+    """Rank 0's JSON-able obj, on every rank."""
+    return all_gather_json(ctx, obj)[0]
+
+
+def shard(count, ctx):
+    """This rank's contiguous share of range(count); shares differ by at most one."""
+    return np.array_split(np.arange(count), ctx.world_size)[ctx.rank].tolist()

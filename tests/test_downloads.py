@@ -1,0 +1,131 @@
+"""Resumable download, safe extraction and restricted unpickling, against a server on
+127.0.0.1 serving a synthetic MSR-VTT zip."""
+import pickle
+import shutil
+import stat
+import zipfile
+
+import numpy as np
+import pytest
+
+from clip_hitchhiker.downloads import COMPLETE_MARKER, load_restricted_pickle
+from clip_hitchhiker.errors import DatasetError
+from data_loader import download_msrvtt
+from tests import synthetic
+
+
+def test_download_and_extract(msrvtt_zip, tmp_path, capsys):
+    with synthetic.FileServer(msrvtt_zip) as server:
+        dataset_dir = download_msrvtt(tmp_path, url=server.url, progress=False)
+    assert server.ranges == [None]
+    assert (dataset_dir / COMPLETE_MARKER).is_file()
+    assert (tmp_path / "MSRVTT.zip").read_bytes() == msrvtt_zip
+    assert (dataset_dir / "videos" / "all" / "video7010.mp4").is_file()
+    assert not list(tmp_path.glob(".MSRVTT.extracting"))
+    # Complete: a second call does nothing, asks nothing, prints nothing.
+    capsys.readouterr()
+    assert download_msrvtt(tmp_path, url="http://127.0.0.1:9/unreachable", progress=False) \
+        == dataset_dir
+    assert capsys.readouterr() == ("", "")
+
+
+def test_resume_after_cut_off(msrvtt_zip, tmp_path):
+    half = len(msrvtt_zip) // 2
+    with synthetic.FileServer(msrvtt_zip, cut_after=half) as server:
+        with pytest.raises(DatasetError, match="interrupted.*run again to resume"):
+            download_msrvtt(tmp_path, url=server.url, progress=False, retries=0)
+        assert (tmp_path / "MSRVTT.zip.part").stat().st_size == half
+        assert not (tmp_path / "MSRVTT").exists()
+        download_msrvtt(tmp_path, url=server.url, progress=False, retries=0)
+    assert server.ranges == [None, f"bytes={half}-"]
+    assert (tmp_path / "MSRVTT.zip").read_bytes() == msrvtt_zip
+    assert (tmp_path / "MSRVTT" / COMPLETE_MARKER).is_file()
+
+
+def test_retries_resume_within_one_call(msrvtt_zip, tmp_path):
+    with synthetic.FileServer(msrvtt_zip, cut_after=1000) as server:
+        download_msrvtt(tmp_path, url=server.url, progress=False)
+    assert server.ranges == [None, "bytes=1000-"]
+    assert (tmp_path / "MSRVTT.zip").read_bytes() == msrvtt_zip
+
+
+def test_server_ignoring_range_restarts_cleanly(msrvtt_zip, tmp_path):
+    (tmp_path / "MSRVTT.zip.part").write_bytes(b"garbage that is not a prefix")
+    with synthetic.FileServer(msrvtt_zip, ignore_range=True) as server:
+        download_msrvtt(tmp_path, url=server.url, progress=False)
+    assert server.ranges == ["bytes=28-"]
+    assert (tmp_path / "MSRVTT.zip").read_bytes() == msrvtt_zip
+
+
+def test_part_file_longer_than_the_file_starts_over(msrvtt_zip, tmp_path):
+    (tmp_path / "MSRVTT.zip.part").write_bytes(b"x" * (len(msrvtt_zip) + 10))
+    with synthetic.FileServer(msrvtt_zip) as server:
+        download_msrvtt(tmp_path, url=server.url, progress=False)
+    assert server.ranges == [f"bytes={len(msrvtt_zip) + 10}-", None]  # 416, then from scratch
+    assert (tmp_path / "MSRVTT.zip").read_bytes() == msrvtt_zip
+
+
+def test_http_404_names_url_and_status(tmp_path):
+    with synthetic.FileServer(b"", status=404) as server:
+        with pytest.raises(DatasetError) as error:
+            download_msrvtt(tmp_path, url=server.url, progress=False)
+    message = str(error.value)
+    assert server.url in message and "HTTP 404" in message
+    assert str(tmp_path / "MSRVTT.zip") in message  # where to put a copy made by hand
+    assert not (tmp_path / "MSRVTT.zip").exists()
+
+
+def test_corrupt_zip_is_moved_aside(msrvtt_zip, tmp_path):
+    corrupt = bytearray(msrvtt_zip)
+    # Flip bytes inside the first stored file's data: the CRC check must catch it.
+    corrupt[200:210] = bytes(10)
+    with synthetic.FileServer(bytes(corrupt)) as server:
+        with pytest.raises(DatasetError, match="corrupt.*moved to"):
+            download_msrvtt(tmp_path, url=server.url, progress=False)
+    assert not (tmp_path / "MSRVTT.zip").exists()
+    assert (tmp_path / "MSRVTT.zip.corrupt").is_file()
+    assert not (tmp_path / "MSRVTT").exists()
+    assert not (tmp_path / ".MSRVTT.extracting").exists()
+
+
+@pytest.mark.parametrize("entry,message", [
+    ("MSRVTT/../../evil.txt", "leaves the target folder"),
+    ("/tmp/evil.txt", "absolute path"),
+    ("symlink", "symbolic link"),
+])
+def test_unsafe_zip_entries_are_refused(msrvtt_source, tmp_path, entry, message):
+    root, _ = msrvtt_source
+    if entry == "symlink":
+        info = zipfile.ZipInfo("MSRVTT/link")
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        extra = [(info, "/etc/passwd")]
+    else:
+        extra = [(zipfile.ZipInfo(entry), "pwned")]
+    zip_path = synthetic.zip_folder(root / "MSRVTT", tmp_path / "MSRVTT.zip", extra)
+    data_root = tmp_path / "data" / "inner"
+    data_root.mkdir(parents=True)
+    shutil.copy(zip_path, data_root / "MSRVTT.zip")
+    with pytest.raises(DatasetError, match=message):
+        download_msrvtt(data_root, url="http://127.0.0.1:9/unused", progress=False)
+    assert not (tmp_path / "data" / "evil.txt").exists() and not (tmp_path / "evil.txt").exists()
+    assert not (data_root / "MSRVTT").exists()
+
+
+def test_interrupted_extraction_is_redone(msrvtt_zip, tmp_path):
+    (tmp_path / "MSRVTT.zip").write_bytes(msrvtt_zip)
+    half_done = tmp_path / "MSRVTT" / "annotation"
+    half_done.mkdir(parents=True)
+    (half_done / "MSR_VTT.json").write_text("{truncated")
+    download_msrvtt(tmp_path, url="http://127.0.0.1:9/unused", progress=False)
+    assert (tmp_path / "MSRVTT" / COMPLETE_MARKER).is_file()
+    assert "annotations" in (half_done / "MSR_VTT.json").read_text()
+
+
+def test_restricted_pickle_accepts_plain_data(tmp_path):
+    data = {"a": np.int64(3), "b": [1, 2.5, "x"], "c": np.arange(4), "d": (None, True)}
+    (tmp_path / "ok.pkl").write_bytes(pickle.dumps(data))
+    loaded = load_restricted_pickle(tmp_path / "ok.pkl")
+    assert loaded["a"] == 3 and loaded["b"] == [1, 2.5, "x"] and loaded["d"] == (None, True)
+    np.testing.assert_array_equal(loaded["c"], np.arange(4))
+
+

@@ -1,0 +1,56 @@
+"""pyproject.toml lists every module, and a fresh install works from another directory."""
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PUBLIC_IMPORTS = {
+    "query_scoring": ["similarity_queryscoring", "similarity_meanpooling"],
+    "metrics": ["t2v_metrics", "v2t_metrics"],
+    "data_loader": ["sample_frame_indices", "read_video_decord", "MSRVTTDataset", "CSVDataset",
+                    "download_msrvtt", "load_msrvtt_split"],
+}
+
+
+def setuptools_config():
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+
+
+def test_listed_modules_are_exactly_the_top_level_modules():
+    config = setuptools_config()
+    assert sorted(config["py-modules"]) == sorted(p.stem for p in REPO.glob("*.py"))
+    packages = sorted(p.parent.name for p in REPO.glob("*/__init__.py")
+                      if p.parent.name not in ("tests", "bench"))
+    assert sorted(config["packages"]) == packages == ["clip_hitchhiker"]
+
+
+def test_fresh_install_runs_from_another_directory(tmp_path):
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ["pyproject.toml", "README.md", *setuptools_config()["py-modules"]]:
+        name = name if "." in name else f"{name}.py"
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(REPO / "clip_hitchhiker", source / "clip_hitchhiker",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                    "--no-build-isolation", "--target", str(target), str(source)], check=True,
+                   capture_output=True, timeout=300)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}
+    help_text = subprocess.run([sys.executable, str(target / "bin" / "run-msr-retrieval"),
+                                "--help"], cwd=elsewhere, env=env, capture_output=True,
+                               text=True, timeout=120)
+    assert help_text.returncode == 0, help_text.stderr[-2000:]
+    assert "--num_frames" in help_text.stdout and "--skip_bad_videos" in help_text.stdout
+    imports = "; ".join(f"from {module} import {', '.join(names)}"
+                        for module, names in PUBLIC_IMPORTS.items())
+    check = (f"{imports}; import clip_hitchhiker.embedding_cache as c, query_scoring as q; "
+             "print(c.__file__); print(q.__file__)")
+    result = subprocess.run([sys.executable, "-c", check], cwd=elsewhere, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert all(line.startswith(str(target)) for line in result.stdout.split())

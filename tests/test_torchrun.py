@@ -1,0 +1,64 @@
+"""The torchrun helpers in one process: without a process group, and in a 1-rank gloo group
+(so that the real collective code runs)."""
+import pytest
+import torch
+import torch.distributed as dist
+from torch.testing import assert_close
+
+from clip_hitchhiker.errors import ConfigError
+from clip_hitchhiker.torchrun import (Context, all_gather_json, all_gather_rows, broadcast_json,
+                                      collective_step, setup_context, shard)
+
+CPU = Context(torch.device("cpu"))
+
+
+@pytest.fixture
+def one_rank_group(tmp_path):
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    yield CPU
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("count,world_size,expected", [
+    (7, 3, [[0, 1, 2], [3, 4], [5, 6]]),
+    (2, 3, [[0], [1], []]),
+    (4, 1, [[0, 1, 2, 3]]),
+])
+def test_shards_are_contiguous_and_cover_everything(count, world_size, expected):
+    shares = [shard(count, Context(torch.device("cpu"), rank=r, world_size=world_size))
+              for r in range(world_size)]
+    assert shares == expected
+
+
+def test_without_a_group_the_helpers_return_their_input():
+    rows = torch.arange(6.0).view(3, 2)
+    assert all_gather_rows(CPU, rows) is rows
+    assert all_gather_json(CPU, {"a": [1, "x"]}) == [{"a": [1, "x"]}]
+    assert collective_step(CPU, lambda: 5) == 5
+    with pytest.raises(KeyError, match="boom"):
+        collective_step(CPU, lambda: {}["boom"])
+
+
+@pytest.mark.parametrize("rows", [torch.arange(6.0).view(3, 2), torch.zeros(0, 2),
+                                  torch.tensor([3, 1, 2], dtype=torch.long)])
+def test_gather_rows_in_a_one_rank_group(one_rank_group, rows):
+    gathered = all_gather_rows(one_rank_group, rows)
+    assert gathered.dtype == rows.dtype
+    assert_close(gathered, rows, atol=0, rtol=0)
+
+
+def test_json_and_errors_in_a_one_rank_group(one_rank_group):
+    obj = {"ids": ["video7010", "ünïcode"], "n": 3, "none": None}
+    assert all_gather_json(one_rank_group, obj) == [obj]
+    assert broadcast_json(one_rank_group, True) is True
+    assert collective_step(one_rank_group, lambda: "ok") == "ok"
+    with pytest.raises(ZeroDivisionError):  # the failing rank re-raises its own error
+        collective_step(one_rank_group, lambda: 1 / 0)
+
+
+def test_cuda_device_without_cuda_is_a_config_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="--device cuda: CUDA is not available"):
+        setup_context("cuda")
+    assert setup_context("cpu").device == torch.device("cpu")
