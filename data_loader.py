@@ -18,19 +18,17 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset
-from torchvision.transforms import Normalize
+from torch.utils.dlpack import from_dlpack
+from torchvision.transforms import CenterCrop, Normalize, Resize
 
-from clip_hitchhiker.downloads import (
-    COMPLETE_MARKER,
-    download_file,
-    extract_zip_safely,
-    load_restricted_pickle,
-)
+from clip_hitchhiker.downloads import (COMPLETE_MARKER, download_file, extract_zip_safely,
+                                       load_restricted_pickle)
 from clip_hitchhiker.errors import DatasetError, VideoDecodeError
 
 __all__ = ["COMPLETE_MARKER", "CSVDataset", "DatasetError", "FramePreprocess", "MSRVTTDataset",
-           "MSRVTT_URL", "SPLITS", "VideoDataset", "VideoDecodeError", "download_msrvtt",
-           "load_msrvtt_split", "read_video_decord", "read_video_frames", "sample_frame_indices"]
+           "MSRVTT_URL", "SPLITS", "VideoDataset", "VideoDecodeError", "center_crop",
+           "collate_videos", "download_msrvtt", "load_msrvtt_split", "read_video_decord",
+           "read_video_frames", "resize_shorter_side", "sample_frame_indices"]
 
 MSRVTT_URL = "https://www.robots.ox.ac.uk/~maxbain/frozen-in-time/data/MSRVTT.zip"
 SPLITS = ("jsfusion", "miech", "full-test")
@@ -163,12 +161,14 @@ def read_video_frames(video_path, num_frames, num_threads=1):
         num_available = len(reader)
         if num_available == 0:
             raise VideoDecodeError(f"video has no frames: {video_path}")
-        frames = reader.get_batch(sample_frame_indices(num_available, num_frames)).asnumpy()
+        batch = reader.get_batch(sample_frame_indices(num_available, num_frames))
     except VideoDecodeError:
         raise
     except Exception as e:  # decord raises its own DECORDError, or RuntimeError
         raise VideoDecodeError(f"cannot decode {video_path}: {e}") from e
-    return torch.from_numpy(frames).permute(0, 3, 1, 2)
+    # DLPack hands over decord's buffer without the copy that asnumpy() makes.
+    frames = from_dlpack(batch.to_dlpack())  # [F, H, W, 3]
+    return frames.permute(0, 3, 1, 2)
 
 
 def read_video_decord(video_path, num_frames, num_threads=1):
@@ -177,30 +177,85 @@ def read_video_decord(video_path, num_frames, num_threads=1):
 
 
 class FramePreprocess:
-    """CLIP's image preprocessing applied to decoded frame tensors.
+    """CLIP's image preprocessing on decoded frame tensors, as the release ran it.
 
-    Built from the ``preprocess`` that ``clip.load`` returns: its nn.Module transforms (bicubic
-    resize of the shorter side, centre crop, CLIP normalisation) are kept as they are, on float
-    frames in [0, 1], exactly as the reference release does, so any CLIP resolution is followed.
+    Built from the ``preprocess`` Compose that ``clip.load`` returns, of which it takes the
+    numbers (resize size and interpolation, crop size, mean, std) and applies them with its own
+    float operations, so the result does not depend on the installed torchvision's defaults:
+        the shorter side to ``resize`` (the longer one to int(resize * long / short)), by
+        F.interpolate(align_corners=False), with antialias only if asked; a centre crop placed
+        as torchvision places it; then normalisation.
+    antialias=False is the release-era resize: every torchvision before 0.17 resized tensors
+    without antialias, and the published figures were made so. antialias=True is closer to the
+    PIL resize CLIP was trained with (an ablation).
     dtype: the output dtype; float16 halves what DataLoader workers send when the model is fp16.
+    Runs on the frames' device: in DataLoader workers, or on the model's device.
     """
 
-    def __init__(self, preprocess, dtype=torch.float32):
-        modules = [t for t in getattr(preprocess, "transforms", [])
-                   if isinstance(t, torch.nn.Module)]
-        if not any(isinstance(m, Normalize) for m in modules):
+    def __init__(self, preprocess, dtype=torch.float32, antialias=False):
+        transforms = getattr(preprocess, "transforms", [])
+        resize = [t for t in transforms if isinstance(t, Resize)]
+        crop = [t for t in transforms if isinstance(t, CenterCrop)]
+        normalize = [t for t in transforms if isinstance(t, Normalize)]
+        if len(resize) != 1 or len(crop) != 1 or len(normalize) != 1:
             raise ValueError("preprocess must be the torchvision Compose that clip.load returns "
-                             f"(with a Normalize), got {preprocess!r}")
-        self.transforms = torch.nn.Sequential(*modules)
+                             f"(one Resize, CenterCrop and Normalize), got {preprocess!r}")
+        self.resize = _single_size(resize[0].size, "Resize")
+        self.crop = _single_size(crop[0].size, "CenterCrop")
+        if self.crop > self.resize:
+            raise ValueError(f"CenterCrop {self.crop} is larger than Resize {self.resize}")
+        self.interpolation = resize[0].interpolation.value  # "bicubic", "bilinear", ...
+        self.mean = tuple(float(m) for m in normalize[0].mean)
+        self.std = tuple(float(s) for s in normalize[0].std)
+        self.antialias = bool(antialias)
         self.dtype = dtype
 
     def __call__(self, frames):
-        """frames: uint8 [F, 3, H, W]. returns: [F, 3, R, R] in self.dtype."""
-        return self.transforms(frames.float() / 255).to(self.dtype)
+        """frames: uint8 [F, 3, H, W] on any device. returns: [F, 3, crop, crop] in self.dtype."""
+        frames = resize_shorter_side(frames.float() / 255, self.resize, self.interpolation,
+                                     self.antialias)
+        frames = center_crop(frames, self.crop)
+        mean = torch.tensor(self.mean, device=frames.device).view(3, 1, 1)
+        std = torch.tensor(self.std, device=frames.device).view(3, 1, 1)
+        return ((frames - mean) / std).to(self.dtype)
 
     def describe(self):
         """A string that changes whenever the output would (for cache keys)."""
-        return f"{self.transforms!r} {self.dtype}"
+        return (f"resize {self.resize} {self.interpolation} antialias={self.antialias}, "
+                f"centre crop {self.crop}, mean {self.mean}, std {self.std}, {self.dtype}")
+
+
+def resize_shorter_side(frames, size, interpolation="bicubic", antialias=False):
+    """frames: float [F, 3, H, W]. The shorter side to size, the longer to int(size * long /
+    short), as torchvision computes it; frames whose shorter side is already size come back as
+    they are. No clamping (float frames, as the release). returns: [F, 3, H', W']."""
+    height, width = frames.shape[-2:]
+    if min(height, width) == size:
+        return frames
+    if width < height:
+        new_height, new_width = int(size * height / width), size
+    else:
+        new_height, new_width = size, int(size * width / height)
+    align = {"align_corners": False} if interpolation in ("bilinear", "bicubic") else {}
+    return torch.nn.functional.interpolate(frames, size=(new_height, new_width),
+                                           mode=interpolation, antialias=antialias, **align)
+
+
+def center_crop(frames, size):
+    """frames: [..., H, W] with H, W >= size. The centre size x size window, its corner at
+    int(round((H - size) / 2)) as torchvision places it. returns: [..., size, size]."""
+    height, width = frames.shape[-2:]
+    top = int(round((height - size) / 2.0))
+    left = int(round((width - size) / 2.0))
+    return frames[..., top:top + size, left:left + size]
+
+
+def _single_size(size, name):
+    if isinstance(size, int):
+        return size
+    if len(size) == 1 or (len(size) == 2 and size[0] == size[1]):
+        return int(size[0])
+    raise ValueError(f"{name} size must be one number (a square crop), got {size}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -208,9 +263,12 @@ class FramePreprocess:
 
 
 class VideoDataset(Dataset):
-    """One item per video: {"index", "video_id", "video" [F, 3, R, R], "error"}.
+    """One item per video: {"index", "video_id", "video", "error"}.
 
     queries: DataFrame with one row per caption (video_id, caption), captions of a video together.
+    preprocess: a FramePreprocess (or clip's Compose) applied here, in the DataLoader workers,
+        giving "video" [F, 3, R, R]; or None to give the decoded uint8 frames [F, 3, H, W], for
+        preprocessing on the model's device (videos may then differ in H, W: see collate_videos).
     on_error: what a video that fails to decode does to its item. "raise" raises the
         VideoDecodeError; "report" gives zeros and the message in "error" ("" when decoded), so
         that the caller decides for the whole run (the CLI does, in one place).
@@ -224,8 +282,8 @@ class VideoDataset(Dataset):
         self.video_ids = list(video_ids)
         self.video_paths = [str(p) for p in video_paths]
         self.queries = queries.reset_index(drop=True)
-        self.preprocess = preprocess if isinstance(preprocess, FramePreprocess) \
-            else FramePreprocess(preprocess)
+        self.preprocess = preprocess if preprocess is None or isinstance(
+            preprocess, FramePreprocess) else FramePreprocess(preprocess)
         self.num_frames = num_frames
         self.on_error = on_error
 
@@ -235,19 +293,29 @@ class VideoDataset(Dataset):
     def __getitem__(self, index):
         item = {"index": index, "video_id": self.video_ids[index], "error": ""}
         try:
-            item["video"] = self.preprocess(read_video_frames(self.video_paths[index],
-                                                              self.num_frames))
+            frames = read_video_frames(self.video_paths[index], self.num_frames)
+            item["video"] = frames if self.preprocess is None else self.preprocess(frames)
         except VideoDecodeError as e:
             if self.on_error == "raise":
                 raise
             item["error"] = str(e)
-            item["video"] = torch.zeros(self.num_frames, 3, *self._resolution(),
-                                        dtype=self.preprocess.dtype)
+            item["video"] = self._placeholder()
         return item
 
-    def _resolution(self):
-        probe = self.preprocess(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
-        return tuple(probe.shape[-2:])
+    def _placeholder(self):
+        if self.preprocess is None:
+            return torch.zeros(self.num_frames, 3, 0, 0, dtype=torch.uint8)
+        size = self.preprocess.crop
+        return torch.zeros(self.num_frames, 3, size, size, dtype=self.preprocess.dtype)
+
+
+def collate_videos(items):
+    """DataLoader collate for VideoDataset items: "index" [B] tensor, "video_id" and "error"
+    lists, and "video" a list of B tensors (their sizes may differ when frames are raw)."""
+    return {"index": torch.tensor([item["index"] for item in items]),
+            "video_id": [item["video_id"] for item in items],
+            "error": [item["error"] for item in items],
+            "video": [item["video"] for item in items]}
 
 
 class MSRVTTDataset(VideoDataset):

@@ -3,7 +3,9 @@
 Ranks are 1-based. A query's rank counts the candidates scored strictly higher than its ground
 truth; ties are broken "optimistically" (the ground truth goes first, as in the reference
 release) or by "averaging" over the tied positions (McSherry and Najork, ECIR 2008).
-Everything is vectorised; the [Q, V] comparisons run in row chunks to bound memory.
+Everything is vectorised in torch and runs on the similarities' device (so a GPU ranks what it
+scored, with no copy to the host); the [Q, V] comparisons run in chunks to bound memory. Only
+the [Q] ranks come back to the CPU, where the summary statistics are taken with numpy.
 """
 import numpy as np
 import torch
@@ -15,19 +17,18 @@ _CHUNK_ELEMENTS = 1 << 24
 def t2v_metrics(sims, query_masks=None, break_ties="optimistically", query_to_video=None):
     """Text-to-video retrieval metrics.
 
-    sims: [Q, V] similarities (tensor or array), higher is better.
-    query_to_video: optional int array [Q], each query's video column. Without it, the
+    sims: [Q, V] similarities (tensor on any device, or array), higher is better.
+    query_to_video: optional int array/tensor [Q], each query's video column. Without it, the
         reference release's convention: Q = k * V and queries j*k .. (j+1)*k - 1 belong to video j.
     query_masks: optional bool array with Q elements; False queries are dropped.
     returns: {"R1", "R5", "R10", "R50", "MedR", "MeanR"} as Python floats.
     """
     sims = _as_matrix(sims)
     query_to_video = _query_videos(sims, query_to_video)
-    keep = _query_keep(sims.shape[0], query_masks)
+    keep = _query_keep(sims, query_masks)
     sims, query_to_video = sims[keep], query_to_video[keep]
-    gt_sims = sims[np.arange(sims.shape[0]), query_to_video]
-    ranks = ground_truth_ranks(sims, gt_sims, break_ties)
-    return ranks_to_metrics(ranks)
+    gt_sims = sims[torch.arange(sims.shape[0], device=sims.device), query_to_video]
+    return ranks_to_metrics(ground_truth_ranks(sims, gt_sims, break_ties))
 
 
 def v2t_metrics(sims, query_masks=None, break_ties="optimistically", query_to_video=None):
@@ -38,37 +39,40 @@ def v2t_metrics(sims, query_masks=None, break_ties="optimistically", query_to_vi
     """
     sims = _as_matrix(sims)
     query_to_video = _query_videos(sims, query_to_video)
-    keep = _query_keep(sims.shape[0], query_masks)
+    keep = _query_keep(sims, query_masks)
     sims, query_to_video = sims[keep], query_to_video[keep]
     num_videos = sims.shape[1]
     # The best-scored own caption has the best rank under either tie policy.
-    best_gt = np.full(num_videos, -np.inf, dtype=sims.dtype)
-    np.maximum.at(best_gt, query_to_video, sims[np.arange(sims.shape[0]), query_to_video])
-    has_caption = np.bincount(query_to_video, minlength=num_videos) > 0
-    video_sims = np.ascontiguousarray(sims.T[has_caption])  # [V', Q]
-    ranks = ground_truth_ranks(video_sims, best_gt[has_caption], break_ties)
-    return ranks_to_metrics(ranks)
+    own_sims = sims[torch.arange(sims.shape[0], device=sims.device), query_to_video]
+    best_gt = own_sims.new_full((num_videos,), -torch.inf).scatter_reduce(
+        0, query_to_video, own_sims, reduce="amax")
+    has_caption = torch.bincount(query_to_video, minlength=num_videos) > 0
+    columns = torch.nonzero(has_caption).flatten()
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, sims.shape[0]))
+    ranks = [ground_truth_ranks(sims[:, cols].T, best_gt[cols], break_ties)
+             for cols in torch.split(columns, chunk)]
+    return ranks_to_metrics(np.concatenate(ranks))
 
 
 def ground_truth_ranks(sims, gt_sims, break_ties="optimistically"):
     """1-based rank of each row's ground-truth score among that row's scores.
 
-    sims: [N, M]; gt_sims: [N], each an entry of its row. returns: [N] float64.
+    sims: [N, M]; gt_sims: [N], each an entry of its row (tensors on one device, or arrays).
+    returns: [N] float64 numpy array.
     """
     if break_ties not in _BREAK_TIES:
         raise ValueError(f"break_ties must be 'optimistically' or 'averaging', got {break_ties!r}")
-    ranks = np.empty(sims.shape[0], dtype=np.float64)
+    sims, gt_sims = torch.as_tensor(sims), torch.as_tensor(gt_sims, device=sims.device)
     chunk = max(1, _CHUNK_ELEMENTS // max(1, sims.shape[1]))
-    for start in range(0, sims.shape[0], chunk):
-        rows = sims[start:start + chunk]
-        gt = gt_sims[start:start + chunk, None]
-        num_higher = (rows > gt).sum(axis=1)
+    ranks = []
+    for rows, gt in zip(torch.split(sims, chunk), torch.split(gt_sims.unsqueeze(1), chunk)):
+        num_higher = (rows > gt).sum(dim=1, dtype=torch.float64)
         if break_ties == "optimistically":
-            ranks[start:start + chunk] = num_higher + 1
+            ranks.append(num_higher + 1)
         else:
-            num_tied = (rows == gt).sum(axis=1)  # includes the ground truth itself
-            ranks[start:start + chunk] = num_higher + (num_tied + 1) / 2
-    return ranks
+            num_tied = (rows == gt).sum(dim=1, dtype=torch.float64)  # with the ground truth
+            ranks.append(num_higher + (num_tied + 1) / 2)
+    return torch.cat(ranks).cpu().numpy() if ranks else np.zeros(0)
 
 
 def ranks_to_metrics(ranks):
@@ -83,52 +87,58 @@ def ranks_to_metrics(ranks):
 
 
 def _as_matrix(sims):
-    if isinstance(sims, torch.Tensor):
-        sims = sims.detach().cpu()
-        sims = (sims.float() if sims.dtype in (torch.float16, torch.bfloat16) else sims).numpy()
-    sims = np.asarray(sims)
+    """[Q, V] floating tensor on its own device (half precision widened to float32)."""
+    if not isinstance(sims, torch.Tensor):
+        sims = np.asarray(sims)
+        if not (np.issubdtype(sims.dtype, np.floating) or np.issubdtype(sims.dtype, np.integer)):
+            raise ValueError(f"sims must be numeric, got dtype {sims.dtype}")
+        sims = torch.from_numpy(np.ascontiguousarray(sims))
+    sims = sims.detach()
     if sims.ndim != 2 or 0 in sims.shape:
         raise ValueError(f"sims must be a non-empty [num_queries, num_videos] matrix, got shape "
-                         f"{sims.shape}")
-    if not (np.issubdtype(sims.dtype, np.floating) or np.issubdtype(sims.dtype, np.integer)):
-        raise ValueError(f"sims must be numeric, got dtype {sims.dtype}")
-    if not np.issubdtype(sims.dtype, np.floating):
-        sims = sims.astype(np.float64)
-    if np.isnan(sims).any():
+                         f"{tuple(sims.shape)}")
+    if sims.dtype in (torch.float16, torch.bfloat16):
+        sims = sims.float()
+    elif not sims.is_floating_point():
+        if sims.is_complex() or sims.dtype == torch.bool:
+            raise ValueError(f"sims must be real numbers, got dtype {sims.dtype}")
+        sims = sims.double()
+    if bool(torch.isnan(sims).any()):
         raise ValueError("sims contains NaN; check the embeddings that produced it")
     return sims
 
 
 def _query_videos(sims, query_to_video):
-    """[Q] int64 video column of each query."""
+    """[Q] int64 video column of each query, on the device of sims."""
     num_queries, num_videos = sims.shape
     if query_to_video is None:
         if num_queries % num_videos:
             raise ValueError(f"sims has {num_queries} queries for {num_videos} videos, not a "
                              "whole number per video; pass query_to_video to give each query's "
                              "video")
-        return np.repeat(np.arange(num_videos), num_queries // num_videos)
-    if isinstance(query_to_video, torch.Tensor):
-        query_to_video = query_to_video.cpu().numpy()
-    query_to_video = np.asarray(query_to_video)
-    if query_to_video.shape != (num_queries,) or not np.issubdtype(query_to_video.dtype,
-                                                                    np.integer):
+        return torch.arange(num_videos, device=sims.device).repeat_interleave(
+            num_queries // num_videos)
+    query_to_video = torch.as_tensor(np.asarray(query_to_video) if not isinstance(
+        query_to_video, torch.Tensor) else query_to_video)
+    if tuple(query_to_video.shape) != (num_queries,) or query_to_video.is_floating_point() \
+            or query_to_video.dtype == torch.bool or query_to_video.is_complex():
         raise ValueError(f"query_to_video must be an int array of shape ({num_queries},), got "
-                         f"{query_to_video.dtype} {query_to_video.shape}")
-    if query_to_video.min() < 0 or query_to_video.max() >= num_videos:
+                         f"{query_to_video.dtype} {tuple(query_to_video.shape)}")
+    low, high = int(query_to_video.min()), int(query_to_video.max())
+    if low < 0 or high >= num_videos:
         raise ValueError(f"query_to_video values must lie in [0, {num_videos}), got "
-                         f"[{query_to_video.min()}, {query_to_video.max()}]")
-    return query_to_video.astype(np.int64)
+                         f"[{low}, {high}]")
+    return query_to_video.to(device=sims.device, dtype=torch.long)
 
 
-def _query_keep(num_queries, query_masks):
-    """[Q] bool, the queries to score."""
+def _query_keep(sims, query_masks):
+    """[Q] bool on the device of sims, the queries to score."""
+    num_queries = sims.shape[0]
     if query_masks is None:
-        return np.ones(num_queries, dtype=bool)
-    if isinstance(query_masks, torch.Tensor):
-        query_masks = query_masks.cpu().numpy()
-    query_masks = np.asarray(query_masks)
-    if query_masks.size != num_queries:
-        raise ValueError(f"query_masks has {query_masks.size} elements, expected one per query "
-                         f"({num_queries})")
-    return query_masks.reshape(-1).astype(bool)
+        return torch.ones(num_queries, dtype=torch.bool, device=sims.device)
+    query_masks = torch.as_tensor(np.asarray(query_masks) if not isinstance(
+        query_masks, torch.Tensor) else query_masks)
+    if query_masks.numel() != num_queries:
+        raise ValueError(f"query_masks has {query_masks.numel()} elements, expected one per "
+                         f"query ({num_queries})")
+    return query_masks.reshape(-1).to(device=sims.device, dtype=torch.bool)

@@ -45,6 +45,8 @@ from data_loader import CSVDataset, FramePreprocess, MSRVTTDataset
 from metrics import t2v_metrics, v2t_metrics
 from query_scoring import similarity_meanpooling, similarity_queryscoring
 
+PREPROCESS_ON = ("auto", "workers", "device")
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
@@ -81,6 +83,13 @@ def parse_args(argv=None):
         help="write configuration, versions, metrics, counts and timings to FILE")
     add("--skip_bad_videos", action="store_true",
         help="leave out videos that fail to decode (and their queries) instead of stopping")
+    add("--antialias", action="store_true",
+        help="resize frames with antialias (closer to CLIP's PIL training preprocessing); the "
+             "default is the release-era resize without it, which made the published figures")
+    add("--preprocess_on", default="auto", choices=PREPROCESS_ON,
+        help="where frames are resized, cropped and normalised: in the DataLoader workers, or "
+             "on the model's device from the decoded uint8 frames (auto: device on CUDA, "
+             "workers otherwise)")
     args = parser.parse_args(argv)
     for name in ("num_frames", "batch_size", "frame_chunk"):
         if getattr(args, name) < 1:
@@ -97,11 +106,29 @@ def parse_args(argv=None):
 # Prepare
 
 
+def resolve_preprocess_on(preprocess_on, device):
+    """"workers" or "device": auto means the device when it is CUDA (where resizing is cheap and
+    CPU workers would be the bottleneck), else the workers."""
+    if preprocess_on not in PREPROCESS_ON:
+        raise ValueError(f"preprocess_on must be one of {PREPROCESS_ON}, got {preprocess_on!r}")
+    if preprocess_on == "auto":
+        return "device" if device.type == "cuda" else "workers"
+    return preprocess_on
+
+
+def preprocess_id(frames, placement, device):
+    """The cache key's preprocessing: the operations, and where they run (a GPU's bicubic
+    kernels can differ from the CPU's in the last bits)."""
+    runs_on = device.type if placement == "device" else "cpu"
+    return f"{frames.describe()}; computed on {runs_on}"
+
+
 def build_dataset(preprocess, num_frames, *, csv=None, video_root=".", split="jsfusion",
                   data_root="./data", url=data_loader.MSRVTT_URL, check_files=True,
                   download=True):
     """The CSV's videos when csv is given, else MSR-VTT's split (downloaded when missing).
 
+    preprocess: the workers' FramePreprocess, or None for raw uint8 frames (device placement).
     Items report decode failures instead of raising (check_decode_failures decides).
     returns: (dataset, dataset_id: a JSON-able dict that names the data, for the cache key).
     """
@@ -138,15 +165,18 @@ def check_decode_failures(skipped, skip_bad_videos, cache_file=None):
 
 
 def compute_embeddings(model, dataset, ctx, *, batch_size, num_workers, frame_chunk,
-                       skip_bad_videos):
+                       skip_bad_videos, device_preprocess=None):
     """Encode every video and every distinct caption, sharded across ranks; gathered on all.
+
+    device_preprocess: the FramePreprocess to run on ctx.device when the workers send raw frames.
 
     returns: (the cache content, see embedding_cache.cache_content; videos decoded here).
     """
     video_indices = shard(len(dataset), ctx)
     kept, video_embeds, failures = collective_step(ctx, lambda: encode_videos(
         model, dataset, video_indices, ctx.device, batch_size=batch_size,
-        num_workers=num_workers, frame_chunk=frame_chunk, show_progress=ctx.is_main,
+        num_workers=num_workers, frame_chunk=frame_chunk, device_preprocess=device_preprocess,
+        show_progress=ctx.is_main,
         on_failures=lambda failed: check_decode_failures(failed, skip_bad_videos)))
     kept = all_gather_rows(ctx, torch.tensor(kept, dtype=torch.long)).tolist()
     video_embeds = all_gather_rows(ctx, video_embeds)
@@ -171,16 +201,19 @@ def compute_embeddings(model, dataset, ctx, *, batch_size, num_workers, frame_ch
 # Evaluate
 
 
-def evaluate(content, temperatures):
+def evaluate(content, temperatures, device=torch.device("cpu")):
     """Metrics per aggregation over the kept videos and their queries.
 
+    The similarities and the ranking run on device (the same code on any device); the metrics
+    are exact comparisons, so ties and tie policies behave the same everywhere.
     returns: list of {"aggregation", "temperature", "t2v", "v2t"}; mean pooling first.
     """
     position = {v: i for i, v in enumerate(content["video_ids"])}
     keep = [i for i, v in enumerate(content["query_video_ids"]) if v in position]
-    query_to_video = np.array([position[content["query_video_ids"][i]] for i in keep],
-                              dtype=np.int64)
-    text, video = content["text_embeds"][keep], content["video_embeds"]
+    query_to_video = torch.tensor([position[content["query_video_ids"][i]] for i in keep],
+                                  dtype=torch.long, device=device)
+    text = content["text_embeds"][keep].to(device)
+    video = content["video_embeds"].to(device)
     aggregations = [("mean-pooling", None, lambda: similarity_meanpooling(text, video))]
     aggregations += [("query-scoring", t, lambda t=t: similarity_queryscoring(text, video, t))
                      for t in temperatures]
@@ -244,22 +277,25 @@ def main(args):
 
 def _prepare(args, ctx, download):
     model, preprocess, model_id = load_clip_model(args.model, ctx.device, args.download_root)
-    frames = FramePreprocess(preprocess, frame_dtype_for(model.dtype))
+    frame_preprocess = FramePreprocess(preprocess, frame_dtype_for(model.dtype),
+                                       antialias=args.antialias)
+    placement = resolve_preprocess_on(args.preprocess_on, ctx.device)
     dataset, dataset_id = build_dataset(
-        frames, args.num_frames, csv=args.csv, video_root=args.video_root, split=args.split,
-        data_root=args.data_root, url=args.msrvtt_url, check_files=not args.skip_bad_videos,
+        frame_preprocess if placement == "workers" else None, args.num_frames, csv=args.csv,
+        video_root=args.video_root, split=args.split, data_root=args.data_root,
+        url=args.msrvtt_url, check_files=not args.skip_bad_videos,
         download=download)
-    return model, model_id, dataset, dataset_id
+    return model, model_id, dataset, dataset_id, frame_preprocess, placement
 
 
 def _run(args, ctx, start):
     # Local rank 0 downloads weights and data first; the others then read them.
     first = collective_step(ctx, lambda: _prepare(args, ctx, download=True)
                             if ctx.local_rank == 0 else None)
-    model, model_id, dataset, dataset_id = collective_step(
+    model, model_id, dataset, dataset_id, frame_preprocess, placement = collective_step(
         ctx, lambda: first if ctx.local_rank == 0 else _prepare(args, ctx, download=False))
     key = embedding_cache.cache_key(model_id, model.dtype, args.num_frames, dataset_id,
-                                    dataset.preprocess.describe())
+                                    preprocess_id(frame_preprocess, placement, ctx.device))
     path = embedding_cache.cache_path(args.cache_dir, key)
     loaded_at = time.perf_counter()
 
@@ -272,7 +308,8 @@ def _run(args, ctx, start):
         with torch.inference_mode():
             content, decoded = compute_embeddings(
                 model, dataset, ctx, batch_size=args.batch_size, num_workers=args.num_workers,
-                frame_chunk=args.frame_chunk, skip_bad_videos=args.skip_bad_videos)
+                frame_chunk=args.frame_chunk, skip_bad_videos=args.skip_bad_videos,
+                device_preprocess=frame_preprocess if placement == "device" else None)
     encode_seconds = time.perf_counter() - loaded_at
     if not ctx.is_main:
         return None
@@ -292,13 +329,15 @@ def _run(args, ctx, start):
     for video_id, reason in content["skipped"]:
         print(f"skipped {video_id}: {reason}", file=sys.stderr)
     similarity_start = time.perf_counter()
-    results = evaluate(content, args.query_scoring_temp)
+    results = evaluate(content, args.query_scoring_temp, ctx.device)
     similarity_seconds = time.perf_counter() - similarity_start
     for result in results:
         print(format_result_line(result, note))
     report = {
         "config": vars(args), "versions": package_versions(), "device": str(ctx.device),
         "world_size": ctx.world_size, "results": results,
+        "preprocess": {"on": placement, "antialias": args.antialias,
+                       "description": frame_preprocess.describe()},
         "counts": {**counts, "decoded_videos": decoded, "skipped": content["skipped"]},
         "cache": {"hit": cache_hit, "path": None if args.no_cache else str(path)},
         "timings_s": {"load": loaded_at - start, "encode": encode_seconds,

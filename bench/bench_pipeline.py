@@ -31,6 +31,28 @@ def time_decoding(dataset, args):
     return time.perf_counter() - start
 
 
+def worker_throughput(dataset, count, frame_preprocess):
+    """Frames/s that one DataLoader worker delivers to the main process, as the CLI runs it
+    (one thread, frames sent through shared memory): decoding alone, the workers' job with
+    --preprocess_on device, and decoding + CLIP preprocessing, their job with --preprocess_on
+    workers. The first video (worker start-up) is not timed. returns: (decode, both)."""
+    from torch.utils.data import DataLoader, Subset
+
+    from data_loader import collate_videos
+    rates = []
+    for preprocess in (None, frame_preprocess):
+        dataset.preprocess = preprocess
+        loader = DataLoader(Subset(dataset, range(count + 1)), batch_size=1, num_workers=1,
+                            collate_fn=collate_videos, prefetch_factor=4)
+        batches = iter(loader)
+        next(batches)
+        start = time.perf_counter()
+        frames = sum(len(video) for batch in batches for video in batch["video"])
+        rates.append(frames / (time.perf_counter() - start))
+    dataset.preprocess = frame_preprocess
+    return tuple(rates)
+
+
 def time_encoding(model, frames, total_frames, chunk, device):
     """encode_image over total_frames frames in chunks of `chunk` (the raw model forward)."""
     frames = frames.to(device)
@@ -57,6 +79,8 @@ def main():
     parser.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument("--frame_chunk", type=int, default=256)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--worker_videos", type=int, default=10,
+                        help="videos for the per-worker throughput at 16 and 120 frames")
     parser.add_argument("--work_dir", default=os.path.join(tempfile.gettempdir(),
                                                            "clip_hitchhiker_bench"))
     args = parser.parse_args()
@@ -81,6 +105,12 @@ def main():
           f"ViT-B/16 ({model.dtype}) on {device}, {args.num_workers} workers, "
           f"{torch.get_num_threads()} torch threads")
 
+    for num_frames in (16, 120):
+        sampled, _ = build_dataset(frames, num_frames, csv=csv, video_root=work / "videos")
+        decode_fps, both_fps = worker_throughput(sampled, args.worker_videos, frames)
+        print(f"one worker, {num_frames:3d} frames/video: decode only {decode_fps:7.1f} frames/s "
+              f"(--preprocess_on device), decode + preprocess {both_fps:7.1f} frames/s "
+              f"(--preprocess_on workers): {decode_fps / both_fps:.2f}x")
     decode_s = time_decoding(dataset, args)
     sample = dataset[0]["video"].repeat(max(1, args.frame_chunk // args.num_frames + 1), 1, 1, 1)
     encode_s = time_encoding(model, sample[:args.frame_chunk], total_frames, args.frame_chunk,

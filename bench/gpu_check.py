@@ -1,4 +1,6 @@
-"""GPU check: encode, decode, end-to-end and similarity throughput, each with how it was measured.
+"""GPU check: encode, decode, end-to-end (preprocessing in the workers and on the device) and
+similarity throughput, each with how it was measured; the device preprocessing's and the device
+scoring's agreement with the CPU.
 
 Run through bench/gpu_check.sh (which installs missing packages from a local wheel folder).
 --cpu-dry-run runs the same steps at tiny sizes on the CPU, with a tiny CLIP.
@@ -65,22 +67,67 @@ def check_decode(csv, frames, workers, sizes):
               f"workers, batch 4, no model; worker start-up included)")
 
 
+def check_preprocess_difference(csv, frames, device):
+    """Largest difference of the device preprocessing from the CPU workers' on real frames."""
+    from data_loader import read_video_frames
+    paths = sorted(csv.parent.glob("*.mp4"))[:4]
+    largest = 0.0
+    for path in paths:
+        raw = read_video_frames(path, 16)
+        on_cpu = frames(raw).float()
+        on_device = frames(raw.to(device)).float().cpu()
+        largest = max(largest, float((on_device - on_cpu).abs().max()))
+    print(f"preprocess device vs workers: max |difference| {largest:.2e}  ({len(paths)} videos x "
+          f"16 frames, {frames.describe()}; normalised units)")
+
+
 def check_end_to_end(csv, model, frames, device, workers, sizes):
+    """compute_embeddings as the CLI runs it, with the workers preprocessing and with the device
+    preprocessing; the largest difference between the two runs' embeddings."""
     from clip_hitchhiker.torchrun import Context
     from run_msr_retrieval import build_dataset, compute_embeddings
     for num_frames in sizes["frames"]:
-        dataset, _ = build_dataset(frames, num_frames, csv=csv, video_root=csv.parent)
+        embeddings = {}
+        for placement in ("workers", "device"):
+            dataset, _ = build_dataset(frames if placement == "workers" else None, num_frames,
+                                       csv=csv, video_root=csv.parent)
+            start = time.perf_counter()
+            with torch.inference_mode():
+                content, _ = compute_embeddings(
+                    model, dataset, Context(device), batch_size=4, num_workers=workers,
+                    frame_chunk=256, skip_bad_videos=False,
+                    device_preprocess=frames if placement == "device" else None)
+            seconds = time.perf_counter() - start
+            embeddings[placement] = content["video_embeds"]
+            videos = len(content["video_ids"])
+            print(f"end-to-end: {videos / seconds:7.2f} videos/s, "
+                  f"{videos * num_frames / seconds:9.1f} frames/s  (preprocess on {placement}; "
+                  f"compute_embeddings as the CLI: {num_frames} frames, batch 4, {workers} "
+                  f"workers, frame_chunk 256, {videos} videos and their captions)")
+        difference = (embeddings["device"] - embeddings["workers"]).abs().max()
+        print(f"embeddings device vs workers preprocessing, {num_frames} frames: max |difference| "
+              f"{float(difference):.2e} ({model.dtype} model)")
+
+
+def check_scoring(device, sizes):
+    """evaluate() on the device against the CPU: the metrics must be identical."""
+    from run_msr_retrieval import evaluate
+    T, V, F, D = sizes["similarity"]
+    g = torch.Generator().manual_seed(1)
+    # Queries near their video's frames, so that ranks are spread, not all at chance.
+    video = torch.randn(V, F, D, generator=g)
+    text = video[torch.arange(T) % V].mean(1) + 2 * torch.randn(T, D, generator=g)
+    content = {"text_embeds": text, "video_embeds": video, "video_ids": list(range(V)),
+               "query_video_ids": [i % V for i in range(T)]}
+    timings = {}
+    for where in ("cpu", device.type):
         start = time.perf_counter()
-        with torch.inference_mode():
-            content, _ = compute_embeddings(model, dataset, Context(device), batch_size=4,
-                                            num_workers=workers, frame_chunk=256,
-                                            skip_bad_videos=False)
-        seconds = time.perf_counter() - start
-        videos = len(content["video_ids"])
-        print(f"end-to-end: {videos / seconds:7.2f} videos/s, {videos * num_frames / seconds:9.1f}"
-              f" frames/s  (compute_embeddings, as the CLI: {num_frames} frames, batch 4, "
-              f"{workers} workers, frame_chunk 256: decode + encode of {videos} videos and their "
-              "captions)")
+        results = evaluate(content, [0.01, 0.1, 1.0], torch.device(where))
+        timings[where] = (time.perf_counter() - start, results)
+    same = timings["cpu"][1] == timings[device.type][1]
+    print(f"scoring: evaluate on {device.type} {timings[device.type][0]:.2f} s, on cpu "
+          f"{timings['cpu'][0]:.2f} s; metrics identical: {same}  (T,V,F,D = {T},{V},{F},{D}, "
+          "mean pooling and 3 temperatures, t2v and v2t)")
 
 
 def check_similarity(device, sizes):
@@ -133,8 +180,10 @@ def main():
           f" s at 30 fps in {time.perf_counter() - start:.1f} s")
     check_encode(model, device, sizes)
     check_decode(csv, frames, workers, sizes)
+    check_preprocess_difference(csv, frames, device)
     check_end_to_end(csv, model, frames, device, workers, sizes)
     check_similarity(device, sizes)
+    check_scoring(device, sizes)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from clip_hitchhiker.downloads import sha256_file
 from clip_hitchhiker.errors import ModelLoadError
+from data_loader import collate_videos
 
 _TEXT_BATCH = 256
 
@@ -116,9 +117,12 @@ class ChunkedImageEncoder:
 
 
 def encode_videos(model, dataset, indices, device, *, batch_size=1, num_workers=0,
-                  frame_chunk=256, on_failures=None, show_progress=False):
+                  frame_chunk=256, device_preprocess=None, on_failures=None,
+                  show_progress=False):
     """Encode dataset[indices] (items as VideoDataset's with on_error="report").
 
+    device_preprocess: None when the workers preprocess; else the FramePreprocess to apply on
+    `device` to the raw uint8 frames the workers send (dataset.preprocess is then None).
     on_failures([[video_id, reason], ...]) is called with each batch's failed videos, and may
     raise to stop the run. returns: (kept indices, float32 [n, F, D], [(index, reason)]).
     """
@@ -128,18 +132,21 @@ def encode_videos(model, dataset, indices, device, *, batch_size=1, num_workers=
         frames_per_round = num_workers * batch_size * dataset.num_frames
         options["prefetch_factor"] = max(2, math.ceil(frame_chunk / frames_per_round) + 1)
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, pin_memory=device.type == "cuda", **options)
+                        num_workers=num_workers, pin_memory=device.type == "cuda",
+                        collate_fn=collate_videos, **options)
     encoder = ChunkedImageEncoder(model, frame_chunk)
     kept, failures = [], []
     for batch in tqdm(loader, desc="encoding videos", unit="batch", disable=not show_progress):
-        ok = torch.tensor([e == "" for e in batch["error"]])
         batch_failures = [(int(i), e) for i, e in zip(batch["index"], batch["error"]) if e]
         if batch_failures and on_failures is not None:
             on_failures([[dataset.video_ids[i], e] for i, e in batch_failures])
         failures += batch_failures
-        kept += batch["index"][ok].tolist()
-        if ok.any():
-            encoder.add(batch["video"][ok].to(device, non_blocking=True).flatten(0, 1))
+        for index, video, error in zip(batch["index"].tolist(), batch["video"], batch["error"]):
+            if error:
+                continue
+            frames = video.to(device, non_blocking=True)
+            encoder.add(frames if device_preprocess is None else device_preprocess(frames))
+            kept.append(index)
     features = encoder.finish()
     return kept, features.view(len(kept), dataset.num_frames, features.shape[-1]), failures
 

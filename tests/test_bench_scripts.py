@@ -20,7 +20,15 @@ def test_gpu_check_cpu_dry_run(tmp_path):
     assert "GPU: none (CPU dry run)" in text
     assert len(re.findall(r"^encode: +[\d.]+ frames/s", text, re.M)) == 2
     assert len(re.findall(r"^decode: +[\d.]+ frames/s", text, re.M)) == 2
-    assert len(re.findall(r"^end-to-end: +[\d.]+ videos/s", text, re.M)) == 2
+    assert len(re.findall(r"^end-to-end: +[\d.]+ videos/s.*preprocess on workers", text,
+                          re.M)) == 2
+    assert len(re.findall(r"^end-to-end: +[\d.]+ videos/s.*preprocess on device", text,
+                          re.M)) == 2
+    # On the CPU the two placements run the same operations: no difference at all.
+    assert re.search(r"^preprocess device vs workers: max \|difference\| 0\.00e\+00", text, re.M)
+    assert len(re.findall(r"^embeddings device vs workers preprocessing, \d+ frames: max "
+                          r"\|difference\| 0\.00e\+00", text, re.M)) == 2
+    assert re.search(r"^scoring: .* metrics identical: True", text, re.M)
     assert re.search(r"^similarity_queryscoring torch.float32: .* \([\d.]+x\)", text, re.M)
     assert re.search(r"^similarity_queryscoring torch.bfloat16: .* \([\d.]+x\)", text, re.M)
 

@@ -135,28 +135,89 @@ def test_zero_frame_video(tmp_path, monkeypatch):
         read_video_frames(tmp_path / "zero.mp4", 4)
 
 
+CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1)
+CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1)
+# (height, width) of the frames, the resized size and the crop's corner, worked out by hand:
+# the shorter side becomes 224, the longer int(224 * long / short); the corner is
+# round((resized - 224) / 2).
+FRAME_SIZES = [
+    ((240, 320), (224, 298), (0, 37)),     # landscape: 224 * 320 / 240 = 298.7
+    ((320, 240), (298, 224), (37, 0)),     # portrait
+    ((224, 224), (224, 224), (0, 0)),      # square at the resolution: not resized
+    ((100, 150), (224, 336), (0, 56)),     # upscaling
+    ((1080, 1920), (224, 398), (0, 87)),   # 1080p: 224 * 1920 / 1080 = 398.2
+]
+
+
+def reference_preprocess(frames, resized, corner, antialias):
+    """CLIP's preprocessing written out with F.interpolate, sizes given by hand."""
+    frames = frames.float() / 255
+    if tuple(frames.shape[-2:]) != resized:
+        frames = torch.nn.functional.interpolate(frames, size=resized, mode="bicubic",
+                                                 align_corners=False, antialias=antialias)
+    top, left = corner
+    return (frames[..., top:top + 224, left:left + 224] - CLIP_MEAN) / CLIP_STD
+
+
+@pytest.mark.parametrize("size,resized,corner", FRAME_SIZES)
+@pytest.mark.parametrize("antialias", [False, True])
+def test_preprocess_equals_reference(size, resized, corner, antialias):
+    import clip
+    frames = torch.randint(0, 256, (2, 3, *size), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    got = FramePreprocess(clip.clip._transform(224), antialias=antialias)(frames)
+    assert tuple(got.shape) == (2, 3, 224, 224) and got.dtype == torch.float32
+    assert_close(got, reference_preprocess(frames, resized, corner, antialias), atol=1e-6,
+                 rtol=0)
+    other = FramePreprocess(clip.clip._transform(224), antialias=not antialias)(frames)
+    if size == resized:
+        assert_close(got, other, atol=0, rtol=0)  # no resize: the modes agree
+    else:
+        assert (got - other).abs().max() > 0.05  # the two modes are different resizes
+
+
 @pytest.mark.parametrize("resolution", [32, 224])
-def test_preprocess_equals_release_float_pipeline(tmp_path, resolution):
+def test_preprocess_modes_equal_torchvision_with_antialias_pinned(tmp_path, resolution):
     import clip
     from torchvision import transforms
     preprocess = clip.clip._transform(resolution)
     synthetic.write_index_video(tmp_path / "v.mp4", 30, width=80, height=50)
     frames = read_video_frames(tmp_path / "v.mp4", 5)
-    # The release: float frames in [0, 1] through preprocess's nn.Module transforms.
-    release = transforms.Compose([t for t in preprocess.transforms
-                                  if isinstance(t, torch.nn.Module)])
-    expected = release(frames.float() / 255)
-    got = FramePreprocess(preprocess)(frames)
-    assert tuple(got.shape) == (5, 3, resolution, resolution)
-    assert_close(got, expected, atol=0, rtol=0)
+    for antialias in (False, True):
+        torchvision_float = transforms.Compose([
+            transforms.Resize(resolution, transforms.InterpolationMode.BICUBIC,
+                              antialias=antialias),
+            transforms.CenterCrop(resolution), preprocess.transforms[-1]])
+        expected = torchvision_float(frames.float() / 255)
+        got = FramePreprocess(preprocess, antialias=antialias)(frames)
+        assert_close(got, expected, atol=1e-6, rtol=0)
     half = FramePreprocess(preprocess, dtype=torch.float16)(frames)
     assert half.dtype == torch.float16
-    assert_close(half.float(), expected, atol=0.01, rtol=0)
+    assert_close(half.float(), FramePreprocess(preprocess)(frames), atol=0.01, rtol=0)
 
 
 def test_preprocess_must_come_from_clip():
     with pytest.raises(ValueError, match="Compose that clip.load returns"):
         FramePreprocess(lambda x: x)
+
+
+def test_raw_frames_and_collate_of_mixed_sizes(tmp_path):
+    from data_loader import collate_videos
+    (tmp_path / "clips").mkdir()
+    synthetic.write_index_video(tmp_path / "clips" / "a.mp4", 12, width=64, height=48)
+    synthetic.write_index_video(tmp_path / "clips" / "b.mp4", 9, width=40, height=80)
+    (tmp_path / "mixed.csv").write_text("video_path,caption\nclips/a.mp4,x\nclips/b.mp4,y\n"
+                                        "clips/gone.mp4,z\n")
+    dataset = CSVDataset(tmp_path / "mixed.csv", tmp_path, None, 3, on_error="report",
+                         check_files=False)
+    batch = next(iter(DataLoader(dataset, batch_size=3, num_workers=2,
+                                 collate_fn=collate_videos)))
+    assert batch["index"].tolist() == [0, 1, 2] and batch["error"][:2] == ["", ""]
+    assert [tuple(v.shape) for v in batch["video"]] == [(3, 3, 48, 64), (3, 3, 80, 40),
+                                                        (3, 3, 0, 0)]
+    assert batch["video"][0].dtype == torch.uint8
+    assert synthetic.decode_frame_indices(batch["video"][1]) == sample_frame_indices(9, 3)
+    assert "gone.mp4" in batch["error"][2]
 
 
 # ---------------------------------------------------------------- datasets

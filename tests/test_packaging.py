@@ -2,8 +2,11 @@
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 REPO = Path(__file__).resolve().parent.parent
 PUBLIC_IMPORTS = {

@@ -208,7 +208,8 @@ def test_help_describes_every_option(capsys):
     for option in ["--num_frames", "--query_scoring_temp", "--batch_size", "--num_workers",
                    "--frame_chunk", "--model", "--download_root", "--device", "--split", "--csv",
                    "--video_root", "--data_root", "--msrvtt_url", "--cache_dir", "--no_cache",
-                   "--save_embeddings", "--output_json", "--skip_bad_videos"]:
+                   "--save_embeddings", "--output_json", "--skip_bad_videos", "--antialias",
+                   "--preprocess_on"]:
         assert option in text
 
 
@@ -240,3 +241,75 @@ def test_decode_failure_rule():
     with pytest.raises(VideoDecodeError, match="recorded in the embedding cache c.pt; pass "
                                                "--no_cache"):
         cli_module.check_decode_failures(skipped, skip_bad_videos=False, cache_file="c.pt")
+
+
+def write_mixed_resolution_csv(tmp_path):
+    """Three videos of different sizes, for batches that mix resolutions."""
+    (tmp_path / "clips").mkdir()
+    for name, length, width, height in [("a.mp4", 12, 64, 48), ("b.mp4", 30, 40, 80),
+                                        ("c.mp4", 7, 100, 100)]:
+        synthetic.write_index_video(tmp_path / "clips" / name, length, width, height)
+    (tmp_path / "mixed.csv").write_text("video_path,caption\nclips/a.mp4,one\n"
+                                        "clips/b.mp4,two\nclips/c.mp4,three\n")
+    return tmp_path / "mixed.csv"
+
+
+def test_device_preprocessing_equals_workers(tmp_path, tiny_clip_files):
+    csv = write_mixed_resolution_csv(tmp_path)
+    reports = {}
+    for placement in ("workers", "device"):
+        reports[placement] = run(tmp_path, tmp_path / "unused", tiny_clip_files["torchscript"],
+                                 "--csv", csv, "--video_root", tmp_path, "--batch_size", 3,
+                                 "--num_workers", 2, "--preprocess_on", placement, "--no_cache",
+                                 "--save_embeddings", tmp_path / f"{placement}.pt")
+    workers, device = (torch.load(tmp_path / f"{p}.pt", weights_only=True)
+                       for p in ("workers", "device"))
+    assert_close(device["video_embeds"], workers["video_embeds"], atol=1e-6, rtol=0)
+    assert reports["device"]["preprocess"]["on"] == "device"
+    assert reports["workers"]["results"] == reports["device"]["results"]
+    # auto on a CPU means the workers.
+    auto = run(tmp_path, tmp_path / "unused", tiny_clip_files["torchscript"], "--csv", csv,
+               "--video_root", tmp_path, "--no_cache")
+    assert auto["preprocess"]["on"] == "workers"
+
+
+def test_antialias_is_its_own_cache_entry_and_recorded(tmp_path, data_root, tiny_clip_files):
+    plain = run(tmp_path, data_root, tiny_clip_files["torchscript"], "--save_embeddings",
+                tmp_path / "plain.pt", "--output_json", tmp_path / "plain.json")
+    smooth = run(tmp_path, data_root, tiny_clip_files["torchscript"], "--antialias",
+                 "--save_embeddings", tmp_path / "aa.pt")
+    assert not smooth["cache"]["hit"] and smooth["counts"]["decoded_videos"] == 5
+    assert smooth["cache"]["path"] != plain["cache"]["path"]
+    assert plain["preprocess"]["antialias"] is False and smooth["preprocess"]["antialias"]
+    written = json.loads((tmp_path / "plain.json").read_text())
+    assert written["preprocess"] == {"on": "workers", "antialias": False,
+                                     "description": plain["preprocess"]["description"]}
+    assert "antialias=False" in written["preprocess"]["description"]
+    a, b = (torch.load(tmp_path / n, weights_only=True)["video_embeds"] for n in ("plain.pt",
+                                                                                "aa.pt"))
+    assert (a - b).abs().max() > 1e-4  # the resize differs, so do the embeddings
+    assert run(tmp_path, data_root, tiny_clip_files["torchscript"], "--antialias")["cache"]["hit"]
+
+
+def test_evaluate_scores_and_ranks_on_the_given_device(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    content = {"text_embeds": torch.randn(6, 8, generator=g),
+               "video_embeds": torch.randn(3, 4, 8, generator=g),
+               "video_ids": ["a", "b", "c"], "query_video_ids": ["a", "a", "b", "c", "c", "x"]}
+    seen = []
+
+    def recording(fn):
+        def wrapped(text, video, *args):
+            seen.append((text.device, video.device))
+            return fn(text, video, *args)
+        return wrapped
+
+    monkeypatch.setattr(cli_module, "similarity_queryscoring",
+                        recording(similarity_queryscoring))
+    device = torch.device("cpu")
+    results = cli_module.evaluate(content, [0.1], device)
+    assert seen == [(device, device)]
+    query_to_video = np.array([0, 0, 1, 2, 2])  # the query of missing video "x" is left out
+    sims = similarity_queryscoring(content["text_embeds"][:5], content["video_embeds"], 0.1)
+    assert results[1]["t2v"] == t2v_metrics(sims.numpy(), query_to_video=query_to_video)
+    assert results[1]["v2t"] == v2t_metrics(sims.numpy(), query_to_video=query_to_video)
