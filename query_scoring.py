@@ -58,7 +58,7 @@ def similarity_queryscoring(text_embeds, vid_embeds, temperature=0.1, eps=1e-8, 
     inv_frame_norms = 1.0 / frame_norms.clamp_min(eps)  # [V, F]
     num_videos, num_frames, dim = frames.shape
     use_gram = mean == "feats" and num_frames <= dim
-    gram = torch.einsum("v f d, v g d -> v f g", frames, frames) if use_gram else None
+    gram = torch.bmm(frames, frames.transpose(1, 2)) if use_gram else None  # [V, F, F]
     padding = None if bool(video_mask.all()) else ~video_mask
     # Without autograd, products can overwrite the block intermediates: fewer passes over memory.
     in_place = not (torch.is_grad_enabled() and any(
