@@ -12,6 +12,7 @@ Layout of the release's zip (https://github.com/m-bain/frozen-in-time), extracte
 """
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,15 @@ def download_msrvtt(data_root="./data", url=MSRVTT_URL, progress=True, retries=3
     data_root.mkdir(parents=True, exist_ok=True)
     zip_path = data_root / "MSRVTT.zip"
     if not zip_path.is_file():
-        download_file(url, zip_path, progress=progress, retries=retries)
+        try:
+            download_file(url, zip_path, progress=progress, retries=retries)
+        except DatasetError as e:
+            if not dataset_dir.is_dir():
+                raise
+            raise DatasetError(
+                f"{dataset_dir} exists but is incomplete (no {COMPLETE_MARKER} marker), and "
+                f"{zip_path.name} could not be fetched: {e}. If you extracted MSR-VTT there by "
+                f"hand, mark it complete with: touch {dataset_dir / COMPLETE_MARKER}") from e
     extract_zip_safely(zip_path, data_root, top_folder="MSRVTT", progress=progress)
     return dataset_dir
 
@@ -335,6 +344,9 @@ class MSRVTTDataset(VideoDataset):
 class CSVDataset(VideoDataset):
     """The user's own videos: a CSV with video_path (relative to video_root) and caption columns,
     one row per caption. Videos keep their first-appearance order; captions are grouped by video.
+
+    A video is its file: rows that name one file under different paths ('a.mp4', './a.mp4', a
+    symlink) are one video, under the first path, with a warning, as are repeated rows.
     check_files: report rows whose video file is missing before anything is decoded.
     """
 
@@ -344,6 +356,7 @@ class CSVDataset(VideoDataset):
         video_root = Path(video_root)
         if check_files:
             _check_files_exist(table, video_root, csv_path)
+        table = _merge_same_files(table, video_root, csv_path)
         video_ids = list(dict.fromkeys(table["video_path"]))
         order = {v: i for i, v in enumerate(video_ids)}
         table = table.assign(order=table["video_path"].map(order)).sort_values("order",
@@ -354,7 +367,30 @@ class CSVDataset(VideoDataset):
                          num_frames, on_error)
 
 
+def _merge_same_files(table, video_root, csv_path):
+    """video_path rewritten to the first path that names each file (resolved through '.', '..'
+    and symlinks), with warnings for other spellings and for repeated (video, caption) rows."""
+    first_path = {}
+    for path in table["video_path"]:
+        first_path.setdefault(os.path.realpath(video_root / path), path)
+    canonical = table["video_path"].map(lambda p: first_path[os.path.realpath(video_root / p)])
+    renamed = sorted({(p, c) for p, c in zip(table["video_path"], canonical) if p != c})
+    if renamed:
+        examples = ", ".join(f"{p!r} is {c!r}" for p, c in renamed[:3])
+        warnings.warn(f"{csv_path}: {len(renamed)} path(s) name a file already listed under "
+                      f"another path ({examples}); each file counts as one video", stacklevel=3)
+    table = table.assign(video_path=canonical)
+    repeated = int(table.duplicated(["video_path", "caption"]).sum())
+    if repeated:
+        warnings.warn(f"{csv_path}: {repeated} row(s) repeat a (video, caption) row; each copy "
+                      "counts as a query", stacklevel=3)
+    return table
+
+
 def _read_caption_csv(csv_path):
+    if os.path.isdir(csv_path):
+        raise DatasetError(f"--csv {csv_path} is a folder; pass the CSV file (video_path, "
+                           "caption) itself, and the folder of videos with --video_root")
     try:
         table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     except FileNotFoundError as e:

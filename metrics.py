@@ -54,6 +54,18 @@ def v2t_metrics(sims, query_masks=None, break_ties="optimistically", query_to_vi
     return ranks_to_metrics(np.concatenate(ranks))
 
 
+def count_tied_queries(sims, query_to_video=None):
+    """How many queries score their own video exactly as high as some other video: where the
+    tie policy decides the rank. Same arguments as t2v_metrics. returns: int."""
+    sims = _as_matrix(sims)
+    query_to_video = _query_videos(sims, query_to_video)
+    gt_sims = sims[torch.arange(sims.shape[0], device=sims.device), query_to_video]
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, sims.shape[1]))
+    return sum(int(((rows == gt).sum(dim=1) > 1).sum())  # the ground truth ties with itself
+               for rows, gt in zip(torch.split(sims, chunk),
+                                   torch.split(gt_sims.unsqueeze(1), chunk)))
+
+
 def ground_truth_ranks(sims, gt_sims, break_ties="optimistically"):
     """1-based rank of each row's ground-truth score among that row's scores.
 

@@ -17,6 +17,8 @@ builds [T, V, F, D]: 245 GB at MSR-VTT 1k-A size with 120 frames). Neither is ne
     |u|^2  = w^T G w, with G = V V^T the video's [F, F] frame Gram matrix.
 So everything is one [V*F, T] matmul plus [V, F, T]-sized work, done in blocks of videos.
 When F > D, forming u directly (F*D per pair) is cheaper than the Gram form (F*F per pair).
+Squares (norms, G) are taken of each video divided by its largest element, and texts likewise,
+so inputs of any scale (1e30) neither overflow nor underflow.
 """
 import math
 import numbers
@@ -31,17 +33,21 @@ _CHUNK_ELEMENTS = 1 << 20
 _CHUNK_ELEMENTS_ACCELERATOR = 1 << 25
 
 _MEAN_CHOICES = ("feats", "scores")
+# Below this temperature, s / temperature is formed after subtracting each text's best cosine
+# (see _shifted_logits), so that any positive temperature works; above it, one product suffices.
+_SMALLEST_DIRECT_TEMPERATURE = 1e-6
 
 
 def similarity_queryscoring(text_embeds, vid_embeds, temperature=0.1, eps=1e-8, mean="feats",
                             video_mask=None):
     """Query-scoring similarity of every text with every video.
 
-    text_embeds: [T, D], any scale (normalised here).
+    text_embeds: [T, D], any scale (normalised here; norms below eps count as near zero).
     vid_embeds: [V, F, D] per-frame embeddings, unnormalised (their norms weight the pooled
         frame in ``mean="feats"``, as in the reference release).
     temperature: float > 0, or a 0-dim tensor (e.g. a learnable one). Small tends to the best
-        single frame, large to mean pooling.
+        single frame, large to mean pooling; any positive finite value works (1e-300 gives
+        each text's best-frame cosine).
     mean: "feats" (the paper's method: weighted mean of frame embeddings, then cosine) or
         "scores" (weighted mean of the text-frame cosines, sum_f w_f s_f; the reference release's
         branch multiplies by frame norms instead, which is not a weighted mean of cosines).
@@ -54,28 +60,28 @@ def similarity_queryscoring(text_embeds, vid_embeds, temperature=0.1, eps=1e-8, 
     if mean not in _MEAN_CHOICES:
         raise ValueError(f"mean must be 'feats' or 'scores', got {mean!r}")
     out_dtype = torch.promote_types(text_embeds.dtype, vid_embeds.dtype)
-    text_unit, frames, frame_norms, video_mask = _prepare(text_embeds, vid_embeds, eps, video_mask)
-    inv_frame_norms = 1.0 / frame_norms.clamp_min(eps)  # [V, F]
+    text_unit, frames, video_mask = _prepare(text_embeds, vid_embeds, eps, video_mask)
     num_videos, num_frames, dim = frames.shape
+    budget = _CHUNK_ELEMENTS if frames.device.type == "cpu" else _CHUNK_ELEMENTS_ACCELERATOR
     use_gram = mean == "feats" and num_frames <= dim
-    gram = torch.bmm(frames, frames.transpose(1, 2)) if use_gram else None  # [V, F, F]
+    video_scale, inv_frame_norms, gram = _frame_statistics(frames, eps, use_gram, budget)
     padding = None if bool(video_mask.all()) else ~video_mask
     # Without autograd, products can overwrite the block intermediates: fewer passes over memory.
     in_place = not (torch.is_grad_enabled() and any(
         torch.is_tensor(x) and x.requires_grad for x in (text_embeds, vid_embeds, temperature)))
 
-    budget = _CHUNK_ELEMENTS if frames.device.type == "cpu" else _CHUNK_ELEMENTS_ACCELERATOR
     text_chunk = max(1, budget // num_frames)
     rows = []
     for t0 in range(0, text_unit.shape[0], text_chunk):
         text_block = text_unit[t0:t0 + text_chunk]
         video_chunk = max(1, budget // (num_frames * text_block.shape[0]))
-        blocks = [_score_block(text_block, frames[v0:v0 + video_chunk],
-                               inv_frame_norms[v0:v0 + video_chunk],
-                               None if gram is None else gram[v0:v0 + video_chunk],
-                               None if padding is None else padding[v0:v0 + video_chunk],
-                               temperature, mean, eps, in_place)
-                  for v0 in range(0, num_videos, video_chunk)]
+        blocks = []
+        for v0 in range(0, num_videos, video_chunk):
+            videos = slice(v0, v0 + video_chunk)
+            blocks.append(_score_block(
+                text_block, frames[videos], video_scale[videos], inv_frame_norms[videos],
+                None if gram is None else gram[videos],
+                None if padding is None else padding[videos], temperature, mean, eps, in_place))
         rows.append(torch.cat(blocks).T)  # [t, V]
     return torch.cat(rows).to(out_dtype)
 
@@ -88,31 +94,58 @@ def similarity_meanpooling(text_embeds, vid_embeds, eps=1e-8, video_mask=None):
     """
     _check_inputs(text_embeds, vid_embeds, video_mask)
     out_dtype = torch.promote_types(text_embeds.dtype, vid_embeds.dtype)
-    text_unit, frames, _, video_mask = _prepare(text_embeds, vid_embeds, eps, video_mask)
+    text_unit, frames, video_mask = _prepare(text_embeds, vid_embeds, eps, video_mask)
     frame_counts = video_mask.sum(dim=1, keepdim=True)  # [V, 1]
     pooled_video = frames.sum(dim=1) / frame_counts  # [V, D]; padded frames are zero
-    pooled_unit = pooled_video / pooled_video.norm(dim=1, keepdim=True).clamp_min(eps)
-    return (text_unit @ pooled_unit.T).to(out_dtype)
+    return (text_unit @ _unit(pooled_video, eps).T).to(out_dtype)
 
 
 def _prepare(text_embeds, vid_embeds, eps, video_mask):
-    """Float32-or-wider copies, unit texts, zeroed padding frames and frame norms [V, F]."""
+    """Float32-or-wider frames with padding zeroed, unit texts, and the mask (all True if None)."""
     compute_dtype = torch.promote_types(torch.promote_types(text_embeds.dtype, vid_embeds.dtype),
                                         torch.float32)
-    text = text_embeds.to(compute_dtype)
     frames = vid_embeds.to(compute_dtype)
     if video_mask is None:
         video_mask = torch.ones(frames.shape[:2], dtype=torch.bool, device=frames.device)
     else:
         # Zeroed, so that padding (even NaN padding) cannot leak into sums through 0 * x.
         frames = torch.where(video_mask.unsqueeze(-1), frames, frames.new_zeros(()))
-    text_unit = text / text.norm(dim=1, keepdim=True).clamp_min(eps)
-    return text_unit, frames, frames.norm(dim=-1), video_mask
+    return _unit(text_embeds.to(compute_dtype), eps), frames, video_mask
 
 
-def _score_block(text_unit, frames, inv_frame_norms, gram, padding, temperature, mean, eps,
-                 in_place):
-    """Scores of t texts against v videos, as [v, t]. Shapes as in _frame_weights.
+def _unit(rows, eps):
+    """rows / max(|rows|, eps) for [N, D] rows of any scale: each row is first divided by its
+    largest magnitude, so that squaring cannot overflow (1e30) or underflow (1e-30)."""
+    scale = rows.abs().amax(dim=1, keepdim=True)
+    scaled = rows / scale.clamp_min(torch.finfo(rows.dtype).tiny)  # zero rows stay zero
+    # |rows| = scale * |scaled|, so max(|rows|, eps) = scale * max(|scaled|, eps / scale).
+    return scaled / scaled.norm(dim=1, keepdim=True).clamp_min(eps / scale)
+
+
+def _frame_statistics(frames, eps, with_gram, budget):
+    """Per-video scale c (largest |element|, 1 for an all-zero video) [V], 1 / max(|v_f|, eps)
+    [V, F], and the Gram matrices of v / c [V, F, F] (or None).
+
+    Squares are taken of v / c only, so videos of any scale neither overflow nor underflow;
+    the work runs on chunks of videos, so no copy of all the frames is made.
+    """
+    num_videos, num_frames, dim = frames.shape
+    video_scale = frames.abs().amax(dim=(1, 2))
+    video_scale = torch.where(video_scale > 0, video_scale, torch.ones_like(video_scale))
+    inv_norms, grams = [], []
+    for v0 in range(0, num_videos, max(1, budget // (num_frames * dim))):
+        scale = video_scale[v0:v0 + max(1, budget // (num_frames * dim))]
+        scaled = frames[v0:v0 + len(scale)] / scale[:, None, None]
+        inv_norms.append(1.0 / (scaled.norm(dim=-1) * scale[:, None]).clamp_min(eps))
+        if with_gram:
+            grams.append(torch.bmm(scaled, scaled.transpose(1, 2)))  # [v, F, F]
+    return video_scale, torch.cat(inv_norms), torch.cat(grams) if with_gram else None
+
+
+def _score_block(text_unit, frames, video_scale, inv_frame_norms, gram, padding, temperature,
+                 mean, eps, in_place):
+    """Scores of t texts against v videos, as [v, t]. Shapes as in _frame_weights; video_scale
+    [v] and gram [v, F, F] as _frame_statistics gives them.
 
     in_place: products may overwrite the intermediates (only when autograd does not record).
     """
@@ -121,7 +154,8 @@ def _score_block(text_unit, frames, inv_frame_norms, gram, padding, temperature,
     if mean == "scores":
         sims = text_dot_frames * inv_frame_norms.unsqueeze(-1)  # s_f
         return (frame_weights * sims).sum(1)
-    return _pooled_cosine(frame_weights, text_dot_frames, frames, gram, eps, in_place)
+    return _pooled_cosine(frame_weights, text_dot_frames, frames, video_scale, gram, eps,
+                          in_place)
 
 
 def _frame_weights(text_unit, frames, inv_frame_norms, temperature, padding):
@@ -136,30 +170,53 @@ def _frame_weights(text_unit, frames, inv_frame_norms, temperature, padding):
     # t^ . v_f is what the pooled score needs; the cosine s_f is that times 1/|v_f|.
     text_dot_frames = frames.reshape(num_videos * num_frames, dim) @ text_unit.T
     text_dot_frames = text_dot_frames.view(num_videos, num_frames, text_unit.shape[0])
-    logits = text_dot_frames * (inv_frame_norms / temperature).unsqueeze(-1)  # s_f / temperature
-    if padding is not None:
-        logits = logits.masked_fill(padding.unsqueeze(-1), float("-inf"))
+    if _temperature_value(temperature) >= _SMALLEST_DIRECT_TEMPERATURE:
+        # |s_f / temperature| <= 1e6: softmax's own max subtraction keeps it exact.
+        logits = text_dot_frames * (inv_frame_norms / temperature).unsqueeze(-1)
+        if padding is not None:
+            logits = logits.masked_fill(padding.unsqueeze(-1), float("-inf"))
+    else:
+        logits = _shifted_logits(text_dot_frames * inv_frame_norms.unsqueeze(-1), temperature,
+                                 padding)
     return torch.softmax(logits, dim=1), text_dot_frames
 
 
-def _pooled_cosine(frame_weights, text_dot_frames, frames, gram, eps, in_place):
+def _shifted_logits(cosines, temperature, padding):
+    """(s_f - max_g s_g) / temperature, [v, F, t], for temperatures so small that s / temperature
+    would overflow: every logit is <= 0 and the best frame's is exactly 0, so the softmax tends
+    to the best frame (ties share) with no inf - inf. A temperature below 100 sqrt(tiny) of the
+    dtype is taken as that value: the weights are one-hot there already, and 1 / temperature^2
+    (in the gradient) stays finite."""
+    if padding is not None:
+        cosines = cosines.masked_fill(padding.unsqueeze(-1), float("-inf"))
+    smallest = 100 * torch.finfo(cosines.dtype).tiny ** 0.5
+    temperature = temperature.clamp_min(smallest) if torch.is_tensor(temperature) \
+        else max(temperature, smallest)
+    return (cosines - cosines.amax(dim=1, keepdim=True)) / temperature
+
+
+def _pooled_cosine(frame_weights, text_dot_frames, frames, video_scale, gram, eps, in_place):
     """Cosine of each text with its weighted mean frame u = sum_f w_f v_f, as [v, t].
 
-    frame_weights, text_dot_frames: [v, F, t]; frames: [v, F, D];
-    gram: [v, F, F] frame Gram matrices, or None to form u directly (cheaper when F > D).
+    frame_weights, text_dot_frames: [v, F, t]; frames: [v, F, D]; video_scale: [v] (c);
+    gram: [v, F, F] Gram matrices of v / c, or None to form u directly (cheaper when F > D).
+    |u| = c |u / c|, with u / c computed from v / c, so no square overflows.
     in_place: text_dot_frames may be overwritten.
     """
     multiply = torch.Tensor.mul_ if in_place else torch.mul
     text_dot_pooled = multiply(text_dot_frames, frame_weights).sum(1)  # t^ . u
     if gram is not None:
         gram_weights = torch.bmm(gram, frame_weights)
-        pooled_norm_sq = multiply(gram_weights, frame_weights).sum(1)  # w^T G w
+        scaled_norm_sq = multiply(gram_weights, frame_weights).sum(1)  # w^T G w / c^2
     else:
-        pooled_video = torch.bmm(frame_weights.transpose(1, 2), frames)  # [v, t, D]
-        pooled_norm_sq = pooled_video.pow(2).sum(-1)
-    # sqrt(clamp(|u|^2, eps^2)) == max(|u|, eps), with a finite gradient at the clamp.
-    pooled_norm = pooled_norm_sq.clamp_min(eps * eps).sqrt()
-    return text_dot_pooled / pooled_norm
+        scaled_frames = frames / video_scale[:, None, None]
+        scaled_pooled = torch.bmm(frame_weights.transpose(1, 2), scaled_frames)  # [v, t, D]
+        scaled_norm_sq = scaled_pooled.pow(2).sum(-1)
+    # The square is clamped before the root, so that its gradient stays finite; max(|u|, eps)
+    # then takes over for (nearly) zero pooled frames.
+    tiny = torch.finfo(scaled_norm_sq.dtype).tiny
+    pooled_norm = scaled_norm_sq.clamp_min(tiny).sqrt() * video_scale.unsqueeze(1)
+    return text_dot_pooled / pooled_norm.clamp_min(eps)
 
 
 def _check_inputs(text_embeds, vid_embeds, video_mask):
@@ -193,6 +250,10 @@ def _check_inputs(text_embeds, vid_embeds, video_mask):
         empty = torch.nonzero(~video_mask.any(dim=1)).flatten().tolist()
         raise ValueError(f"video_mask leaves videos {empty[:10]} with no valid frame; "
                          "drop those videos or mark at least one frame True")
+
+
+def _temperature_value(temperature):
+    return float(temperature.detach()) if torch.is_tensor(temperature) else float(temperature)
 
 
 def _check_temperature(temperature):

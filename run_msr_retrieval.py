@@ -10,10 +10,9 @@ and cli read the argparse namespace.
 """
 import argparse
 import hashlib
-import importlib.metadata
 import json
 import os
-import platform
+import re
 import sys
 import time
 import warnings
@@ -24,28 +23,24 @@ import torch
 
 import data_loader
 from clip_hitchhiker import embedding_cache
-from clip_hitchhiker.clip_models import (
-    encode_captions,
-    encode_videos,
-    frame_dtype_for,
-    load_clip_model,
-)
+from clip_hitchhiker.clip_models import (check_embeddings, compute_embeddings, count_truncated,
+                                         frame_dtype_for, load_clip_model)
 from clip_hitchhiker.downloads import sha256_file
-from clip_hitchhiker.errors import HitchhikerError, PeerFailure, VideoDecodeError
-from clip_hitchhiker.torchrun import (
-    all_gather_json,
-    all_gather_rows,
-    broadcast_json,
-    collective_step,
-    setup_context,
-    shard,
-    teardown,
-)
+from clip_hitchhiker.embedding_cache import fingerprint_files
+from clip_hitchhiker.errors import HitchhikerError, OutputError, PeerFailure, VideoDecodeError
+from clip_hitchhiker.output_files import cache_is_writable, check_output_files
+from clip_hitchhiker.reporting import (interruption_note, package_versions, partial_note,
+                                       print_results)
+from clip_hitchhiker.torchrun import (DEFAULT_TIMEOUT_S, broadcast_json, collective_step,
+                                      setup_context, teardown)
 from data_loader import CSVDataset, FramePreprocess, MSRVTTDataset
-from metrics import t2v_metrics, v2t_metrics
+from metrics import count_tied_queries, t2v_metrics, v2t_metrics
 from query_scoring import similarity_meanpooling, similarity_queryscoring
 
 PREPROCESS_ON = ("auto", "workers", "device")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+# More queries than this tying their video's score with another's get a warning.
+TIE_WARNING_FRACTION = 0.01
 
 
 def parse_args(argv=None):
@@ -67,6 +62,9 @@ def parse_args(argv=None):
     add("--download_root", default=None, help="where CLIP weights are downloaded "
                                               "(default ~/.cache/clip)")
     add("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
+    add("--dist_timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+        help="under torchrun, how long ranks wait for one another before the run stops and "
+             f"names the rank that did not answer (default {DEFAULT_TIMEOUT_S:g})")
     add("--split", default="jsfusion", choices=data_loader.SPLITS,
         help="MSR-VTT split: jsfusion (1k-A, 1 caption/video), miech (1k, all captions), "
              "full-test (2990 videos)")
@@ -96,6 +94,12 @@ def parse_args(argv=None):
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.num_workers < 0:
         parser.error(f"--num_workers must be >= 0, got {args.num_workers}")
+    if not DEVICE_PATTERN.fullmatch(args.device):
+        parser.error(f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r} (other "
+                     "accelerators such as mps are not supported)")
+    if not (args.dist_timeout > 0 and np.isfinite(args.dist_timeout)):
+        parser.error(f"--dist_timeout must be a positive number of seconds, got "
+                     f"{args.dist_timeout}")
     if any(not (t > 0 and np.isfinite(t)) for t in args.query_scoring_temp):
         parser.error(f"--query_scoring_temp values must be finite and > 0, got "
                      f"{args.query_scoring_temp}")
@@ -143,6 +147,8 @@ def build_dataset(preprocess, num_frames, *, csv=None, video_root=".", split="js
         dataset_id = {"msrvtt_split": split}
     queries = json.dumps(dataset.queries.to_numpy().tolist()).encode()
     dataset_id["queries_sha256"] = hashlib.sha256(queries).hexdigest()
+    # Size and modification time of every video: a replaced or repaired file is re-encoded.
+    dataset_id["videos_fingerprint"] = fingerprint_files(dataset.video_paths)
     return dataset, dataset_id
 
 
@@ -161,43 +167,6 @@ def check_decode_failures(skipped, skip_bad_videos, cache_file=None):
 
 
 # ----------------------------------------------------------------------------------------------
-# Embed
-
-
-def compute_embeddings(model, dataset, ctx, *, batch_size, num_workers, frame_chunk,
-                       skip_bad_videos, device_preprocess=None):
-    """Encode every video and every distinct caption, sharded across ranks; gathered on all.
-
-    device_preprocess: the FramePreprocess to run on ctx.device when the workers send raw frames.
-
-    returns: (the cache content, see embedding_cache.cache_content; videos decoded here).
-    """
-    video_indices = shard(len(dataset), ctx)
-    kept, video_embeds, failures = collective_step(ctx, lambda: encode_videos(
-        model, dataset, video_indices, ctx.device, batch_size=batch_size,
-        num_workers=num_workers, frame_chunk=frame_chunk, device_preprocess=device_preprocess,
-        show_progress=ctx.is_main,
-        on_failures=lambda failed: check_decode_failures(failed, skip_bad_videos)))
-    kept = all_gather_rows(ctx, torch.tensor(kept, dtype=torch.long)).tolist()
-    video_embeds = all_gather_rows(ctx, video_embeds)
-    failures = [f for rank_failures in all_gather_json(ctx, failures) for f in rank_failures]
-    distinct = list(dict.fromkeys(dataset.queries["caption"]))
-    caption_indices = shard(len(distinct), ctx)
-    text_embeds = collective_step(ctx, lambda: encode_captions(
-        model, [distinct[i] for i in caption_indices], ctx.device))
-    text_embeds = all_gather_rows(ctx, text_embeds)
-    row_of = {c: i for i, c in enumerate(distinct)}
-    query_rows = torch.tensor([row_of[c] for c in dataset.queries["caption"]], dtype=torch.long)
-    content = embedding_cache.cache_content(
-        text_embeds=text_embeds[query_rows], video_embeds=video_embeds,
-        video_ids=[dataset.video_ids[i] for i in kept],
-        query_video_ids=dataset.queries["video_id"].tolist(),
-        captions=dataset.queries["caption"].tolist(),
-        skipped=[[dataset.video_ids[i], message] for i, message in sorted(failures)])
-    return content, len(video_indices)
-
-
-# ----------------------------------------------------------------------------------------------
 # Evaluate
 
 
@@ -205,8 +174,10 @@ def evaluate(content, temperatures, device=torch.device("cpu")):
     """Metrics per aggregation over the kept videos and their queries.
 
     The similarities and the ranking run on device (the same code on any device); the metrics
-    are exact comparisons, so ties and tie policies behave the same everywhere.
-    returns: list of {"aggregation", "temperature", "t2v", "v2t"}; mean pooling first.
+    are exact comparisons, so ties and tie policies behave the same everywhere. An aggregation
+    that fails (ValueError) is reported in its entry ("error") and the others still run.
+    returns: list of {"aggregation", "temperature", "t2v", "v2t", "t2v_tied_queries"} (plus
+    "t2v_averaging" when over 1 % of queries tie); mean pooling first.
     """
     position = {v: i for i, v in enumerate(content["video_ids"])}
     keep = [i for i, v in enumerate(content["query_video_ids"]) if v in position]
@@ -219,46 +190,24 @@ def evaluate(content, temperatures, device=torch.device("cpu")):
                      for t in temperatures]
     results = []
     for name, temperature, similarity in aggregations:
-        sims = similarity()
-        results.append({"aggregation": name, "temperature": temperature,
-                        "t2v": t2v_metrics(sims, query_to_video=query_to_video),
-                        "v2t": v2t_metrics(sims, query_to_video=query_to_video)})
+        result = {"aggregation": name, "temperature": temperature}
+        try:
+            result.update(_score(similarity(), query_to_video))
+        except ValueError as e:
+            result["error"] = str(e)
+        results.append(result)
     return results
 
 
-# ----------------------------------------------------------------------------------------------
-# Report
-
-
-def format_result_line(result, skipped_note=""):
-    """The release's printed line, rounded: R@K and MedR to one decimal, MeanR to three."""
-    rounded = {k: round(v, 3 if k == "MeanR" else 1) for k, v in result["t2v"].items()}
-    label = "mean-pooling" if result["temperature"] is None else \
-        f"{result['aggregation']}, temp: {result['temperature']}"
-    return f"{rounded}  agg: {label}{skipped_note}"
-
-
-def partial_note(content):
-    """The mark every metric line carries when videos were left out, and the counts."""
-    kept_ids = set(content["video_ids"])
-    num_queries = sum(v in kept_ids for v in content["query_video_ids"])
-    counts = {"videos": len(content["video_ids"]), "queries": num_queries,
-              "skipped_videos": len(content["skipped"]),
-              "skipped_queries": len(content["query_video_ids"]) - num_queries}
-    note = "" if not content["skipped"] else (
-        f"  [partial: {counts['skipped_videos']} bad video(s) and {counts['skipped_queries']} "
-        "queries left out, not comparable with the benchmark]")
-    return note, counts
-
-
-def package_versions():
-    versions = {"python": platform.python_version()}
-    for package in ("torch", "torchvision", "openai-clip", "decord", "numpy", "pandas"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    return versions
+def _score(sims, query_to_video):
+    """t2v and v2t metrics of one similarity matrix, and how many queries tie."""
+    scores = {"t2v": t2v_metrics(sims, query_to_video=query_to_video),
+              "v2t": v2t_metrics(sims, query_to_video=query_to_video),
+              "t2v_tied_queries": count_tied_queries(sims, query_to_video)}
+    if scores["t2v_tied_queries"] > TIE_WARNING_FRACTION * len(query_to_video):
+        scores["t2v_averaging"] = t2v_metrics(sims, query_to_video=query_to_video,
+                                              break_ties="averaging")
+    return scores
 
 
 # ----------------------------------------------------------------------------------------------
@@ -268,7 +217,7 @@ def package_versions():
 def main(args):
     """Run the evaluation. returns: the report dict on rank 0 (None on other ranks)."""
     start = time.perf_counter()
-    ctx = setup_context(args.device)
+    ctx = setup_context(args.device, args.dist_timeout)
     try:
         return _run(args, ctx, start)
     finally:
@@ -283,9 +232,18 @@ def _prepare(args, ctx, download):
     dataset, dataset_id = build_dataset(
         frame_preprocess if placement == "workers" else None, args.num_frames, csv=args.csv,
         video_root=args.video_root, split=args.split, data_root=args.data_root,
-        url=args.msrvtt_url, check_files=not args.skip_bad_videos,
-        download=download)
+        url=args.msrvtt_url, check_files=not args.skip_bad_videos, download=download)
     return model, model_id, dataset, dataset_id, frame_preprocess, placement
+
+
+def _check_outputs(args, dataset):
+    """Before any decoding: outputs writable and no input overwritten. returns: whether the
+    cache can be written."""
+    inputs = [p for p in (args.csv, args.model) if p and os.path.isfile(p)] + dataset.video_paths
+    check_output_files({"--output_json": args.output_json,
+                        "--save_embeddings": args.save_embeddings}, inputs,
+                       [] if args.csv else [Path(args.data_root) / "MSRVTT"])
+    return not args.no_cache and cache_is_writable(args.cache_dir)
 
 
 def _run(args, ctx, start):
@@ -297,8 +255,52 @@ def _run(args, ctx, start):
     key = embedding_cache.cache_key(model_id, model.dtype, args.num_frames, dataset_id,
                                     preprocess_id(frame_preprocess, placement, ctx.device))
     path = embedding_cache.cache_path(args.cache_dir, key)
+    write_cache = collective_step(ctx, lambda: _check_outputs(args, dataset) if ctx.is_main
+                                  else False)
     loaded_at = time.perf_counter()
+    content, cache_hit, decoded = _embed(args, ctx, model, dataset, key, path,
+                                         frame_preprocess if placement == "device" else None)
+    encode_seconds = time.perf_counter() - loaded_at
+    if not ctx.is_main:
+        return None
 
+    if cache_hit:
+        print(f"embeddings loaded from cache {path} (no video decoded)")
+    else:
+        videos, frames = len(content["video_ids"]), len(content["video_ids"]) * args.num_frames
+        print(f"encoded {videos} videos ({frames} frames) in {encode_seconds:.1f} s: "
+              f"{videos / encode_seconds:.2f} videos/s, {frames / encode_seconds:.1f} frames/s")
+    truncated = count_truncated(list(dict.fromkeys(content["captions"])))
+    if truncated:
+        print(f"note: {truncated} caption(s) are longer than CLIP's 77-token context and were "
+              "cut to it", file=sys.stderr)
+    note, counts = partial_note(content)
+    for video_id, reason in content["skipped"]:
+        print(f"skipped {video_id}: {reason}", file=sys.stderr)
+    similarity_start = time.perf_counter()
+    results = evaluate(content, args.query_scoring_temp, ctx.device)
+    similarity_seconds = time.perf_counter() - similarity_start
+    print_results(results, note, counts["queries"])
+    report = {
+        "config": vars(args), "versions": package_versions(), "device": str(ctx.device),
+        "world_size": ctx.world_size, "results": results,
+        "preprocess": {"on": placement, "antialias": args.antialias,
+                       "description": frame_preprocess.describe()},
+        "counts": {**counts, "decoded_videos": decoded, "truncated_captions": truncated,
+                   "skipped": content["skipped"]},
+        "cache": {"hit": cache_hit, "path": None if args.no_cache else str(path)},
+        "timings_s": {"load": loaded_at - start, "encode": encode_seconds,
+                      "similarity_and_metrics": similarity_seconds,
+                      "total": time.perf_counter() - start},
+    }
+    _write_outputs(args, content, key, path, write_cache and not cache_hit, report)
+    return report
+
+
+def _embed(args, ctx, model, dataset, key, path, device_preprocess):
+    """The embeddings from the cache, or computed (sharded across ranks); on rank 0 checked:
+    decode failures, at least one video, no broken embeddings.
+    returns: (content, cache hit, videos decoded by this rank)."""
     cached = None if args.no_cache or not ctx.is_main else \
         embedding_cache.load_cached_embeddings(path, key)
     cache_hit = broadcast_json(ctx, cached is not None)
@@ -308,61 +310,63 @@ def _run(args, ctx, start):
         with torch.inference_mode():
             content, decoded = compute_embeddings(
                 model, dataset, ctx, batch_size=args.batch_size, num_workers=args.num_workers,
-                frame_chunk=args.frame_chunk, skip_bad_videos=args.skip_bad_videos,
-                device_preprocess=frame_preprocess if placement == "device" else None)
-    encode_seconds = time.perf_counter() - loaded_at
-    if not ctx.is_main:
-        return None
-    check_decode_failures(content["skipped"], args.skip_bad_videos, path if cache_hit else None)
-    if not cache_hit and not args.no_cache:
-        embedding_cache.save_embeddings(path, content, key)
-    if args.save_embeddings:
-        embedding_cache.save_embeddings(args.save_embeddings, content, key)
+                frame_chunk=args.frame_chunk, device_preprocess=device_preprocess,
+                on_failures=lambda failed: check_decode_failures(failed, args.skip_bad_videos))
+    if ctx.is_main:
+        check_decode_failures(content["skipped"], args.skip_bad_videos,
+                              path if cache_hit else None)
+        check_some_decoded(content)
+        check_embeddings(content["text_embeds"], content["video_embeds"], args.model)
+    return content, cache_hit, decoded
 
-    if cache_hit:
-        print(f"embeddings loaded from cache {path} (no video decoded)")
-    else:
-        videos, frames = len(content["video_ids"]), len(content["video_ids"]) * args.num_frames
-        print(f"encoded {videos} videos ({frames} frames) in {encode_seconds:.1f} s: "
-              f"{videos / encode_seconds:.2f} videos/s, {frames / encode_seconds:.1f} frames/s")
-    note, counts = partial_note(content)
-    for video_id, reason in content["skipped"]:
-        print(f"skipped {video_id}: {reason}", file=sys.stderr)
-    similarity_start = time.perf_counter()
-    results = evaluate(content, args.query_scoring_temp, ctx.device)
-    similarity_seconds = time.perf_counter() - similarity_start
-    for result in results:
-        print(format_result_line(result, note))
-    report = {
-        "config": vars(args), "versions": package_versions(), "device": str(ctx.device),
-        "world_size": ctx.world_size, "results": results,
-        "preprocess": {"on": placement, "antialias": args.antialias,
-                       "description": frame_preprocess.describe()},
-        "counts": {**counts, "decoded_videos": decoded, "skipped": content["skipped"]},
-        "cache": {"hit": cache_hit, "path": None if args.no_cache else str(path)},
-        "timings_s": {"load": loaded_at - start, "encode": encode_seconds,
-                      "similarity_and_metrics": similarity_seconds,
-                      "total": time.perf_counter() - start},
-    }
-    if args.output_json:
-        embedding_cache.write_json(args.output_json, report)
-    return report
+
+def check_some_decoded(content):
+    """No video decoded at all (every one skipped) is an error, with the first reasons."""
+    if content["video_ids"]:
+        return
+    reasons = "; ".join(f"{video_id}: {reason}" for video_id, reason in content["skipped"][:3])
+    raise VideoDecodeError(f"no video could be decoded ({len(content['skipped'])} tried), e.g. "
+                           f"{reasons}")
+
+
+def _write_outputs(args, content, key, path, write_cache, report):
+    """After the metrics are printed: the cache (a failure only warns), then the user's files."""
+    if write_cache:
+        try:
+            embedding_cache.save_embeddings(path, content, key)
+        except OSError as e:
+            warnings.warn(f"could not write the embedding cache {path} ({e}); the results above "
+                          "are complete, only the cache is missing", stacklevel=2)
+    try:
+        if args.save_embeddings:
+            embedding_cache.save_embeddings(args.save_embeddings, content, key)
+        if args.output_json:
+            embedding_cache.write_json(args.output_json, report)
+    except OSError as e:
+        raise OutputError(f"the metrics above are complete, but an output file could not be "
+                          f"written: {e}") from e
 
 
 def cli(argv=None):
-    """The command line: the project's own errors become one line on stderr and exit code 1."""
+    """The command line: the project's own errors become one line on stderr and exit code 1;
+    a failed aggregation also exits 1, after the others have printed."""
     # Third-party deprecation notices that a user of the CLI cannot act on.
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
     warnings.filterwarnings("ignore", message="`torch.jit", category=FutureWarning)
     args = parse_args(argv)
     try:
-        main(args)
+        report = main(args)
+    except KeyboardInterrupt:
+        print(interruption_note(args.data_root), file=sys.stderr)
+        sys.exit(130)
     except PeerFailure as e:
         if int(os.environ.get("RANK", "0")) == 0:  # other ranks stay quiet: the cause is printed
             print(f"error: {e}", file=sys.stderr)  # by the rank that failed and by rank 0
         sys.exit(1)
     except HitchhikerError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    if report is not None and any("error" in r for r in report["results"]):
         sys.exit(1)
 
 

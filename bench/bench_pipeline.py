@@ -86,10 +86,10 @@ def main():
     args = parser.parse_args()
 
     from bench.common import make_videos, random_clip_checkpoint
-    from clip_hitchhiker.clip_models import frame_dtype_for, load_clip_model
     from clip_hitchhiker.torchrun import Context
     from data_loader import FramePreprocess
-    from run_msr_retrieval import build_dataset, compute_embeddings
+    from clip_hitchhiker.clip_models import compute_embeddings, frame_dtype_for, load_clip_model
+    from run_msr_retrieval import build_dataset
 
     work = Path(args.work_dir)
     csv = make_videos(work / "videos", args.videos)
@@ -118,8 +118,7 @@ def main():
     start = time.perf_counter()
     with torch.inference_mode():
         compute_embeddings(model, dataset, Context(device), batch_size=args.batch_size,
-                           num_workers=args.num_workers, frame_chunk=args.frame_chunk,
-                           skip_bad_videos=False)
+                           num_workers=args.num_workers, frame_chunk=args.frame_chunk)
     phase_s = time.perf_counter() - start
     print(f"decode alone:  {decode_s:7.1f} s  ({total_frames / decode_s:8.1f} frames/s)")
     print(f"encode alone:  {encode_s:7.1f} s  ({total_frames / encode_s:8.1f} frames/s)")

@@ -85,7 +85,8 @@ def check_end_to_end(csv, model, frames, device, workers, sizes):
     """compute_embeddings as the CLI runs it, with the workers preprocessing and with the device
     preprocessing; the largest difference between the two runs' embeddings."""
     from clip_hitchhiker.torchrun import Context
-    from run_msr_retrieval import build_dataset, compute_embeddings
+    from clip_hitchhiker.clip_models import compute_embeddings
+    from run_msr_retrieval import build_dataset
     for num_frames in sizes["frames"]:
         embeddings = {}
         for placement in ("workers", "device"):
@@ -95,8 +96,7 @@ def check_end_to_end(csv, model, frames, device, workers, sizes):
             with torch.inference_mode():
                 content, _ = compute_embeddings(
                     model, dataset, Context(device), batch_size=4, num_workers=workers,
-                    frame_chunk=256, skip_bad_videos=False,
-                    device_preprocess=frames if placement == "device" else None)
+                    frame_chunk=256, device_preprocess=frames if placement == "device" else None)
             seconds = time.perf_counter() - start
             embeddings[placement] = content["video_embeds"]
             videos = len(content["video_ids"])

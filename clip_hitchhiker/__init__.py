@@ -5,4 +5,5 @@
     clip_models     CLIP loading and chunked frame / caption encoding
     embedding_cache cache key, path, atomic save and safe load of embeddings
     torchrun        device choice, process group, collectives that never hang a rank
+    output_files    output and cache locations checked before any decoding
 """

@@ -1,4 +1,5 @@
-"""CLIP loading (by name or from a checkpoint) and chunked encoding of frames and captions."""
+"""CLIP loading (by name or from a checkpoint) and chunked encoding of frames and captions, over
+one dataset and, under torchrun, sharded across ranks."""
 import math
 import os
 import zipfile
@@ -8,7 +9,9 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from clip_hitchhiker.downloads import sha256_file
-from clip_hitchhiker.errors import ModelLoadError
+from clip_hitchhiker.embedding_cache import cache_content
+from clip_hitchhiker.errors import EmbeddingError, ModelLoadError
+from clip_hitchhiker.torchrun import all_gather_json, all_gather_rows, collective_step, shard
 from data_loader import collate_videos
 
 _TEXT_BATCH = 256
@@ -28,9 +31,12 @@ def load_clip_model(name_or_path, device, download_root=None):
     import clip
 
     if os.path.isfile(name_or_path):
+        if os.path.getsize(name_or_path) == 0:
+            raise ModelLoadError(f"--model {name_or_path} is an empty file; pass a CLIP "
+                                 "checkpoint (TorchScript or state dict)")
         model_id = f"sha256:{sha256_file(name_or_path)}"
         if _is_torchscript(name_or_path):
-            model, preprocess = clip.load(name_or_path, device=device, jit=False)
+            model, preprocess = _load_torchscript_checkpoint(name_or_path, device)
         else:
             model, preprocess = _load_state_dict_checkpoint(name_or_path, device)
         return model.eval(), preprocess, model_id
@@ -56,14 +62,29 @@ def _is_torchscript(path):
         return any(n.endswith("constants.pkl") or "/code/" in n for n in archive.namelist())
 
 
-def _load_state_dict_checkpoint(path, device):
+def _load_torchscript_checkpoint(path, device):
     import clip
 
     try:
+        return clip.load(path, device=device, jit=False)
+    except (KeyError, AttributeError, RuntimeError, TypeError) as e:  # not CLIP's parameters
+        raise ModelLoadError(f"--model {path} is a TorchScript archive but not a CLIP model "
+                             f"({type(e).__name__}: {e})") from e
+
+
+def _load_state_dict_checkpoint(path, device):
+    import clip
+
+    with open(path, "rb") as f:
+        is_pickle = f.read(1) == b"\x80"
+    if not (is_pickle or zipfile.is_zipfile(path)):
+        raise ModelLoadError(f"--model {path} is not a checkpoint (neither a TorchScript or "
+                             "torch.save archive nor a pickle); pass a CLIP checkpoint")
+    try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError...
-        raise ModelLoadError(f"cannot read checkpoint {path} as a TorchScript archive or a "
-                             f"state dict ({e})") from e
+        raise ModelLoadError(f"cannot read --model {path} as a TorchScript archive or a state "
+                             f"dict ({type(e).__name__}: {e}); is it a CLIP checkpoint?") from e
     if isinstance(state_dict, dict) and isinstance(state_dict.get("state_dict"), dict):
         state_dict = state_dict["state_dict"]
     try:
@@ -149,6 +170,62 @@ def encode_videos(model, dataset, indices, device, *, batch_size=1, num_workers=
             kept.append(index)
     features = encoder.finish()
     return kept, features.view(len(kept), dataset.num_frames, features.shape[-1]), failures
+
+
+def check_embeddings(text_embeds, video_embeds, model_name):
+    """Raise EmbeddingError if any caption or frame embedding is zero or not finite: a broken
+    model whose every score ties would otherwise report perfect retrieval.
+
+    text_embeds: [Q, D]; video_embeds: [V, F, D]; model_name: what --model named.
+    """
+    bad_text = int((~torch.isfinite(text_embeds).all(1) | (text_embeds.norm(dim=1) == 0)).sum())
+    frames = video_embeds.reshape(-1, video_embeds.shape[-1])
+    bad_frames = int((~torch.isfinite(frames).all(1) | (frames.norm(dim=1) == 0)).sum())
+    if bad_text or bad_frames:
+        raise EmbeddingError(f"model {model_name} gave zero or non-finite embeddings for "
+                             f"{bad_text} of {len(text_embeds)} caption(s) and {bad_frames} of "
+                             f"{len(frames)} frame(s); the checkpoint is broken (zeroed "
+                             "projections?), check --model")
+
+
+def count_truncated(captions, context_length=77):
+    """How many captions have more tokens (with start and end) than CLIP's context holds."""
+    from clip.simple_tokenizer import SimpleTokenizer
+
+    tokenizer = SimpleTokenizer()
+    return sum(len(tokenizer.encode(c)) + 2 > context_length for c in captions)
+
+
+def compute_embeddings(model, dataset, ctx, *, batch_size, num_workers, frame_chunk,
+                       device_preprocess=None, on_failures=None):
+    """Encode every video and every distinct caption, sharded across ranks; gathered on all.
+
+    ctx: a torchrun.Context; device_preprocess and on_failures: as for encode_videos.
+
+    returns: (the cache content, see embedding_cache.cache_content; videos decoded here).
+    """
+    video_indices = shard(len(dataset), ctx)
+    kept, video_embeds, failures = collective_step(ctx, lambda: encode_videos(
+        model, dataset, video_indices, ctx.device, batch_size=batch_size,
+        num_workers=num_workers, frame_chunk=frame_chunk, device_preprocess=device_preprocess,
+        show_progress=ctx.is_main, on_failures=on_failures))
+    kept = all_gather_rows(ctx, torch.tensor(kept, dtype=torch.long)).tolist()
+    video_embeds = all_gather_rows(ctx, video_embeds)
+    failures = [f for rank_failures in all_gather_json(ctx, failures) for f in rank_failures]
+    distinct = list(dict.fromkeys(dataset.queries["caption"]))
+    caption_indices = shard(len(distinct), ctx)
+    text_embeds = collective_step(ctx, lambda: encode_captions(
+        model, [distinct[i] for i in caption_indices], ctx.device))
+    text_embeds = all_gather_rows(ctx, text_embeds)
+    row_of = {c: i for i, c in enumerate(distinct)}
+    query_rows = torch.tensor([row_of[c] for c in dataset.queries["caption"]], dtype=torch.long)
+    content = cache_content(
+        text_embeds=text_embeds[query_rows], video_embeds=video_embeds,
+        video_ids=[dataset.video_ids[i] for i in kept],
+        query_video_ids=dataset.queries["video_id"].tolist(),
+        captions=dataset.queries["caption"].tolist(),
+        skipped=[[dataset.video_ids[i], message] for i, message in sorted(failures)])
+    return content, len(video_indices)
 
 
 def encode_captions(model, captions, device):

@@ -7,6 +7,7 @@
 import collections
 import hashlib
 import http.client
+import itertools
 import os
 import pickle
 import shutil
@@ -14,6 +15,7 @@ import socket
 import stat
 import urllib.error
 import urllib.request
+import warnings
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
@@ -135,8 +137,9 @@ def extract_zip_safely(zip_path, dest_root, top_folder, progress=True):
 
     Every entry is checked before anything is written (no absolute paths, no '..', no symlinks)
     and every file's CRC while it is written, into a staging folder that is moved into place
-    only when all is well; then COMPLETE_MARKER is written. A corrupt zip is renamed to
-    '<zip>.corrupt' so that it is never taken for a good download.
+    only when all is well; then COMPLETE_MARKER is written. An existing dest_root/top_folder
+    (an interrupted extraction, or files the user put there) is moved aside, never deleted. A
+    corrupt zip is renamed to '<zip>.corrupt' so that it is never taken for a good download.
     """
     zip_path, dest_root = Path(zip_path), Path(dest_root)
     staging = dest_root / f".{top_folder}.extracting"
@@ -166,11 +169,28 @@ def extract_zip_safely(zip_path, dest_root, top_folder, progress=True):
         shutil.rmtree(staging, ignore_errors=True)
         raise DatasetError(f"{zip_path} has no {top_folder}/ folder; is it the right file?")
     target = dest_root / top_folder
-    shutil.rmtree(target, ignore_errors=True)  # an interrupted earlier extraction
+    if target.exists():
+        move_aside(target)
     os.replace(extracted, target)
     shutil.rmtree(staging, ignore_errors=True)
     (target / COMPLETE_MARKER).write_text(f"extracted from {zip_path.name}\n")
     return target
+
+
+def move_aside(folder):
+    """Rename an incomplete folder (no completion marker) to '<name>.incomplete-<n>', with a
+    warning that says where it went: it may hold files that are not ours, so it is never
+    deleted. returns: the new path."""
+    folder = Path(folder)
+    for n in itertools.count(1):
+        aside = folder.with_name(f"{folder.name}.incomplete-{n}")
+        if not aside.exists():
+            break
+    os.replace(folder, aside)
+    warnings.warn(f"{folder} had no completion marker ({COMPLETE_MARKER}), so it was moved to "
+                  f"{aside} and a fresh copy extracted; delete {aside} once you have checked it "
+                  "holds nothing of yours", stacklevel=3)
+    return aside
 
 
 def _check_member(member, zip_path):

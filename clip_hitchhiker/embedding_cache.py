@@ -39,6 +39,19 @@ def cache_key(model_id, model_dtype, num_frames, dataset_id, preprocess_id):
                        "preprocess": preprocess_id}, sort_keys=True)
 
 
+def fingerprint_files(paths):
+    """A cheap digest of files as they are now: each one's path, size and modification time (a
+    missing file counts as missing). Replacing or re-encoding a video changes it."""
+    entries = []
+    for path in paths:
+        try:
+            info = os.stat(path)
+            entries.append([str(path), info.st_size, info.st_mtime_ns])
+        except OSError:
+            entries.append([str(path), None, None])
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+
+
 def cache_path(cache_dir, key):
     """The entry's file for key: a digest of the key, so equal settings share one file."""
     return Path(cache_dir) / f"embeddings-{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
@@ -55,17 +68,35 @@ def write_json(path, obj):
 
 
 def write_atomically(path, write):
-    """write(tmp_path) into a temporary file beside path, then os.replace: never half-written."""
+    """write(tmp_path) into a temporary file beside path, then os.replace: never half-written.
+
+    The file gets the permissions the user's umask gives any new file (the temporary file's
+    own are 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
         tmp_name = f.name
     try:
         write(tmp_name)
+        os.chmod(tmp_name, 0o666 & ~current_umask())
         os.replace(tmp_name, path)
     except BaseException:
         os.unlink(tmp_name)
         raise
+
+
+def current_umask():
+    """The process's umask, read from /proc where it can be (setting it to read it back is not
+    thread-safe)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def load_cached_embeddings(path, key):

@@ -18,9 +18,17 @@ class ModelLoadError(HitchhikerError, RuntimeError):
     """CLIP weights that cannot be found, downloaded or read."""
 
 
+class EmbeddingError(HitchhikerError, RuntimeError):
+    """Embeddings that cannot be scored (zero or non-finite): a broken model."""
+
+
 class ConfigError(HitchhikerError, ValueError):
     """A command-line setting that cannot work on this machine (e.g. --device cuda without CUDA)."""
 
 
 class PeerFailure(HitchhikerError, RuntimeError):
     """Another rank of a distributed run failed; that rank reports the cause."""
+
+
+class OutputError(HitchhikerError, OSError):
+    """An output file (--output_json, --save_embeddings) that could not be written."""

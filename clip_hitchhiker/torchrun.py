@@ -4,6 +4,7 @@ Every collective goes through an initialised process group; without one (a plain
 the helpers return their input. Nothing received from another rank is unpickled: metadata
 travels as JSON in uint8 tensors.
 """
+import datetime
 import json
 import os
 import warnings
@@ -16,23 +17,33 @@ import torch.distributed as dist
 from clip_hitchhiker.errors import ConfigError, PeerFailure
 
 
+DEFAULT_TIMEOUT_S = 1800.0
+
+
 @dataclass
 class Context:
-    """Where this process runs: its device and, under torchrun, its rank."""
+    """Where this process runs: its device and, under torchrun, its rank.
+
+    timeout_s: how long a collective waits for the other ranks; monitor_group: the gloo group
+    whose monitored barrier names the ranks that did not answer (None: the default group).
+    """
     device: torch.device
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    monitor_group: object = None
 
     @property
     def is_main(self):
         return self.rank == 0
 
 
-def setup_context(device_arg):
+def setup_context(device_arg, timeout_s=DEFAULT_TIMEOUT_S):
     """Choose the device; under torchrun (WORLD_SIZE > 1) also join the process group.
 
     device_arg: "auto" (CUDA when present, else the CPU), "cpu", "cuda" or "cuda:N".
+    timeout_s: how long any collective waits for a rank before the run stops, naming it.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -52,9 +63,14 @@ def setup_context(device_arg):
         device = torch.device("cuda", local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    monitor_group = None
     if world_size > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Context(device, rank, local_rank, world_size)
+        timeout = datetime.timedelta(seconds=timeout_s)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=timeout)
+        if backend != "gloo":  # monitored barriers exist for gloo only
+            monitor_group = dist.new_group(backend="gloo", timeout=timeout)
+    return Context(device, rank, local_rank, world_size, timeout_s, monitor_group)
 
 
 def teardown(ctx):
@@ -70,13 +86,15 @@ def _in_group():
 def collective_step(ctx, fn):
     """Run fn on this rank; if any rank raised, raise on every rank, so that none waits forever.
 
-    The failing rank re-raises its own exception; the others raise PeerFailure naming it.
+    The failing rank re-raises its own exception; the others raise PeerFailure naming it. A
+    rank that does not arrive within ctx.timeout_s (hung or stopped) is named by the others.
     """
     try:
         result, error = fn(), None
     except Exception as e:  # re-raised below, after the other ranks have been told
         result, error = None, e
     if _in_group():
+        wait_for_all_ranks(ctx)
         messages = all_gather_json(ctx, None if error is None else
                                    f"{type(error).__name__}: {error}")
         failed = [f"rank {r}: {m}" for r, m in enumerate(messages) if m is not None]
@@ -85,6 +103,17 @@ def collective_step(ctx, fn):
     if error is not None:
         raise error
     return result
+
+
+def wait_for_all_ranks(ctx):
+    """A barrier that names, on rank 0, the ranks that did not arrive within ctx.timeout_s."""
+    try:
+        dist.monitored_barrier(group=ctx.monitor_group,
+                               timeout=datetime.timedelta(seconds=ctx.timeout_s),
+                               wait_all_ranks=True)
+    except RuntimeError as e:
+        raise PeerFailure(f"{str(e).strip()} (waited --dist_timeout {ctx.timeout_s:g} s; a rank "
+                          "that stopped or hung holds up the others)") from e
 
 
 def all_gather_rows(ctx, rows):

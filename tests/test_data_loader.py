@@ -308,3 +308,28 @@ def test_csv_bad_content(tmp_path, clip_preprocess, content, message):
         CSVDataset(tmp_path / "bad.csv", tmp_path, clip_preprocess, 4)
     with pytest.raises(DatasetError, match="not found"):
         CSVDataset(tmp_path / "nope.csv", tmp_path, clip_preprocess, 4)
+
+
+def test_one_file_under_several_paths_is_one_video(tmp_path, clip_preprocess):
+    import os
+    (tmp_path / "clips").mkdir()
+    synthetic.write_index_video(tmp_path / "clips" / "a.mp4", 12)
+    synthetic.write_index_video(tmp_path / "clips" / "b.mp4", 9)
+    os.symlink(tmp_path / "clips" / "b.mp4", tmp_path / "clips" / "link.mp4")
+    (tmp_path / "c.csv").write_text("video_path,caption\nclips/a.mp4,one\n./clips/a.mp4,two\n"
+                                    "clips/b.mp4,three\nclips/link.mp4,four\nclips/b.mp4,three\n")
+    with pytest.warns(UserWarning) as warned:
+        dataset = CSVDataset(tmp_path / "c.csv", tmp_path, clip_preprocess, 2)
+    messages = [str(w.message) for w in warned]
+    assert any("2 path(s) name a file already listed" in m and "'./clips/a.mp4' is "
+               "'clips/a.mp4'" in m for m in messages)
+    assert any("1 row(s) repeat a (video, caption) row" in m for m in messages)
+    assert dataset.video_ids == ["clips/a.mp4", "clips/b.mp4"]
+    assert list(dataset.queries.itertuples(index=False, name=None)) == [
+        ("clips/a.mp4", "one"), ("clips/a.mp4", "two"), ("clips/b.mp4", "three"),
+        ("clips/b.mp4", "four"), ("clips/b.mp4", "three")]
+
+
+def test_csv_that_is_a_folder(tmp_path, clip_preprocess):
+    with pytest.raises(DatasetError, match="is a folder; pass the CSV file"):
+        CSVDataset(tmp_path, tmp_path, clip_preprocess, 2)

@@ -111,14 +111,28 @@ def test_unsafe_zip_entries_are_refused(msrvtt_source, tmp_path, entry, message)
     assert not (data_root / "MSRVTT").exists()
 
 
-def test_interrupted_extraction_is_redone(msrvtt_zip, tmp_path):
+def test_interrupted_extraction_is_redone_and_kept_aside(msrvtt_zip, tmp_path):
     (tmp_path / "MSRVTT.zip").write_bytes(msrvtt_zip)
     half_done = tmp_path / "MSRVTT" / "annotation"
     half_done.mkdir(parents=True)
     (half_done / "MSR_VTT.json").write_text("{truncated")
-    download_msrvtt(tmp_path, url="http://127.0.0.1:9/unused", progress=False)
+    (tmp_path / "MSRVTT" / "my_notes.txt").write_text("mine")  # not the project's to delete
+    with pytest.warns(UserWarning, match=r"MSRVTT had no completion marker .* moved to "
+                                         r".*MSRVTT\.incomplete-1"):
+        download_msrvtt(tmp_path, url="http://127.0.0.1:9/unused", progress=False)
     assert (tmp_path / "MSRVTT" / COMPLETE_MARKER).is_file()
     assert "annotations" in (half_done / "MSR_VTT.json").read_text()
+    aside = tmp_path / "MSRVTT.incomplete-1"
+    assert (aside / "my_notes.txt").read_text() == "mine"
+    assert (aside / "annotation" / "MSR_VTT.json").read_text() == "{truncated"
+
+
+def test_incomplete_folder_and_no_server_says_how_to_mark_it(tmp_path):
+    (tmp_path / "MSRVTT" / "videos").mkdir(parents=True)
+    with pytest.raises(DatasetError, match=r"MSRVTT exists but is incomplete .* cannot reach "
+                                           r".* touch .*MSRVTT/\.extraction_complete"):
+        download_msrvtt(tmp_path, url="http://127.0.0.1:9/unreachable", progress=False)
+    assert (tmp_path / "MSRVTT" / "videos").is_dir()
 
 
 def test_restricted_pickle_accepts_plain_data(tmp_path):

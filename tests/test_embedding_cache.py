@@ -109,3 +109,31 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         write_atomically(path, fail)
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    import os
+    old = os.umask(0o027)
+    try:
+        write_json(tmp_path / "a.json", {})
+        save_embeddings(tmp_path / "e.pt", content(), "k")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "e.pt").stat().st_mode & 0o777 == 0o640
+
+
+def test_fingerprint_follows_size_and_modification_time(tmp_path):
+    import os
+
+    from clip_hitchhiker.embedding_cache import fingerprint_files
+    video = tmp_path / "a.mp4"
+    video.write_bytes(b"x" * 10)
+    first = fingerprint_files([video, tmp_path / "missing.mp4"])
+    assert fingerprint_files([video, tmp_path / "missing.mp4"]) == first
+    os.utime(video, ns=(1, 2))
+    touched = fingerprint_files([video, tmp_path / "missing.mp4"])
+    assert touched != first
+    video.write_bytes(b"y" * 11)
+    os.utime(video, ns=(1, 2))
+    assert fingerprint_files([video, tmp_path / "missing.mp4"]) not in (first, touched)

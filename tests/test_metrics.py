@@ -116,3 +116,14 @@ def test_full_test_size_is_vectorised():
 def test_bad_arguments(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_count_tied_queries():
+    from metrics import count_tied_queries
+    sims = np.array([[0.9, 0.9, 0.1],    # ties with video 1
+                     [0.2, 0.8, 0.5],    # no tie
+                     [0.3, 0.1, 0.3]])   # ties with video 0
+    assert count_tied_queries(sims) == 2
+    assert count_tied_queries(np.zeros((4, 4))) == 4
+    assert count_tied_queries(np.eye(4)) == 0
+    assert count_tied_queries(torch.zeros(4, 2), query_to_video=np.array([0, 0, 1, 1])) == 4

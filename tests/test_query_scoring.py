@@ -217,3 +217,58 @@ def test_cuda_matches_cpu():
     got = similarity_queryscoring(text.cuda(), vids.cuda())
     assert got.device.type == "cuda"
     assert_close(got.cpu(), expected, atol=1e-5, rtol=0)
+
+
+def best_frame_cosines(text, vids):
+    """The tau -> 0 limit: each text's best cosine with any frame of each video, [T, V]."""
+    t = text / text.norm(dim=1, keepdim=True)
+    f = vids / vids.norm(dim=2, keepdim=True)
+    return torch.einsum("t d, v f d -> t v f", t, f).amax(dim=2)
+
+
+@pytest.mark.parametrize("dtype,temperature", [(torch.float64, 1e-300), (torch.float64, 1e-12),
+                                               (torch.float32, 1e-45), (torch.float32, 1e-39),
+                                               (torch.float32, 1e-300), (torch.float32, 1e-7)])
+@pytest.mark.parametrize("mean", ["feats", "scores"])
+@pytest.mark.parametrize("F,D", [(3, 4), (6, 4)])  # Gram form and direct u
+def test_any_positive_temperature_gives_the_best_frame_limit(dtype, temperature, mean, F, D):
+    text, vids = random_inputs(7, 5, F, D, dtype=dtype)
+    got = similarity_queryscoring(text, vids, temperature, mean=mean)
+    assert not torch.isnan(got).any()
+    assert_close(got, best_frame_cosines(text, vids), atol=1e-6, rtol=0)
+
+
+def test_tiny_tensor_temperature_has_finite_gradients():
+    text, vids = random_inputs(4, 3, 5, 6)
+    text.requires_grad_(True)
+    vids.requires_grad_(True)
+    temperature = torch.tensor(1e-300, dtype=torch.float64, requires_grad=True)
+    similarity_queryscoring(text, vids, temperature).sum().backward()
+    for grad in (text.grad, vids.grad, temperature.grad):
+        assert torch.isfinite(grad).all()
+
+
+def test_shifted_logits_equal_the_direct_ones(monkeypatch):
+    # The small-temperature form, forced at ordinary temperatures, equals the definition.
+    import query_scoring
+    monkeypatch.setattr(query_scoring, "_SMALLEST_DIRECT_TEMPERATURE", float("inf"))
+    text, vids = random_inputs(7, 5, 3, 4)
+    for temperature in (0.01, 0.1, 1.0):
+        assert_close(similarity_queryscoring(text, vids, temperature),
+                     direct_queryscoring(text, vids, temperature), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("text_scale,video_scale", [(1e30, 1.0), (1.0, 1e20), (1e-4, 1e-4),
+                                                    (1e30, 1e30)])
+@pytest.mark.parametrize("F,D", [(3, 4), (6, 4)])
+def test_any_scale_in_float32(text_scale, video_scale, F, D):
+    text, vids = random_inputs(7, 5, F, D, dtype=torch.float32)
+    expected = similarity_queryscoring(text, vids, 0.1)
+    scaled_text, scaled_vids = text * text_scale, vids * video_scale
+    assert torch.isfinite(scaled_text).all() and torch.isfinite(scaled_vids).all()
+    assert_close(similarity_queryscoring(scaled_text, scaled_vids, 0.1), expected, atol=1e-5,
+                 rtol=0)
+    assert_close(similarity_queryscoring(scaled_text, scaled_vids, 0.1, mean="scores"),
+                 similarity_queryscoring(text, vids, 0.1, mean="scores"), atol=1e-5, rtol=0)
+    assert_close(similarity_meanpooling(scaled_text, scaled_vids),
+                 similarity_meanpooling(text, vids), atol=1e-5, rtol=0)

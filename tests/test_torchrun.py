@@ -62,3 +62,46 @@ def test_cuda_device_without_cuda_is_a_config_error(monkeypatch):
     with pytest.raises(ConfigError, match="--device cuda: CUDA is not available"):
         setup_context("cuda")
     assert setup_context("cpu").device == torch.device("cpu")
+
+
+def _stalled_rank(rank, store_path, report_path):
+    """Rank 1 stops itself (SIGSTOP); rank 0 must name it instead of waiting forever."""
+    import os
+    import signal
+
+    from clip_hitchhiker.errors import PeerFailure
+    store = dist.FileStore(store_path, 2)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=2)
+    if rank == 1:
+        os.kill(os.getpid(), signal.SIGSTOP)
+    ctx = Context(torch.device("cpu"), rank=0, world_size=2, timeout_s=3)
+    try:
+        collective_step(ctx, lambda: "ok")
+        message = "no error"
+    except PeerFailure as e:
+        message = str(e)
+    with open(report_path, "w") as f:
+        f.write(message)
+
+
+def test_a_stopped_rank_is_named_after_the_timeout(tmp_path):
+    import multiprocessing
+    import os
+    import signal
+    context = multiprocessing.get_context("spawn")
+    report = tmp_path / "report.txt"
+    ranks = [context.Process(target=_stalled_rank, args=(r, str(tmp_path / "store"), str(report)))
+             for r in (0, 1)]
+    for process in ranks:
+        process.start()
+    try:
+        ranks[0].join(timeout=120)
+        assert ranks[0].exitcode == 0
+    finally:
+        for process in ranks:
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGKILL)
+                process.join()
+    message = report.read_text()
+    assert "Ranks 1 failed to pass monitoredBarrier" in message
+    assert "--dist_timeout 3 s" in message
