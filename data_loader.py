@@ -28,8 +28,8 @@ from clip_hitchhiker.errors import DatasetError, VideoDecodeError
 
 __all__ = ["COMPLETE_MARKER", "CSVDataset", "DatasetError", "FramePreprocess", "MSRVTTDataset",
            "MSRVTT_URL", "SPLITS", "VideoDataset", "VideoDecodeError", "center_crop",
-           "collate_videos", "download_msrvtt", "load_msrvtt_split", "read_video_decord",
-           "read_video_frames", "resize_shorter_side", "sample_frame_indices"]
+           "collate_videos", "download_msrvtt", "load_msrvtt_split", "read_video",
+           "read_video_decord", "read_video_frames", "resize_shorter_side", "sample_frame_indices"]
 
 MSRVTT_URL = "https://www.robots.ox.ac.uk/~maxbain/frozen-in-time/data/MSRVTT.zip"
 SPLITS = ("jsfusion", "miech", "full-test")
@@ -158,8 +158,13 @@ def sample_frame_indices(num_available, num_frames):
     return [int((start + stop) // 2) for start, stop in zip(edges[:-1], edges[1:])]
 
 
-def read_video_frames(video_path, num_frames, num_threads=1):
-    """Decode the sampled frames with decord. returns: uint8 [num_frames, 3, H, W], RGB."""
+def read_video(video_path, num_frames, num_threads=1):
+    """Decode the sampled frames with decord.
+
+    returns: (uint8 [num_frames, 3, H, W] RGB, what was decoded: {"frames": the frame count
+    the decoder reports, "indices": the sampled indices, "resolution": [H, W]}) - the run
+    manifest's entry, which tells two decoder builds or two copies of a video apart.
+    """
     import decord
 
     video_path = str(video_path)
@@ -170,14 +175,22 @@ def read_video_frames(video_path, num_frames, num_threads=1):
         num_available = len(reader)
         if num_available == 0:
             raise VideoDecodeError(f"video has no frames: {video_path}")
-        batch = reader.get_batch(sample_frame_indices(num_available, num_frames))
+        indices = sample_frame_indices(num_available, num_frames)
+        batch = reader.get_batch(indices)
     except VideoDecodeError:
         raise
     except Exception as e:  # decord raises its own DECORDError, or RuntimeError
         raise VideoDecodeError(f"cannot decode {video_path}: {e}") from e
     # DLPack hands over decord's buffer without the copy that asnumpy() makes.
-    frames = from_dlpack(batch.to_dlpack())  # [F, H, W, 3]
-    return frames.permute(0, 3, 1, 2)
+    frames = from_dlpack(batch.to_dlpack()).permute(0, 3, 1, 2)  # [F, 3, H, W]
+    decoded = {"frames": num_available, "indices": indices,
+               "resolution": [int(frames.shape[2]), int(frames.shape[3])]}
+    return frames, decoded
+
+
+def read_video_frames(video_path, num_frames, num_threads=1):
+    """Decode the sampled frames with decord. returns: uint8 [num_frames, 3, H, W], RGB."""
+    return read_video(video_path, num_frames, num_threads)[0]
 
 
 def read_video_decord(video_path, num_frames, num_threads=1):
@@ -272,7 +285,8 @@ def _single_size(size, name):
 
 
 class VideoDataset(Dataset):
-    """One item per video: {"index", "video_id", "video", "error"}.
+    """One item per video: {"index", "video_id", "video", "error", "decoded"} ("decoded": what
+    read_video decoded, {} for a failed video).
 
     queries: DataFrame with one row per caption (video_id, caption), captions of a video together.
     preprocess: a FramePreprocess (or clip's Compose) applied here, in the DataLoader workers,
@@ -300,9 +314,9 @@ class VideoDataset(Dataset):
         return len(self.video_ids)
 
     def __getitem__(self, index):
-        item = {"index": index, "video_id": self.video_ids[index], "error": ""}
+        item = {"index": index, "video_id": self.video_ids[index], "error": "", "decoded": {}}
         try:
-            frames = read_video_frames(self.video_paths[index], self.num_frames)
+            frames, item["decoded"] = read_video(self.video_paths[index], self.num_frames)
             item["video"] = frames if self.preprocess is None else self.preprocess(frames)
         except VideoDecodeError as e:
             if self.on_error == "raise":
@@ -319,11 +333,12 @@ class VideoDataset(Dataset):
 
 
 def collate_videos(items):
-    """DataLoader collate for VideoDataset items: "index" [B] tensor, "video_id" and "error"
-    lists, and "video" a list of B tensors (their sizes may differ when frames are raw)."""
+    """DataLoader collate for VideoDataset items: "index" [B] tensor, "video_id", "error" and
+    "decoded" lists, and "video" a list of B tensors (sizes differ when frames are raw)."""
     return {"index": torch.tensor([item["index"] for item in items]),
             "video_id": [item["video_id"] for item in items],
             "error": [item["error"] for item in items],
+            "decoded": [item["decoded"] for item in items],
             "video": [item["video"] for item in items]}
 
 

@@ -23,12 +23,18 @@ def t2v_metrics(sims, query_masks=None, break_ties="optimistically", query_to_vi
     query_masks: optional bool array with Q elements; False queries are dropped.
     returns: {"R1", "R5", "R10", "R50", "MedR", "MeanR"} as Python floats.
     """
+    return ranks_to_metrics(t2v_ranks(sims, query_masks, break_ties, query_to_video))
+
+
+def t2v_ranks(sims, query_masks=None, break_ties="optimistically", query_to_video=None):
+    """Each kept query's 1-based rank of its video. Arguments as t2v_metrics. returns: [Q']
+    float64 numpy array, in query order (the unit a bootstrap resamples)."""
     sims = _as_matrix(sims)
     query_to_video = _query_videos(sims, query_to_video)
     keep = _query_keep(sims, query_masks)
     sims, query_to_video = sims[keep], query_to_video[keep]
     gt_sims = sims[torch.arange(sims.shape[0], device=sims.device), query_to_video]
-    return ranks_to_metrics(ground_truth_ranks(sims, gt_sims, break_ties))
+    return ground_truth_ranks(sims, gt_sims, break_ties)
 
 
 def v2t_metrics(sims, query_masks=None, break_ties="optimistically", query_to_video=None):
@@ -37,6 +43,12 @@ def v2t_metrics(sims, query_masks=None, break_ties="optimistically", query_to_vi
     Same arguments as t2v_metrics, sims still [Q, V]. A video's rank is the best rank among its
     own captions; videos with no kept caption are left out.
     """
+    return ranks_to_metrics(v2t_ranks(sims, query_masks, break_ties, query_to_video))
+
+
+def v2t_ranks(sims, query_masks=None, break_ties="optimistically", query_to_video=None):
+    """Each video's (with a kept caption) best rank of its own captions. Arguments as
+    t2v_metrics. returns: [V'] float64 numpy array, in video order."""
     sims = _as_matrix(sims)
     query_to_video = _query_videos(sims, query_to_video)
     keep = _query_keep(sims, query_masks)
@@ -49,9 +61,8 @@ def v2t_metrics(sims, query_masks=None, break_ties="optimistically", query_to_vi
     has_caption = torch.bincount(query_to_video, minlength=num_videos) > 0
     columns = torch.nonzero(has_caption).flatten()
     chunk = max(1, _CHUNK_ELEMENTS // max(1, sims.shape[0]))
-    ranks = [ground_truth_ranks(sims[:, cols].T, best_gt[cols], break_ties)
-             for cols in torch.split(columns, chunk)]
-    return ranks_to_metrics(np.concatenate(ranks))
+    return np.concatenate([ground_truth_ranks(sims[:, cols].T, best_gt[cols], break_ties)
+                           for cols in torch.split(columns, chunk)])
 
 
 def count_tied_queries(sims, query_to_video=None):

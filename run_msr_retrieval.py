@@ -27,14 +27,19 @@ from clip_hitchhiker.clip_models import (check_embeddings, compute_embeddings, c
                                          frame_dtype_for, load_clip_model)
 from clip_hitchhiker.downloads import sha256_file
 from clip_hitchhiker.embedding_cache import fingerprint_files
-from clip_hitchhiker.errors import HitchhikerError, OutputError, PeerFailure, VideoDecodeError
+from clip_hitchhiker.errors import (ConfigError, HitchhikerError, OutputError, PeerFailure,
+                                    VideoDecodeError)
 from clip_hitchhiker.output_files import cache_is_writable, check_output_files
-from clip_hitchhiker.reporting import (interruption_note, package_versions, partial_note,
-                                       print_results)
+from clip_hitchhiker.bootstrap import bootstrap
+from clip_hitchhiker.plots import PLOT_FORMATS, require_matplotlib, save_figure, temperature_figure
+from clip_hitchhiker.reporting import (compare_reports, format_bootstrap_line, interruption_note,
+                                       is_release_configuration, package_versions, partial_note,
+                                       print_published, print_results, published_comparison,
+                                       result_label, run_manifest)
 from clip_hitchhiker.torchrun import (DEFAULT_TIMEOUT_S, broadcast_json, collective_step,
                                       setup_context, teardown)
 from data_loader import CSVDataset, FramePreprocess, MSRVTTDataset
-from metrics import count_tied_queries, t2v_metrics, v2t_metrics
+from metrics import count_tied_queries, ranks_to_metrics, t2v_metrics, t2v_ranks, v2t_ranks
 from query_scoring import similarity_meanpooling, similarity_queryscoring
 
 PREPROCESS_ON = ("auto", "workers", "device")
@@ -81,6 +86,16 @@ def parse_args(argv=None):
         help="write configuration, versions, metrics, counts and timings to FILE")
     add("--skip_bad_videos", action="store_true",
         help="leave out videos that fail to decode (and their queries) instead of stopping")
+    add("--bootstrap", type=int, default=0, metavar="N",
+        help="N bootstrap resamples of the queries: 95%% intervals of every metric and paired "
+             "differences of query-scoring from mean pooling, with p-values (default 0: off)")
+    add("--seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
+    add("--plot", default=None, metavar="FILE",
+        help="draw R@1/5/10 against the temperatures to FILE (.png, .svg or .pdf; needs "
+             "matplotlib)")
+    add("--compare", default=None, metavar="REPORT.json",
+        help="an earlier --output_json report: print the metric differences and the videos "
+             "decoded differently (frame count, sampled indices, resolution)")
     add("--antialias", action="store_true",
         help="resize frames with antialias (closer to CLIP's PIL training preprocessing); the "
              "default is the release-era resize without it, which made the published figures")
@@ -94,6 +109,10 @@ def parse_args(argv=None):
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.num_workers < 0:
         parser.error(f"--num_workers must be >= 0, got {args.num_workers}")
+    if args.bootstrap < 0:
+        parser.error(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    if args.plot and Path(args.plot).suffix.lower() not in PLOT_FORMATS:
+        parser.error(f"--plot must end in one of {', '.join(PLOT_FORMATS)}, got {args.plot!r}")
     if not DEVICE_PATTERN.fullmatch(args.device):
         parser.error(f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r} (other "
                      "accelerators such as mps are not supported)")
@@ -176,8 +195,9 @@ def evaluate(content, temperatures, device=torch.device("cpu")):
     The similarities and the ranking run on device (the same code on any device); the metrics
     are exact comparisons, so ties and tie policies behave the same everywhere. An aggregation
     that fails (ValueError) is reported in its entry ("error") and the others still run.
-    returns: list of {"aggregation", "temperature", "t2v", "v2t", "t2v_tied_queries"} (plus
-    "t2v_averaging" when over 1 % of queries tie); mean pooling first.
+    returns: list of {"aggregation", "temperature", "t2v", "v2t", "t2v_tied_queries", "ranks"}
+    (plus "t2v_averaging" when over 1 % of queries tie); mean pooling first. "ranks" holds
+    numpy arrays: take it out before writing JSON.
     """
     position = {v: i for i, v in enumerate(content["video_ids"])}
     keep = [i for i, v in enumerate(content["query_video_ids"]) if v in position]
@@ -200,10 +220,12 @@ def evaluate(content, temperatures, device=torch.device("cpu")):
 
 
 def _score(sims, query_to_video):
-    """t2v and v2t metrics of one similarity matrix, and how many queries tie."""
-    scores = {"t2v": t2v_metrics(sims, query_to_video=query_to_video),
-              "v2t": v2t_metrics(sims, query_to_video=query_to_video),
-              "t2v_tied_queries": count_tied_queries(sims, query_to_video)}
+    """t2v and v2t metrics of one similarity matrix, their per-query ranks ("ranks", for the
+    bootstrap), and how many queries tie."""
+    ranks = {"t2v": t2v_ranks(sims, query_to_video=query_to_video),
+             "v2t": v2t_ranks(sims, query_to_video=query_to_video)}
+    scores = {"t2v": ranks_to_metrics(ranks["t2v"]), "v2t": ranks_to_metrics(ranks["v2t"]),
+              "t2v_tied_queries": count_tied_queries(sims, query_to_video), "ranks": ranks}
     if scores["t2v_tied_queries"] > TIE_WARNING_FRACTION * len(query_to_video):
         scores["t2v_averaging"] = t2v_metrics(sims, query_to_video=query_to_video,
                                               break_ties="averaging")
@@ -237,13 +259,28 @@ def _prepare(args, ctx, download):
 
 
 def _check_outputs(args, dataset):
-    """Before any decoding: outputs writable and no input overwritten. returns: whether the
-    cache can be written."""
-    inputs = [p for p in (args.csv, args.model) if p and os.path.isfile(p)] + dataset.video_paths
-    check_output_files({"--output_json": args.output_json,
-                        "--save_embeddings": args.save_embeddings}, inputs,
+    """Before any decoding: outputs writable and no input overwritten, matplotlib there for a
+    plot, the earlier report readable. returns: (whether the cache can be written, the earlier
+    report or None)."""
+    inputs = [p for p in (args.csv, args.model, args.compare) if p and os.path.isfile(p)]
+    check_output_files({"--output_json": args.output_json, "--plot": args.plot,
+                        "--save_embeddings": args.save_embeddings}, inputs + dataset.video_paths,
                        [] if args.csv else [Path(args.data_root) / "MSRVTT"])
-    return not args.no_cache and cache_is_writable(args.cache_dir)
+    if args.plot:
+        require_matplotlib()
+    earlier = read_report(args.compare) if args.compare else None
+    return not args.no_cache and cache_is_writable(args.cache_dir), earlier
+
+
+def read_report(path):
+    """An earlier --output_json report, for --compare."""
+    try:
+        report = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"--compare {path} is not a readable JSON report ({e})") from e
+    if not isinstance(report, dict) or not isinstance(report.get("results"), list):
+        raise ConfigError(f"--compare {path} is not a report written by --output_json")
+    return report
 
 
 def _run(args, ctx, start):
@@ -255,8 +292,8 @@ def _run(args, ctx, start):
     key = embedding_cache.cache_key(model_id, model.dtype, args.num_frames, dataset_id,
                                     preprocess_id(frame_preprocess, placement, ctx.device))
     path = embedding_cache.cache_path(args.cache_dir, key)
-    write_cache = collective_step(ctx, lambda: _check_outputs(args, dataset) if ctx.is_main
-                                  else False)
+    write_cache, earlier = collective_step(ctx, lambda: _check_outputs(args, dataset)
+                                           if ctx.is_main else (False, None))
     loaded_at = time.perf_counter()
     content, cache_hit, decoded = _embed(args, ctx, model, dataset, key, path,
                                          frame_preprocess if placement == "device" else None)
@@ -281,6 +318,9 @@ def _run(args, ctx, start):
     results = evaluate(content, args.query_scoring_temp, ctx.device)
     similarity_seconds = time.perf_counter() - similarity_start
     print_results(results, note, counts["queries"])
+    rank_sets = {result_label(r): r.pop("ranks") for r in results if "ranks" in r}
+    intervals = _bootstrap(args, rank_sets, counts["queries"]) if args.bootstrap else None
+    published = _published(args, results, model_id, bool(content["skipped"]))
     report = {
         "config": vars(args), "versions": package_versions(), "device": str(ctx.device),
         "world_size": ctx.world_size, "results": results,
@@ -288,13 +328,36 @@ def _run(args, ctx, start):
                        "description": frame_preprocess.describe()},
         "counts": {**counts, "decoded_videos": decoded, "truncated_captions": truncated,
                    "skipped": content["skipped"]},
+        "bootstrap": intervals, "published": published, "manifest": run_manifest(content),
         "cache": {"hit": cache_hit, "path": None if args.no_cache else str(path)},
         "timings_s": {"load": loaded_at - start, "encode": encode_seconds,
                       "similarity_and_metrics": similarity_seconds,
                       "total": time.perf_counter() - start},
     }
+    if earlier is not None:
+        print("\n".join(compare_reports(earlier, report, args.compare)))
     _write_outputs(args, content, key, path, write_cache and not cache_hit, report)
     return report
+
+
+def _bootstrap(args, rank_sets, num_queries):
+    """Intervals and paired differences from mean pooling; one line per aggregation."""
+    intervals = bootstrap(rank_sets, args.bootstrap, args.seed, baseline="mean-pooling")
+    for label in rank_sets:
+        print(format_bootstrap_line(label, intervals, num_queries))
+    return intervals
+
+
+def _published(args, results, model_id, partial):
+    """The paper's figures and this run's differences from them, for the release's setting
+    only (None otherwise)."""
+    if not is_release_configuration(csv=args.csv, split=args.split, model_id=model_id,
+                                    num_frames=args.num_frames, antialias=args.antialias,
+                                    temperatures=args.query_scoring_temp, partial=partial):
+        return None
+    comparison = published_comparison(results)
+    print_published(comparison)
+    return comparison
 
 
 def _embed(args, ctx, model, dataset, key, path, device_preprocess):
@@ -342,6 +405,8 @@ def _write_outputs(args, content, key, path, write_cache, report):
             embedding_cache.save_embeddings(args.save_embeddings, content, key)
         if args.output_json:
             embedding_cache.write_json(args.output_json, report)
+        if args.plot:
+            save_figure(temperature_figure(report["results"], report["bootstrap"]), args.plot)
     except OSError as e:
         raise OutputError(f"the metrics above are complete, but an output file could not be "
                           f"written: {e}") from e

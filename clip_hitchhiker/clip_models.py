@@ -145,7 +145,8 @@ def encode_videos(model, dataset, indices, device, *, batch_size=1, num_workers=
     device_preprocess: None when the workers preprocess; else the FramePreprocess to apply on
     `device` to the raw uint8 frames the workers send (dataset.preprocess is then None).
     on_failures([[video_id, reason], ...]) is called with each batch's failed videos, and may
-    raise to stop the run. returns: (kept indices, float32 [n, F, D], [(index, reason)]).
+    raise to stop the run. returns: (kept indices, float32 [n, F, D], [(index, reason)], what
+    was decoded of each kept video, as read_video reports it).
     """
     options = {}
     if num_workers > 0:
@@ -156,20 +157,23 @@ def encode_videos(model, dataset, indices, device, *, batch_size=1, num_workers=
                         num_workers=num_workers, pin_memory=device.type == "cuda",
                         collate_fn=collate_videos, **options)
     encoder = ChunkedImageEncoder(model, frame_chunk)
-    kept, failures = [], []
+    kept, failures, decoded = [], [], []
     for batch in tqdm(loader, desc="encoding videos", unit="batch", disable=not show_progress):
         batch_failures = [(int(i), e) for i, e in zip(batch["index"], batch["error"]) if e]
         if batch_failures and on_failures is not None:
             on_failures([[dataset.video_ids[i], e] for i, e in batch_failures])
         failures += batch_failures
-        for index, video, error in zip(batch["index"].tolist(), batch["video"], batch["error"]):
+        for index, video, error, info in zip(batch["index"].tolist(), batch["video"],
+                                             batch["error"], batch["decoded"]):
             if error:
                 continue
             frames = video.to(device, non_blocking=True)
             encoder.add(frames if device_preprocess is None else device_preprocess(frames))
             kept.append(index)
+            decoded.append(info)
     features = encoder.finish()
-    return kept, features.view(len(kept), dataset.num_frames, features.shape[-1]), failures
+    features = features.view(len(kept), dataset.num_frames, features.shape[-1])
+    return kept, features, failures, decoded
 
 
 def check_embeddings(text_embeds, video_embeds, model_name):
@@ -205,13 +209,14 @@ def compute_embeddings(model, dataset, ctx, *, batch_size, num_workers, frame_ch
     returns: (the cache content, see embedding_cache.cache_content; videos decoded here).
     """
     video_indices = shard(len(dataset), ctx)
-    kept, video_embeds, failures = collective_step(ctx, lambda: encode_videos(
+    kept, video_embeds, failures, decoded = collective_step(ctx, lambda: encode_videos(
         model, dataset, video_indices, ctx.device, batch_size=batch_size,
         num_workers=num_workers, frame_chunk=frame_chunk, device_preprocess=device_preprocess,
         show_progress=ctx.is_main, on_failures=on_failures))
     kept = all_gather_rows(ctx, torch.tensor(kept, dtype=torch.long)).tolist()
     video_embeds = all_gather_rows(ctx, video_embeds)
     failures = [f for rank_failures in all_gather_json(ctx, failures) for f in rank_failures]
+    decoded = [d for rank_decoded in all_gather_json(ctx, decoded) for d in rank_decoded]
     distinct = list(dict.fromkeys(dataset.queries["caption"]))
     caption_indices = shard(len(distinct), ctx)
     text_embeds = collective_step(ctx, lambda: encode_captions(
@@ -224,7 +229,8 @@ def compute_embeddings(model, dataset, ctx, *, batch_size, num_workers, frame_ch
         video_ids=[dataset.video_ids[i] for i in kept],
         query_video_ids=dataset.queries["video_id"].tolist(),
         captions=dataset.queries["caption"].tolist(),
-        skipped=[[dataset.video_ids[i], message] for i, message in sorted(failures)])
+        skipped=[[dataset.video_ids[i], message] for i, message in sorted(failures)],
+        decoded={dataset.video_ids[i]: info for i, info in zip(kept, decoded)})
     return content, len(video_indices)
 
 

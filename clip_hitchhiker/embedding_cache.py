@@ -13,18 +13,20 @@ from pathlib import Path
 
 import torch
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: with what was decoded of each video
 
 
-def cache_content(text_embeds, video_embeds, video_ids, query_video_ids, captions, skipped):
-    """What the cache and --save_embeddings hold: plain tensors, strings and lists only.
+def cache_content(text_embeds, video_embeds, video_ids, query_video_ids, captions, skipped,
+                  decoded):
+    """What the cache and --save_embeddings hold: plain tensors, strings, numbers and lists.
 
     text_embeds: [Q, D] one row per query of the dataset (kept videos or not);
-    video_embeds: [V, F, D] for the decoded videos video_ids; skipped: [[video_id, reason]].
+    video_embeds: [V, F, D] for the decoded videos video_ids; skipped: [[video_id, reason]];
+    decoded: {video_id: {"frames", "indices", "resolution"}} for each of video_ids.
     """
     return {"format": CACHE_FORMAT, "text_embeds": text_embeds, "video_embeds": video_embeds,
             "video_ids": video_ids, "query_video_ids": query_video_ids, "captions": captions,
-            "skipped": skipped}
+            "skipped": skipped, "decoded": decoded}
 
 
 def cache_key(model_id, model_dtype, num_frames, dataset_id, preprocess_id):
@@ -129,3 +131,5 @@ def check_cache_content(content):
     if len(content["video_ids"]) != video.shape[0] or not (
             len(content["captions"]) == len(content["query_video_ids"]) == text.shape[0]):
         raise ValueError("ids and embeddings disagree in length")
+    if set(content["decoded"]) != set(content["video_ids"]):
+        raise ValueError("the decoded-frames record does not list the same videos")

@@ -1,6 +1,9 @@
 """What a run prints and records: the release's metric lines, warnings about ties, partial
-results and interruptions, and the package versions for the JSON report."""
+results and interruptions, the published figures, bootstrap lines, the run manifest and the
+comparison with an earlier report, and the package versions."""
+import hashlib
 import importlib.metadata
+import json
 import platform
 import sys
 from pathlib import Path
@@ -63,3 +66,130 @@ def interruption_note(data_root):
         return (f"interrupted: the partial download {part} ({part.stat().st_size} bytes) is kept; "
                 "run the same command to resume it")
     return "interrupted: nothing was kept (the cache and outputs are written only when complete)"
+
+
+# ----------------------------------------------------------------------------------------------
+# Published figures
+
+# Bain et al., arXiv 2205.08508: MSR-VTT 1k-A text-to-video, OpenAI ViT-B/16, 16 frames.
+PUBLISHED = {
+    "mean-pooling": {"R1": 33.3, "R5": 55.0, "R10": 65.2, "R50": 84.8, "MedR": 4.0,
+                     "MeanR": 38.403},
+    "query-scoring, temp: 0.1": {"R1": 34.4, "R5": 56.1, "R10": 65.3, "R50": 85.5, "MedR": 4.0,
+                                 "MeanR": 37.602},
+}
+# The sha256 of OpenAI's ViT-B-16.pt, as its download URL gives it.
+OPENAI_VIT_B16_SHA256 = "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f"
+
+
+def is_release_configuration(*, csv, split, model_id, num_frames, antialias, temperatures,
+                             partial, backend="clip"):
+    """Whether a run is set up as the paper's figures were made, so that they compare."""
+    model_is_vit_b16 = model_id in ("ViT-B/16", f"sha256:{OPENAI_VIT_B16_SHA256}")
+    return (not csv and split == "jsfusion" and backend == "clip" and model_is_vit_b16
+            and num_frames == 16 and not antialias and 0.1 in temperatures and not partial)
+
+
+def published_comparison(results):
+    """{label: {"published", "difference"}} for the aggregations the paper reports."""
+    comparison = {}
+    for result in results:
+        label = result_label(result)
+        if label in PUBLISHED and "t2v" in result:
+            comparison[label] = {"published": PUBLISHED[label], "difference": {
+                k: result["t2v"][k] - v for k, v in PUBLISHED[label].items()}}
+    return comparison
+
+
+def print_published(comparison):
+    print("published (Bain et al., arXiv 2205.08508: MSR-VTT 1k-A, ViT-B/16, 16 frames):")
+    for label, entry in comparison.items():
+        print(f"{entry['published']}  agg: {label}")
+        difference = ", ".join(f"'{k}': {v:+.{3 if k == 'MeanR' else 1}f}"
+                               for k, v in entry["difference"].items())
+        print(f"this run minus published: {{{difference}}}  agg: {label}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Bootstrap
+
+
+def format_bootstrap_line(label, bootstrap, num_queries):
+    """One line: the t2v intervals of an aggregation, and its paired difference from mean
+    pooling (R1, R5, R10: difference [interval] and p-value) when it has one."""
+    def fmt(interval, signed=False):
+        sign = "+" if signed else ""
+        return f"[{interval[0]:{sign}.1f}, {interval[1]:{sign}.1f}]"
+
+    intervals = bootstrap["intervals"][label]["t2v"]
+    text = ", ".join(f"{m} {fmt(interval)}" for m, interval in intervals.items())
+    line = (f"{100 * bootstrap['confidence']:.0f}% CI ({bootstrap['resamples']} resamples of "
+            f"{num_queries} queries, seed {bootstrap['seed']}): {text}")
+    if label in bootstrap["differences"]:
+        parts = [f"{m} {d['difference']:+.1f} {fmt(d['interval'], True)} p={d['p_value']:.3g}"
+                 for m, d in bootstrap["differences"][label].items()]
+        line += "; minus mean-pooling: " + ", ".join(parts)
+    return f"{line}  agg: {label}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Manifest and comparison of two runs
+
+
+def run_manifest(content):
+    """What the results were computed from: the split's digest (query videos and captions in
+    order) and, for each video, the frame count the decoder reported, the sampled indices and
+    the resolution."""
+    split = json.dumps([content["query_video_ids"], content["captions"]]).encode()
+    return {"split_sha256": hashlib.sha256(split).hexdigest(), "videos": content["decoded"]}
+
+
+def compare_reports(earlier, current, earlier_name, limit=10):
+    """Lines that say how current differs from an earlier report: split, versions, metrics per
+    aggregation, and the videos decoded differently (frame count, indices, resolution)."""
+    lines = [f"compared with {earlier_name}:"]
+    old_manifest, new_manifest = earlier.get("manifest", {}), current["manifest"]
+    same_split = old_manifest.get("split_sha256") == new_manifest["split_sha256"]
+    lines.append(f"split: {'same' if same_split else 'DIFFERENT'} (sha256 "
+                 f"{new_manifest['split_sha256'][:12]}…)")
+    versions = [f"{name} {earlier.get('versions', {}).get(name)} -> {version}"
+                for name, version in current["versions"].items()
+                if earlier.get("versions", {}).get(name) != version]
+    if versions:
+        lines.append("versions: " + ", ".join(versions))
+    old_results = {result_label(r): r for r in earlier.get("results", []) if "t2v" in r}
+    for result in current["results"]:
+        label = result_label(result)
+        if label in old_results and "t2v" in result:
+            old = old_results[label]["t2v"]
+            difference = ", ".join(f"'{k}': {v - old[k]:+.{3 if k == 'MeanR' else 1}f}"
+                                   for k, v in result["t2v"].items())
+            lines.append(f"this run minus earlier: {{{difference}}}  agg: {label}")
+    lines += _video_differences(old_manifest.get("videos", {}), new_manifest["videos"], limit)
+    return lines
+
+
+def _video_differences(old_videos, new_videos, limit):
+    changed = []
+    for video_id in sorted(set(old_videos) & set(new_videos)):
+        old, new = old_videos[video_id], new_videos[video_id]
+        fields = [f"{field} {_short(old[field])} -> {_short(new[field])}"
+                  for field in ("frames", "indices", "resolution") if old[field] != new[field]]
+        if fields:
+            changed.append(f"  {video_id}: " + "; ".join(fields))
+    only_old = sorted(set(old_videos) - set(new_videos))
+    only_new = sorted(set(new_videos) - set(old_videos))
+    lines = [f"videos decoded differently: {len(changed)} of "
+             f"{len(set(old_videos) & set(new_videos))}"] + changed[:limit]
+    if len(changed) > limit:
+        lines.append(f"  … and {len(changed) - limit} more")
+    if only_old or only_new:
+        lines.append(f"videos in only one run: {len(only_old)} only earlier (e.g. "
+                     f"{only_old[:3]}), {len(only_new)} only now (e.g. {only_new[:3]})")
+    return lines
+
+
+def _short(value):
+    if isinstance(value, list) and len(value) > 6:
+        return f"[{', '.join(map(str, value[:3]))}, …, {value[-1]}] ({len(value)})"
+    return str(value)

@@ -291,7 +291,7 @@ def test_csv_missing_file_reported_by_line(tmp_path, clip_preprocess, monkeypatc
     with open(csv, "a") as f:
         f.write("clips/gone.mp4,nothing\n")
     decoded = []
-    monkeypatch.setattr(data_loader, "read_video_frames", lambda *a: decoded.append(a))
+    monkeypatch.setattr(data_loader, "read_video", lambda *a: decoded.append(a))
     with pytest.raises(DatasetError, match=r"line\(s\) \[5\].*gone.mp4.*--video_root"):
         CSVDataset(csv, tmp_path, clip_preprocess, 4)
     assert decoded == []

@@ -21,7 +21,9 @@ def content():
     return cache_content(text_embeds=torch.randn(3, 8, generator=g),
                          video_embeds=torch.randn(2, 4, 8, generator=g),
                          video_ids=["a", "b"], query_video_ids=["a", "b", "b"],
-                         captions=["x", "y", "z"], skipped=[])
+                         captions=["x", "y", "z"], skipped=[],
+                         decoded={v: {"frames": 9, "indices": [1, 3, 5, 7], "resolution": [4, 6]}
+                                  for v in "ab"})
 
 
 @pytest.mark.parametrize("field,value", [
@@ -62,7 +64,7 @@ def test_other_settings_are_stale(tmp_path):
                                                                      "num_frames": 8})) is None
 
 
-@pytest.mark.parametrize("damage", ["truncate", "shapes", "ids", "not_a_dict"])
+@pytest.mark.parametrize("damage", ["truncate", "shapes", "ids", "not_a_dict", "decoded"])
 def test_truncated_or_inconsistent_entries_are_ignored(tmp_path, damage):
     key = cache_key(**KEY_ARGS)
     path = tmp_path / "e.pt"
@@ -71,6 +73,8 @@ def test_truncated_or_inconsistent_entries_are_ignored(tmp_path, damage):
         bad["video_embeds"] = torch.zeros(2, 4, 7)
     elif damage == "ids":
         bad["video_ids"] = ["a"]
+    elif damage == "decoded":
+        del bad["decoded"]["b"]
     save_embeddings(path, bad, key)
     if damage == "truncate":
         path.write_bytes(path.read_bytes()[:300])

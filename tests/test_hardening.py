@@ -64,7 +64,7 @@ def test_unwritable_output_json_stops_before_decoding(tmp_path, data_root, tiny_
                                                       monkeypatch):
     import data_loader
     decoded = []
-    monkeypatch.setattr(data_loader, "read_video_frames", lambda *a: decoded.append(a))
+    monkeypatch.setattr(data_loader, "read_video", lambda *a: decoded.append(a))
     (tmp_path / "a_file").write_text("")
     with pytest.raises(ConfigError, match="--output_json .*a_file/out.json cannot be written"):
         run(tmp_path, data_root, tiny_clip_files["torchscript"], "--output_json",

@@ -84,7 +84,7 @@ def test_cache_reused_for_other_temperatures_without_decoding(tmp_path, data_roo
     first = run(tmp_path, data_root, tiny_clip_files["torchscript"])
     assert first["counts"]["decoded_videos"] == 5 and not first["cache"]["hit"]
     decoded = []
-    monkeypatch.setattr(data_loader, "read_video_frames", lambda *a, **k: decoded.append(a))
+    monkeypatch.setattr(data_loader, "read_video", lambda *a, **k: decoded.append(a))
     capsys.readouterr()
     second = run(tmp_path, data_root, tiny_clip_files["torchscript"], "--query_scoring_temp",
                  "0.01", "1.0")
