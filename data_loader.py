@@ -201,15 +201,18 @@ def read_video_decord(video_path, num_frames, num_threads=1):
 class FramePreprocess:
     """CLIP's image preprocessing on decoded frame tensors, as the release ran it.
 
-    Built from the ``preprocess`` Compose that ``clip.load`` returns, of which it takes the
-    numbers (resize size and interpolation, crop size, mean, std) and applies them with its own
-    float operations, so the result does not depend on the installed torchvision's defaults:
-        the shorter side to ``resize`` (the longer one to int(resize * long / short)), by
-        F.interpolate(align_corners=False), with antialias only if asked; a centre crop placed
-        as torchvision places it; then normalisation.
-    antialias=False is the release-era resize: every torchvision before 0.17 resized tensors
-    without antialias, and the published figures were made so. antialias=True is closer to the
-    PIL resize CLIP was trained with (an ablation).
+    Built from the ``preprocess`` Compose that ``clip.load`` (or open_clip) returns, of which it
+    takes the numbers (resize size and interpolation, crop size, mean, std) and applies them
+    with its own float operations, so the result does not depend on the installed
+    torchvision's defaults. Two layouts are understood:
+        Resize(int) + CenterCrop (CLIP's, open_clip's "shortest"): the shorter side to
+            ``resize`` (the longer one to int(resize * long / short)), then a centre crop
+            placed as torchvision places it;
+        Resize((s, s)) and no crop (open_clip's "squash", e.g. SigLIP): both sides to s.
+    Resizes are F.interpolate(align_corners=False), with antialias only if asked; then
+    normalisation. antialias=False is the release-era resize: every torchvision before 0.17
+    resized tensors without antialias, and the published figures were made so.
+    antialias=True is closer to the PIL resize CLIP was trained with (an ablation).
     dtype: the output dtype; float16 halves what DataLoader workers send when the model is fp16.
     Runs on the frames' device: in DataLoader workers, or on the model's device.
     """
@@ -219,11 +222,16 @@ class FramePreprocess:
         resize = [t for t in transforms if isinstance(t, Resize)]
         crop = [t for t in transforms if isinstance(t, CenterCrop)]
         normalize = [t for t in transforms if isinstance(t, Normalize)]
-        if len(resize) != 1 or len(crop) != 1 or len(normalize) != 1:
-            raise ValueError("preprocess must be the torchvision Compose that clip.load returns "
-                             f"(one Resize, CenterCrop and Normalize), got {preprocess!r}")
-        self.resize = _single_size(resize[0].size, "Resize")
-        self.crop = _single_size(crop[0].size, "CenterCrop")
+        if len(resize) != 1 or len(crop) > 1 or len(normalize) != 1:
+            raise ValueError("preprocess must be the torchvision Compose that clip.load or "
+                             "open_clip returns (one Resize, at most one CenterCrop, one "
+                             f"Normalize), got {preprocess!r}")
+        size = resize[0].size
+        self.squash = not isinstance(size, int) and len(size) == 2
+        self.resize = _single_size(size, "Resize")
+        self.crop = _single_size(crop[0].size, "CenterCrop") if crop else self.resize
+        if not crop and not self.squash:
+            raise ValueError(f"a Resize of the shorter side ({size}) needs a CenterCrop")
         if self.crop > self.resize:
             raise ValueError(f"CenterCrop {self.crop} is larger than Resize {self.resize}")
         self.interpolation = resize[0].interpolation.value  # "bicubic", "bilinear", ...
@@ -234,8 +242,12 @@ class FramePreprocess:
 
     def __call__(self, frames):
         """frames: uint8 [F, 3, H, W] on any device. returns: [F, 3, crop, crop] in self.dtype."""
-        frames = resize_shorter_side(frames.float() / 255, self.resize, self.interpolation,
-                                     self.antialias)
+        frames = frames.float() / 255
+        if self.squash:
+            frames = _interpolate(frames, (self.resize, self.resize), self.interpolation,
+                                  self.antialias)
+        else:
+            frames = resize_shorter_side(frames, self.resize, self.interpolation, self.antialias)
         frames = center_crop(frames, self.crop)
         mean = torch.tensor(self.mean, device=frames.device).view(3, 1, 1)
         std = torch.tensor(self.std, device=frames.device).view(3, 1, 1)
@@ -243,7 +255,8 @@ class FramePreprocess:
 
     def describe(self):
         """A string that changes whenever the output would (for cache keys)."""
-        return (f"resize {self.resize} {self.interpolation} antialias={self.antialias}, "
+        layout = f"squash to {self.resize}" if self.squash else f"resize {self.resize}"
+        return (f"{layout} {self.interpolation} antialias={self.antialias}, "
                 f"centre crop {self.crop}, mean {self.mean}, std {self.std}, {self.dtype}")
 
 
@@ -258,9 +271,16 @@ def resize_shorter_side(frames, size, interpolation="bicubic", antialias=False):
         new_height, new_width = int(size * height / width), size
     else:
         new_height, new_width = size, int(size * width / height)
+    return _interpolate(frames, (new_height, new_width), interpolation, antialias)
+
+
+def _interpolate(frames, size, interpolation, antialias):
+    """frames: float [F, 3, H, W] resized to size (h, w), unless already that size."""
+    if tuple(frames.shape[-2:]) == tuple(size):
+        return frames
     align = {"align_corners": False} if interpolation in ("bilinear", "bicubic") else {}
-    return torch.nn.functional.interpolate(frames, size=(new_height, new_width),
-                                           mode=interpolation, antialias=antialias, **align)
+    return torch.nn.functional.interpolate(frames, size=size, mode=interpolation,
+                                           antialias=antialias, **align)
 
 
 def center_crop(frames, size):

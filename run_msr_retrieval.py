@@ -23,8 +23,8 @@ import torch
 
 import data_loader
 from clip_hitchhiker import embedding_cache
-from clip_hitchhiker.clip_models import (check_embeddings, compute_embeddings, count_truncated,
-                                         frame_dtype_for, load_clip_model)
+from clip_hitchhiker.backends import BACKENDS, list_models, load_model
+from clip_hitchhiker.clip_models import check_embeddings, compute_embeddings, frame_dtype_for
 from clip_hitchhiker.downloads import sha256_file
 from clip_hitchhiker.embedding_cache import fingerprint_files
 from clip_hitchhiker.errors import (ConfigError, HitchhikerError, OutputError, PeerFailure,
@@ -61,9 +61,18 @@ def parse_args(argv=None):
         help="DataLoader decoding workers (default: the CPUs, at most 8)")
     add("--frame_chunk", type=int, default=256,
         help="frames per encode_image call, across videos (default 256)")
+    add("--backend", default="clip", choices=BACKENDS,
+        help="the CLIP library: clip (OpenAI's, the release's; default) or open_clip (any "
+             "open_clip model)")
     add("--model", default="ViT-B/16",
-        help="a clip.available_models() name or a path to a checkpoint (TorchScript or state "
-             "dict) (default ViT-B/16)")
+        help="clip: a clip.available_models() name or a checkpoint file (TorchScript or state "
+             "dict); open_clip: an architecture such as ViT-B-16 (default ViT-B/16)")
+    add("--pretrained", default=None, metavar="TAG_OR_FILE",
+        help="open_clip only: a pretrained tag (openai, laion2b_s34b_b88k, ...) or a local "
+             "weights file (default openai)")
+    add("--list_models", action="store_true",
+        help="print the clip model names and the open_clip (architecture, pretrained) pairs, "
+             "then exit")
     add("--download_root", default=None, help="where CLIP weights are downloaded "
                                               "(default ~/.cache/clip)")
     add("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
@@ -109,6 +118,9 @@ def parse_args(argv=None):
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.num_workers < 0:
         parser.error(f"--num_workers must be >= 0, got {args.num_workers}")
+    if args.pretrained is not None and args.backend != "open_clip":
+        parser.error("--pretrained is for --backend open_clip; with clip, --model names the "
+                     "weights")
     if args.bootstrap < 0:
         parser.error(f"--bootstrap must be >= 0, got {args.bootstrap}")
     if args.plot and Path(args.plot).suffix.lower() not in PLOT_FORMATS:
@@ -238,6 +250,9 @@ def _score(sims, query_to_video):
 
 def main(args):
     """Run the evaluation. returns: the report dict on rank 0 (None on other ranks)."""
+    if args.list_models:
+        print("\n".join(list_models()))
+        return None
     start = time.perf_counter()
     ctx = setup_context(args.device, args.dist_timeout)
     try:
@@ -247,15 +262,15 @@ def main(args):
 
 
 def _prepare(args, ctx, download):
-    model, preprocess, model_id = load_clip_model(args.model, ctx.device, args.download_root)
-    frame_preprocess = FramePreprocess(preprocess, frame_dtype_for(model.dtype),
+    model = load_model(args.backend, args.model, ctx.device, args.pretrained, args.download_root)
+    frame_preprocess = FramePreprocess(model.preprocess, frame_dtype_for(model.dtype),
                                        antialias=args.antialias)
     placement = resolve_preprocess_on(args.preprocess_on, ctx.device)
     dataset, dataset_id = build_dataset(
         frame_preprocess if placement == "workers" else None, args.num_frames, csv=args.csv,
         video_root=args.video_root, split=args.split, data_root=args.data_root,
         url=args.msrvtt_url, check_files=not args.skip_bad_videos, download=download)
-    return model, model_id, dataset, dataset_id, frame_preprocess, placement
+    return model, dataset, dataset_id, frame_preprocess, placement
 
 
 def _check_outputs(args, dataset):
@@ -287,9 +302,9 @@ def _run(args, ctx, start):
     # Local rank 0 downloads weights and data first; the others then read them.
     first = collective_step(ctx, lambda: _prepare(args, ctx, download=True)
                             if ctx.local_rank == 0 else None)
-    model, model_id, dataset, dataset_id, frame_preprocess, placement = collective_step(
+    model, dataset, dataset_id, frame_preprocess, placement = collective_step(
         ctx, lambda: first if ctx.local_rank == 0 else _prepare(args, ctx, download=False))
-    key = embedding_cache.cache_key(model_id, model.dtype, args.num_frames, dataset_id,
+    key = embedding_cache.cache_key(model.model_id, model.dtype, args.num_frames, dataset_id,
                                     preprocess_id(frame_preprocess, placement, ctx.device))
     path = embedding_cache.cache_path(args.cache_dir, key)
     write_cache, earlier = collective_step(ctx, lambda: _check_outputs(args, dataset)
@@ -307,10 +322,10 @@ def _run(args, ctx, start):
         videos, frames = len(content["video_ids"]), len(content["video_ids"]) * args.num_frames
         print(f"encoded {videos} videos ({frames} frames) in {encode_seconds:.1f} s: "
               f"{videos / encode_seconds:.2f} videos/s, {frames / encode_seconds:.1f} frames/s")
-    truncated = count_truncated(list(dict.fromkeys(content["captions"])))
+    truncated = model.count_truncated(list(dict.fromkeys(content["captions"])))
     if truncated:
-        print(f"note: {truncated} caption(s) are longer than CLIP's 77-token context and were "
-              "cut to it", file=sys.stderr)
+        print(f"note: {truncated} caption(s) are longer than the model's "
+              f"{model.context_length}-token context and were cut to it", file=sys.stderr)
     note, counts = partial_note(content)
     for video_id, reason in content["skipped"]:
         print(f"skipped {video_id}: {reason}", file=sys.stderr)
@@ -320,10 +335,10 @@ def _run(args, ctx, start):
     print_results(results, note, counts["queries"])
     rank_sets = {result_label(r): r.pop("ranks") for r in results if "ranks" in r}
     intervals = _bootstrap(args, rank_sets, counts["queries"]) if args.bootstrap else None
-    published = _published(args, results, model_id, bool(content["skipped"]))
+    published = _published(args, results, model.model_id, bool(content["skipped"]))
     report = {
         "config": vars(args), "versions": package_versions(), "device": str(ctx.device),
-        "world_size": ctx.world_size, "results": results,
+        "world_size": ctx.world_size, "results": results, "model": model.info,
         "preprocess": {"on": placement, "antialias": args.antialias,
                        "description": frame_preprocess.describe()},
         "counts": {**counts, "decoded_videos": decoded, "truncated_captions": truncated,
@@ -352,6 +367,7 @@ def _published(args, results, model_id, partial):
     """The paper's figures and this run's differences from them, for the release's setting
     only (None otherwise)."""
     if not is_release_configuration(csv=args.csv, split=args.split, model_id=model_id,
+                                    backend=args.backend,
                                     num_frames=args.num_frames, antialias=args.antialias,
                                     temperatures=args.query_scoring_temp, partial=partial):
         return None

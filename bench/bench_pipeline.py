@@ -88,7 +88,8 @@ def main():
     from bench.common import make_videos, random_clip_checkpoint
     from clip_hitchhiker.torchrun import Context
     from data_loader import FramePreprocess
-    from clip_hitchhiker.clip_models import compute_embeddings, frame_dtype_for, load_clip_model
+    from clip_hitchhiker.backends import load_model
+    from clip_hitchhiker.clip_models import compute_embeddings, frame_dtype_for
     from run_msr_retrieval import build_dataset
 
     work = Path(args.work_dir)
@@ -96,8 +97,8 @@ def main():
     checkpoint = random_clip_checkpoint(work / "ViT-B-16_random.pt")
     device = torch.device(args.device)
     start = time.perf_counter()
-    model, preprocess, _ = load_clip_model(str(checkpoint), device)
-    frames = FramePreprocess(preprocess, frame_dtype_for(model.dtype))
+    model = load_model("clip", str(checkpoint), device)
+    frames = FramePreprocess(model.preprocess, frame_dtype_for(model.dtype))
     dataset, _ = build_dataset(frames, args.num_frames, csv=csv, video_root=work / "videos")
     load_s = time.perf_counter() - start
     total_frames = args.videos * args.num_frames

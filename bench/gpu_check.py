@@ -43,7 +43,7 @@ def best_time(fn, device, iters):
 
 
 def check_encode(model, device, sizes):
-    resolution = model.visual.input_resolution
+    resolution = model.module.visual.input_resolution
     for chunk in sizes["chunks"]:
         frames = torch.randn(chunk, 3, resolution, resolution, device=device, dtype=model.dtype)
         with torch.inference_mode():
@@ -168,12 +168,13 @@ def main():
     print(f"GPU: {name}; torch {torch.__version__}, CUDA {torch.version.cuda}, "
           f"{os.cpu_count()} CPUs")
 
-    from clip_hitchhiker.clip_models import frame_dtype_for, load_clip_model
+    from clip_hitchhiker.backends import load_model
+    from clip_hitchhiker.clip_models import frame_dtype_for
     from data_loader import FramePreprocess
     shape = "tiny" if args.cpu_dry_run else "ViT-B/16"
     checkpoint = random_clip_checkpoint(work / f"{shape.replace('/', '-')}_random.pt", shape)
-    model, preprocess, _ = load_clip_model(str(checkpoint), device)
-    frames = FramePreprocess(preprocess, frame_dtype_for(model.dtype))
+    model = load_model("clip", str(checkpoint), device)
+    frames = FramePreprocess(model.preprocess, frame_dtype_for(model.dtype))
     start = time.perf_counter()
     csv = make_videos(work / "videos", sizes["videos"], sizes["seconds"])
     print(f"made {sizes['videos']} videos of 320x240, {sizes['seconds'][0]}-{sizes['seconds'][1]}"

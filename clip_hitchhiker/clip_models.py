@@ -107,8 +107,9 @@ def frame_dtype_for(model_dtype):
 
 
 class ChunkedImageEncoder:
-    """Feeds frames to model.encode_image in chunks of exactly `chunk` frames, across videos,
-    so that small videos still fill the device and 120-frame batches never overflow it."""
+    """Feeds frames to model.encode_image (a backends.LoadedModel) in chunks of exactly `chunk`
+    frames, across videos, so that small videos still fill the device and 120-frame batches
+    never overflow it."""
 
     def __init__(self, model, chunk):
         self.model, self.chunk = model, chunk
@@ -126,14 +127,14 @@ class ChunkedImageEncoder:
         if self.pending_count:
             self._encode(self.pending_count)
         if not self.outputs:
-            return torch.zeros(0, self.model.visual.output_dim)
+            return torch.zeros(0, self.model.embed_dim)
         return torch.cat(self.outputs)
 
     def _encode(self, count):
         frames = torch.cat(self.pending) if len(self.pending) > 1 else self.pending[0]
         self.pending = [frames[count:]]
         self.pending_count -= count
-        features = self.model.encode_image(frames[:count].to(self.model.dtype))
+        features = self.model.encode_image(frames[:count])
         self.outputs.append(features.float().cpu())
 
 
@@ -192,14 +193,6 @@ def check_embeddings(text_embeds, video_embeds, model_name):
                              "projections?), check --model")
 
 
-def count_truncated(captions, context_length=77):
-    """How many captions have more tokens (with start and end) than CLIP's context holds."""
-    from clip.simple_tokenizer import SimpleTokenizer
-
-    tokenizer = SimpleTokenizer()
-    return sum(len(tokenizer.encode(c)) + 2 > context_length for c in captions)
-
-
 def compute_embeddings(model, dataset, ctx, *, batch_size, num_workers, frame_chunk,
                        device_preprocess=None, on_failures=None):
     """Encode every video and every distinct caption, sharded across ranks; gathered on all.
@@ -235,11 +228,10 @@ def compute_embeddings(model, dataset, ctx, *, batch_size, num_workers, frame_ch
 
 
 def encode_captions(model, captions, device):
-    """captions: list of str, cut to CLIP's context. returns: float32 CPU [len(captions), D]."""
-    import clip
-
-    outputs = [torch.zeros(0, model.text_projection.shape[1])]
+    """model: a backends.LoadedModel; captions: list of str, cut to the model's context.
+    returns: float32 CPU [len(captions), D]."""
+    outputs = [torch.zeros(0, model.embed_dim)]
     for start in range(0, len(captions), _TEXT_BATCH):
-        tokens = clip.tokenize(captions[start:start + _TEXT_BATCH], truncate=True).to(device)
-        outputs.append(model.encode_text(tokens).float().cpu())
+        outputs.append(model.encode_text(captions[start:start + _TEXT_BATCH], device)
+                       .float().cpu())
     return torch.cat(outputs)

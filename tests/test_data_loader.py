@@ -197,7 +197,7 @@ def test_preprocess_modes_equal_torchvision_with_antialias_pinned(tmp_path, reso
 
 
 def test_preprocess_must_come_from_clip():
-    with pytest.raises(ValueError, match="Compose that clip.load returns"):
+    with pytest.raises(ValueError, match="Compose that clip.load or open_clip returns"):
         FramePreprocess(lambda x: x)
 
 

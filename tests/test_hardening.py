@@ -223,4 +223,4 @@ def test_long_captions_are_counted_once(tmp_path, tiny_clip_files, capsys):
     report = run(tmp_path, tmp_path, tiny_clip_files["torchscript"], "--csv",
                  tmp_path / "c.csv", "--video_root", tmp_path)
     assert report["counts"]["truncated_captions"] == 2
-    assert capsys.readouterr().err.count("2 caption(s) are longer than CLIP's 77-token") == 1
+    assert capsys.readouterr().err.count("2 caption(s) are longer than the model's 77-token") == 1

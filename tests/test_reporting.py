@@ -15,7 +15,7 @@ from data_loader import sample_frame_indices
 from metrics import t2v_ranks, v2t_ranks
 from query_scoring import similarity_meanpooling, similarity_queryscoring
 from tests import synthetic
-from tests.test_run_msr_retrieval import LINE, expected_line
+from tests.test_run_msr_retrieval import LINE
 
 pytestmark = pytest.mark.filterwarnings("ignore:FigureCanvasAgg is non-interactive")
 
@@ -82,8 +82,9 @@ def test_plot_needs_a_known_format(capsys):
 
 @pytest.mark.parametrize("change,expected", [
     ({}, True), ({"csv": "mine.csv"}, False), ({"split": "miech"}, False),
-    ({"model_id": "ViT-B/32"}, False), ({"num_frames": 120}, False), ({"antialias": True}, False),
-    ({"temperatures": [0.05]}, False), ({"partial": True}, False), ({"backend": "open_clip"}, False),
+    ({"model_id": "ViT-B/32"}, False), ({"num_frames": 120}, False),
+    ({"antialias": True}, False), ({"temperatures": [0.05]}, False), ({"partial": True}, False),
+    ({"backend": "open_clip"}, False),
     ({"model_id": f"sha256:{reporting.OPENAI_VIT_B16_SHA256}"}, True)])
 def test_release_configuration(change, expected):
     setting = dict(csv=None, split="jsfusion", model_id="ViT-B/16", num_frames=16,
