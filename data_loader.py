@@ -22,8 +22,7 @@ from torch.utils.data import Dataset
 from torch.utils.dlpack import from_dlpack
 from torchvision.transforms import CenterCrop, Normalize, Resize
 
-from clip_hitchhiker.downloads import (COMPLETE_MARKER, download_file, extract_zip_safely,
-                                       load_restricted_pickle)
+from clip_hitchhiker.downloads import COMPLETE_MARKER, fetch_and_extract, load_restricted_pickle
 from clip_hitchhiker.errors import DatasetError, VideoDecodeError
 
 __all__ = ["COMPLETE_MARKER", "CSVDataset", "DatasetError", "FramePreprocess", "MSRVTTDataset",
@@ -49,24 +48,8 @@ def download_msrvtt(data_root="./data", url=MSRVTT_URL, progress=True, retries=3
     entries, and marks the extracted folder complete only at the end.
     returns: Path of data_root/MSRVTT.
     """
-    data_root = Path(data_root)
-    dataset_dir = data_root / "MSRVTT"
-    if (dataset_dir / COMPLETE_MARKER).is_file():
-        return dataset_dir
-    data_root.mkdir(parents=True, exist_ok=True)
-    zip_path = data_root / "MSRVTT.zip"
-    if not zip_path.is_file():
-        try:
-            download_file(url, zip_path, progress=progress, retries=retries)
-        except DatasetError as e:
-            if not dataset_dir.is_dir():
-                raise
-            raise DatasetError(
-                f"{dataset_dir} exists but is incomplete (no {COMPLETE_MARKER} marker), and "
-                f"{zip_path.name} could not be fetched: {e}. If you extracted MSR-VTT there by "
-                f"hand, mark it complete with: touch {dataset_dir / COMPLETE_MARKER}") from e
-    extract_zip_safely(zip_path, data_root, top_folder="MSRVTT", progress=progress)
-    return dataset_dir
+    return fetch_and_extract(url, data_root, "MSRVTT.zip", "MSRVTT", progress=progress,
+                             retries=retries)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -317,6 +300,8 @@ class VideoDataset(Dataset):
         that the caller decides for the whole run (the CLI does, in one place).
     """
 
+    task = "retrieval"  # or "classification" (see clip_hitchhiker.charades)
+
     def __init__(self, video_ids, video_paths, queries, preprocess, num_frames, on_error="raise"):
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
@@ -332,6 +317,12 @@ class VideoDataset(Dataset):
 
     def __len__(self):
         return len(self.video_ids)
+
+    def text_rows(self):
+        """The texts to encode and the query each belongs to: (list of str, list of int). A
+        query with several texts (prompts, a paragraph's sentences) is their mean unit
+        embedding. Here: one text per query, its caption."""
+        return self.queries["caption"].tolist(), list(range(len(self.queries)))
 
     def __getitem__(self, index):
         item = {"index": index, "video_id": self.video_ids[index], "error": "", "decoded": {}}

@@ -9,7 +9,6 @@ The only module that chooses the device, builds the DataLoader and prints; only 
 and cli read the argparse namespace.
 """
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -21,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import data_loader
 from clip_hitchhiker import embedding_cache
 from clip_hitchhiker.backends import BACKENDS, list_models, load_model
 from clip_hitchhiker.clip_models import check_embeddings, compute_embeddings, frame_dtype_for
-from clip_hitchhiker.downloads import sha256_file
-from clip_hitchhiker.embedding_cache import fingerprint_files
+from clip_hitchhiker.activitynet import PARAGRAPH_MODES
+from clip_hitchhiker.charades import charades_map
+from clip_hitchhiker.dataset_choice import DATASETS, DEFAULT_URLS, SPLITS, build_dataset
 from clip_hitchhiker.errors import (ConfigError, HitchhikerError, OutputError, PeerFailure,
                                     VideoDecodeError)
 from clip_hitchhiker.output_files import cache_is_writable, check_output_files
@@ -38,7 +37,7 @@ from clip_hitchhiker.reporting import (compare_reports, format_bootstrap_line, i
                                        result_label, run_manifest)
 from clip_hitchhiker.torchrun import (DEFAULT_TIMEOUT_S, broadcast_json, collective_step,
                                       setup_context, teardown)
-from data_loader import CSVDataset, FramePreprocess, MSRVTTDataset
+from data_loader import FramePreprocess
 from metrics import count_tied_queries, ranks_to_metrics, t2v_metrics, t2v_ranks, v2t_ranks
 from query_scoring import similarity_meanpooling, similarity_queryscoring
 
@@ -79,14 +78,7 @@ def parse_args(argv=None):
     add("--dist_timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
         help="under torchrun, how long ranks wait for one another before the run stops and "
              f"names the rank that did not answer (default {DEFAULT_TIMEOUT_S:g})")
-    add("--split", default="jsfusion", choices=data_loader.SPLITS,
-        help="MSR-VTT split: jsfusion (1k-A, 1 caption/video), miech (1k, all captions), "
-             "full-test (2990 videos)")
-    add("--csv", default=None, help="a CSV (video_path, caption) of your own videos, instead "
-                                    "of MSR-VTT")
-    add("--video_root", default=".", help="folder that --csv video paths are relative to")
-    add("--data_root", default="./data", help="folder holding (or to receive) MSRVTT/")
-    add("--msrvtt_url", default=data_loader.MSRVTT_URL, help="where to download MSRVTT.zip")
+    _add_dataset_arguments(parser)
     add("--cache_dir", default="./cache", help="embedding cache folder (default ./cache)")
     add("--no_cache", action="store_true", help="neither read nor write the embedding cache")
     add("--save_embeddings", default=None, metavar="FILE",
@@ -113,6 +105,7 @@ def parse_args(argv=None):
              "on the model's device from the decoded uint8 frames (auto: device on CUDA, "
              "workers otherwise)")
     args = parser.parse_args(argv)
+    _check_dataset_arguments(parser, args)
     for name in ("num_frames", "batch_size", "frame_chunk"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -137,6 +130,54 @@ def parse_args(argv=None):
     return args
 
 
+def _add_dataset_arguments(parser):
+    add = parser.add_argument
+    add("--dataset", default="msrvtt", choices=DATASETS,
+        help="msrvtt (default), charades (zero-shot classification, mAP), activitynet "
+             "(paragraph-to-video retrieval; videos from --video_root), csv (your own; implied "
+             "by --csv)")
+    add("--split", default=None,
+        help="the dataset's split: msrvtt jsfusion (1k-A, the default), miech, full-test; "
+             "charades test; activitynet val_1 (default), val_2")
+    add("--csv", default=None, help="a CSV (video_path, caption) of your own videos")
+    add("--video_root", default=None,
+        help="folder of the videos: what --csv paths are relative to (default .), or the "
+             "ActivityNet videos (v_<id>.mp4/.mkv/.webm)")
+    add("--data_root", default="./data",
+        help="folder holding (or to receive) MSRVTT/, Charades/, ActivityNetCaptions/")
+    add("--prompt", action="append", default=None, metavar="TEMPLATE",
+        help="charades: a class-name template such as 'a video of a person {}'; give several "
+             "to average them (default '{}')")
+    add("--paragraph", default="concat", choices=PARAGRAPH_MODES,
+        help="activitynet: concat joins a video's sentences into one caption, cut to the "
+             "context (default); mean averages the sentences' unit embeddings")
+    add("--msrvtt_url", default=DEFAULT_URLS["msrvtt"], help="where to download MSRVTT.zip")
+    add("--charades_url", default=DEFAULT_URLS["charades"],
+        help="where to download the Charades 480p video zip")
+    add("--charades_annotations_url", default=DEFAULT_URLS["charades_annotations"],
+        help="where to download the Charades annotation zip")
+    add("--activitynet_url", default=DEFAULT_URLS["activitynet"],
+        help="where to download the ActivityNet Captions annotation zip")
+
+
+def _check_dataset_arguments(parser, args):
+    if args.csv and args.dataset == "msrvtt":
+        args.dataset = "csv"  # --csv FILE alone still works
+    if args.dataset == "csv" and not args.csv:
+        parser.error("--dataset csv needs --csv FILE")
+    if args.csv and args.dataset != "csv":
+        parser.error(f"--csv is for your own videos; it cannot go with --dataset {args.dataset}")
+    if args.split is not None and args.split not in SPLITS[args.dataset]:
+        parser.error(f"--split for {args.dataset} must be one of {SPLITS[args.dataset]}, got "
+                     f"{args.split!r}")
+    if args.prompt is not None and args.dataset != "charades":
+        parser.error("--prompt is for --dataset charades")
+    if args.prompt is not None and any("{}" not in p for p in args.prompt):
+        parser.error(f"every --prompt must contain {{}} for the class name, got {args.prompt}")
+    if args.dataset == "charades" and (args.bootstrap or args.plot):
+        parser.error("--bootstrap and --plot are for retrieval; Charades reports mAP")
+
+
 # ----------------------------------------------------------------------------------------------
 # Prepare
 
@@ -156,31 +197,6 @@ def preprocess_id(frames, placement, device):
     kernels can differ from the CPU's in the last bits)."""
     runs_on = device.type if placement == "device" else "cpu"
     return f"{frames.describe()}; computed on {runs_on}"
-
-
-def build_dataset(preprocess, num_frames, *, csv=None, video_root=".", split="jsfusion",
-                  data_root="./data", url=data_loader.MSRVTT_URL, check_files=True,
-                  download=True):
-    """The CSV's videos when csv is given, else MSR-VTT's split (downloaded when missing).
-
-    preprocess: the workers' FramePreprocess, or None for raw uint8 frames (device placement).
-    Items report decode failures instead of raising (check_decode_failures decides).
-    returns: (dataset, dataset_id: a JSON-able dict that names the data, for the cache key).
-    """
-    if csv:
-        dataset = CSVDataset(csv, video_root, preprocess, num_frames, on_error="report",
-                             check_files=check_files)
-        dataset_id = {"csv_sha256": sha256_file(csv),
-                      "video_root": str(Path(video_root).resolve())}
-    else:
-        dataset = MSRVTTDataset(preprocess, num_frames, split=split, data_root=data_root,
-                                download=download, url=url, on_error="report", progress=download)
-        dataset_id = {"msrvtt_split": split}
-    queries = json.dumps(dataset.queries.to_numpy().tolist()).encode()
-    dataset_id["queries_sha256"] = hashlib.sha256(queries).hexdigest()
-    # Size and modification time of every video: a replaced or repaired file is re-encoded.
-    dataset_id["videos_fingerprint"] = fingerprint_files(dataset.video_paths)
-    return dataset, dataset_id
 
 
 def check_decode_failures(skipped, skip_bad_videos, cache_file=None):
@@ -211,6 +227,8 @@ def evaluate(content, temperatures, device=torch.device("cpu")):
     (plus "t2v_averaging" when over 1 % of queries tie); mean pooling first. "ranks" holds
     numpy arrays: take it out before writing JSON.
     """
+    if content.get("task") == "classification":
+        return evaluate_classification(content, temperatures, device)
     position = {v: i for i, v in enumerate(content["video_ids"])}
     keep = [i for i, v in enumerate(content["query_video_ids"]) if v in position]
     query_to_video = torch.tensor([position[content["query_video_ids"][i]] for i in keep],
@@ -225,6 +243,32 @@ def evaluate(content, temperatures, device=torch.device("cpu")):
         result = {"aggregation": name, "temperature": temperature}
         try:
             result.update(_score(similarity(), query_to_video))
+        except ValueError as e:
+            result["error"] = str(e)
+        results.append(result)
+    return results
+
+
+def evaluate_classification(content, temperatures, device=torch.device("cpu")):
+    """Zero-shot classification: the classes' text embeddings score every kept video, by mean
+    pooling and by query-scoring. returns: list of {"aggregation", "temperature", "mAP",
+    "per_class_AP": {class name: AP or None (no positive video)}}; mean pooling first."""
+    text = content["text_embeds"].to(device)  # [C, D], one per class
+    video = content["video_embeds"].to(device)
+    labels = torch.zeros(len(content["video_ids"]), len(text), dtype=torch.bool)
+    for row, video_id in enumerate(content["video_ids"]):
+        labels[row, content["labels"][video_id]] = True
+    aggregations = [("mean-pooling", None, lambda: similarity_meanpooling(text, video))]
+    aggregations += [("query-scoring", t, lambda t=t: similarity_queryscoring(text, video, t))
+                     for t in temperatures]
+    results = []
+    for name, temperature, similarity in aggregations:
+        result = {"aggregation": name, "temperature": temperature}
+        try:
+            mean_ap, per_class = charades_map(similarity(), labels)
+            result["mAP"] = mean_ap
+            result["per_class_AP"] = {c: None if np.isnan(ap) else float(ap)
+                                      for c, ap in zip(content["captions"], per_class)}
         except ValueError as e:
             result["error"] = str(e)
         results.append(result)
@@ -266,10 +310,14 @@ def _prepare(args, ctx, download):
     frame_preprocess = FramePreprocess(model.preprocess, frame_dtype_for(model.dtype),
                                        antialias=args.antialias)
     placement = resolve_preprocess_on(args.preprocess_on, ctx.device)
+    urls = {"msrvtt": args.msrvtt_url, "charades": args.charades_url,
+            "charades_annotations": args.charades_annotations_url,
+            "activitynet": args.activitynet_url}
     dataset, dataset_id = build_dataset(
-        frame_preprocess if placement == "workers" else None, args.num_frames, csv=args.csv,
-        video_root=args.video_root, split=args.split, data_root=args.data_root,
-        url=args.msrvtt_url, check_files=not args.skip_bad_videos, download=download)
+        frame_preprocess if placement == "workers" else None, args.num_frames,
+        dataset=args.dataset, split=args.split, csv=args.csv, video_root=args.video_root,
+        data_root=args.data_root, urls=urls, prompts=args.prompt or ["{}"],
+        paragraph=args.paragraph, check_files=not args.skip_bad_videos, download=download)
     return model, dataset, dataset_id, frame_preprocess, placement
 
 
@@ -309,6 +357,10 @@ def _run(args, ctx, start):
     path = embedding_cache.cache_path(args.cache_dir, key)
     write_cache, earlier = collective_step(ctx, lambda: _check_outputs(args, dataset)
                                            if ctx.is_main else (False, None))
+    if ctx.is_main and getattr(dataset, "missing", None):
+        print(f"{len(dataset.missing)} of {len(dataset)} videos are missing from "
+              f"{args.video_root}, e.g. {dataset.missing[:3]}; they are left out and the "
+              "result is marked partial", file=sys.stderr)
     loaded_at = time.perf_counter()
     content, cache_hit, decoded = _embed(args, ctx, model, dataset, key, path,
                                          frame_preprocess if placement == "device" else None)
@@ -366,7 +418,7 @@ def _bootstrap(args, rank_sets, num_queries):
 def _published(args, results, model_id, partial):
     """The paper's figures and this run's differences from them, for the release's setting
     only (None otherwise)."""
-    if not is_release_configuration(csv=args.csv, split=args.split, model_id=model_id,
+    if not is_release_configuration(dataset=args.dataset, split=args.split, model_id=model_id,
                                     backend=args.backend,
                                     num_frames=args.num_frames, antialias=args.antialias,
                                     temperatures=args.query_scoring_temp, partial=partial):

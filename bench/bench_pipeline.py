@@ -90,7 +90,7 @@ def main():
     from data_loader import FramePreprocess
     from clip_hitchhiker.backends import load_model
     from clip_hitchhiker.clip_models import compute_embeddings, frame_dtype_for
-    from run_msr_retrieval import build_dataset
+    from clip_hitchhiker.dataset_choice import build_dataset
 
     work = Path(args.work_dir)
     csv = make_videos(work / "videos", args.videos)
@@ -99,7 +99,8 @@ def main():
     start = time.perf_counter()
     model = load_model("clip", str(checkpoint), device)
     frames = FramePreprocess(model.preprocess, frame_dtype_for(model.dtype))
-    dataset, _ = build_dataset(frames, args.num_frames, csv=csv, video_root=work / "videos")
+    dataset, _ = build_dataset(frames, args.num_frames, dataset="csv", csv=csv,
+                               video_root=work / "videos")
     load_s = time.perf_counter() - start
     total_frames = args.videos * args.num_frames
     print(f"{args.videos} videos x {args.num_frames} frames = {total_frames} frames, "
@@ -107,7 +108,8 @@ def main():
           f"{torch.get_num_threads()} torch threads")
 
     for num_frames in (16, 120):
-        sampled, _ = build_dataset(frames, num_frames, csv=csv, video_root=work / "videos")
+        sampled, _ = build_dataset(frames, num_frames, dataset="csv", csv=csv,
+                                   video_root=work / "videos")
         decode_fps, both_fps = worker_throughput(sampled, args.worker_videos, frames)
         print(f"one worker, {num_frames:3d} frames/video: decode only {decode_fps:7.1f} frames/s "
               f"(--preprocess_on device), decode + preprocess {both_fps:7.1f} frames/s "

@@ -86,12 +86,12 @@ def check_end_to_end(csv, model, frames, device, workers, sizes):
     preprocessing; the largest difference between the two runs' embeddings."""
     from clip_hitchhiker.torchrun import Context
     from clip_hitchhiker.clip_models import compute_embeddings
-    from run_msr_retrieval import build_dataset
+    from clip_hitchhiker.dataset_choice import build_dataset
     for num_frames in sizes["frames"]:
         embeddings = {}
         for placement in ("workers", "device"):
             dataset, _ = build_dataset(frames if placement == "workers" else None, num_frames,
-                                       csv=csv, video_root=csv.parent)
+                                       dataset="csv", csv=csv, video_root=csv.parent)
             start = time.perf_counter()
             with torch.inference_mode():
                 content, _ = compute_embeddings(

@@ -210,21 +210,40 @@ def compute_embeddings(model, dataset, ctx, *, batch_size, num_workers, frame_ch
     video_embeds = all_gather_rows(ctx, video_embeds)
     failures = [f for rank_failures in all_gather_json(ctx, failures) for f in rank_failures]
     decoded = [d for rank_decoded in all_gather_json(ctx, decoded) for d in rank_decoded]
-    distinct = list(dict.fromkeys(dataset.queries["caption"]))
+    texts, text_queries = dataset.text_rows()
+    distinct = list(dict.fromkeys(texts))
     caption_indices = shard(len(distinct), ctx)
     text_embeds = collective_step(ctx, lambda: encode_captions(
         model, [distinct[i] for i in caption_indices], ctx.device))
     text_embeds = all_gather_rows(ctx, text_embeds)
     row_of = {c: i for i, c in enumerate(distinct)}
-    query_rows = torch.tensor([row_of[c] for c in dataset.queries["caption"]], dtype=torch.long)
+    row_embeds = text_embeds[torch.tensor([row_of[t] for t in texts], dtype=torch.long)]
+    labels = getattr(dataset, "labels", None)
     content = cache_content(
-        text_embeds=text_embeds[query_rows], video_embeds=video_embeds,
-        video_ids=[dataset.video_ids[i] for i in kept],
+        text_embeds=pool_query_texts(row_embeds, text_queries, len(dataset.queries)),
+        video_embeds=video_embeds, video_ids=[dataset.video_ids[i] for i in kept],
         query_video_ids=dataset.queries["video_id"].tolist(),
         captions=dataset.queries["caption"].tolist(),
         skipped=[[dataset.video_ids[i], message] for i, message in sorted(failures)],
-        decoded={dataset.video_ids[i]: info for i, info in zip(kept, decoded)})
+        decoded={dataset.video_ids[i]: info for i, info in zip(kept, decoded)},
+        task=dataset.task,
+        labels=None if labels is None else dict(zip(dataset.video_ids, labels)))
     return content, len(video_indices)
+
+
+def pool_query_texts(row_embeds, text_queries, num_queries):
+    """One embedding per query: the row itself where a query has one text (as CLIP encodes it),
+    else the mean of its texts' unit embeddings (prompt ensembles, sentences of a paragraph).
+
+    row_embeds: [R, D]; text_queries: [R] the query of each row. returns: [num_queries, D].
+    """
+    text_queries = torch.as_tensor(text_queries, dtype=torch.long)
+    counts = torch.bincount(text_queries, minlength=num_queries)
+    if bool((counts == 1).all()):
+        return row_embeds[torch.argsort(text_queries, stable=True)]
+    unit = row_embeds / row_embeds.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    sums = torch.zeros(num_queries, row_embeds.shape[1]).index_add_(0, text_queries, unit)
+    return sums / counts.clamp_min(1).unsqueeze(1)
 
 
 def encode_captions(model, captions, device):

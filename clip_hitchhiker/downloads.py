@@ -132,8 +132,40 @@ def _content_range_total(response, offset, url):
 # Extraction
 
 
-def extract_zip_safely(zip_path, dest_root, top_folder, progress=True):
+def fetch_and_extract(url, data_root, zip_name, top_folder, target_name=None, progress=True,
+                      retries=3):
+    """data_root/target_name, complete: downloaded (resumably) as data_root/zip_name and
+    extracted safely unless a folder with the completion marker is already there.
+
+    top_folder: the zip's top folder (None: no single one, see extract_zip_safely).
+    returns: Path of data_root/target_name.
+    """
+    data_root = Path(data_root)
+    target = data_root / (target_name or top_folder)
+    if (target / COMPLETE_MARKER).is_file():
+        return target
+    data_root.mkdir(parents=True, exist_ok=True)
+    zip_path = data_root / zip_name
+    if not zip_path.is_file():
+        try:
+            download_file(url, zip_path, progress=progress, retries=retries)
+        except DatasetError as e:
+            if not target.is_dir():
+                raise
+            raise DatasetError(
+                f"{target} exists but is incomplete (no {COMPLETE_MARKER} marker), and "
+                f"{zip_path.name} could not be fetched: {e}. If you extracted it there by "
+                f"hand, mark it complete with: touch {target / COMPLETE_MARKER}") from e
+    extract_zip_safely(zip_path, data_root, top_folder, progress=progress,
+                       target_name=target_name)
+    return target
+
+
+def extract_zip_safely(zip_path, dest_root, top_folder, progress=True, target_name=None):
     """Extract zip_path's top_folder into dest_root, all or nothing.
+
+    top_folder None: the zip has no single top folder; everything in it goes to
+    dest_root/target_name.
 
     Every entry is checked before anything is written (no absolute paths, no '..', no symlinks)
     and every file's CRC while it is written, into a staging folder that is moved into place
@@ -142,7 +174,8 @@ def extract_zip_safely(zip_path, dest_root, top_folder, progress=True):
     corrupt zip is renamed to '<zip>.corrupt' so that it is never taken for a good download.
     """
     zip_path, dest_root = Path(zip_path), Path(dest_root)
-    staging = dest_root / f".{top_folder}.extracting"
+    target_name = target_name or top_folder
+    staging = dest_root / f".{target_name}.extracting"
     shutil.rmtree(staging, ignore_errors=True)
     try:
         with zipfile.ZipFile(zip_path) as archive:
@@ -164,15 +197,16 @@ def extract_zip_safely(zip_path, dest_root, top_folder, progress=True):
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    extracted = staging / top_folder
+    extracted = staging if top_folder is None else staging / top_folder
     if not extracted.is_dir():
         shutil.rmtree(staging, ignore_errors=True)
         raise DatasetError(f"{zip_path} has no {top_folder}/ folder; is it the right file?")
-    target = dest_root / top_folder
+    target = dest_root / target_name
     if target.exists():
         move_aside(target)
     os.replace(extracted, target)
-    shutil.rmtree(staging, ignore_errors=True)
+    if top_folder is not None:
+        shutil.rmtree(staging, ignore_errors=True)
     (target / COMPLETE_MARKER).write_text(f"extracted from {zip_path.name}\n")
     return target
 

@@ -13,20 +13,22 @@ from pathlib import Path
 
 import torch
 
-CACHE_FORMAT = 2  # 2: with what was decoded of each video
+CACHE_FORMAT = 3  # 2: what was decoded of each video; 3: the task and its labels
 
 
 def cache_content(text_embeds, video_embeds, video_ids, query_video_ids, captions, skipped,
-                  decoded):
+                  decoded, task="retrieval", labels=None):
     """What the cache and --save_embeddings hold: plain tensors, strings, numbers and lists.
 
     text_embeds: [Q, D] one row per query of the dataset (kept videos or not);
     video_embeds: [V, F, D] for the decoded videos video_ids; skipped: [[video_id, reason]];
-    decoded: {video_id: {"frames", "indices", "resolution"}} for each of video_ids.
+    decoded: {video_id: {"frames", "indices", "resolution"}} for each of video_ids;
+    task: "retrieval" (query_video_ids: each query's video) or "classification" (the queries
+    are classes, captions their names, query_video_ids None; labels: {video_id: [class]}).
     """
     return {"format": CACHE_FORMAT, "text_embeds": text_embeds, "video_embeds": video_embeds,
             "video_ids": video_ids, "query_video_ids": query_video_ids, "captions": captions,
-            "skipped": skipped, "decoded": decoded}
+            "skipped": skipped, "decoded": decoded, "task": task, "labels": labels}
 
 
 def cache_key(model_id, model_dtype, num_frames, dataset_id, preprocess_id):
@@ -133,3 +135,6 @@ def check_cache_content(content):
         raise ValueError("ids and embeddings disagree in length")
     if set(content["decoded"]) != set(content["video_ids"]):
         raise ValueError("the decoded-frames record does not list the same videos")
+    if content["task"] == "classification" and not set(content["video_ids"]) <= set(
+            content["labels"] or {}):
+        raise ValueError("classification labels are missing for some videos")

@@ -15,7 +15,10 @@ def result_label(result):
 
 
 def format_result_line(result, skipped_note=""):
-    """The release's printed line, rounded: R@K and MedR to one decimal, MeanR to three."""
+    """The release's printed line, rounded: R@K and MedR to one decimal, MeanR to three (for
+    classification, the same form with the mAP)."""
+    if "mAP" in result:
+        return f"{{'mAP': {round(result['mAP'], 1)}}}  agg: {result_label(result)}{skipped_note}"
     rounded = {k: round(v, 3 if k == "MeanR" else 1) for k, v in result["t2v"].items()}
     return f"{rounded}  agg: {result_label(result)}{skipped_note}"
 
@@ -39,10 +42,13 @@ def print_results(results, note, num_queries):
 def partial_note(content):
     """The mark every metric line carries when videos were left out, and the counts."""
     kept_ids = set(content["video_ids"])
-    num_queries = sum(v in kept_ids for v in content["query_video_ids"])
+    if content.get("task") == "classification":  # the queries are classes: none left out
+        num_queries = len(content["captions"])
+    else:
+        num_queries = sum(v in kept_ids for v in content["query_video_ids"])
     counts = {"videos": len(content["video_ids"]), "queries": num_queries,
               "skipped_videos": len(content["skipped"]),
-              "skipped_queries": len(content["query_video_ids"]) - num_queries}
+              "skipped_queries": len(content["captions"]) - num_queries}
     note = "" if not content["skipped"] else (
         f"  [partial: {counts['skipped_videos']} bad video(s) and {counts['skipped_queries']} "
         "queries left out, not comparable with the benchmark]")
@@ -82,11 +88,13 @@ PUBLISHED = {
 OPENAI_VIT_B16_SHA256 = "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f"
 
 
-def is_release_configuration(*, csv, split, model_id, num_frames, antialias, temperatures,
+def is_release_configuration(*, dataset, split, model_id, num_frames, antialias, temperatures,
                              partial, backend="clip"):
-    """Whether a run is set up as the paper's figures were made, so that they compare."""
+    """Whether a run is set up as the paper's figures were made, so that they compare.
+    split None is the dataset's default (for MSR-VTT, jsfusion)."""
     model_is_vit_b16 = model_id in ("ViT-B/16", f"sha256:{OPENAI_VIT_B16_SHA256}")
-    return (not csv and split == "jsfusion" and backend == "clip" and model_is_vit_b16
+    return (dataset == "msrvtt" and split in (None, "jsfusion") and backend == "clip"
+            and model_is_vit_b16
             and num_frames == 16 and not antialias and 0.1 in temperatures and not partial)
 
 

@@ -81,13 +81,14 @@ def test_plot_needs_a_known_format(capsys):
 
 
 @pytest.mark.parametrize("change,expected", [
-    ({}, True), ({"csv": "mine.csv"}, False), ({"split": "miech"}, False),
+    ({}, True), ({"dataset": "csv"}, False), ({"split": "miech"}, False), ({"split": None}, True),
+    ({"dataset": "charades", "split": "test"}, False),
     ({"model_id": "ViT-B/32"}, False), ({"num_frames": 120}, False),
     ({"antialias": True}, False), ({"temperatures": [0.05]}, False), ({"partial": True}, False),
     ({"backend": "open_clip"}, False),
     ({"model_id": f"sha256:{reporting.OPENAI_VIT_B16_SHA256}"}, True)])
 def test_release_configuration(change, expected):
-    setting = dict(csv=None, split="jsfusion", model_id="ViT-B/16", num_frames=16,
+    setting = dict(dataset="msrvtt", split="jsfusion", model_id="ViT-B/16", num_frames=16,
                    antialias=False, temperatures=[0.1, 1.0], partial=False, backend="clip")
     assert reporting.is_release_configuration(**{**setting, **change}) is expected
 

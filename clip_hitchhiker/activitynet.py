@@ -1,0 +1,110 @@
+"""ActivityNet Captions (Krishna et al., ICCV 2017) for paragraph-to-video retrieval: each video
+of the split is one query, the paragraph of its sentences in timestamp order.
+
+The captions come from the public annotation zip (val_1.json: video id -> duration, timestamps,
+sentences). The videos have no stable public host: pass --video_root, a folder of
+v_<id>.mp4 / .mkv / .webm files.
+"""
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from clip_hitchhiker.downloads import fetch_and_extract
+from clip_hitchhiker.errors import DatasetError
+from data_loader import VideoDataset
+
+ACTIVITYNET_CAPTIONS_URL = "https://cs.stanford.edu/people/ranjaykrishna/densevid/captions.zip"
+ACTIVITYNET_SPLITS = ("val_1", "val_2")
+PARAGRAPH_MODES = ("concat", "mean")
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm")
+
+
+def download_activitynet_captions(data_root="./data", url=ACTIVITYNET_CAPTIONS_URL,
+                                  progress=True):
+    """The caption annotations under data_root/ActivityNetCaptions (the zip has no single top
+    folder). returns: that folder."""
+    return fetch_and_extract(url, data_root, "activitynet_captions.zip", None,
+                             target_name="ActivityNetCaptions", progress=progress)
+
+
+def load_paragraphs(path):
+    """returns: {video id: [sentences in timestamp order]}, in the file's order."""
+    try:
+        annotations = json.loads(Path(path).read_text())
+    except FileNotFoundError as e:
+        raise DatasetError(f"missing {path}; download the ActivityNet Captions annotations "
+                           "(the default) or set --data_root") from e
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path} is not JSON ({e})") from e
+    paragraphs = {}
+    for video_id, entry in annotations.items():
+        try:
+            pairs = sorted(zip(entry["timestamps"], entry["sentences"]),
+                           key=lambda pair: tuple(pair[0]))
+        except (KeyError, TypeError) as e:
+            raise DatasetError(f"{path}: video {video_id} lacks timestamps and sentences") from e
+        if not pairs:
+            raise DatasetError(f"{path}: video {video_id} has no sentence")
+        paragraphs[video_id] = [sentence.strip() for _, sentence in pairs]
+    return paragraphs
+
+
+def find_video(video_root, video_id):
+    """The file of video_id in video_root (v_<id> or <id>, .mp4/.mkv/.webm), or None."""
+    stem = video_id if video_id.startswith("v_") else f"v_{video_id}"
+    for name in (stem, stem[2:]):
+        for extension in VIDEO_EXTENSIONS:
+            path = os.path.join(video_root, name + extension)
+            if os.path.isfile(path):
+                return path
+    return None
+
+
+class ActivityNetCaptionsDataset(VideoDataset):
+    """Paragraph-to-video retrieval on a split of ActivityNet Captions.
+
+    paragraph: "concat" joins the sentences into one caption (cut to the text encoder's
+    context, as CLIP4Clip and most CLIP-based work do); "mean" averages the unit embeddings of
+    the sentences. check_files: stop, naming the first missing videos, if any is missing.
+    missing: the video ids of the split with no file in video_root.
+    """
+
+    def __init__(self, preprocess, num_frames, video_root, split="val_1", data_root="./data",
+                 paragraph="concat", download=True, url=ACTIVITYNET_CAPTIONS_URL,
+                 on_error="raise", check_files=True, progress=True):
+        if split not in ACTIVITYNET_SPLITS:
+            raise ValueError(f"ActivityNet split must be one of {ACTIVITYNET_SPLITS}, got "
+                             f"{split!r}")
+        if paragraph not in PARAGRAPH_MODES:
+            raise ValueError(f"paragraph must be one of {PARAGRAPH_MODES}, got {paragraph!r}")
+        if video_root is None or not os.path.isdir(video_root):
+            raise DatasetError(f"ActivityNet videos are not downloadable from a stable host: "
+                               f"pass --video_root, a folder of v_<id>.mp4/.mkv/.webm files "
+                               f"(got {video_root!r})")
+        if download:
+            download_activitynet_captions(data_root, url, progress)
+        self.paragraphs = load_paragraphs(Path(data_root) / "ActivityNetCaptions" /
+                                          f"{split}.json")
+        self.paragraph = paragraph
+        video_ids = list(self.paragraphs)
+        paths = [find_video(video_root, v) for v in video_ids]
+        self.missing = [v for v, p in zip(video_ids, paths) if p is None]
+        if check_files and self.missing:
+            raise DatasetError(f"{len(self.missing)} of {len(video_ids)} videos of {split} are "
+                               f"missing from {video_root}, e.g. {self.missing[:5]}; add them, "
+                               "or pass --skip_bad_videos to leave them out")
+        paths = [p or os.path.join(video_root, f"{v}.mp4") for v, p in zip(video_ids, paths)]
+        queries = pd.DataFrame({"video_id": video_ids,
+                                "caption": [" ".join(self.paragraphs[v]) for v in video_ids]})
+        super().__init__(video_ids, paths, queries, preprocess, num_frames, on_error)
+
+    def text_rows(self):
+        if self.paragraph == "concat":
+            return super().text_rows()
+        texts, queries = [], []
+        for query, video_id in enumerate(self.video_ids):
+            texts += self.paragraphs[video_id]
+            queries += [query] * len(self.paragraphs[video_id])
+        return texts, queries

@@ -1,0 +1,125 @@
+"""Charades (Sigurdsson et al., ECCV 2016) for zero-shot action recognition: 157 classes, the
+test split's 1,863 videos, scored by Charades' official mAP.
+
+Layout of AI2's two zips, extracted under data_root:
+    Charades/Charades_v1_test.csv       id, ..., actions ("c092 11.90 21.20;c147 0.00 12.60")
+    Charades/Charades_v1_classes.txt    "c000 Holding some clothes", one class a line
+    Charades_v1_480/<id>.mp4            the 480p videos
+"""
+import csv
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from clip_hitchhiker.downloads import fetch_and_extract
+from clip_hitchhiker.errors import DatasetError
+from data_loader import VideoDataset
+
+_AI2 = "https://ai2-public-datasets.s3-us-west-2.amazonaws.com/charades"
+CHARADES_ANNOTATIONS_URL = f"{_AI2}/Charades.zip"
+CHARADES_VIDEOS_URL = f"{_AI2}/Charades_v1_480.zip"
+CHARADES_SPLITS = ("test",)
+_SPLIT_FILES = {"test": "Charades_v1_test.csv"}
+
+
+def download_charades(data_root="./data", annotations_url=CHARADES_ANNOTATIONS_URL,
+                      videos_url=CHARADES_VIDEOS_URL, progress=True):
+    """The annotations and the 480p videos under data_root, as safely as MSR-VTT's."""
+    fetch_and_extract(annotations_url, data_root, "Charades.zip", "Charades", progress=progress)
+    fetch_and_extract(videos_url, data_root, "Charades_v1_480.zip", "Charades_v1_480",
+                      progress=progress)
+
+
+def load_charades_classes(path):
+    """returns: (class ids ["c000", ...], class names ["Holding some clothes", ...])."""
+    try:
+        lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    except FileNotFoundError as e:
+        raise DatasetError(f"missing {path}; download Charades (the default) or set "
+                           "--data_root to the folder that holds Charades/") from e
+    pairs = [line.split(" ", 1) for line in lines]
+    if any(len(pair) != 2 or not pair[0].startswith("c") for pair in pairs):
+        raise DatasetError(f"{path} should hold lines like 'c000 Holding some clothes'")
+    return [c for c, _ in pairs], [name for _, name in pairs]
+
+
+def load_charades_split(path, class_ids):
+    """returns: (video ids in the file's order, [[class index, ...] per video])."""
+    index = {c: i for i, c in enumerate(class_ids)}
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError as e:
+        raise DatasetError(f"missing {path}; the Charades folder is incomplete") from e
+    if rows and not {"id", "actions"} <= set(rows[0]):
+        raise DatasetError(f"{path} needs the columns id and actions, has {list(rows[0])}")
+    video_ids, labels = [], []
+    for row in rows:
+        actions = [a.split()[0] for a in row["actions"].split(";") if a.strip()]
+        unknown = [a for a in actions if a not in index]
+        if unknown:
+            raise DatasetError(f"{path}: video {row['id']} has unknown classes {unknown}")
+        video_ids.append(row["id"])
+        labels.append(sorted({index[a] for a in actions}))
+    return video_ids, labels
+
+
+class CharadesDataset(VideoDataset):
+    """Charades test videos for classification: each class is a text query, made from the
+    prompt templates ("{}" is replaced by the class name; several templates are averaged)."""
+
+    task = "classification"
+
+    def __init__(self, preprocess, num_frames, split="test", data_root="./data",
+                 prompts=("{}",), download=True, annotations_url=CHARADES_ANNOTATIONS_URL,
+                 videos_url=CHARADES_VIDEOS_URL, on_error="raise", progress=True):
+        if split not in CHARADES_SPLITS:
+            raise ValueError(f"Charades split must be one of {CHARADES_SPLITS}, got {split!r}")
+        if not prompts or any("{}" not in p for p in prompts):
+            raise ValueError(f"every prompt must contain {{}} for the class name, got {prompts}")
+        if download:
+            download_charades(data_root, annotations_url, videos_url, progress)
+        root = Path(data_root)
+        self.class_ids, self.class_names = load_charades_classes(
+            root / "Charades" / "Charades_v1_classes.txt")
+        video_ids, self.labels = load_charades_split(root / "Charades" / _SPLIT_FILES[split],
+                                                     self.class_ids)
+        self.prompts = list(prompts)
+        queries = pd.DataFrame({"video_id": [None] * len(self.class_names),
+                                "caption": self.class_names})
+        super().__init__(video_ids, [root / "Charades_v1_480" / f"{v}.mp4" for v in video_ids],
+                         queries, preprocess, num_frames, on_error)
+
+    def text_rows(self):
+        texts = [p.format(name) for name in self.class_names for p in self.prompts]
+        classes = [c for c in range(len(self.class_names)) for _ in self.prompts]
+        return texts, classes
+
+
+def charades_map(scores, labels):
+    """Charades' official mAP (Charades_v1_classify.m).
+
+    scores: [C, V] class-video scores (array or tensor); labels: [V, C] bool. For each class
+    with a positive video: videos sorted by score, descending (ties in video order); AP is the
+    mean over the positives of the precision at each positive's rank. returns: (mAP in
+    percent over those classes, [C] AP in percent, NaN for classes with no positive).
+    """
+    scores = np.asarray(scores.detach().cpu() if hasattr(scores, "detach") else scores,
+                        dtype=np.float64)
+    labels = np.asarray(labels, dtype=bool)
+    if scores.shape != labels.T.shape:
+        raise ValueError(f"scores {scores.shape} and labels {labels.shape} do not fit: need "
+                         "[C, V] and [V, C]")
+    if np.isnan(scores).any():
+        raise ValueError("scores contain NaN; check the embeddings that produced them")
+    order = np.argsort(-scores, axis=1, kind="stable")  # [C, V]
+    hits = np.take_along_axis(labels.T, order, axis=1)  # [C, V]: positives in ranked order
+    precision = np.cumsum(hits, axis=1) / np.arange(1, hits.shape[1] + 1)
+    positives = hits.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = 100.0 * (precision * hits).sum(axis=1) / positives
+    ap[positives == 0] = np.nan
+    if np.isnan(ap).all():
+        raise ValueError("no class has a positive video: mAP is undefined")
+    return float(np.nanmean(ap)), ap

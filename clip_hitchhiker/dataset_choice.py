@@ -1,0 +1,72 @@
+"""The datasets a run can evaluate, behind one call: MSR-VTT, Charades, ActivityNet Captions
+and the user's CSV. Each declares its videos, its queries and its task (retrieval, or
+classification for Charades); the cache, --skip_bad_videos, torchrun sharding, frame sampling
+and preprocessing are the same for all."""
+import hashlib
+import json
+from pathlib import Path
+
+import data_loader
+from clip_hitchhiker.activitynet import (ACTIVITYNET_CAPTIONS_URL, ACTIVITYNET_SPLITS,
+                                         ActivityNetCaptionsDataset)
+from clip_hitchhiker.charades import (CHARADES_ANNOTATIONS_URL, CHARADES_SPLITS,
+                                      CHARADES_VIDEOS_URL, CharadesDataset)
+from clip_hitchhiker.downloads import sha256_file
+from clip_hitchhiker.embedding_cache import fingerprint_files
+
+DATASETS = ("msrvtt", "charades", "activitynet", "csv")
+SPLITS = {"msrvtt": data_loader.SPLITS, "charades": CHARADES_SPLITS,
+          "activitynet": ACTIVITYNET_SPLITS, "csv": ()}
+DEFAULT_URLS = {"msrvtt": data_loader.MSRVTT_URL, "charades": CHARADES_VIDEOS_URL,
+                "charades_annotations": CHARADES_ANNOTATIONS_URL,
+                "activitynet": ACTIVITYNET_CAPTIONS_URL}
+
+
+def build_dataset(preprocess, num_frames, *, dataset="msrvtt", split=None, csv=None,
+                  video_root=None, data_root="./data", urls=None, prompts=("{}",),
+                  paragraph="concat", check_files=True, download=True):
+    """The named dataset's split (downloaded when missing, where it can be).
+
+    preprocess: the workers' FramePreprocess, or None for raw uint8 frames (device placement).
+    urls: {name: url} overriding DEFAULT_URLS. Items report decode failures instead of raising
+    (the caller decides). returns: (dataset, dataset_id: a JSON-able dict that names the data
+    and the query texts, for the cache key).
+    """
+    if (csv is not None) != (dataset == "csv"):
+        raise ValueError(f"csv goes with dataset='csv' and only with it, got dataset={dataset!r} "
+                         f"and csv={csv!r}")
+    urls = {**DEFAULT_URLS, **(urls or {})}
+    split = split or (SPLITS[dataset][0] if SPLITS[dataset] else None)
+    common = dict(on_error="report")
+    if dataset == "csv":
+        video_root = video_root or "."
+        built = data_loader.CSVDataset(csv, video_root, preprocess, num_frames,
+                                       check_files=check_files, **common)
+        dataset_id = {"dataset": "csv", "csv_sha256": sha256_file(csv),
+                      "video_root": str(Path(video_root).resolve())}
+    elif dataset == "msrvtt":
+        built = data_loader.MSRVTTDataset(preprocess, num_frames, split=split,
+                                          data_root=data_root, download=download,
+                                          url=urls["msrvtt"], progress=download, **common)
+        dataset_id = {"dataset": "msrvtt", "split": split}
+    elif dataset == "charades":
+        built = CharadesDataset(preprocess, num_frames, split=split, data_root=data_root,
+                                prompts=prompts, download=download,
+                                annotations_url=urls["charades_annotations"],
+                                videos_url=urls["charades"], progress=download, **common)
+        dataset_id = {"dataset": "charades", "split": split}
+    elif dataset == "activitynet":
+        built = ActivityNetCaptionsDataset(preprocess, num_frames, video_root, split=split,
+                                           data_root=data_root, paragraph=paragraph,
+                                           download=download, url=urls["activitynet"],
+                                           check_files=check_files, progress=download, **common)
+        dataset_id = {"dataset": "activitynet", "split": split, "paragraph": paragraph,
+                      "video_root": str(Path(video_root).resolve())}
+    else:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    texts, text_queries = built.text_rows()
+    queries = json.dumps([built.queries.to_numpy().tolist(), texts, text_queries]).encode()
+    dataset_id["queries_sha256"] = hashlib.sha256(queries).hexdigest()
+    # Size and modification time of every video: a replaced or repaired file is re-encoded.
+    dataset_id["videos_fingerprint"] = fingerprint_files(built.video_paths)
+    return built, dataset_id
