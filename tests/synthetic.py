@@ -213,3 +213,64 @@ def cli_argv(tmp_path, data_root, model, *extra):
     return ["--num_frames", "4", "--model", str(model), "--data_root", str(data_root),
             "--cache_dir", str(tmp_path / "cache"), "--num_workers", "0", "--device", "cpu",
             "--msrvtt_url", "http://127.0.0.1:9/not-needed", *map(str, extra)]
+
+
+CHARADES_CLASSES = ["Holding some clothes", "Opening a door", "Drinking from a cup",
+                    "Sitting on a chair"]
+# video id -> its actions field (class, start, end; several separated by ';', or none).
+CHARADES_VIDEOS = {"AB001": "c000 0.0 3.1;c002 1.0 2.0", "AB002": "c001 0.5 1.5",
+                   "AB003": "", "AB004": "c002 0.0 1.0;c001 0.2 0.9", "AB005": "c000 0.1 0.4"}
+
+
+def build_charades(root, frame_counts=(12, 20, 9, 15, 30)):
+    """Charades/ (classes, test CSV) and Charades_v1_480/ (videos) under root, as AI2's zips
+    extract. returns: {"labels": {video id: sorted class indices}}."""
+    root = Path(root)
+    annotations, videos = root / "Charades", root / "Charades_v1_480"
+    annotations.mkdir(parents=True)
+    videos.mkdir(parents=True)
+    (annotations / "Charades_v1_classes.txt").write_text(
+        "".join(f"c{i:03d} {name}\n" for i, name in enumerate(CHARADES_CLASSES)))
+    header = ("id,subject,scene,quality,relevance,verified,script,objects,descriptions,actions,"
+              "length")
+    rows = [header] + [f"{v},S1,Kitchen,6,7,Yes,a script,cup;door,\"a person, moving\",{a},10.0"
+                       for v, a in CHARADES_VIDEOS.items()]
+    (annotations / "Charades_v1_test.csv").write_text("\n".join(rows) + "\n")
+    for (video_id, _), count in zip(CHARADES_VIDEOS.items(), frame_counts):
+        write_index_video(videos / f"{video_id}.mp4", count)
+    labels = {v: sorted({int(a.split()[0][1:]) for a in actions.split(";") if a})
+              for v, actions in CHARADES_VIDEOS.items()}
+    return {"labels": labels}
+
+
+ACTIVITYNET = {
+    "v_aaa": {"duration": 10.0, "timestamps": [[5.0, 9.0], [0.0, 4.0]],
+              "sentences": ["Then she jumps.", "A woman runs."]},
+    "v_bbb": {"duration": 8.0, "timestamps": [[0.0, 8.0]], "sentences": ["A dog swims."]},
+    "v_ccc": {"duration": 6.0, "timestamps": [[1.0, 2.0], [0.0, 1.0], [2.0, 6.0]],
+              "sentences": ["second", "first", "third and last"]},
+    "v_ddd": {"duration": 5.0, "timestamps": [[0.0, 5.0]], "sentences": ["Missing video."]},
+}
+
+
+def build_activitynet(root, video_root, missing=("v_ddd",)):
+    """A captions folder (val_1.json at its top, as the public zip has it) under root, and
+    videos in video_root (one .mkv, the rest .mp4), leaving out `missing`."""
+    root, video_root = Path(root), Path(video_root)
+    root.mkdir(parents=True)
+    video_root.mkdir(parents=True)
+    (root / "val_1.json").write_text(json.dumps(ACTIVITYNET))
+    (root / "train.json").write_text(json.dumps({}))
+    for i, video_id in enumerate(ACTIVITYNET):
+        if video_id not in missing:
+            suffix = ".mkv" if i == 1 else ".mp4"
+            write_index_video(video_root / f"{video_id}{suffix}", 10 + 7 * i)
+
+
+def zip_contents(folder):
+    """The files of folder zipped with no top folder (as the ActivityNet captions zip is)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(Path(folder).rglob("*")):
+            archive.write(path, path.relative_to(folder).as_posix())
+    return buffer.getvalue()

@@ -46,3 +46,14 @@ def test_bench_query_scoring_quick():
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(re.findall(r"\(\d+\.\d\dx floor\)", result.stdout)) == 2
     assert re.search(r"speed-up \d+\.\dx", result.stdout)
+
+
+def test_bench_long_video_quick(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "bench_long_video.py"),
+                             "--quick", "--repeats", "1", "--work_dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = re.findall(r"^(.*): +(\d+) of (\d+) frames in +[\d.]+ s; decoding all (\d+) takes",
+                       result.stdout, re.M)
+    assert [(n, total) for _, n, total, _ in lines] == [("32", "180"), ("120", "180"),
+                                                        ("32", "60"), ("120", "60")]

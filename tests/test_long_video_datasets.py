@@ -1,0 +1,190 @@
+"""Charades (classification, mAP) and ActivityNet Captions (paragraph-to-video retrieval) on
+synthetic data in the real formats, downloaded from 127.0.0.1 where the real ones are."""
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from torch.testing import assert_close
+
+import run_msr_retrieval as cli_module
+from clip_hitchhiker.backends import load_model
+from clip_hitchhiker.charades import charades_map
+from clip_hitchhiker.errors import DatasetError
+from query_scoring import similarity_meanpooling, similarity_queryscoring
+from tests import synthetic
+
+CPU = torch.device("cpu")
+
+
+def slow_average_precision(scores, positives):
+    """The definition, one class: precision at each positive's rank (stable descending)."""
+    order = sorted(range(len(scores)), key=lambda v: -scores[v])
+    hits, precisions = 0, []
+    for rank, video in enumerate(order, start=1):
+        if positives[video]:
+            hits += 1
+            precisions.append(hits / rank)
+    return 100 * float(np.mean(precisions)) if precisions else float("nan")
+
+
+def test_map_hand_computed():
+    # Positives at ranks 1 and 3: (1/1 + 2/3) / 2.
+    mean_ap, per_class = charades_map(np.array([[0.9, 0.8, 0.7, 0.6]]),
+                                      np.array([[1], [0], [1], [0]], dtype=bool))
+    assert per_class[0] == pytest.approx(100 * (1 + 2 / 3) / 2)
+    assert mean_ap == pytest.approx(per_class[0])
+
+
+def test_map_equals_the_definition_with_ties_and_an_empty_class():
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.random((6, 40)), 1)  # rounded: many ties
+    labels = rng.random((40, 6)) < 0.2
+    labels[:, 4] = False  # a class with no positive video
+    mean_ap, per_class = charades_map(torch.tensor(scores), labels)
+    expected = [slow_average_precision(scores[c], labels[:, c]) for c in range(6)]
+    assert np.isnan(per_class[4]) and np.isnan(expected[4])
+    assert_close(torch.tensor(np.delete(per_class, 4)), torch.tensor(np.delete(expected, 4)))
+    assert mean_ap == pytest.approx(np.nanmean(expected))
+
+
+def test_map_needs_a_positive():
+    with pytest.raises(ValueError, match="no class has a positive video"):
+        charades_map(np.zeros((2, 3)), np.zeros((3, 2), dtype=bool))
+
+
+@pytest.fixture(scope="module")
+def charades_servers(tmp_path_factory):
+    root = tmp_path_factory.mktemp("charades_source")
+    info = synthetic.build_charades(root)
+    annotations = synthetic.zip_bytes(root / "Charades")
+    videos = synthetic.zip_bytes(root / "Charades_v1_480")
+    with synthetic.FileServer(annotations) as a, synthetic.FileServer(videos) as v:
+        yield a.url, v.url, info
+
+
+def test_charades_end_to_end(tmp_path, tiny_clip_files, charades_servers, capsys):
+    annotations_url, videos_url, info = charades_servers
+    argv = ["--dataset", "charades", "--data_root", tmp_path / "data", "--charades_url",
+            videos_url, "--charades_annotations_url", annotations_url, "--prompt",
+            "a video of a person {}", "--prompt", "{}", "--query_scoring_temp", "0.1", "1.0",
+            "--save_embeddings", tmp_path / "e.pt", "--output_json", tmp_path / "r.json"]
+    argv = _drop_option(synthetic.cli_argv(tmp_path, "unused", tiny_clip_files["torchscript"],
+                                           *argv), "--data_root", keep_last=True)
+    report = cli_module.main(cli_module.parse_args(argv))
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("encoded 5 videos (20 frames)")
+    assert all(re.fullmatch(r"\{'mAP': \d+\.\d\}  agg: .*", line) for line in lines[1:]), lines
+    # Recompute from the saved embeddings with the definition.
+    content = torch.load(tmp_path / "e.pt", weights_only=True)
+    assert content["task"] == "classification" and content["captions"] == \
+        synthetic.CHARADES_CLASSES
+    assert content["labels"] == info["labels"]
+    model = load_model("clip", str(tiny_clip_files["torchscript"]), CPU)
+    with torch.inference_mode():
+        for c, name in enumerate(synthetic.CHARADES_CLASSES):
+            prompts = model.encode_text([f"a video of a person {name}", name], CPU)
+            unit = prompts / prompts.norm(dim=1, keepdim=True)
+            assert_close(content["text_embeds"][c], unit.mean(0), atol=1e-6, rtol=0)
+    labels = np.array([[c in info["labels"][v] for c in range(4)] for v in content["video_ids"]])
+    text, video = content["text_embeds"], content["video_embeds"]
+    for result, sims in zip(report["results"], [similarity_meanpooling(text, video)] + [
+            similarity_queryscoring(text, video, t) for t in (0.1, 1.0)]):
+        expected = [slow_average_precision(sims[c].tolist(), labels[:, c]) for c in range(4)]
+        assert result["mAP"] == pytest.approx(np.nanmean(expected), abs=1e-9)
+        assert result["per_class_AP"]["Sitting on a chair"] is None  # no positive video
+    assert lines[1] == f"{{'mAP': {round(report['results'][0]['mAP'], 1)}}}  agg: mean-pooling"
+    written = json.loads((tmp_path / "r.json").read_text())
+    assert written["results"][1]["per_class_AP"] == report["results"][1]["per_class_AP"]
+    # The downloads are complete: a second run asks no server (cache hit, nothing decoded).
+    again = cli_module.main(cli_module.parse_args(_replace(argv, {"--charades_url":
+                                                                  "http://127.0.0.1:9/x"})))
+    assert again["cache"]["hit"] and again["results"] == report["results"]
+
+
+def _drop_option(argv, option, keep_last):
+    positions = [i for i, a in enumerate(argv) if a == option]
+    for i in reversed(positions[:-1] if keep_last else positions):
+        del argv[i:i + 2]
+    return argv
+
+
+def _replace(argv, values):
+    argv = list(argv)
+    for option, value in values.items():
+        argv[argv.index(option) + 1] = value
+    return argv
+
+
+@pytest.fixture
+def activitynet(tmp_path):
+    synthetic.build_activitynet(tmp_path / "captions", tmp_path / "videos")
+    with synthetic.FileServer(synthetic.zip_contents(tmp_path / "captions")) as server:
+        yield server.url
+
+
+def activitynet_argv(tmp_path, model, url, *extra):
+    argv = synthetic.cli_argv(tmp_path, tmp_path / "data", model, "--dataset", "activitynet",
+                              "--video_root", tmp_path / "videos", "--activitynet_url", url,
+                              *extra)
+    return _drop_option(argv, "--data_root", keep_last=True)
+
+
+def test_activitynet_missing_videos_stop_the_run(tmp_path, tiny_clip_files, activitynet):
+    with pytest.raises(DatasetError, match=r"1 of 4 videos of val_1 are missing from .*videos, "
+                                           r"e.g. \['v_ddd'\].*--skip_bad_videos"):
+        cli_module.main(cli_module.parse_args(activitynet_argv(
+            tmp_path, tiny_clip_files["torchscript"], activitynet)))
+
+
+@pytest.mark.parametrize("paragraph", ["concat", "mean"])
+def test_activitynet_paragraphs(tmp_path, tiny_clip_files, activitynet, paragraph, capsys):
+    report = cli_module.main(cli_module.parse_args(activitynet_argv(
+        tmp_path, tiny_clip_files["torchscript"], activitynet, "--skip_bad_videos",
+        "--paragraph", paragraph, "--save_embeddings", tmp_path / "e.pt")))
+    captured = capsys.readouterr()
+    assert "1 of 4 videos are missing from" in captured.err
+    assert all(line.endswith("[partial: 1 bad video(s) and 1 queries left out, not comparable "
+                             "with the benchmark]") for line in captured.out.splitlines()[1:])
+    content = torch.load(tmp_path / "e.pt", weights_only=True)
+    assert content["video_ids"] == ["v_aaa", "v_bbb", "v_ccc"]
+    assert content["captions"][0] == "A woman runs. Then she jumps."  # timestamp order
+    assert content["captions"][2] == "first second third and last"
+    model = load_model("clip", str(tiny_clip_files["torchscript"]), CPU)
+    with torch.inference_mode():
+        if paragraph == "concat":
+            expected = model.encode_text(content["captions"], CPU)
+        else:
+            sentences = [["A woman runs.", "Then she jumps."], ["A dog swims."],
+                         ["first", "second", "third and last"], ["Missing video."]]
+            expected = []
+            for group in sentences:
+                embeds = model.encode_text(group, CPU)
+                expected.append((embeds / embeds.norm(dim=1, keepdim=True)).mean(0))
+            expected = torch.stack(expected)
+    assert_close(content["text_embeds"], expected.float(), atol=1e-6, rtol=0)
+    text, video = content["text_embeds"][:3], content["video_embeds"]
+    from metrics import t2v_metrics
+    assert report["results"][1]["t2v"] == t2v_metrics(similarity_queryscoring(text, video, 0.1))
+    assert report["counts"]["skipped_videos"] == 1
+
+
+def test_activitynet_needs_a_video_root(tmp_path, tiny_clip_files, activitynet):
+    argv = _drop_option(activitynet_argv(tmp_path, tiny_clip_files["torchscript"], activitynet),
+                        "--video_root", keep_last=False)
+    with pytest.raises(DatasetError, match="pass --video_root"):
+        cli_module.main(cli_module.parse_args(argv))
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--dataset", "charades", "--split", "jsfusion"], "--split for charades must be one of"),
+    (["--prompt", "a {}"], "--prompt is for --dataset charades"),
+    (["--dataset", "charades", "--prompt", "no slot"], "must contain {}"),
+    (["--dataset", "charades", "--bootstrap", "10"], "Charades reports mAP"),
+    (["--dataset", "csv"], "--dataset csv needs --csv FILE"),
+    (["--dataset", "activitynet", "--csv", "x.csv"], "--csv is for your own videos")])
+def test_dataset_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        cli_module.parse_args(argv)
+    assert message in capsys.readouterr().err
