@@ -268,3 +268,31 @@ def _check_temperature(temperature):
         raise ValueError(f"temperature must be a positive number, got {temperature!r}")
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"temperature must be finite and > 0, got {value!r}")
+
+
+def query_scoring_contrastive_loss(text_embeds, vid_embeds, temperature=0.1, logit_scale=100.0,
+                                   video_mask=None):
+    """Symmetric InfoNCE over query-scoring similarities: text i matches video i.
+
+    text_embeds: [B, D]; vid_embeds: [B, F, D]; video_mask: optional [B, F] bool.
+    temperature: the query-scoring softmax temperature, float > 0 or a 0-dim tensor (learnable:
+        pass e.g. log_temperature.exp()).
+    logit_scale: the multiplier of the similarities, CLIP-style: a float or a 0-dim tensor
+        (learnable: pass log_scale.exp()), clamped at 100 as CLIP clamps it.
+    returns: 0-dim tensor, the mean of the text->video cross-entropy (over the rows of the
+        [B, B] logits) and the video->text one (over the columns). Differentiable in every
+        input; memory stays at [B, F, B]-sized blocks (no [B, B, F, D] tensor).
+    """
+    if text_embeds.ndim != 2 or vid_embeds.ndim != 3 or len(text_embeds) != len(vid_embeds):
+        raise ValueError(f"need text_embeds [B, D] and vid_embeds [B, F, D] with the same B, got "
+                         f"{tuple(text_embeds.shape)} and {tuple(vid_embeds.shape)}")
+    scale = logit_scale.clamp(max=100.0) if torch.is_tensor(logit_scale) \
+        else min(float(logit_scale), 100.0)
+    if not (_temperature_value(scale) > 0):
+        raise ValueError(f"logit_scale must be > 0, got {logit_scale!r}")
+    logits = scale * similarity_queryscoring(text_embeds, vid_embeds, temperature,
+                                             video_mask=video_mask)  # [B, B]
+    targets = torch.arange(len(logits), device=logits.device)
+    text_to_video = torch.nn.functional.cross_entropy(logits, targets)
+    video_to_text = torch.nn.functional.cross_entropy(logits.T, targets)
+    return (text_to_video + video_to_text) / 2

@@ -272,3 +272,73 @@ def test_any_scale_in_float32(text_scale, video_scale, F, D):
                  similarity_queryscoring(text, vids, 0.1, mean="scores"), atol=1e-5, rtol=0)
     assert_close(similarity_meanpooling(scaled_text, scaled_vids),
                  similarity_meanpooling(text, vids), atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------- contrastive loss
+
+def direct_contrastive_loss(text, vids, temperature, logit_scale):
+    """The definition: both directions' cross-entropy of the scaled similarity matrix."""
+    sims = direct_queryscoring(text, vids, temperature)
+    logits = min(logit_scale, 100.0) * sims
+    log_rows = torch.log_softmax(logits, dim=1).diagonal()
+    log_columns = torch.log_softmax(logits, dim=0).diagonal()
+    return -(log_rows.mean() + log_columns.mean()) / 2
+
+
+@pytest.mark.parametrize("B,F,D", [(5, 3, 4), (3, 7, 4), (1, 2, 3)])
+@pytest.mark.parametrize("logit_scale", [1.0, 30.0, 250.0])  # 250 is clamped to 100
+def test_contrastive_loss_value_and_gradients(B, F, D, logit_scale):
+    from query_scoring import query_scoring_contrastive_loss
+    text, vids = random_inputs(B, B, F, D)
+    text, vids = text.requires_grad_(True), vids.requires_grad_(True)
+    loss = query_scoring_contrastive_loss(text, vids, 0.3, logit_scale)
+    expected = direct_contrastive_loss(text, vids, 0.3, logit_scale)
+    assert loss.ndim == 0
+    assert_close(loss, expected, atol=1e-12, rtol=0)
+    got = torch.autograd.grad(loss, (text, vids))
+    wanted = torch.autograd.grad(expected, (text, vids))
+    for g, w in zip(got, wanted):
+        assert_close(g, w, atol=1e-10, rtol=0)
+
+
+def test_contrastive_loss_learnable_temperature_and_scale_gradcheck():
+    from query_scoring import query_scoring_contrastive_loss
+    text, vids = random_inputs(4, 4, 3, 5)
+    log_temperature = torch.tensor(-1.0, dtype=torch.float64, requires_grad=True)
+    log_scale = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    text.requires_grad_(True)
+    vids.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda t, v, a, b: query_scoring_contrastive_loss(t, v, a.exp(), b.exp()),
+        (text, vids, log_temperature, log_scale))
+    # Clamped at 100: no gradient flows to a scale above it, as in CLIP.
+    big = torch.tensor(5.0, dtype=torch.float64, requires_grad=True)  # e^5 > 100
+    query_scoring_contrastive_loss(text, vids, 0.1, big.exp()).backward()
+    assert big.grad == 0
+
+
+def test_contrastive_loss_perfect_match_and_bad_shapes():
+    from query_scoring import query_scoring_contrastive_loss
+    eye = torch.eye(4, dtype=torch.float64)
+    loss = query_scoring_contrastive_loss(eye, eye.unsqueeze(1).repeat(1, 2, 1), 0.1, 100.0)
+    # Diagonal logits 100, off-diagonal 0: -log(e^100 / (e^100 + 3)) in both directions.
+    assert loss.item() == pytest.approx(math.log1p(3 * math.exp(-100)), abs=1e-40)
+    with pytest.raises(ValueError, match="same B"):
+        query_scoring_contrastive_loss(torch.zeros(3, 4), torch.zeros(2, 5, 4))
+
+
+def test_contrastive_loss_memory_never_holds_a_pair_by_frame_by_width_tensor():
+    from torch.profiler import ProfilerActivity, profile
+
+    from query_scoring import query_scoring_contrastive_loss
+    B, F, D = 48, 8, 256
+    text, vids = random_inputs(B, B, F, D, dtype=torch.float32)
+    text.requires_grad_(True)
+    vids.requires_grad_(True)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        query_scoring_contrastive_loss(text, vids, 0.1, 100.0).backward()
+    largest = max(e.cpu_memory_usage for e in prof.events())
+    pair_frame_width = B * B * F * D * 4  # bytes of a [B, B, F, D] float32 tensor: 18.9 MB
+    inputs = B * F * D * 4
+    assert largest < pair_frame_width / 8
+    assert largest <= 4 * inputs  # nothing much bigger than the inputs themselves
