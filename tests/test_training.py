@@ -195,7 +195,7 @@ def test_mixed_precision_and_accumulation_steps_run(colours, tmp_path, precision
     history = train(colours, tmp_path / precision, "--batch_size", 12, "--epochs", 1,
                     "--max_steps", 2, "--num_workers", 0, "--precision", precision,
                     "--grad_accum", 2, "--grad_checkpointing", "--learn_qs_temperature",
-                    train="small")
+                    "--preprocess_on", "device", train="small")
     log = [json.loads(line) for line in
            (tmp_path / precision / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == [1, 2]
