@@ -23,9 +23,9 @@ import torch
 from clip_hitchhiker import embedding_cache
 from clip_hitchhiker.backends import BACKENDS, list_models, load_model
 from clip_hitchhiker.clip_models import check_embeddings, compute_embeddings, frame_dtype_for
-from clip_hitchhiker.activitynet import PARAGRAPH_MODES
 from clip_hitchhiker.charades import charades_map
-from clip_hitchhiker.dataset_choice import DATASETS, DEFAULT_URLS, SPLITS, build_dataset
+from clip_hitchhiker.dataset_choice import (add_dataset_arguments, build_dataset,
+                                            check_dataset_arguments)
 from clip_hitchhiker.errors import (ConfigError, HitchhikerError, OutputError, PeerFailure,
                                     VideoDecodeError)
 from clip_hitchhiker.output_files import cache_is_writable, check_output_files
@@ -78,7 +78,7 @@ def parse_args(argv=None):
     add("--dist_timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
         help="under torchrun, how long ranks wait for one another before the run stops and "
              f"names the rank that did not answer (default {DEFAULT_TIMEOUT_S:g})")
-    _add_dataset_arguments(parser)
+    add_dataset_arguments(parser)
     add("--cache_dir", default="./cache", help="embedding cache folder (default ./cache)")
     add("--no_cache", action="store_true", help="neither read nor write the embedding cache")
     add("--save_embeddings", default=None, metavar="FILE",
@@ -105,7 +105,7 @@ def parse_args(argv=None):
              "on the model's device from the decoded uint8 frames (auto: device on CUDA, "
              "workers otherwise)")
     args = parser.parse_args(argv)
-    _check_dataset_arguments(parser, args)
+    check_dataset_arguments(parser, args)
     for name in ("num_frames", "batch_size", "frame_chunk"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -128,54 +128,6 @@ def parse_args(argv=None):
         parser.error(f"--query_scoring_temp values must be finite and > 0, got "
                      f"{args.query_scoring_temp}")
     return args
-
-
-def _add_dataset_arguments(parser):
-    add = parser.add_argument
-    add("--dataset", default="msrvtt", choices=DATASETS,
-        help="msrvtt (default), charades (zero-shot classification, mAP), activitynet "
-             "(paragraph-to-video retrieval; videos from --video_root), csv (your own; implied "
-             "by --csv)")
-    add("--split", default=None,
-        help="the dataset's split: msrvtt jsfusion (1k-A, the default), miech, full-test; "
-             "charades test; activitynet val_1 (default), val_2")
-    add("--csv", default=None, help="a CSV (video_path, caption) of your own videos")
-    add("--video_root", default=None,
-        help="folder of the videos: what --csv paths are relative to (default .), or the "
-             "ActivityNet videos (v_<id>.mp4/.mkv/.webm)")
-    add("--data_root", default="./data",
-        help="folder holding (or to receive) MSRVTT/, Charades/, ActivityNetCaptions/")
-    add("--prompt", action="append", default=None, metavar="TEMPLATE",
-        help="charades: a class-name template such as 'a video of a person {}'; give several "
-             "to average them (default '{}')")
-    add("--paragraph", default="concat", choices=PARAGRAPH_MODES,
-        help="activitynet: concat joins a video's sentences into one caption, cut to the "
-             "context (default); mean averages the sentences' unit embeddings")
-    add("--msrvtt_url", default=DEFAULT_URLS["msrvtt"], help="where to download MSRVTT.zip")
-    add("--charades_url", default=DEFAULT_URLS["charades"],
-        help="where to download the Charades 480p video zip")
-    add("--charades_annotations_url", default=DEFAULT_URLS["charades_annotations"],
-        help="where to download the Charades annotation zip")
-    add("--activitynet_url", default=DEFAULT_URLS["activitynet"],
-        help="where to download the ActivityNet Captions annotation zip")
-
-
-def _check_dataset_arguments(parser, args):
-    if args.csv and args.dataset == "msrvtt":
-        args.dataset = "csv"  # --csv FILE alone still works
-    if args.dataset == "csv" and not args.csv:
-        parser.error("--dataset csv needs --csv FILE")
-    if args.csv and args.dataset != "csv":
-        parser.error(f"--csv is for your own videos; it cannot go with --dataset {args.dataset}")
-    if args.split is not None and args.split not in SPLITS[args.dataset]:
-        parser.error(f"--split for {args.dataset} must be one of {SPLITS[args.dataset]}, got "
-                     f"{args.split!r}")
-    if args.prompt is not None and args.dataset != "charades":
-        parser.error("--prompt is for --dataset charades")
-    if args.prompt is not None and any("{}" not in p for p in args.prompt):
-        parser.error(f"every --prompt must contain {{}} for the class name, got {args.prompt}")
-    if args.dataset == "charades" and (args.bootstrap or args.plot):
-        parser.error("--bootstrap and --plot are for retrieval; Charades reports mAP")
 
 
 # ----------------------------------------------------------------------------------------------

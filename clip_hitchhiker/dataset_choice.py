@@ -8,7 +8,7 @@ from pathlib import Path
 
 import data_loader
 from clip_hitchhiker.activitynet import (ACTIVITYNET_CAPTIONS_URL, ACTIVITYNET_SPLITS,
-                                         ActivityNetCaptionsDataset)
+                                         PARAGRAPH_MODES, ActivityNetCaptionsDataset)
 from clip_hitchhiker.charades import (CHARADES_ANNOTATIONS_URL, CHARADES_SPLITS,
                                       CHARADES_VIDEOS_URL, CharadesDataset)
 from clip_hitchhiker.downloads import sha256_file
@@ -70,3 +70,53 @@ def build_dataset(preprocess, num_frames, *, dataset="msrvtt", split=None, csv=N
     # Size and modification time of every video: a replaced or repaired file is re-encoded.
     dataset_id["videos_fingerprint"] = fingerprint_files(built.video_paths)
     return built, dataset_id
+
+
+def add_dataset_arguments(parser):
+    """The command-line options that choose and locate a dataset."""
+    add = parser.add_argument
+    add("--dataset", default="msrvtt", choices=DATASETS,
+        help="msrvtt (default), charades (zero-shot classification, mAP), activitynet "
+             "(paragraph-to-video retrieval; videos from --video_root), csv (your own; implied "
+             "by --csv)")
+    add("--split", default=None,
+        help="the dataset's split: msrvtt jsfusion (1k-A, the default), miech, full-test; "
+             "charades test; activitynet val_1 (default), val_2")
+    add("--csv", default=None, help="a CSV (video_path, caption) of your own videos")
+    add("--video_root", default=None,
+        help="folder of the videos: what --csv paths are relative to (default .), or the "
+             "ActivityNet videos (v_<id>.mp4/.mkv/.webm)")
+    add("--data_root", default="./data",
+        help="folder holding (or to receive) MSRVTT/, Charades/, ActivityNetCaptions/")
+    add("--prompt", action="append", default=None, metavar="TEMPLATE",
+        help="charades: a class-name template such as 'a video of a person {}'; give several "
+             "to average them (default '{}')")
+    add("--paragraph", default="concat", choices=PARAGRAPH_MODES,
+        help="activitynet: concat joins a video's sentences into one caption, cut to the "
+             "context (default); mean averages the sentences' unit embeddings")
+    add("--msrvtt_url", default=DEFAULT_URLS["msrvtt"], help="where to download MSRVTT.zip")
+    add("--charades_url", default=DEFAULT_URLS["charades"],
+        help="where to download the Charades 480p video zip")
+    add("--charades_annotations_url", default=DEFAULT_URLS["charades_annotations"],
+        help="where to download the Charades annotation zip")
+    add("--activitynet_url", default=DEFAULT_URLS["activitynet"],
+        help="where to download the ActivityNet Captions annotation zip")
+
+
+def check_dataset_arguments(parser, args):
+    """Fill in what --csv implies, and refuse options that do not fit the dataset."""
+    if args.csv and args.dataset == "msrvtt":
+        args.dataset = "csv"  # --csv FILE alone still works
+    if args.dataset == "csv" and not args.csv:
+        parser.error("--dataset csv needs --csv FILE")
+    if args.csv and args.dataset != "csv":
+        parser.error(f"--csv is for your own videos; it cannot go with --dataset {args.dataset}")
+    if args.split is not None and args.split not in SPLITS[args.dataset]:
+        parser.error(f"--split for {args.dataset} must be one of {SPLITS[args.dataset]}, got "
+                     f"{args.split!r}")
+    if args.prompt is not None and args.dataset != "charades":
+        parser.error("--prompt is for --dataset charades")
+    if args.prompt is not None and any("{}" not in p for p in args.prompt):
+        parser.error(f"every --prompt must contain {{}} for the class name, got {args.prompt}")
+    if args.dataset == "charades" and (args.bootstrap or args.plot):
+        parser.error("--bootstrap and --plot are for retrieval; Charades reports mAP")
