@@ -165,8 +165,12 @@ def test_activitynet_paragraphs(tmp_path, tiny_clip_files, activitynet, paragrap
             expected = torch.stack(expected)
     assert_close(content["text_embeds"], expected.float(), atol=1e-6, rtol=0)
     text, video = content["text_embeds"][:3], content["video_embeds"]
-    from metrics import t2v_metrics
-    assert report["results"][1]["t2v"] == t2v_metrics(similarity_queryscoring(text, video, 0.1))
+    # By the definition: a query's rank is 1 + the videos scored strictly above its own.
+    sims = similarity_queryscoring(text, video, 0.1)
+    ranks = [1 + int((row > row[q]).sum()) for q, row in enumerate(sims)]
+    t2v = report["results"][1]["t2v"]
+    assert t2v["R1"] == pytest.approx(100 * np.mean([r == 1 for r in ranks]))
+    assert t2v["MedR"] == np.median(ranks) and t2v["MeanR"] == pytest.approx(np.mean(ranks))
     assert report["counts"]["skipped_videos"] == 1
 
 

@@ -202,3 +202,17 @@ def test_mixed_precision_and_accumulation_steps_run(colours, tmp_path, precision
     assert all(math.isfinite(r["loss"]) for r in log if "loss" in r)
     assert log[-1]["step"] == 2 and history[-1]["results"][0]["t2v"]["R1"] >= 0
     assert log[1]["qs_temperature"] != pytest.approx(0.1, abs=0)  # learnable: it moved
+
+
+def test_msrvtt_training_list_and_1k_a_evaluation(msrvtt_root, tiny_clip_files, tmp_path):
+    # The synthetic MSR-VTT lists one training video (train_list_jsfusion.txt) with 3 captions.
+    history = train_module.main(train_module.parse_args([
+        "--output_dir", str(tmp_path / "run"), "--model", str(tiny_clip_files["torchscript"]),
+        "--data_root", str(msrvtt_root), "--msrvtt_url", "http://127.0.0.1:9/not-needed",
+        "--num_frames", "4", "--batch_size", "1", "--epochs", "1", "--num_workers", "0",
+        "--device", "cpu"]))
+    assert history[-1]["step"] == 1
+    assert [r["aggregation"] for r in history[-1]["results"]] == ["mean-pooling",
+                                                                  "query-scoring"]
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert log[0]["step"] == 1 and "eval" in log[-1]
