@@ -192,3 +192,29 @@ def test_dataset_arguments(argv, message, capsys):
     with pytest.raises(SystemExit):
         cli_module.parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+def test_charades_under_torchrun_equals_one_process(tmp_path, tiny_clip_files, charades_servers):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    annotations_url, videos_url, _ = charades_servers
+    argv = _drop_option(synthetic.cli_argv(
+        tmp_path, "unused", tiny_clip_files["torchscript"], "--dataset", "charades",
+        "--data_root", tmp_path / "data", "--charades_url", videos_url,
+        "--charades_annotations_url", annotations_url, "--no_cache"), "--data_root",
+        keep_last=True)
+    one = cli_module.main(cli_module.parse_args(argv + ["--output_json",
+                                                        str(tmp_path / "one.json")]))
+    repo = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(repo / "run_msr_retrieval.py"), *argv, "--output_json", str(tmp_path / "two.json")],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert two["world_size"] == 2
+    for a, b in zip(one["results"], two["results"]):
+        assert b["mAP"] == pytest.approx(a["mAP"], abs=1e-6)
