@@ -216,3 +216,17 @@ def test_msrvtt_training_list_and_1k_a_evaluation(msrvtt_root, tiny_clip_files, 
                                                                   "query-scoring"]
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert log[0]["step"] == 1 and "eval" in log[-1]
+
+
+def test_training_through_open_clip(colours, tmp_path):
+    pytest.importorskip("open_clip")
+    argv = train_argv(colours, tmp_path / "run", "--batch_size", 12, "--epochs", 1,
+                      "--max_steps", 2, "--num_workers", 0, train="small")
+    model_at = argv.index("--model") + 1
+    argv[model_at:model_at + 1] = ["ViT-B-16", "--backend", "open_clip", "--pretrained",
+                                   argv[model_at]]
+    history = train_module.main(train_module.parse_args(argv))
+    assert history[-1]["step"] == 2
+    losses = [json.loads(line)["loss"] for line in
+              (tmp_path / "run" / "log.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
