@@ -27,8 +27,9 @@ from clip_hitchhiker.errors import DatasetError, VideoDecodeError
 
 __all__ = ["COMPLETE_MARKER", "CSVDataset", "DatasetError", "FramePreprocess", "MSRVTTDataset",
            "MSRVTT_URL", "SPLITS", "VideoDataset", "VideoDecodeError", "center_crop",
-           "collate_videos", "download_msrvtt", "load_msrvtt_split", "read_video",
-           "read_video_decord", "read_video_frames", "resize_shorter_side", "sample_frame_indices"]
+           "collate_videos", "download_msrvtt", "load_msrvtt_split", "load_msrvtt_training",
+           "read_video", "read_video_decord", "read_video_frames", "resize_shorter_side",
+           "sample_frame_indices"]
 
 MSRVTT_URL = "https://www.robots.ox.ac.uk/~maxbain/frozen-in-time/data/MSRVTT.zip"
 SPLITS = ("jsfusion", "miech", "full-test")
@@ -78,6 +79,21 @@ def load_msrvtt_split(data_root="./data", split="jsfusion"):
     else:
         rows = [(v, c) for v in video_ids for c in captions[v]]
     return pd.DataFrame(rows, columns=["video_id", "caption"])
+
+
+def load_msrvtt_training(data_root="./data"):
+    """The 9k training videos (train_list_jsfusion.txt) and all their captions.
+    returns: (video ids in the list's order, {video id: [captions]})."""
+    root = Path(data_root) / "MSRVTT"
+    video_ids = _read_id_list(root / "high-quality" / "structured-symlinks" /
+                              "train_list_jsfusion.txt")
+    captions = _captions_by_video(root / "annotation" / "MSR_VTT.json")
+    missing = [v for v in video_ids if v not in captions]
+    if missing:
+        raise DatasetError(f"{len(missing)} training videos have no caption in MSR_VTT.json, "
+                           f"e.g. {missing[:3]}; the dataset is inconsistent, delete it and "
+                           "download again")
+    return video_ids, {v: captions[v] for v in video_ids}
 
 
 def _captions_by_video(annotation_path):
@@ -141,9 +157,11 @@ def sample_frame_indices(num_available, num_frames):
     return [int((start + stop) // 2) for start, stop in zip(edges[:-1], edges[1:])]
 
 
-def read_video(video_path, num_frames, num_threads=1):
+def read_video(video_path, num_frames, num_threads=1, sample=sample_frame_indices):
     """Decode the sampled frames with decord.
 
+    sample(num_available, num_frames) -> indices: the rule that picks them (the release's
+    midpoints; training draws a random frame per segment).
     returns: (uint8 [num_frames, 3, H, W] RGB, what was decoded: {"frames": the frame count
     the decoder reports, "indices": the sampled indices, "resolution": [H, W]}) - the run
     manifest's entry, which tells two decoder builds or two copies of a video apart.
@@ -158,7 +176,7 @@ def read_video(video_path, num_frames, num_threads=1):
         num_available = len(reader)
         if num_available == 0:
             raise VideoDecodeError(f"video has no frames: {video_path}")
-        indices = sample_frame_indices(num_available, num_frames)
+        indices = sample(num_available, num_frames)
         batch = reader.get_batch(indices)
     except VideoDecodeError:
         raise

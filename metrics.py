@@ -29,12 +29,20 @@ def t2v_metrics(sims, query_masks=None, break_ties="optimistically", query_to_vi
 def t2v_ranks(sims, query_masks=None, break_ties="optimistically", query_to_video=None):
     """Each kept query's 1-based rank of its video. Arguments as t2v_metrics. returns: [Q']
     float64 numpy array, in query order (the unit a bootstrap resamples)."""
+    num_higher, num_tied = t2v_rank_counts(sims, query_masks, query_to_video)
+    return ranks_from_counts(num_higher, num_tied, break_ties)
+
+
+def t2v_rank_counts(sims, query_masks=None, query_to_video=None):
+    """For each kept query, how many videos score above its own and how many score the same
+    (its own included), in one pass: every tie policy's rank and the tie count follow from
+    them. Arguments as t2v_metrics. returns: two [Q'] float64 numpy arrays."""
     sims = _as_matrix(sims)
     query_to_video = _query_videos(sims, query_to_video)
     keep = _query_keep(sims, query_masks)
     sims, query_to_video = sims[keep], query_to_video[keep]
     gt_sims = sims[torch.arange(sims.shape[0], device=sims.device), query_to_video]
-    return ground_truth_ranks(sims, gt_sims, break_ties)
+    return _count_higher_and_tied(sims, gt_sims)
 
 
 def v2t_metrics(sims, query_masks=None, break_ties="optimistically", query_to_video=None):
@@ -68,13 +76,8 @@ def v2t_ranks(sims, query_masks=None, break_ties="optimistically", query_to_vide
 def count_tied_queries(sims, query_to_video=None):
     """How many queries score their own video exactly as high as some other video: where the
     tie policy decides the rank. Same arguments as t2v_metrics. returns: int."""
-    sims = _as_matrix(sims)
-    query_to_video = _query_videos(sims, query_to_video)
-    gt_sims = sims[torch.arange(sims.shape[0], device=sims.device), query_to_video]
-    chunk = max(1, _CHUNK_ELEMENTS // max(1, sims.shape[1]))
-    return sum(int(((rows == gt).sum(dim=1) > 1).sum())  # the ground truth ties with itself
-               for rows, gt in zip(torch.split(sims, chunk),
-                                   torch.split(gt_sims.unsqueeze(1), chunk)))
+    _, num_tied = t2v_rank_counts(sims, query_to_video=query_to_video)
+    return int((num_tied > 1).sum())  # the ground truth ties with itself
 
 
 def ground_truth_ranks(sims, gt_sims, break_ties="optimistically"):
@@ -83,19 +86,38 @@ def ground_truth_ranks(sims, gt_sims, break_ties="optimistically"):
     sims: [N, M]; gt_sims: [N], each an entry of its row (tensors on one device, or arrays).
     returns: [N] float64 numpy array.
     """
+    _check_break_ties(break_ties)
+    sims = torch.as_tensor(sims)
+    num_higher, num_tied = _count_higher_and_tied(sims, torch.as_tensor(gt_sims,
+                                                                        device=sims.device))
+    return ranks_from_counts(num_higher, num_tied, break_ties)
+
+
+def ranks_from_counts(num_higher, num_tied, break_ties="optimistically"):
+    """1-based ranks from the counts of higher and of equal scores (the ground truth included):
+    "optimistically" puts the ground truth first among its ties, "averaging" in their middle."""
+    _check_break_ties(break_ties)
+    if break_ties == "optimistically":
+        return num_higher + 1
+    return num_higher + (num_tied + 1) / 2
+
+
+def _count_higher_and_tied(sims, gt_sims):
+    """Per row of sims [N, M], the entries above and equal to gt_sims [N], in row chunks on the
+    device of sims. returns: two [N] float64 numpy arrays."""
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, sims.shape[1]))
+    higher, tied = [], []
+    for rows, gt in zip(torch.split(sims, chunk), torch.split(gt_sims.unsqueeze(1), chunk)):
+        higher.append((rows > gt).sum(dim=1, dtype=torch.float64))
+        tied.append((rows == gt).sum(dim=1, dtype=torch.float64))
+    if not higher:
+        return np.zeros(0), np.zeros(0)
+    return torch.cat(higher).cpu().numpy(), torch.cat(tied).cpu().numpy()
+
+
+def _check_break_ties(break_ties):
     if break_ties not in _BREAK_TIES:
         raise ValueError(f"break_ties must be 'optimistically' or 'averaging', got {break_ties!r}")
-    sims, gt_sims = torch.as_tensor(sims), torch.as_tensor(gt_sims, device=sims.device)
-    chunk = max(1, _CHUNK_ELEMENTS // max(1, sims.shape[1]))
-    ranks = []
-    for rows, gt in zip(torch.split(sims, chunk), torch.split(gt_sims.unsqueeze(1), chunk)):
-        num_higher = (rows > gt).sum(dim=1, dtype=torch.float64)
-        if break_ties == "optimistically":
-            ranks.append(num_higher + 1)
-        else:
-            num_tied = (rows == gt).sum(dim=1, dtype=torch.float64)  # with the ground truth
-            ranks.append(num_higher + (num_tied + 1) / 2)
-    return torch.cat(ranks).cpu().numpy() if ranks else np.zeros(0)
 
 
 def ranks_to_metrics(ranks):

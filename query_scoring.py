@@ -56,7 +56,8 @@ def similarity_queryscoring(text_embeds, vid_embeds, temperature=0.1, eps=1e-8, 
         inputs (and a tensor temperature).
     """
     _check_inputs(text_embeds, vid_embeds, video_mask)
-    _check_temperature(temperature)
+    # Decided once here: reading a tensor temperature's value costs a device sync.
+    shifted_logits = _check_temperature(temperature) < _SMALLEST_DIRECT_TEMPERATURE
     if mean not in _MEAN_CHOICES:
         raise ValueError(f"mean must be 'feats' or 'scores', got {mean!r}")
     out_dtype = torch.promote_types(text_embeds.dtype, vid_embeds.dtype)
@@ -81,7 +82,8 @@ def similarity_queryscoring(text_embeds, vid_embeds, temperature=0.1, eps=1e-8, 
             blocks.append(_score_block(
                 text_block, frames[videos], video_scale[videos], inv_frame_norms[videos],
                 None if gram is None else gram[videos],
-                None if padding is None else padding[videos], temperature, mean, eps, in_place))
+                None if padding is None else padding[videos], temperature, shifted_logits, mean,
+                eps, in_place))
         rows.append(torch.cat(blocks).T)  # [t, V]
     return torch.cat(rows).to(out_dtype)
 
@@ -133,8 +135,9 @@ def _frame_statistics(frames, eps, with_gram, budget):
     video_scale = frames.abs().amax(dim=(1, 2))
     video_scale = torch.where(video_scale > 0, video_scale, torch.ones_like(video_scale))
     inv_norms, grams = [], []
-    for v0 in range(0, num_videos, max(1, budget // (num_frames * dim))):
-        scale = video_scale[v0:v0 + max(1, budget // (num_frames * dim))]
+    chunk = max(1, budget // (num_frames * dim))
+    for v0 in range(0, num_videos, chunk):
+        scale = video_scale[v0:v0 + chunk]
         scaled = frames[v0:v0 + len(scale)] / scale[:, None, None]
         inv_norms.append(1.0 / (scaled.norm(dim=-1) * scale[:, None]).clamp_min(eps))
         if with_gram:
@@ -143,14 +146,14 @@ def _frame_statistics(frames, eps, with_gram, budget):
 
 
 def _score_block(text_unit, frames, video_scale, inv_frame_norms, gram, padding, temperature,
-                 mean, eps, in_place):
+                 shifted_logits, mean, eps, in_place):
     """Scores of t texts against v videos, as [v, t]. Shapes as in _frame_weights; video_scale
     [v] and gram [v, F, F] as _frame_statistics gives them.
 
     in_place: products may overwrite the intermediates (only when autograd does not record).
     """
     frame_weights, text_dot_frames = _frame_weights(text_unit, frames, inv_frame_norms,
-                                                    temperature, padding)
+                                                    temperature, shifted_logits, padding)
     if mean == "scores":
         sims = text_dot_frames * inv_frame_norms.unsqueeze(-1)  # s_f
         return (frame_weights * sims).sum(1)
@@ -158,11 +161,12 @@ def _score_block(text_unit, frames, video_scale, inv_frame_norms, gram, padding,
                           in_place)
 
 
-def _frame_weights(text_unit, frames, inv_frame_norms, temperature, padding):
+def _frame_weights(text_unit, frames, inv_frame_norms, temperature, shifted_logits, padding):
     """Softmax weights over frames and the text-frame dot products t^ . v_f, both [v, F, t].
 
     text_unit: [t, D]; frames: [v, F, D] unnormalised; inv_frame_norms: [v, F];
-    padding: [v, F] bool (True = ignore) or None.
+    padding: [v, F] bool (True = ignore) or None; shifted_logits: the temperature is below
+    _SMALLEST_DIRECT_TEMPERATURE.
     Frames-by-texts layout, so the per-video Gram products below are plain bmm calls.
     """
     num_videos, num_frames, dim = frames.shape
@@ -170,7 +174,7 @@ def _frame_weights(text_unit, frames, inv_frame_norms, temperature, padding):
     # t^ . v_f is what the pooled score needs; the cosine s_f is that times 1/|v_f|.
     text_dot_frames = frames.reshape(num_videos * num_frames, dim) @ text_unit.T
     text_dot_frames = text_dot_frames.view(num_videos, num_frames, text_unit.shape[0])
-    if _temperature_value(temperature) >= _SMALLEST_DIRECT_TEMPERATURE:
+    if not shifted_logits:
         # |s_f / temperature| <= 1e6: softmax's own max subtraction keeps it exact.
         logits = text_dot_frames * (inv_frame_norms / temperature).unsqueeze(-1)
         if padding is not None:
@@ -257,6 +261,8 @@ def _temperature_value(temperature):
 
 
 def _check_temperature(temperature):
+    """ValueError unless temperature is a positive finite number or 0-dim tensor.
+    returns: its value as a float."""
     if torch.is_tensor(temperature):
         if temperature.ndim != 0:
             raise ValueError("temperature must be a number or a 0-dim tensor, got shape "
@@ -268,6 +274,7 @@ def _check_temperature(temperature):
         raise ValueError(f"temperature must be a positive number, got {temperature!r}")
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"temperature must be finite and > 0, got {value!r}")
+    return value
 
 
 def query_scoring_contrastive_loss(text_embeds, vid_embeds, temperature=0.1, logit_scale=100.0,

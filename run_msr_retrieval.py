@@ -38,7 +38,7 @@ from clip_hitchhiker.reporting import (compare_reports, format_bootstrap_line, i
 from clip_hitchhiker.torchrun import (DEFAULT_TIMEOUT_S, broadcast_json, collective_step,
                                       setup_context, teardown)
 from data_loader import FramePreprocess
-from metrics import count_tied_queries, ranks_to_metrics, t2v_metrics, t2v_ranks, v2t_ranks
+from metrics import ranks_from_counts, ranks_to_metrics, t2v_rank_counts, v2t_ranks
 from query_scoring import similarity_meanpooling, similarity_queryscoring
 
 PREPROCESS_ON = ("auto", "workers", "device")
@@ -186,19 +186,8 @@ def evaluate(content, temperatures, device=torch.device("cpu")):
     query_to_video = torch.tensor([position[content["query_video_ids"][i]] for i in keep],
                                   dtype=torch.long, device=device)
     text = content["text_embeds"][keep].to(device)
-    video = content["video_embeds"].to(device)
-    aggregations = [("mean-pooling", None, lambda: similarity_meanpooling(text, video))]
-    aggregations += [("query-scoring", t, lambda t=t: similarity_queryscoring(text, video, t))
-                     for t in temperatures]
-    results = []
-    for name, temperature, similarity in aggregations:
-        result = {"aggregation": name, "temperature": temperature}
-        try:
-            result.update(_score(similarity(), query_to_video))
-        except ValueError as e:
-            result["error"] = str(e)
-        results.append(result)
-    return results
+    return _each_aggregation(text, content["video_embeds"].to(device), temperatures,
+                             lambda sims: _score(sims, query_to_video))
 
 
 def evaluate_classification(content, temperatures, device=torch.device("cpu")):
@@ -206,10 +195,23 @@ def evaluate_classification(content, temperatures, device=torch.device("cpu")):
     pooling and by query-scoring. returns: list of {"aggregation", "temperature", "mAP",
     "per_class_AP": {class name: AP or None (no positive video)}}; mean pooling first."""
     text = content["text_embeds"].to(device)  # [C, D], one per class
-    video = content["video_embeds"].to(device)
     labels = torch.zeros(len(content["video_ids"]), len(text), dtype=torch.bool)
     for row, video_id in enumerate(content["video_ids"]):
         labels[row, content["labels"][video_id]] = True
+
+    def score(sims):
+        mean_ap, per_class = charades_map(sims, labels)
+        return {"mAP": mean_ap, "per_class_AP": {c: None if np.isnan(ap) else float(ap)
+                                                 for c, ap in zip(content["captions"],
+                                                                  per_class)}}
+
+    return _each_aggregation(text, content["video_embeds"].to(device), temperatures, score)
+
+
+def _each_aggregation(text, video, temperatures, score):
+    """Mean pooling, then query-scoring at each temperature, each scored by score(sims); one
+    that fails (ValueError) is reported in its entry ("error") and the others still run.
+    returns: list of {"aggregation", "temperature", ...score's entries}."""
     aggregations = [("mean-pooling", None, lambda: similarity_meanpooling(text, video))]
     aggregations += [("query-scoring", t, lambda t=t: similarity_queryscoring(text, video, t))
                      for t in temperatures]
@@ -217,10 +219,7 @@ def evaluate_classification(content, temperatures, device=torch.device("cpu")):
     for name, temperature, similarity in aggregations:
         result = {"aggregation": name, "temperature": temperature}
         try:
-            mean_ap, per_class = charades_map(similarity(), labels)
-            result["mAP"] = mean_ap
-            result["per_class_AP"] = {c: None if np.isnan(ap) else float(ap)
-                                      for c, ap in zip(content["captions"], per_class)}
+            result.update(score(similarity()))
         except ValueError as e:
             result["error"] = str(e)
         results.append(result)
@@ -229,14 +228,15 @@ def evaluate_classification(content, temperatures, device=torch.device("cpu")):
 
 def _score(sims, query_to_video):
     """t2v and v2t metrics of one similarity matrix, their per-query ranks ("ranks", for the
-    bootstrap), and how many queries tie."""
-    ranks = {"t2v": t2v_ranks(sims, query_to_video=query_to_video),
+    bootstrap), and how many queries tie (one pass over the matrix gives both tie policies)."""
+    num_higher, num_tied = t2v_rank_counts(sims, query_to_video=query_to_video)
+    ranks = {"t2v": ranks_from_counts(num_higher, num_tied),
              "v2t": v2t_ranks(sims, query_to_video=query_to_video)}
     scores = {"t2v": ranks_to_metrics(ranks["t2v"]), "v2t": ranks_to_metrics(ranks["v2t"]),
-              "t2v_tied_queries": count_tied_queries(sims, query_to_video), "ranks": ranks}
+              "t2v_tied_queries": int((num_tied > 1).sum()), "ranks": ranks}
     if scores["t2v_tied_queries"] > TIE_WARNING_FRACTION * len(query_to_video):
-        scores["t2v_averaging"] = t2v_metrics(sims, query_to_video=query_to_video,
-                                              break_ties="averaging")
+        scores["t2v_averaging"] = ranks_to_metrics(ranks_from_counts(num_higher, num_tied,
+                                                                     "averaging"))
     return scores
 
 

@@ -108,11 +108,9 @@ def training_videos(args):
         captions = table.groupby("video_path", sort=False)["caption"].apply(list).to_dict()
         return list(captions), {v: Path(args.video_root) / v for v in captions}, captions
     data_loader.download_msrvtt(args.data_root, url=args.msrvtt_url)
-    root = Path(args.data_root) / "MSRVTT"
-    ids = data_loader._read_id_list(root / "high-quality" / "structured-symlinks" /
-                                    "train_list_jsfusion.txt")
-    captions = data_loader._captions_by_video(root / "annotation" / "MSR_VTT.json")
-    return ids, {v: root / "videos" / "all" / f"{v}.mp4" for v in ids}, captions
+    ids, captions = data_loader.load_msrvtt_training(args.data_root)
+    video_dir = Path(args.data_root) / "MSRVTT" / "videos" / "all"
+    return ids, {v: video_dir / f"{v}.mp4" for v in ids}, captions
 
 
 def prepare(args, ctx):

@@ -3,6 +3,7 @@ from pathlib import Path
 
 from clip_hitchhiker.embedding_cache import write_atomically
 from clip_hitchhiker.errors import ConfigError
+from clip_hitchhiker.reporting import result_label
 
 PLOT_FORMATS = (".png", ".svg", ".pdf")
 _METRICS = ("R1", "R5", "R10")
@@ -42,7 +43,7 @@ def temperature_figure(results, bootstrap=None):
             axes.axhline(pooled["t2v"][metric], linestyle="--", color=colour,
                          label=f"{metric}, mean pooling")
         if bootstrap is not None:
-            bands = [bootstrap["intervals"][_label(r)]["t2v"][metric] for r in scored]
+            bands = [bootstrap["intervals"][result_label(r)]["t2v"][metric] for r in scored]
             axes.fill_between(temperatures, [b[0] for b in bands], [b[1] for b in bands],
                               color=colour, alpha=0.15, linewidth=0)
     axes.set_xscale("log")
@@ -64,7 +65,3 @@ def save_figure(figure, path):
     if suffix not in PLOT_FORMATS:
         raise ConfigError(f"--plot {path}: the file must end in one of {PLOT_FORMATS}")
     write_atomically(path, lambda tmp: figure.savefig(tmp, format=suffix[1:], dpi=150))
-
-
-def _label(result):
-    return f"{result['aggregation']}, temp: {result['temperature']}"

@@ -14,13 +14,23 @@ def result_label(result):
         f"{result['aggregation']}, temp: {result['temperature']}"
 
 
+def rounded(metrics):
+    """The release's rounding: R@K and MedR to one decimal, MeanR to three."""
+    return {k: round(v, 3 if k == "MeanR" else 1) for k, v in metrics.items()}
+
+
+def signed(differences):
+    """Differences of metrics as the release rounds them, with their sign: "{'R1': +0.2, ...}"."""
+    parts = ", ".join(f"'{k}': {v:+.{3 if k == 'MeanR' else 1}f}" for k, v in differences.items())
+    return f"{{{parts}}}"
+
+
 def format_result_line(result, skipped_note=""):
     """The release's printed line, rounded: R@K and MedR to one decimal, MeanR to three (for
     classification, the same form with the mAP)."""
     if "mAP" in result:
         return f"{{'mAP': {round(result['mAP'], 1)}}}  agg: {result_label(result)}{skipped_note}"
-    rounded = {k: round(v, 3 if k == "MeanR" else 1) for k, v in result["t2v"].items()}
-    return f"{rounded}  agg: {result_label(result)}{skipped_note}"
+    return f"{rounded(result['t2v'])}  agg: {result_label(result)}{skipped_note}"
 
 
 def print_results(results, note, num_queries):
@@ -31,8 +41,7 @@ def print_results(results, note, num_queries):
             continue
         print(format_result_line(result, note))
         if "t2v_averaging" in result:
-            averaged = {k: round(v, 3 if k == "MeanR" else 1)
-                        for k, v in result["t2v_averaging"].items()}
+            averaged = rounded(result["t2v_averaging"])
             print(f"warning: {result['t2v_tied_queries']} of {num_queries} queries tie their "
                   f"video's score with another video's, so the optimistic tie policy flatters "
                   f"this line; with ties averaged: {averaged}  agg: {result_label(result)}",
@@ -113,9 +122,7 @@ def print_published(comparison):
     print("published (Bain et al., arXiv 2205.08508: MSR-VTT 1k-A, ViT-B/16, 16 frames):")
     for label, entry in comparison.items():
         print(f"{entry['published']}  agg: {label}")
-        difference = ", ".join(f"'{k}': {v:+.{3 if k == 'MeanR' else 1}f}"
-                               for k, v in entry["difference"].items())
-        print(f"this run minus published: {{{difference}}}  agg: {label}")
+        print(f"this run minus published: {signed(entry['difference'])}  agg: {label}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -170,9 +177,8 @@ def compare_reports(earlier, current, earlier_name, limit=10):
         label = result_label(result)
         if label in old_results and "t2v" in result:
             old = old_results[label]["t2v"]
-            difference = ", ".join(f"'{k}': {v - old[k]:+.{3 if k == 'MeanR' else 1}f}"
-                                   for k, v in result["t2v"].items())
-            lines.append(f"this run minus earlier: {{{difference}}}  agg: {label}")
+            difference = signed({k: v - old[k] for k, v in result["t2v"].items()})
+            lines.append(f"this run minus earlier: {difference}  agg: {label}")
     lines += _video_differences(old_manifest.get("videos", {}), new_manifest["videos"], limit)
     return lines
 

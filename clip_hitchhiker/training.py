@@ -19,7 +19,8 @@ import torch.distributed as dist
 from torch.utils.data import Dataset, Sampler
 
 from clip_hitchhiker.embedding_cache import write_atomically
-from clip_hitchhiker.errors import ConfigError, VideoDecodeError
+from clip_hitchhiker.errors import ConfigError
+from data_loader import read_video
 from query_scoring import query_scoring_contrastive_loss
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -69,19 +70,12 @@ class TrainingClips(Dataset):
         return len(self.video_ids)
 
     def __getitem__(self, index):
-        import decord
-
         video_id = self.video_ids[index]
         rng = draw_rng(self.seed, self.epoch, index)
         captions = self.captions[video_id]
         caption = captions[int(rng.integers(len(captions)))]
-        path = str(self.video_paths[video_id])
-        try:
-            reader = decord.VideoReader(path, num_threads=1)
-            indices = random_frame_indices(len(reader), self.num_frames, rng)
-            frames = torch.from_numpy(reader.get_batch(indices).asnumpy()).permute(0, 3, 1, 2)
-        except Exception as e:  # decord's own errors, or a missing file
-            raise VideoDecodeError(f"cannot decode training video {path}: {e}") from e
+        frames, _ = read_video(self.video_paths[video_id], self.num_frames,
+                               sample=lambda n, f: random_frame_indices(n, f, rng))
         video = frames if self.preprocess is None else self.preprocess(frames)
         return {"index": index, "video": video, "caption": caption}
 
