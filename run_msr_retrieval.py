@@ -25,7 +25,7 @@ from clip_hitchhiker.backends import BACKENDS, list_models, load_model
 from clip_hitchhiker.clip_models import check_embeddings, compute_embeddings, frame_dtype_for
 from clip_hitchhiker.charades import charades_map
 from clip_hitchhiker.dataset_choice import (add_dataset_arguments, build_dataset,
-                                            check_dataset_arguments)
+                                            check_dataset_arguments, dataset_folders)
 from clip_hitchhiker.errors import (ConfigError, HitchhikerError, OutputError, PeerFailure,
                                     VideoDecodeError)
 from clip_hitchhiker.output_files import cache_is_writable, check_output_files
@@ -280,7 +280,7 @@ def _check_outputs(args, dataset):
     inputs = [p for p in (args.csv, args.model, args.compare) if p and os.path.isfile(p)]
     check_output_files({"--output_json": args.output_json, "--plot": args.plot,
                         "--save_embeddings": args.save_embeddings}, inputs + dataset.video_paths,
-                       [] if args.csv else [Path(args.data_root) / "MSRVTT"])
+                       dataset_folders(args.dataset, args.data_root))
     if args.plot:
         require_matplotlib()
     earlier = read_report(args.compare) if args.compare else None
@@ -326,7 +326,8 @@ def _run(args, ctx, start):
         videos, frames = len(content["video_ids"]), len(content["video_ids"]) * args.num_frames
         print(f"encoded {videos} videos ({frames} frames) in {encode_seconds:.1f} s: "
               f"{videos / encode_seconds:.2f} videos/s, {frames / encode_seconds:.1f} frames/s")
-    truncated = model.count_truncated(list(dict.fromkeys(content["captions"])))
+    # The texts the model encoded: prompts filled with class names, or a paragraph's sentences.
+    truncated = model.count_truncated(list(dict.fromkeys(dataset.text_rows()[0])))
     if truncated:
         print(f"note: {truncated} caption(s) are longer than the model's "
               f"{model.context_length}-token context and were cut to it", file=sys.stderr)

@@ -22,6 +22,14 @@ DEFAULT_URLS = {"msrvtt": data_loader.MSRVTT_URL, "charades": CHARADES_VIDEOS_UR
                 "activitynet": ACTIVITYNET_CAPTIONS_URL}
 
 
+def dataset_folders(dataset, data_root):
+    """The folders a dataset's files live in under data_root (inputs that no output may
+    overwrite); the CSV's and ActivityNet's videos are named one by one instead."""
+    names = {"msrvtt": ["MSRVTT"], "charades": ["Charades", "Charades_v1_480"],
+             "activitynet": ["ActivityNetCaptions"], "csv": []}[dataset]
+    return [Path(data_root) / name for name in names]
+
+
 def build_dataset(preprocess, num_frames, *, dataset="msrvtt", split=None, csv=None,
                   video_root=None, data_root="./data", urls=None, prompts=("{}",),
                   paragraph="concat", check_files=True, download=True):

@@ -26,7 +26,7 @@ def check_output_files(outputs, inputs, protected_folders=()):
             raise ConfigError(f"{option} {path} is an input of this run ({taken[real]}); "
                               "choose another file")
         if any(real.startswith(folder) for folder in folders):
-            raise ConfigError(f"{option} {path} lies inside the dataset folder; choose a file "
+            raise ConfigError(f"{option} {path} lies inside a dataset folder; choose a file "
                               "elsewhere")
         if real in chosen:
             raise ConfigError(f"{option} and {chosen[real]} name the same file {path}")

@@ -218,3 +218,21 @@ def test_charades_under_torchrun_equals_one_process(tmp_path, tiny_clip_files, c
     assert two["world_size"] == 2
     for a, b in zip(one["results"], two["results"]):
         assert b["mAP"] == pytest.approx(a["mAP"], abs=1e-6)
+
+
+def test_charades_counts_long_prompts_and_guards_its_folders(tmp_path, tiny_clip_files,
+                                                             charades_servers, capsys):
+    from clip_hitchhiker.errors import ConfigError
+    annotations_url, videos_url, _ = charades_servers
+    argv = _drop_option(synthetic.cli_argv(
+        tmp_path, "unused", tiny_clip_files["torchscript"], "--dataset", "charades",
+        "--data_root", tmp_path / "data", "--charades_url", videos_url,
+        "--charades_annotations_url", annotations_url, "--prompt",
+        "{} " + " ".join(["again"] * 80)), "--data_root", keep_last=True)
+    report = cli_module.main(cli_module.parse_args(argv))
+    # The prompts filled with the class names are what is encoded, and all 4 are cut.
+    assert report["counts"]["truncated_captions"] == 4
+    assert "4 caption(s) are longer than the model's 77-token context" in capsys.readouterr().err
+    inside = tmp_path / "data" / "Charades_v1_480" / "out.json"
+    with pytest.raises(ConfigError, match="--output_json .*out.json lies inside a dataset folder"):
+        cli_module.main(cli_module.parse_args(argv + ["--output_json", str(inside)]))
