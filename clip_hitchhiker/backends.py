@@ -5,6 +5,7 @@ load_model gives a LoadedModel: the module, its preprocessing Compose (from whic
 data_loader.FramePreprocess takes its numbers), its own tokenizer, which cuts captions to its
 own context, an id for the cache key and a description for the JSON report.
 """
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Callable
@@ -115,6 +116,9 @@ def _load_with_open_clip(architecture, pretrained, device, download_root):
 
 
 def _create_open_clip(open_clip, architecture, pretrained, precision, device, download_root):
+    # open_clip logs its own ERROR line before raising; our one-line error says it all.
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)
     try:
         return open_clip.create_model_and_transforms(
             architecture, pretrained=pretrained, precision=precision, device=device,
@@ -125,6 +129,8 @@ def _create_open_clip(open_clip, architecture, pretrained, precision, device, do
                                  f"{architecture} ({type(e).__name__}: {e}); is it that "
                                  "architecture's weights?") from e
         raise _fetch_error(open_clip, architecture, pretrained, e) from e
+    finally:
+        logging.disable(previous)
 
 
 def _fetch_error(open_clip, architecture, pretrained, error):

@@ -59,7 +59,8 @@ def test_cli_runs_agree_and_are_cached_apart(tmp_path, data_root, tiny_clip_file
     assert clip_run["model"]["backend"] == "clip"
 
 
-def test_no_internet_is_one_line_that_says_what_to_do(tmp_path, data_root, monkeypatch):
+def test_no_internet_is_one_line_that_says_what_to_do(tmp_path, data_root, monkeypatch,
+                                                      caplog):
     import open_clip.pretrained
 
     def offline(*args, **kwargs):
@@ -72,6 +73,7 @@ def test_no_internet_is_one_line_that_says_what_to_do(tmp_path, data_root, monke
                                              r"laion/CLIP-ViT-B-16-laion2B-s34B-b88K .* pass the "
                                              r"file with --pretrained"):
         load_model("open_clip", "ViT-B-16", CPU, pretrained="laion2b_s34b_b88k")
+    assert [r for r in caplog.records if r.levelname == "ERROR"] == []  # no second message
 
 
 def test_unknown_architecture_and_tag(tmp_path):
