@@ -34,7 +34,7 @@ from clip_hitchhiker.plots import PLOT_FORMATS, require_matplotlib, save_figure,
 from clip_hitchhiker.reporting import (compare_reports, format_bootstrap_line, interruption_note,
                                        is_release_configuration, package_versions, partial_note,
                                        print_published, print_results, published_comparison,
-                                       result_label, run_manifest)
+                                       result_label, run_manifest, silence_third_party_notices)
 from clip_hitchhiker.torchrun import (DEFAULT_TIMEOUT_S, broadcast_json, collective_step,
                                       setup_context, teardown)
 from data_loader import FramePreprocess
@@ -436,9 +436,7 @@ def _write_outputs(args, content, key, path, write_cache, report):
 def cli(argv=None):
     """The command line: the project's own errors become one line on stderr and exit code 1;
     a failed aggregation also exits 1, after the others have printed."""
-    # Third-party deprecation notices that a user of the CLI cannot act on.
-    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
-    warnings.filterwarnings("ignore", message="`torch.jit", category=FutureWarning)
+    silence_third_party_notices()
     args = parse_args(argv)
     try:
         report = main(args)

@@ -13,7 +13,6 @@ import argparse
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -32,7 +31,7 @@ from clip_hitchhiker.training import (PRECISIONS, DualEncoder, EpochSampler, Tra
                                       collate_clips, enable_vision_checkpointing, load_checkpoint,
                                       save_checkpoint, warmup_cosine)
 from data_loader import FramePreprocess
-from clip_hitchhiker.reporting import format_result_line
+from clip_hitchhiker.reporting import format_result_line, silence_third_party_notices
 from run_msr_retrieval import evaluate
 
 # Settings a resumed run must share with its checkpoint (the rest, e.g. workers, may change).
@@ -92,6 +91,8 @@ def parse_args(argv=None):
         parser.error(f"--batch_size {args.batch_size} must be a multiple of --grad_accum")
     if (args.train_csv is None) != (args.eval_csv is None):
         parser.error("--train_csv and --eval_csv go together")
+    if args.resume and not os.path.isfile(args.resume):
+        parser.error(f"--resume {args.resume}: no such checkpoint")
     if not 0 <= args.warmup_fraction < 1:
         parser.error(f"--warmup_fraction must lie in [0, 1), got {args.warmup_fraction}")
     return args
@@ -222,7 +223,7 @@ def _run(args, ctx):
 
 
 def cli(argv=None):
-    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+    silence_third_party_notices()
     args = parse_args(argv)
     try:
         main(args)

@@ -6,7 +6,15 @@ import importlib.metadata
 import json
 import platform
 import sys
+import warnings
 from pathlib import Path
+
+
+def silence_third_party_notices():
+    """Deprecation notices a user of the command lines cannot act on: openai-clip's
+    pkg_resources import and torch.jit's (clip.load reads TorchScript checkpoints)."""
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+    warnings.filterwarnings("ignore", message="`torch.jit", category=FutureWarning)
 
 
 def result_label(result):
