@@ -28,47 +28,79 @@ def random_clip(shape="ViT-B/16", seed=0):
 
 def random_clip_checkpoint(path, shape="ViT-B/16"):
     """random_clip(shape) saved as a state dict that load_clip_model reads. returns: path."""
-    if not Path(path).is_file():
-        torch.save(random_clip(shape).state_dict(), path)
+    path = Path(path)
+    if not path.is_file():  # saved beside and moved into place: never a half-written file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        torch.save(random_clip(shape).state_dict(), partial)
+        os.replace(partial, path)
     return path
 
 
-def write_textured_video(path, seconds, width=320, height=240, fps=30, seed=0):
-    """H.264 video of a drifting random texture: decodes like real footage, unlike flat colour."""
+# MSR-VTT's mean bitrate: about 6 GB of videos over 41.2 hours (Xu et al. 2016), audio included,
+# so its video streams average at most this. Decoding cost grows with the bitrate.
+MSRVTT_MEAN_KBPS = 320
+
+
+def write_textured_video(path, seconds, width=320, height=240, fps=30, seed=0, kbps=None):
+    """H.264 video of a drifting random texture: decodes like real footage, unlike flat colour.
+    kbps: the average bitrate; None encodes at constant quality (crf 23), which gives this
+    texture about 1.1 Mbit/s at 320x240, 3.5x MSR-VTT's mean. Written beside `path` and moved
+    into place, so an interrupted run never leaves a half-written video that a later run reuses.
+    """
     import av
 
     rng = np.random.default_rng(seed)
     texture = rng.integers(0, 256, (height * 2, width * 2, 3), dtype=np.uint8)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": "veryfast", "crf": "23"}
-        for i in range(int(seconds * fps)):
-            dy, dx = (i * 2) % height, (i * 3) % width
-            frame = av.VideoFrame.from_ndarray(texture[dy:dy + height, dx:dx + width], "rgb24")
-            for packet in stream.encode(frame):
+    partial = Path(f"{path}.partial.mp4")
+    try:
+        with av.open(str(partial), "w") as container:
+            stream = container.add_stream("libx264", rate=fps)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.options = {"preset": "veryfast", **({"crf": "23"} if kbps is None else {})}
+            if kbps is not None:
+                stream.bit_rate = int(kbps * 1000)
+            for i in range(int(seconds * fps)):
+                dy, dx = (i * 2) % height, (i * 3) % width
+                frame = av.VideoFrame.from_ndarray(texture[dy:dy + height, dx:dx + width], "rgb24")
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode():
                 container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, path)
 
 
 def _write_one(job):
-    path, seconds, seed = job
+    path, seconds, seed, kbps = job
     if not Path(path).is_file():
-        write_textured_video(path, seconds, seed=seed)
+        write_textured_video(path, seconds, seed=seed, kbps=kbps)
 
 
-def make_videos(folder, count, seconds=(10, 20)):
-    """count 320x240 30 fps videos of seconds[0]..seconds[1] s in folder (written in parallel,
-    kept between runs), and a captions CSV. returns: the CSV path."""
-    folder = Path(folder)
+def make_videos(folder, count, seconds=(10, 20), kbps=MSRVTT_MEAN_KBPS):
+    """count 320x240 30 fps videos of seconds[0]..seconds[1] s at `kbps` (None: crf 23) in
+    folder/<bitrate>/, written in parallel and kept between runs, and a captions CSV.
+    returns: the CSV path (its folder is the video root)."""
+    folder = Path(folder) / ("crf23" if kbps is None else f"{kbps}kbps")
     folder.mkdir(parents=True, exist_ok=True)
     low, high = seconds
-    jobs = [(str(folder / f"video{i:04d}.mp4"), low + (i * 7) % (high - low + 1), i)
+    jobs = [(str(folder / f"video{i:04d}.mp4"), low + (i * 7) % (high - low + 1), i, kbps)
             for i in range(count)]
     with multiprocessing.Pool(min(16, os.cpu_count() or 1)) as pool:
         pool.map(_write_one, jobs)
-    csv = folder / "captions.csv"
+    # One CSV per count: runs of other sizes share the videos.
+    csv = folder / f"captions_{count}.csv"
     csv.write_text("video_path,caption\n" + "".join(f"video{i:04d}.mp4,a synthetic clip number "
                                                     f"{i}\n" for i in range(count)))
     return csv
+
+
+def mean_kbps(paths, fps=30):
+    """The videos' average bitrate in kbit/s: file bytes over duration (frame count / fps)."""
+    import decord
+
+    total_bytes = sum(os.path.getsize(p) for p in paths)
+    total_seconds = sum(len(decord.VideoReader(str(p), num_threads=1)) / fps for p in paths)
+    return total_bytes * 8 / total_seconds / 1000

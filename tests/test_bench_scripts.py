@@ -57,3 +57,51 @@ def test_bench_long_video_quick(tmp_path):
                        result.stdout, re.M)
     assert [(n, total) for _, n, total, _ in lines] == [("32", "180"), ("120", "180"),
                                                         ("32", "60"), ("120", "60")]
+
+
+def test_bench_pipeline_quick(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "bench_pipeline.py"),
+                             "--quick", "--work_dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    workers = re.findall(r"^one worker, (.*) \(measured (\d+)\), +(\d+) frames/video: decode only "
+                         r"+[\d.]+ frames/s .* decode \+ preprocess +[\d.]+ frames/s .*: "
+                         r"[\d.]+x$", result.stdout, re.M)
+    assert [(label, frames) for label, _, frames in workers] == [
+        ("320 kbit/s", "16"), ("320 kbit/s", "120"), ("crf 23", "16"), ("crf 23", "120")]
+    # The bitrate asked for is the bitrate written (x264's rate control, within 25 %);
+    # crf 23 on this texture is well above it.
+    assert 240 <= int(workers[0][1]) <= 400 and int(workers[2][1]) > 600
+    assert re.search(r"^pipeline / \(decode \+ encode\) = [\d.]+", result.stdout, re.M)
+    # Interrupted writes never stay behind as videos or checkpoints a later run would reuse.
+    assert not list(tmp_path.rglob("*.partial*"))
+
+
+def test_interrupted_synthetic_video_is_not_kept(tmp_path, monkeypatch):
+    """A video whose writing fails leaves no file at its path, so make_videos writes it again."""
+    import av
+
+    sys.path.insert(0, str(REPO))
+    from bench.common import make_videos
+
+    real_from_ndarray, calls = av.VideoFrame.from_ndarray, []
+
+    def fail_on_frame_45(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 45:  # after x264's lookahead: packets are on disk
+            raise KeyboardInterrupt
+        return real_from_ndarray(*args, **kwargs)
+
+    from bench import common
+    monkeypatch.setattr(av.VideoFrame, "from_ndarray", fail_on_frame_45)
+    path = tmp_path / "video.mp4"
+    try:
+        common.write_textured_video(path, 2)
+    except KeyboardInterrupt:
+        pass
+    assert len(calls) == 45 and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(av.VideoFrame, "from_ndarray", real_from_ndarray)
+    csv = make_videos(tmp_path, 1, (1, 1), kbps=100)
+    assert csv.read_text() == "video_path,caption\nvideo0000.mp4,a synthetic clip number 0\n"
+    import decord
+    assert len(decord.VideoReader(str(csv.parent / "video0000.mp4"))) == 30
