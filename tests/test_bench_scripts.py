@@ -105,3 +105,17 @@ def test_interrupted_synthetic_video_is_not_kept(tmp_path, monkeypatch):
     assert csv.read_text() == "video_path,caption\nvideo0000.mp4,a synthetic clip number 0\n"
     import decord
     assert len(decord.VideoReader(str(csv.parent / "video0000.mp4"))) == 30
+
+
+def test_bench_bootstrap_quick():
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "bench_bootstrap.py"),
+                             "--quick", "--repeats", "1"], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"^floor \(the draws alone\): [\d.]+ s$", result.stdout, re.M)
+    assert re.findall(r"^bootstrap, (\d) aggregations: [\d.]+ s \([\d.]+x floor\)$",
+                      result.stdout, re.M) == ["2", "3"]
+    # The weighted statistics equal the direct metrics of the same draws.
+    difference = re.search(r"max \|difference\| from the bootstrap's values (\S+)$",
+                           result.stdout, re.M)
+    assert float(difference.group(1)) < 1e-9
