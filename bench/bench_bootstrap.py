@@ -93,5 +93,6 @@ def main():
           f"in {direct_s:.3f} s, {scaled_s:.2f} s scaled to the 2-aggregation bootstrap's work; "
           f"max |difference| from the bootstrap's values {difference:.1e}")
 
+
 if __name__ == "__main__":
     main()

@@ -82,7 +82,7 @@ def report_worker_throughput(frame_preprocess, work, sizes):
     from clip_hitchhiker.dataset_choice import build_dataset
     for kbps in (MSRVTT_MEAN_KBPS, None):
         csv = make_videos(work, sizes["worker_videos"] + 1, sizes["seconds"], kbps=kbps)
-        actual = mean_kbps(sorted(csv.parent.glob("video*.mp4"))[:sizes["worker_videos"] + 1])
+        actual = mean_kbps(csv)
         label = f"{'crf 23' if kbps is None else f'{kbps} kbit/s'} (measured {actual:.0f})"
         for num_frames in (16, 120):
             sampled, _ = build_dataset(frame_preprocess, num_frames, dataset="csv", csv=csv,

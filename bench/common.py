@@ -5,7 +5,10 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
+
+from clip_hitchhiker.embedding_cache import write_atomically
 
 # clip.model.CLIP arguments; clip's build_model infers heads as width // 64.
 CLIP_SHAPES = {
@@ -29,11 +32,9 @@ def random_clip(shape="ViT-B/16", seed=0):
 def random_clip_checkpoint(path, shape="ViT-B/16"):
     """random_clip(shape) saved as a state dict that load_clip_model reads. returns: path."""
     path = Path(path)
-    if not path.is_file():  # saved beside and moved into place: never a half-written file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        torch.save(random_clip(shape).state_dict(), partial)
-        os.replace(partial, path)
+    if not path.is_file():
+        state = random_clip(shape).state_dict()
+        write_atomically(path, lambda tmp: torch.save(state, tmp))
     return path
 
 
@@ -52,9 +53,9 @@ def write_textured_video(path, seconds, width=320, height=240, fps=30, seed=0, k
 
     rng = np.random.default_rng(seed)
     texture = rng.integers(0, 256, (height * 2, width * 2, 3), dtype=np.uint8)
-    partial = Path(f"{path}.partial.mp4")
-    try:
-        with av.open(str(partial), "w") as container:
+
+    def write(tmp):
+        with av.open(tmp, "w", format="mp4") as container:
             stream = container.add_stream("libx264", rate=fps)
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             stream.options = {"preset": "veryfast", **({"crf": "23"} if kbps is None else {})}
@@ -67,10 +68,8 @@ def write_textured_video(path, seconds, width=320, height=240, fps=30, seed=0, k
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    os.replace(partial, path)
+
+    write_atomically(path, write)
 
 
 def _write_one(job):
@@ -97,10 +96,12 @@ def make_videos(folder, count, seconds=(10, 20), kbps=MSRVTT_MEAN_KBPS):
     return csv
 
 
-def mean_kbps(paths, fps=30):
-    """The videos' average bitrate in kbit/s: file bytes over duration (frame count / fps)."""
+def mean_kbps(csv, fps=30):
+    """The average bitrate in kbit/s of the videos a make_videos CSV lists: file bytes over
+    duration (frame count / fps)."""
     import decord
 
+    paths = [Path(csv).parent / name for name in pd.read_csv(csv)["video_path"]]
     total_bytes = sum(os.path.getsize(p) for p in paths)
     total_seconds = sum(len(decord.VideoReader(str(p), num_threads=1)) / fps for p in paths)
     return total_bytes * 8 / total_seconds / 1000

@@ -74,7 +74,8 @@ def test_bench_pipeline_quick(tmp_path):
     assert 240 <= int(workers[0][1]) <= 400 and int(workers[2][1]) > 600
     assert re.search(r"^pipeline / \(decode \+ encode\) = [\d.]+", result.stdout, re.M)
     # Interrupted writes never stay behind as videos or checkpoints a later run would reuse.
-    assert not list(tmp_path.rglob("*.partial*"))
+    # (write_atomically's temporary files are hidden: ".<name>.<random>")
+    assert not [p for p in tmp_path.rglob(".*")]
 
 
 def test_interrupted_synthetic_video_is_not_kept(tmp_path, monkeypatch):
