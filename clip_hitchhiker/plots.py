@@ -24,7 +24,8 @@ def require_matplotlib():
 
 def temperature_figure(results, bootstrap=None):
     """The figure: one line per metric over the query-scoring temperatures (log axis), mean
-    pooling as a dashed line of the same colour, and the bootstrap bands when given.
+    pooling as a dashed line of the same colour, and the bootstrap intervals when given
+    (a bar at each temperature, joined by a band).
 
     results: evaluate()'s entries (failed ones are left out); bootstrap: its result or None.
     returns: a matplotlib Figure.
@@ -44,14 +45,16 @@ def temperature_figure(results, bootstrap=None):
                          label=f"{metric}, mean pooling")
         if bootstrap is not None:
             bands = [bootstrap["intervals"][result_label(r)]["t2v"][metric] for r in scored]
-            axes.fill_between(temperatures, [b[0] for b in bands], [b[1] for b in bands],
-                              color=colour, alpha=0.15, linewidth=0)
+            low, high = [b[0] for b in bands], [b[1] for b in bands]
+            # A bar at each temperature: a band alone is invisible when there is only one.
+            axes.vlines(temperatures, low, high, color=colour, linewidth=1.5, alpha=0.6)
+            axes.fill_between(temperatures, low, high, color=colour, alpha=0.15, linewidth=0)
     axes.set_xscale("log")
     axes.set_xlabel("query-scoring temperature τ (log scale)")
     axes.set_ylabel("text-to-video recall (%)")
     title = "Recall against temperature"
     if bootstrap is not None:
-        title += f" (bands: {100 * bootstrap['confidence']:.0f}% bootstrap intervals)"
+        title += f" (bars and bands: {100 * bootstrap['confidence']:.0f}% bootstrap intervals)"
     axes.set_title(title, fontsize=10)
     axes.grid(True, which="both", alpha=0.3)
     # Below the axes, so that it never hides a curve.

@@ -71,7 +71,28 @@ def test_plot_series_equal_the_metrics_and_the_file_is_an_image(tmp_path, data_r
         pooled = by_label[f"{metric}, mean pooling"]
         assert pooled.get_linestyle() == "--"
         assert list(pooled.get_ydata()) == [report["results"][0]["t2v"][metric]] * 2
-    assert len(axes.collections) == 3  # the bootstrap bands
+    # Per metric, the bootstrap interval as a bar at each temperature and a band joining them.
+    from matplotlib.collections import LineCollection
+    bars = [c for c in axes.collections if isinstance(c, LineCollection)]
+    assert len(axes.collections) == 6 and len(bars) == 3
+    intervals = sorted([r["temperature"], lo, hi] for r in scored
+                       for metric in ("R1", "R5", "R10")
+                       for lo, hi in [report["bootstrap"]["intervals"][
+                           f"query-scoring, temp: {r['temperature']}"]["t2v"][metric]])
+    drawn = sorted([float(x0), float(y0), float(y1)] for bar in bars
+                   for (x0, y0), (_, y1) in bar.get_segments())
+    assert drawn == [[float(v) for v in row] for row in intervals]
+
+
+def test_plot_shows_the_interval_of_a_single_temperature(tmp_path, data_root, tiny_clip_files):
+    """One temperature (the default) gives no band to see: the bars must still be there."""
+    report = run(tmp_path, data_root, tiny_clip_files["torchscript"], "--bootstrap", "100")
+    axes = temperature_figure(report["results"], report["bootstrap"]).axes[0]
+    r1 = report["bootstrap"]["intervals"]["query-scoring, temp: 0.1"]["t2v"]["R1"]
+    from matplotlib.collections import LineCollection
+    bars = [c.get_segments() for c in axes.collections if isinstance(c, LineCollection)]
+    assert len(bars) == 3 and [list(map(float, p)) for p in bars[0][0]] == [[0.1, r1[0]],
+                                                                            [0.1, r1[1]]]
 
 
 def test_plot_needs_a_known_format(capsys):
