@@ -102,6 +102,34 @@ def similarity_meanpooling(text_embeds, vid_embeds, eps=1e-8, video_mask=None):
     return (text_unit @ _unit(pooled_video, eps).T).to(out_dtype)
 
 
+def queryscoring_frame_weights(text_embeds, vid_embeds, temperature=0.1, eps=1e-8,
+                               video_mask=None):
+    """The softmax weights that query-scoring gives each frame: where the text matches.
+
+    text_embeds: [T, D]; vid_embeds: [V, F, D]; temperature and video_mask as in
+    similarity_queryscoring (masked frames get weight 0).
+    returns: [T, V, F], each [F] row summing to 1, dtype promoted from the inputs (float32 or
+        wider inside). Materialises T * V * F values: call it on candidate videos, not a corpus.
+    """
+    _check_inputs(text_embeds, vid_embeds, video_mask)
+    shifted_logits = _check_temperature(temperature) < _SMALLEST_DIRECT_TEMPERATURE
+    out_dtype = torch.promote_types(text_embeds.dtype, vid_embeds.dtype)
+    text_unit, frames, video_mask = _prepare(text_embeds, vid_embeds, eps, video_mask)
+    inv_frame_norms = 1.0 / _unit_scale_norms(frames).clamp_min(eps)  # [V, F]
+    padding = None if bool(video_mask.all()) else ~video_mask
+    frame_weights, _ = _frame_weights(text_unit, frames, inv_frame_norms, temperature,
+                                      shifted_logits, padding)  # [V, F, T]
+    return frame_weights.permute(2, 0, 1).to(out_dtype)
+
+
+def _unit_scale_norms(frames):
+    """|v_f| for [V, F, D] frames of any scale (each video divided by its largest element before
+    squaring, as in _frame_statistics). returns: [V, F]."""
+    scale = frames.abs().amax(dim=(1, 2))
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return (frames / scale[:, None, None]).norm(dim=-1) * scale[:, None]
+
+
 def _prepare(text_embeds, vid_embeds, eps, video_mask):
     """Float32-or-wider frames with padding zeroed, unit texts, and the mask (all True if None)."""
     compute_dtype = torch.promote_types(torch.promote_types(text_embeds.dtype, vid_embeds.dtype),

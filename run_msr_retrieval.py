@@ -11,7 +11,6 @@ and cli read the argparse namespace.
 import argparse
 import json
 import os
-import re
 import sys
 import time
 import warnings
@@ -21,13 +20,15 @@ import numpy as np
 import torch
 
 from clip_hitchhiker import embedding_cache
-from clip_hitchhiker.backends import BACKENDS, list_models, load_model
+from clip_hitchhiker.backends import list_models, load_model
 from clip_hitchhiker.clip_models import check_embeddings, compute_embeddings, frame_dtype_for
 from clip_hitchhiker.charades import charades_map
 from clip_hitchhiker.dataset_choice import (add_dataset_arguments, build_dataset,
                                             check_dataset_arguments, dataset_folders)
 from clip_hitchhiker.errors import (ConfigError, HitchhikerError, OutputError, PeerFailure,
                                     VideoDecodeError)
+from clip_hitchhiker.model_options import (add_encoding_arguments, add_model_arguments,
+                                           check_model_arguments, resolve_preprocess_on)
 from clip_hitchhiker.output_files import cache_is_writable, check_output_files
 from clip_hitchhiker.bootstrap import bootstrap
 from clip_hitchhiker.plots import PLOT_FORMATS, require_matplotlib, save_figure, temperature_figure
@@ -41,8 +42,6 @@ from data_loader import FramePreprocess
 from metrics import ranks_from_counts, ranks_to_metrics, t2v_rank_counts, v2t_ranks
 from query_scoring import similarity_meanpooling, similarity_queryscoring
 
-PREPROCESS_ON = ("auto", "workers", "device")
-DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 # More queries than this tying their video's score with another's get a warning.
 TIE_WARNING_FRACTION = 0.01
 
@@ -55,29 +54,14 @@ def parse_args(argv=None):
     add("--num_frames", type=int, default=120, help="frames sampled per video (default 120)")
     add("--query_scoring_temp", type=float, nargs="+", default=[0.1],
         help="query-scoring softmax temperature(s); one result line each (default 0.1)")
-    add("--batch_size", type=int, default=1, help="videos per DataLoader batch (default 1)")
-    add("--num_workers", type=int, default=min(8, os.cpu_count() or 1),
-        help="DataLoader decoding workers (default: the CPUs, at most 8)")
-    add("--frame_chunk", type=int, default=256,
-        help="frames per encode_image call, across videos (default 256)")
-    add("--backend", default="clip", choices=BACKENDS,
-        help="the CLIP library: clip (OpenAI's, the release's; default) or open_clip (any "
-             "open_clip model)")
-    add("--model", default="ViT-B/16",
-        help="clip: a clip.available_models() name or a checkpoint file (TorchScript or state "
-             "dict); open_clip: an architecture such as ViT-B-16 (default ViT-B/16)")
-    add("--pretrained", default=None, metavar="TAG_OR_FILE",
-        help="open_clip only: a pretrained tag (openai, laion2b_s34b_b88k, ...) or a local "
-             "weights file (default openai)")
     add("--list_models", action="store_true",
         help="print the clip model names and the open_clip (architecture, pretrained) pairs, "
              "then exit")
-    add("--download_root", default=None, help="where CLIP weights are downloaded "
-                                              "(default ~/.cache/clip)")
-    add("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
     add("--dist_timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
         help="under torchrun, how long ranks wait for one another before the run stops and "
              f"names the rank that did not answer (default {DEFAULT_TIMEOUT_S:g})")
+    add_model_arguments(parser)
+    add_encoding_arguments(parser)
     add_dataset_arguments(parser)
     add("--cache_dir", default="./cache", help="embedding cache folder (default ./cache)")
     add("--no_cache", action="store_true", help="neither read nor write the embedding cache")
@@ -97,30 +81,15 @@ def parse_args(argv=None):
     add("--compare", default=None, metavar="REPORT.json",
         help="an earlier --output_json report: print the metric differences and the videos "
              "decoded differently (frame count, sampled indices, resolution)")
-    add("--antialias", action="store_true",
-        help="resize frames with antialias (closer to CLIP's PIL training preprocessing); the "
-             "default is the release-era resize without it, which made the published figures")
-    add("--preprocess_on", default="auto", choices=PREPROCESS_ON,
-        help="where frames are resized, cropped and normalised: in the DataLoader workers, or "
-             "on the model's device from the decoded uint8 frames (auto: device on CUDA, "
-             "workers otherwise)")
     args = parser.parse_args(argv)
     check_dataset_arguments(parser, args)
-    for name in ("num_frames", "batch_size", "frame_chunk"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.num_workers < 0:
-        parser.error(f"--num_workers must be >= 0, got {args.num_workers}")
-    if args.pretrained is not None and args.backend != "open_clip":
-        parser.error("--pretrained is for --backend open_clip; with clip, --model names the "
-                     "weights")
+    check_model_arguments(parser, args)
+    if args.num_frames < 1:
+        parser.error(f"--num_frames must be >= 1, got {args.num_frames}")
     if args.bootstrap < 0:
         parser.error(f"--bootstrap must be >= 0, got {args.bootstrap}")
     if args.plot and Path(args.plot).suffix.lower() not in PLOT_FORMATS:
         parser.error(f"--plot must end in one of {', '.join(PLOT_FORMATS)}, got {args.plot!r}")
-    if not DEVICE_PATTERN.fullmatch(args.device):
-        parser.error(f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r} (other "
-                     "accelerators such as mps are not supported)")
     if not (args.dist_timeout > 0 and np.isfinite(args.dist_timeout)):
         parser.error(f"--dist_timeout must be a positive number of seconds, got "
                      f"{args.dist_timeout}")
@@ -132,16 +101,6 @@ def parse_args(argv=None):
 
 # ----------------------------------------------------------------------------------------------
 # Prepare
-
-
-def resolve_preprocess_on(preprocess_on, device):
-    """"workers" or "device": auto means the device when it is CUDA (where resizing is cheap and
-    CPU workers would be the bottleneck), else the workers."""
-    if preprocess_on not in PREPROCESS_ON:
-        raise ValueError(f"preprocess_on must be one of {PREPROCESS_ON}, got {preprocess_on!r}")
-    if preprocess_on == "auto":
-        return "device" if device.type == "cuda" else "workers"
-    return preprocess_on
 
 
 def preprocess_id(frames, placement, device):

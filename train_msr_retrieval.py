@@ -21,10 +21,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import data_loader
-from clip_hitchhiker.backends import BACKENDS, load_model
+from clip_hitchhiker.backends import load_model
 from clip_hitchhiker.clip_models import compute_embeddings
 from clip_hitchhiker.dataset_choice import build_dataset
 from clip_hitchhiker.errors import HitchhikerError, PeerFailure
+from clip_hitchhiker.model_options import (add_model_arguments, check_model_arguments,
+                                           resolve_preprocess_on)
 from clip_hitchhiker.torchrun import collective_step, setup_context, teardown
 from clip_hitchhiker.training import (PRECISIONS, DualEncoder, EpochSampler, Trainer,
                                       TrainingClips, append_jsonl, build_optimizer,
@@ -44,9 +46,6 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add = parser.add_argument
     add("--output_dir", required=True, help="the checkpoint (last.pt) and log.jsonl")
-    add("--backend", default="clip", choices=BACKENDS)
-    add("--model", default="ViT-B/16", help="as for run_msr_retrieval.py")
-    add("--pretrained", default=None, help="open_clip: a tag or a weights file")
     add("--num_frames", type=int, default=12, help="frames per video, training and eval (12)")
     add("--batch_size", type=int, default=128,
         help="global batch: videos per step across all ranks; the contrastive negatives (128)")
@@ -79,11 +78,9 @@ def parse_args(argv=None):
     add("--train_csv", default=None, help="your own training videos instead of MSR-VTT's 9k")
     add("--eval_csv", default=None, help="your own evaluation videos instead of 1k-A")
     add("--video_root", default=".", help="folder that the CSV video paths are relative to")
-    add("--num_workers", type=int, default=min(8, os.cpu_count() or 1))
-    add("--device", default="auto")
-    add("--antialias", action="store_true", help="antialiased resize (default: release-era)")
-    add("--preprocess_on", default="auto", choices=("auto", "workers", "device"))
+    add_model_arguments(parser, download_root=False)
     args = parser.parse_args(argv)
+    check_model_arguments(parser, args)
     for name in ("num_frames", "batch_size", "epochs", "grad_accum"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -119,8 +116,7 @@ def prepare(args, ctx):
     loaded.module.float()  # train in fp32 weights; --precision chooses the autocast
     frame_preprocess = FramePreprocess(loaded.preprocess, torch.float32,
                                        antialias=args.antialias)
-    on_device = args.preprocess_on == "device" or (args.preprocess_on == "auto"
-                                                   and ctx.device.type == "cuda")
+    on_device = resolve_preprocess_on(args.preprocess_on, ctx.device) == "device"
     ids, paths, captions = training_videos(args)
     clips = TrainingClips(ids, paths, captions, None if on_device else frame_preprocess,
                           args.num_frames, args.seed)

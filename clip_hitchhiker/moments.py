@@ -1,0 +1,75 @@
+"""From query-scoring frame weights to a moment (start, end, peak) in seconds.
+
+One rule, used by `search_videos.py search` and by the moment-localisation benchmark, so that the
+benchmark measures what search prints.
+
+Each sampled frame stands for a cell of time: from the midpoint with the previous frame's time
+to the midpoint with the next one's (the first cell starts at 0, the last ends at the video's
+duration). The peak is the time of the frame with the largest weight (the earliest on a tie).
+The moment is the shortest run of consecutive cells, in seconds, that holds the peak and at
+least `mass` of the weight (0.5 by default); among equally short runs, the one with more weight,
+then the earliest.
+"""
+import numpy as np
+
+__all__ = ["DEFAULT_MASS", "frame_cells", "moment_from_weights"]
+
+DEFAULT_MASS = 0.5
+
+
+def frame_cells(frame_times, duration):
+    """Time cells of the sampled frames.
+
+    frame_times: [F] seconds, ascending; duration: seconds (times past it are clipped to it).
+    returns: (starts [F], ends [F]) float64, with starts[0] = 0, ends[-1] = duration and
+    ends[i] = starts[i + 1].
+    """
+    times = np.clip(np.asarray(frame_times, dtype=np.float64), 0.0, float(duration))
+    if times.ndim != 1 or len(times) == 0:
+        raise ValueError(f"frame_times must be a non-empty 1-d array, got shape {times.shape}")
+    if np.any(np.diff(times) < 0):
+        raise ValueError("frame_times must be ascending")
+    middles = (times[:-1] + times[1:]) / 2
+    starts = np.concatenate([[0.0], middles])
+    ends = np.concatenate([middles, [float(duration)]])
+    return starts, ends
+
+
+def moment_from_weights(frame_weights, frame_times, duration, mass=DEFAULT_MASS):
+    """The moment that a video's frame weights point at.
+
+    frame_weights: [F] non-negative (query-scoring softmax weights; they are divided by their
+        sum here); frame_times: [F] seconds, ascending; duration: the video's length in seconds;
+        mass: the share of weight the moment must hold, in (0, 1].
+    returns: dict {"start", "end", "peak"} in seconds, 0 <= start <= peak <= end <= duration.
+    """
+    weights = np.asarray(frame_weights, dtype=np.float64)
+    if weights.shape != np.shape(frame_times):
+        raise ValueError(f"frame_weights {weights.shape} and frame_times "
+                         f"{np.shape(frame_times)} must have the same shape")
+    if not (0 < mass <= 1):
+        raise ValueError(f"mass must be in (0, 1], got {mass!r}")
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
+        raise ValueError("frame_weights must be finite, non-negative and not all zero")
+    weights = weights / weights.sum()
+    starts, ends = frame_cells(frame_times, duration)
+    peak = int(np.argmax(weights))
+    first, last = _shortest_run(weights, starts, ends, peak, mass)
+    peak_time = float(np.clip(frame_times[peak], starts[first], ends[last]))
+    return {"start": float(starts[first]), "end": float(ends[last]), "peak": peak_time}
+
+
+def _shortest_run(weights, starts, ends, peak, mass):
+    """(first, last) frame of the shortest run of cells holding `peak` and >= mass of weight."""
+    cumulative = np.concatenate([[0.0], np.cumsum(weights)])  # cumulative[i] = sum(weights[:i])
+    # Rounding in the cumulative sum must not make a run that holds all the weight fall short.
+    needed = np.minimum(cumulative[:peak + 1] + mass, cumulative[-1]) - 1e-12
+    firsts = np.arange(peak + 1)
+    # For each first frame, the smallest last frame (>= peak) whose run reaches the mass.
+    lasts = np.maximum(np.searchsorted(cumulative, needed, side="left") - 1, peak)
+    lasts = np.minimum(lasts, len(weights) - 1)
+    lengths = ends[lasts] - starts[firsts]
+    held = cumulative[lasts + 1] - cumulative[firsts]
+    order = np.lexsort((firsts, -held, lengths))  # shortest, then heaviest, then earliest
+    best = order[0]
+    return int(firsts[best]), int(lasts[best])
