@@ -24,12 +24,13 @@ from torchvision.transforms import CenterCrop, Normalize, Resize
 
 from clip_hitchhiker.downloads import COMPLETE_MARKER, fetch_and_extract, load_restricted_pickle
 from clip_hitchhiker.errors import DatasetError, VideoDecodeError
+from clip_hitchhiker.sampling import fps_sample_times
 
 __all__ = ["COMPLETE_MARKER", "CSVDataset", "DatasetError", "FramePreprocess", "MSRVTTDataset",
            "MSRVTT_URL", "SPLITS", "VideoDataset", "VideoDecodeError", "center_crop",
            "collate_videos", "download_msrvtt", "load_msrvtt_split", "load_msrvtt_training",
-           "read_video", "read_video_decord", "read_video_frames", "resize_shorter_side",
-           "sample_frame_indices"]
+           "read_video", "read_video_decord", "read_video_frames", "read_video_times",
+           "resize_shorter_side", "sample_frame_indices"]
 
 MSRVTT_URL = "https://www.robots.ox.ac.uk/~maxbain/frozen-in-time/data/MSRVTT.zip"
 SPLITS = ("jsfusion", "miech", "full-test")
@@ -187,6 +188,76 @@ def read_video(video_path, num_frames, num_threads=1, sample=sample_frame_indice
     decoded = {"frames": num_available, "indices": indices,
                "resolution": [int(frames.shape[2]), int(frames.shape[3])]}
     return frames, decoded
+
+
+def read_video_times(video_path, fps=1.0, max_frames=None):
+    """Decode the frames nearest the midpoints of 1/fps-second segments (clip_hitchhiker.sampling),
+    with PyAV, in one pass that keeps only the chosen frames (hours of video stay in bounded
+    memory).
+
+    returns: (uint8 [S, 3, H, W] RGB, {"decoder": "pyav", "frames": frames decoded, "indices":
+    [S] frame numbers in presentation order, "times": [S] their presentation times in seconds,
+    "duration": seconds, "resolution": [H, W]}). A target rate above the video's frame rate
+    gives each frame once (S can be below the segment count).
+    """
+    import av
+
+    video_path = str(video_path)
+    if not os.path.isfile(video_path):
+        raise VideoDecodeError(f"video file not found: {video_path}")
+    try:
+        with av.open(video_path) as container:
+            stream = container.streams.video[0]
+            duration = _stream_duration(container, stream)
+            targets = fps_sample_times(duration, fps, max_frames)
+            chosen, count = _nearest_frames_in_one_pass(container.decode(stream), targets,
+                                                        stream.time_base)
+    except VideoDecodeError:
+        raise
+    except Exception as e:  # av.error.FFmpegError and friends
+        raise VideoDecodeError(f"cannot decode {video_path}: {e}") from e
+    if not chosen:
+        raise VideoDecodeError(f"video has no frames: {video_path}")
+    frames = torch.from_numpy(np.stack([frame for _, _, frame in chosen])).permute(0, 3, 1, 2)
+    info = {"decoder": "pyav", "frames": count, "indices": [i for i, _, _ in chosen],
+            "times": [t for _, t, _ in chosen], "duration": duration,
+            "resolution": [int(frames.shape[2]), int(frames.shape[3])]}
+    return frames, info
+
+
+def _stream_duration(container, stream):
+    """The video's duration in seconds, from the stream's header, else the container's."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000  # av.time_base
+    raise VideoDecodeError(f"{container.name}: the container states no duration")
+
+
+def _nearest_frames_in_one_pass(decoded_frames, targets, time_base):
+    """For each target time (ascending), the decoded frame whose time is nearest (a tie goes to
+    the earlier one), each chosen frame once. returns: ([(index, time, HxWx3 uint8)], count)."""
+    chosen, previous, target, count = [], None, 0, 0
+    for index, frame in enumerate(decoded_frames):
+        count = index + 1
+        time = float(frame.pts * time_base) if frame.pts is not None else float(frame.time)
+        while target < len(targets) and time >= targets[target]:
+            nearer_is_previous = previous is not None and \
+                targets[target] - previous[1] <= time - targets[target]
+            _choose(chosen, previous if nearer_is_previous else (index, time, frame))
+            target += 1
+        previous = (index, time, frame)
+    if target < len(targets) and previous is not None:
+        _choose(chosen, previous)
+    return chosen, count
+
+
+def _choose(chosen, candidate):
+    """Append (index, time, RGB array) unless that frame is already the last chosen; converted
+    now, so that no decoder buffer outlives the pass."""
+    index, time, frame = candidate
+    if not chosen or chosen[-1][0] != index:
+        chosen.append((index, time, frame.to_ndarray(format="rgb24")))
 
 
 def read_video_frames(video_path, num_frames, num_threads=1):

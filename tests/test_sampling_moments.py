@@ -121,3 +121,25 @@ def test_frame_weights_hand_computed_and_consistent_with_scores():
     direct = torch.nn.functional.cosine_similarity(text[:, None], pooled, dim=-1)
     torch.testing.assert_close(direct, similarity_queryscoring(text, videos, 0.3,
                                                                video_mask=mask))
+
+
+def test_read_video_times_picks_frames_nearest_segment_midpoints(tmp_path):
+    from data_loader import read_video_times
+    from tests.synthetic import decode_frame_indices, write_index_video
+
+    path = tmp_path / "v.mp4"
+    write_index_video(path, 40, fps=10)  # 4 s; frame i shown at i / 10 s
+    frames, info = read_video_times(path, fps=1)
+    # Midpoints 0.5, 1.5, 2.5, 3.5 s are frames 5, 15, 25, 35.
+    assert info["indices"] == [5, 15, 25, 35]
+    assert decode_frame_indices(frames) == [5, 15, 25, 35]
+    assert info["times"] == pytest.approx([0.5, 1.5, 2.5, 3.5])
+    assert info["duration"] == pytest.approx(4.0)
+    assert info["frames"] == 40 and info["decoder"] == "pyav"
+    # max_frames 2: segments [0, 2), [2, 4): midpoints 1 s and 3 s.
+    frames, info = read_video_times(path, fps=1, max_frames=2)
+    assert decode_frame_indices(frames) == info["indices"] == [10, 30]
+    # 0.25 s segments: midpoints 0.125, 0.375, 0.625, 0.875 are nearest frames 1, 4, 6, 9.
+    frames, info = read_video_times(path, fps=4)
+    assert info["indices"][:4] == [1, 4, 6, 9]
+    assert decode_frame_indices(frames)[:4] == [1, 4, 6, 9]
