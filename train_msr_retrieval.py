@@ -5,17 +5,22 @@ evaluate on 1k-A with the evaluator after each epoch (the recipe the release lea
     torchrun --nproc_per_node 8 train_msr_retrieval.py --output_dir runs/qs --precision bf16
     python train_msr_retrieval.py --output_dir runs/qs --resume runs/qs/last.pt
 
-Stages: parse -> prepare (model, data, optimiser; or resume) -> for each epoch: train steps
-(checkpoint every --save_every steps and at the end of the epoch) -> evaluate -> log.
+Stages: parse -> settings (a --resume reuses its checkpoint's) -> checks before any model is
+loaded (batch, CSVs, videos, output folder) -> claim the output folder (a lock; another run's
+files refused, or moved aside with --overwrite) -> prepare (model, data, optimiser; or resume)
+-> for each epoch: train steps (checkpoint every --save_every steps and at the end of the
+epoch) -> evaluate -> log. Epochs are numbered from 1 in the progress bar, the printout and the
+log.
 Your own videos: --train_csv and --eval_csv (video_path, caption; several captions a video).
 """
 import argparse
+import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -24,28 +29,48 @@ import data_loader
 from clip_hitchhiker.backends import load_model
 from clip_hitchhiker.clip_models import compute_embeddings
 from clip_hitchhiker.dataset_choice import build_dataset
-from clip_hitchhiker.errors import HitchhikerError, PeerFailure
+from clip_hitchhiker.errors import ConfigError, DatasetError, HitchhikerError, PeerFailure
 from clip_hitchhiker.model_options import (add_model_arguments, check_model_arguments,
                                            resolve_preprocess_on)
+from clip_hitchhiker.output_files import folder_problem
+from clip_hitchhiker.run_folder import FolderLock, move_aside, remove_stale_temporaries
 from clip_hitchhiker.torchrun import collective_step, setup_context, teardown
 from clip_hitchhiker.training import (PRECISIONS, DualEncoder, EpochSampler, Trainer,
-                                      TrainingClips, append_jsonl, build_optimizer,
-                                      collate_clips, enable_vision_checkpointing, load_checkpoint,
-                                      save_checkpoint, warmup_cosine)
+                                      TrainingClips, TrainingDiverged, append_jsonl,
+                                      build_optimizer, collate_clips,
+                                      enable_vision_checkpointing, read_checkpoint,
+                                      restore_checkpoint, save_checkpoint, trim_log,
+                                      warmup_cosine)
 from data_loader import FramePreprocess
 from clip_hitchhiker.reporting import format_result_line, silence_third_party_notices
 from run_msr_retrieval import evaluate
 
+DESCRIPTION = ("Finetune CLIP on MSR-VTT's 9k training videos (or a CSV of your own) with "
+               "query-scoring in the contrastive loss, and evaluate on 1k-A (or a CSV of your "
+               "own) after each epoch.")
 # Settings a resumed run must share with its checkpoint (the rest, e.g. workers, may change).
 RESUME_KEYS = ("backend", "model", "pretrained", "num_frames", "batch_size", "epochs",
                "lr_clip", "lr_new", "weight_decay", "warmup_fraction", "precision", "grad_accum",
                "qs_temperature", "learn_qs_temperature", "seed", "train_csv", "antialias")
+# What a --resume does not take from its checkpoint: where and how far this invocation runs.
+NOT_RESUMED = ("output_dir", "resume", "overwrite", "max_steps")
+# A run's files in --output_dir: another run's are never replaced.
+CHECKPOINT, LOG = "last.pt", "log.jsonl"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same clean-up runs: no half-written checkpoint
+    is left, the folder's lock is released."""
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=DESCRIPTION)
     add = parser.add_argument
-    add("--output_dir", required=True, help="the checkpoint (last.pt) and log.jsonl")
+    add("--output_dir", required=True,
+        help="the run's folder: its checkpoint (last.pt) and log.jsonl; one run at a time")
+    add("--overwrite", action="store_true",
+        help="start a new run in an --output_dir that holds another run's files, moving them "
+             "aside into a replaced-<time>/ subfolder (nothing is deleted)")
     add("--num_frames", type=int, default=12, help="frames per video, training and eval (12)")
     add("--batch_size", type=int, default=128,
         help="global batch: videos per step across all ranks; the contrastive negatives (128)")
@@ -71,7 +96,8 @@ def parse_args(argv=None):
     add("--save_every", type=int, default=0, metavar="STEPS",
         help="also checkpoint every STEPS steps (default: at the end of each epoch only)")
     add("--resume", default=None, metavar="CHECKPOINT",
-        help="continue exactly where the checkpoint stopped")
+        help="continue exactly where the checkpoint stopped, with its settings (options given "
+             "here must agree with them, except workers, device, evaluation and --max_steps)")
     add("--eval_temperatures", type=float, nargs="+", default=[0.1])
     add("--data_root", default="./data")
     add("--msrvtt_url", default=data_loader.MSRVTT_URL)
@@ -84,40 +110,174 @@ def parse_args(argv=None):
     for name in ("num_frames", "batch_size", "epochs", "grad_accum"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.batch_size % args.grad_accum:
-        parser.error(f"--batch_size {args.batch_size} must be a multiple of --grad_accum")
-    if (args.train_csv is None) != (args.eval_csv is None):
+    if args.max_steps is not None and args.max_steps < 1:
+        parser.error(f"--max_steps must be >= 1, got {args.max_steps}")
+    if not args.resume and (args.train_csv is None) != (args.eval_csv is None):
         parser.error("--train_csv and --eval_csv go together")
     if args.resume and not os.path.isfile(args.resume):
         parser.error(f"--resume {args.resume}: no such checkpoint")
+    if args.resume and args.overwrite:
+        parser.error("--overwrite starts a new run; it cannot go with --resume")
     if not 0 <= args.warmup_fraction < 1:
         parser.error(f"--warmup_fraction must lie in [0, 1), got {args.warmup_fraction}")
+    args.given = given_options(parser, argv)
     return args
+
+
+def given_options(parser, argv):
+    """The options set on the command line (dest names), as opposed to left at their default:
+    argparse fills in a default only where the namespace lacks the attribute."""
+    unset = object()
+    dests = vars(parser.parse_args(argv))
+    given = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(dests, unset)))
+    return sorted(name for name, value in vars(given).items() if value is not unset)
+
+
+# ----------------------------------------------------------------------------------------------
+# Settings and checks, before any model is loaded
+
+
+def resume_settings(args, stored):
+    """The settings of a resumed run: the checkpoint's (stored: its config), except NOT_RESUMED
+    and the options given on this command line. A given option in RESUME_KEYS that differs
+    from the checkpoint's is refused, naming it. returns: a new namespace."""
+    differ = [k for k in RESUME_KEYS if k in args.given and k in stored
+              and json.dumps(stored[k]) != json.dumps(getattr(args, k))]
+    if differ:
+        listed = ", ".join(f"--{k} {stored[k]} (given: {getattr(args, k)})" for k in differ)
+        raise ConfigError(f"--resume {args.resume} was made with other settings: {listed}; "
+                          f"leave {', '.join('--' + k for k in differ)} out to reuse the "
+                          "checkpoint's, or start a new run in another --output_dir")
+    merged = vars(args).copy()
+    merged.update({k: v for k, v in stored.items()
+                   if k in merged and k not in NOT_RESUMED and k not in args.given})
+    return argparse.Namespace(**merged)
+
+
+def nothing_left(args, state):
+    """Why a resumed run has no step left to take (a finished run, or --max_steps reached), as
+    a line to print; None when it has."""
+    step = state["trainer"]["step"]
+    if state["epoch"] >= args.epochs:
+        return (f"{args.resume} is a finished run: all {args.epochs} epochs done ({step} steps; "
+                f"the evaluations are in {Path(args.resume).parent / LOG}); nothing to do. To "
+                "train further, start a new run (another --output_dir, or --overwrite)")
+    if args.max_steps is not None and step >= args.max_steps:
+        return (f"{args.resume} is already at step {step}, --max_steps {args.max_steps}; "
+                "nothing to do (leave --max_steps out to go on to the end)")
+    return None
+
+
+def check_batch(batch_size, grad_accum, world_size):
+    """The batch must split evenly over the ranks and the micro-batches, and each loss needs a
+    negative: it runs over one micro-batch of every rank together (batch_size / grad_accum
+    videos), which must hold at least 2."""
+    if batch_size % world_size:
+        raise ConfigError(f"--batch_size {batch_size} must be a multiple of the {world_size} "
+                          "ranks")
+    if (batch_size // world_size) % grad_accum:
+        raise ConfigError(f"--batch_size {batch_size} gives each of the {world_size} ranks "
+                          f"{batch_size // world_size} videos, which must be a multiple of "
+                          f"--grad_accum {grad_accum}")
+    if batch_size // grad_accum < 2:
+        raise ConfigError(f"--batch_size {batch_size} with --grad_accum {grad_accum} puts 1 "
+                          "video in each contrastive loss: it has no negative to learn from; "
+                          "use at least 2 videos per micro-batch (raise --batch_size or lower "
+                          "--grad_accum)")
+
+
+def check_output_dir(output_dir):
+    problem = folder_problem(Path(output_dir))
+    if problem:
+        raise ConfigError(f"--output_dir {output_dir} cannot be written: {problem}; choose "
+                          "another folder")
+
+
+def read_csv(path, option):
+    """The evaluator's checks of a caption CSV (columns, rows, empty cells), reused; the file
+    itself is checked here to name the trainer's option."""
+    if not os.path.isfile(path):
+        problem = "is a folder, not a CSV file" if os.path.isdir(path) else "does not exist"
+        raise DatasetError(f"{option} {path} {problem}")
+    return data_loader._read_caption_csv(path)
+
+
+def check_videos(paths, what, hint):
+    """Count the videos that are not there, before the first step (not mid-epoch)."""
+    missing = [str(p) for p in paths if not Path(p).is_file()]
+    if missing:
+        raise DatasetError(f"{len(missing)} of {len(paths)} {what} are missing, e.g. "
+                           f"{missing[:3]}; {hint}")
+
+
+def training_data(args, download):
+    """The training videos, and the evaluation videos checked, before any model is loaded.
+    returns: (video ids, {id: path}, {id: [captions]}) of MSR-VTT's 9k or of --train_csv."""
+    csv_hint = (f"fix --video_root ({args.video_root}), the folder that the CSV paths are "
+                "relative to, or the CSV")
+    msrvtt_dir = Path(args.data_root) / "MSRVTT"
+    msrvtt_hint = (f"point --data_root at the folder that holds a complete MSRVTT/, or delete "
+                   f"{msrvtt_dir} to download it again")
+    if download and not (args.train_csv and args.eval_csv):
+        data_loader.download_msrvtt(args.data_root, url=args.msrvtt_url)
+    if args.train_csv:
+        table = read_csv(args.train_csv, "--train_csv")
+        captions = table.groupby("video_path", sort=False)["caption"].apply(list).to_dict()
+        paths = {v: Path(args.video_root) / v for v in captions}
+        check_videos(list(paths.values()), f"training videos of {args.train_csv}", csv_hint)
+    else:
+        ids, captions = data_loader.load_msrvtt_training(args.data_root)
+        paths = {v: msrvtt_dir / "videos" / "all" / f"{v}.mp4" for v in ids}
+        check_videos(list(paths.values()), "MSR-VTT training videos", msrvtt_hint)
+    if args.eval_csv:
+        table = read_csv(args.eval_csv, "--eval_csv")
+        check_videos([Path(args.video_root) / v for v in dict.fromkeys(table["video_path"])],
+                     f"evaluation videos of {args.eval_csv}", csv_hint)
+    else:
+        queries = data_loader.load_msrvtt_split(args.data_root)
+        check_videos([msrvtt_dir / "videos" / "all" / f"{v}.mp4"
+                      for v in dict.fromkeys(queries["video_id"])],
+                     "MSR-VTT 1k-A evaluation videos", msrvtt_hint)
+    return list(captions), paths, captions
+
+
+def claim_output_dir(output, resume, overwrite):
+    """Lock the output folder for this run; clean up the temporary files of a killed run; and
+    make sure that it holds no other run's files: a --resume continues a checkpoint of this
+    folder, --overwrite moves them aside, anything else is refused.
+    returns: (the held FolderLock, lines to print)."""
+    check_output_dir(output)
+    lock = FolderLock(output, option="--output_dir").acquire()
+    try:
+        notes = [f"removed {path} ({size / 1e6:.1f} MB), a temporary file left by a killed run"
+                 for path, size in remove_stale_temporaries(output, (CHECKPOINT, LOG))]
+        present = [name for name in (CHECKPOINT, LOG) if (output / name).exists()]
+        continuing = resume is not None and Path(resume).resolve().parent == output.resolve()
+        if present and not continuing:
+            if not overwrite:
+                raise ConfigError(
+                    f"--output_dir {output} holds another run's {' and '.join(present)}; pass "
+                    f"--resume {output / CHECKPOINT} to continue it, or --overwrite to move "
+                    "its files aside and start anew (or choose another --output_dir)")
+            aside = move_aside(output, (CHECKPOINT, LOG))
+            notes.append(f"moved the earlier run's {' and '.join(present)} to {aside}")
+    except BaseException:
+        lock.release()
+        raise
+    return lock, notes
 
 
 # ----------------------------------------------------------------------------------------------
 # Prepare
 
 
-def training_videos(args):
-    """returns: (video ids, {id: path}, {id: [captions]}) of MSR-VTT's 9k or of --train_csv."""
-    if args.train_csv:
-        table = pd.read_csv(args.train_csv, dtype=str, keep_default_na=False)
-        captions = table.groupby("video_path", sort=False)["caption"].apply(list).to_dict()
-        return list(captions), {v: Path(args.video_root) / v for v in captions}, captions
-    data_loader.download_msrvtt(args.data_root, url=args.msrvtt_url)
-    ids, captions = data_loader.load_msrvtt_training(args.data_root)
-    video_dir = Path(args.data_root) / "MSRVTT" / "videos" / "all"
-    return ids, {v: video_dir / f"{v}.mp4" for v in ids}, captions
-
-
-def prepare(args, ctx):
+def prepare(args, ctx, videos):
     loaded = load_model(args.backend, args.model, ctx.device, args.pretrained)
     loaded.module.float()  # train in fp32 weights; --precision chooses the autocast
     frame_preprocess = FramePreprocess(loaded.preprocess, torch.float32,
                                        antialias=args.antialias)
     on_device = resolve_preprocess_on(args.preprocess_on, ctx.device) == "device"
-    ids, paths, captions = training_videos(args)
+    ids, paths, captions = videos
     clips = TrainingClips(ids, paths, captions, None if on_device else frame_preprocess,
                           args.num_frames, args.seed)
     eval_set, _ = build_dataset(frame_preprocess, args.num_frames,
@@ -168,64 +328,131 @@ def evaluate_epoch(loaded, eval_set, ctx, args):
 
 def main(args):
     """Train, evaluating after each epoch. returns: the list of eval results (rank 0)."""
+    state = None
+    if args.resume:
+        state = read_checkpoint(args.resume)
+        args = resume_settings(args, state["config"])
+        done = nothing_left(args, state)
+        if done:
+            print(done)
+            return []
     ctx = setup_context(args.device)
     try:
-        return _run(args, ctx)
+        return _run(args, ctx, state)
     finally:
         teardown(ctx)
 
 
-def _run(args, ctx):
+def _run(args, ctx, state):
     output = Path(args.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
+    check_batch(args.batch_size, args.grad_accum, ctx.world_size)
+    lock, notes = collective_step(ctx, lambda: claim_output_dir(output, args.resume,
+                                                                args.overwrite)
+                                  if ctx.is_main else (None, []))
+    try:
+        for note in notes:
+            print(note, file=sys.stderr)
+        # Local rank 0 downloads MSR-VTT first; the others then read it.
+        first = collective_step(ctx, lambda: training_data(args, download=True)
+                                if ctx.local_rank == 0 else None)
+        videos = collective_step(ctx, lambda: first if ctx.local_rank == 0
+                                 else training_data(args, download=False))
+        return _train(args, ctx, state, output, videos)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(args, ctx, state, output, videos):
     loaded, model, clips, eval_set, device_preprocess = collective_step(
-        ctx, lambda: prepare(args, ctx))
+        ctx, lambda: prepare(args, ctx, videos))
     sampler = EpochSampler(len(clips), args.batch_size, args.seed, ctx.rank, ctx.world_size)
     trainer, total_steps = make_trainer(args, ctx, loaded, model, sampler.batches_per_epoch())
     stop_at = min(total_steps, args.max_steps or total_steps)
-    config = {k: v for k, v in vars(args).items()}
-    epoch, batch_in_epoch = (load_checkpoint(args.resume, trainer, config, RESUME_KEYS)
-                             if args.resume else (0, 0))
-    log = output / "log.jsonl" if ctx.is_main else None
+    config = {k: v for k, v in vars(args).items() if k != "given"}
+    epoch, batch_in_epoch = restore_checkpoint(state, trainer) if state else (0, 0)
+    del state  # the checkpoint's tensors are in the trainer now
+    log = output / LOG if ctx.is_main else None
+    if log is not None and trim_log(log, trainer.step):
+        print(f"{log}: dropped the records after step {trainer.step}, the checkpoint's (the "
+              "resumed run takes those steps again)", file=sys.stderr)
     history = []
     while epoch < args.epochs and trainer.step < stop_at:
+        number = epoch + 1  # the epoch in progress, counted from 1 everywhere
         clips.set_epoch(epoch)
         sampler.set_position(epoch, batch_in_epoch)
         loader = DataLoader(clips, batch_size=args.batch_size // ctx.world_size, sampler=sampler,
                             num_workers=args.num_workers, collate_fn=collate_clips,
                             pin_memory=ctx.device.type == "cuda", drop_last=True)
-        for batch in tqdm(loader, desc=f"epoch {epoch}", disable=not ctx.is_main):
-            loss = trainer.train_step(batch, device_preprocess)
+        for batch in tqdm(loader, desc=f"epoch {number}/{args.epochs}",
+                          disable=not ctx.is_main):
+            loss = train_step(trainer, batch, device_preprocess, output)
             batch_in_epoch += 1
-            append_jsonl(log, {"step": trainer.step, "epoch": epoch, "loss": loss,
+            append_jsonl(log, {"step": trainer.step, "epoch": number, "loss": loss,
                                "lr": [g["lr"] for g in trainer.optimizer.param_groups],
                                "qs_temperature": float(model.temperature().detach()),
                                "time": time.time()})
             if args.save_every and trainer.step % args.save_every == 0 and ctx.is_main:
-                save_checkpoint(output / "last.pt", trainer, epoch, batch_in_epoch, config)
+                save_checkpoint(output / CHECKPOINT, trainer, epoch, batch_in_epoch, config)
             if trainer.step >= stop_at:
                 break
         if batch_in_epoch >= sampler.batches_per_epoch():
             epoch, batch_in_epoch = epoch + 1, 0
         if ctx.is_main:
-            save_checkpoint(output / "last.pt", trainer, epoch, batch_in_epoch, config)
+            save_checkpoint(output / CHECKPOINT, trainer, epoch, batch_in_epoch, config)
         results = evaluate_epoch(loaded, eval_set, ctx, args)
         if ctx.is_main:
-            history.append({"epoch": epoch, "step": trainer.step, "results": results})
-            append_jsonl(log, {"eval": results, "epoch": epoch, "step": trainer.step})
+            history.append({"epoch": number, "step": trainer.step, "results": results})
+            append_jsonl(log, {"eval": results, "epoch": number, "step": trainer.step})
             for result in results:
-                print(f"epoch {epoch} step {trainer.step}: {format_result_line(result)}")
+                print(f"epoch {number} step {trainer.step}: {format_result_line(result)}")
     return history if ctx.is_main else None
 
 
+def train_step(trainer, batch, device_preprocess, output):
+    """One step; a divergence also says which checkpoint is kept (none is written after it)."""
+    try:
+        return trainer.train_step(batch, device_preprocess)
+    except TrainingDiverged as e:
+        raise TrainingDiverged(f"{e}; {checkpoint_note(output / CHECKPOINT)}") from e
+
+
+def checkpoint_note(path):
+    """What a stopped run leaves to resume from, in words."""
+    if not path.is_file():
+        return "no checkpoint was written before it"
+    try:
+        step = read_checkpoint(path)["trainer"]["step"]
+    except ConfigError as e:
+        return str(e)
+    return f"the last checkpoint, {path} (step {step}), is kept: --resume {path} continues it"
+
+
 def cli(argv=None):
+    """The command line: the project's own errors become one line on stderr and exit code 1;
+    Ctrl-C and SIGTERM one note (exit codes 130 and 143)."""
     silence_third_party_notices()
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         main(args)
-    except (HitchhikerError, PeerFailure) as e:
+    except KeyboardInterrupt as e:
+        if int(os.environ.get("RANK", "0")) == 0:
+            stopped = "terminated" if isinstance(e, Terminated) else "interrupted"
+            print(f"{stopped}: {checkpoint_note(Path(args.output_dir) / CHECKPOINT)}",
+                  file=sys.stderr)
+        sys.exit(143 if isinstance(e, Terminated) else 130)
+    except PeerFailure as e:
+        if int(os.environ.get("RANK", "0")) == 0:  # the rank that failed prints its own cause
+            print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except HitchhikerError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
 
 
 if __name__ == "__main__":

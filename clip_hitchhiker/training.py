@@ -19,12 +19,17 @@ import torch.distributed as dist
 from torch.utils.data import Dataset, Sampler
 
 from clip_hitchhiker.embedding_cache import write_atomically
-from clip_hitchhiker.errors import ConfigError
+from clip_hitchhiker.errors import ConfigError, HitchhikerError
 from data_loader import read_video
 from query_scoring import query_scoring_contrastive_loss
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 CHECKPOINT_FORMAT = 1
+
+
+class TrainingDiverged(HitchhikerError, FloatingPointError):
+    """A non-finite loss, logit scale or temperature: the run stops before anything is saved
+    from that step on. The message names the step and the learning rates."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -249,6 +254,7 @@ class Trainer:
         videos, captions = batch["video"], batch["caption"]
         micro = math.ceil(len(captions) / self.grad_accum)
         total = 0.0
+        self._check_finite()
         for start in range(0, len(captions), micro):
             frames = [v.to(self.device, non_blocking=True) for v in videos[start:start + micro]]
             if frame_preprocess is not None:
@@ -260,6 +266,8 @@ class Trainer:
                 frame_features, text_features = self.model(frames.flatten(0, 1), tokens)
             loss = global_batch_loss(_unwrap(self.model), frame_features, text_features,
                                      self.num_frames)
+            if not torch.isfinite(loss.detach()):
+                raise self._diverged(f"the loss is {float(loss)}")
             self.scaler.scale(loss / self.grad_accum).backward()
             total += float(loss.detach())
         if self.max_grad_norm:
@@ -268,9 +276,27 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        self._check_finite()  # before anything saves what this step made
         self.scheduler.step()
         self.step += 1
         return total / math.ceil(len(captions) / micro)
+
+    def _check_finite(self):
+        """The logit scale and the query-scoring temperature must be finite and above 0 (exp
+        of a logarithm that ran off to +-inf; query_scoring would otherwise refuse them deep
+        in a traceback)."""
+        model = _unwrap(self.model)
+        for name, value in (("logit scale", model.logit_scale()),
+                            ("query-scoring temperature", model.temperature())):
+            value = float(value.detach())
+            if not 0 < value < math.inf:
+                raise self._diverged(f"the {name} is {value}")
+
+    def _diverged(self, what):
+        groups = self.optimizer.param_groups  # CLIP's two, then the new parameters' one
+        return TrainingDiverged(
+            f"training diverged at step {self.step + 1}: {what} (learning rates at this step: "
+            f"CLIP {groups[0]['lr']:.3g}, new parameters {groups[-1]['lr']:.3g})")
 
     def _autocast_dtype(self):
         return torch.bfloat16 if self.precision == "bf16" else torch.float16
@@ -305,26 +331,52 @@ def save_checkpoint(path, trainer, epoch, batch_in_epoch, config):
     write_atomically(path, lambda tmp: torch.save(state, tmp))
 
 
-def load_checkpoint(path, trainer, config, resume_keys):
-    """Restore a checkpoint into trainer (read with weights_only=True: nothing in it runs).
-    The settings in resume_keys must be the checkpoint's. returns: (epoch, batch_in_epoch)."""
+def read_checkpoint(path):
+    """A checkpoint of save_checkpoint, memory-mapped (reading its settings costs little; the
+    tensors are read when used) and read with weights_only=True (nothing in it runs).
+    returns: its dict, with "config" as a dict."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except FileNotFoundError as e:
         raise ConfigError(f"--resume {path}: no such checkpoint") from e
     except Exception as e:  # a truncated or foreign file
         raise ConfigError(f"--resume {path} is not a readable checkpoint ({e})") from e
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError(f"--resume {path} is not a checkpoint of train_msr_retrieval.py")
-    saved = json.loads(state["config"])
-    changed = {k: (saved.get(k), config.get(k)) for k in resume_keys
-               if json.dumps(saved.get(k), default=str) != json.dumps(config.get(k), default=str)}
-    if changed:
-        raise ConfigError(f"--resume {path} was made with other settings: {changed} "
-                          "(checkpoint, now); resume with the same ones")
+    return {**state, "config": json.loads(state["config"])}
+
+
+def restore_checkpoint(state, trainer):
+    """Put a read_checkpoint state into trainer and the RNG. returns: (epoch, batch_in_epoch)
+    where the data stood."""
     trainer.load_state_dict(state["trainer"])
     torch.set_rng_state(state["torch_rng"])
     return state["epoch"], state["batch_in_epoch"]
+
+
+def trim_log(path, last_step):
+    """Drop the log's records of steps after last_step, which a run killed between logging a
+    step and checkpointing it leaves and whose steps the resumed run takes again, and a last
+    line that a kill cut short. Rewritten atomically, only if something is dropped.
+    returns: the number of records (lines) dropped."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if _logged_step(line) is not None
+            and _logged_step(line) <= last_step]
+    if len(kept) < len(lines):
+        write_atomically(path, lambda tmp: Path(tmp).write_text("".join(f"{line}\n"
+                                                                        for line in kept)))
+    return len(lines) - len(kept)
+
+
+def _logged_step(line):
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record.get("step") if isinstance(record, dict) else None
 
 
 def append_jsonl(path, record):

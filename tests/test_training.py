@@ -204,13 +204,20 @@ def test_mixed_precision_and_accumulation_steps_run(colours, tmp_path, precision
     assert log[1]["qs_temperature"] != pytest.approx(0.1, abs=0)  # learnable: it moved
 
 
-def test_msrvtt_training_list_and_1k_a_evaluation(msrvtt_root, tiny_clip_files, tmp_path):
-    # The synthetic MSR-VTT lists one training video (train_list_jsfusion.txt) with 3 captions.
-    history = train_module.main(train_module.parse_args([
-        "--output_dir", str(tmp_path / "run"), "--model", str(tiny_clip_files["torchscript"]),
-        "--data_root", str(msrvtt_root), "--msrvtt_url", "http://127.0.0.1:9/not-needed",
-        "--num_frames", "4", "--batch_size", "1", "--epochs", "1", "--num_workers", "0",
-        "--device", "cpu"]))
+def msrvtt_argv(data_root, model, output, *extra):
+    return ["--output_dir", str(output), "--model", str(model), "--data_root", str(data_root),
+            "--msrvtt_url", "http://127.0.0.1:9/not-needed", "--num_frames", "4",
+            "--epochs", "1", "--num_workers", "0", "--device", "cpu", *map(str, extra)]
+
+
+def test_msrvtt_training_list_and_1k_a_evaluation(data_root, tiny_clip_files, tmp_path):
+    # The synthetic MSR-VTT lists one training video (train_list_jsfusion.txt) with 3 captions;
+    # a second one (a test video) gives the contrastive loss a negative.
+    split_list = data_root / "MSRVTT" / "high-quality" / "structured-symlinks"
+    with open(split_list / "train_list_jsfusion.txt", "a") as f:
+        f.write("video7010\n")
+    history = train_module.main(train_module.parse_args(msrvtt_argv(
+        data_root, tiny_clip_files["torchscript"], tmp_path / "run", "--batch_size", 2)))
     assert history[-1]["step"] == 1
     assert [r["aggregation"] for r in history[-1]["results"]] == ["mean-pooling",
                                                                   "query-scoring"]
