@@ -34,11 +34,12 @@ from clip_hitchhiker.model_options import (add_model_arguments, check_model_argu
                                            resolve_preprocess_on)
 from clip_hitchhiker.output_files import folder_problem
 from clip_hitchhiker.run_folder import FolderLock, move_aside, remove_stale_temporaries
-from clip_hitchhiker.torchrun import collective_step, setup_context, teardown
+from clip_hitchhiker.torchrun import broadcast_json, collective_step, setup_context, teardown
 from clip_hitchhiker.training import (PRECISIONS, DualEncoder, EpochSampler, Trainer,
                                       TrainingClips, TrainingDiverged, append_jsonl,
                                       build_optimizer, collate_clips,
-                                      enable_vision_checkpointing, read_checkpoint,
+                                      enable_vision_checkpointing, logged_evaluation,
+                                      read_checkpoint,
                                       restore_checkpoint, save_checkpoint, trim_log,
                                       warmup_cosine)
 from data_loader import FramePreprocess
@@ -154,10 +155,13 @@ def resume_settings(args, stored):
     return argparse.Namespace(**merged)
 
 
-def nothing_left(args, state):
-    """Why a resumed run has no step left to take (a finished run, or --max_steps reached), as
-    a line to print; None when it has."""
+def nothing_left(args, state, evaluated):
+    """Why a resumed run has nothing left to do (a finished run, or --max_steps reached), as a
+    line to print; None when it has a step to take, or the evaluation that its checkpoint was
+    saved for and that the log lacks (evaluated: whether the log has it)."""
     step = state["trainer"]["step"]
+    if state.get("evaluation_due") and not evaluated:
+        return None
     if state["epoch"] >= args.epochs:
         return (f"{args.resume} is a finished run: all {args.epochs} epochs done ({step} steps; "
                 f"the evaluations are in {Path(args.resume).parent / LOG}); nothing to do. To "
@@ -328,22 +332,22 @@ def evaluate_epoch(loaded, eval_set, ctx, args):
 
 def main(args):
     """Train, evaluating after each epoch. returns: the list of eval results (rank 0)."""
-    state = None
     if args.resume:
         state = read_checkpoint(args.resume)
         args = resume_settings(args, state["config"])
-        done = nothing_left(args, state)
+        done = nothing_left(args, state, logged_evaluation(Path(args.output_dir) / LOG,
+                                                           state["trainer"]["step"]))
         if done:
             print(done)
             return []
     ctx = setup_context(args.device)
     try:
-        return _run(args, ctx, state)
+        return _run(args, ctx)
     finally:
         teardown(ctx)
 
 
-def _run(args, ctx, state):
+def _run(args, ctx):
     output = Path(args.output_dir)
     check_batch(args.batch_size, args.grad_accum, ctx.world_size)
     lock, notes = collective_step(ctx, lambda: claim_output_dir(output, args.resume,
@@ -357,26 +361,34 @@ def _run(args, ctx, state):
                                 if ctx.local_rank == 0 else None)
         videos = collective_step(ctx, lambda: first if ctx.local_rank == 0
                                  else training_data(args, download=False))
-        return _train(args, ctx, state, output, videos)
+        return _train(args, ctx, output, videos)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train(args, ctx, state, output, videos):
+def _train(args, ctx, output, videos):
     loaded, model, clips, eval_set, device_preprocess = collective_step(
         ctx, lambda: prepare(args, ctx, videos))
     sampler = EpochSampler(len(clips), args.batch_size, args.seed, ctx.rank, ctx.world_size)
     trainer, total_steps = make_trainer(args, ctx, loaded, model, sampler.batches_per_epoch())
     stop_at = min(total_steps, args.max_steps or total_steps)
     config = {k: v for k, v in vars(args).items() if k != "given"}
-    epoch, batch_in_epoch = restore_checkpoint(state, trainer) if state else (0, 0)
-    del state  # the checkpoint's tensors are in the trainer now
+    epoch, batch_in_epoch, evaluation_due = 0, 0, False
+    if args.resume:  # read again (memory-mapped, so cheap): no reference outlives the restore
+        state = read_checkpoint(args.resume)
+        epoch, batch_in_epoch = restore_checkpoint(state, trainer)
+        evaluation_due = state.get("evaluation_due", False)
+        del state
     log = output / LOG if ctx.is_main else None
     if log is not None and trim_log(log, trainer.step):
         print(f"{log}: dropped the records after step {trainer.step}, the checkpoint's (the "
               "resumed run takes those steps again)", file=sys.stderr)
     history = []
+    if evaluation_due and broadcast_json(ctx, ctx.is_main and not logged_evaluation(
+            log, trainer.step)):  # the run was stopped while it evaluated: that comes first
+        number = epoch if batch_in_epoch == 0 else epoch + 1
+        history.append(evaluate_and_log(loaded, eval_set, ctx, args, log, number, trainer.step))
     while epoch < args.epochs and trainer.step < stop_at:
         number = epoch + 1  # the epoch in progress, counted from 1 everywhere
         clips.set_epoch(epoch)
@@ -399,14 +411,22 @@ def _train(args, ctx, state, output, videos):
         if batch_in_epoch >= sampler.batches_per_epoch():
             epoch, batch_in_epoch = epoch + 1, 0
         if ctx.is_main:
-            save_checkpoint(output / CHECKPOINT, trainer, epoch, batch_in_epoch, config)
-        results = evaluate_epoch(loaded, eval_set, ctx, args)
-        if ctx.is_main:
-            history.append({"epoch": number, "step": trainer.step, "results": results})
-            append_jsonl(log, {"eval": results, "epoch": number, "step": trainer.step})
-            for result in results:
-                print(f"epoch {number} step {trainer.step}: {format_result_line(result)}")
+            save_checkpoint(output / CHECKPOINT, trainer, epoch, batch_in_epoch, config,
+                            evaluation_due=True)
+        history.append(evaluate_and_log(loaded, eval_set, ctx, args, log, number, trainer.step))
     return history if ctx.is_main else None
+
+
+def evaluate_and_log(loaded, eval_set, ctx, args, log, number, step):
+    """Evaluate (every rank), then log and print epoch `number`'s results (rank 0).
+    returns: the history entry (None on other ranks)."""
+    results = evaluate_epoch(loaded, eval_set, ctx, args)
+    if not ctx.is_main:
+        return None
+    append_jsonl(log, {"eval": results, "epoch": number, "step": step})
+    for result in results:
+        print(f"epoch {number} step {step}: {format_result_line(result)}")
+    return {"epoch": number, "step": step, "results": results}
 
 
 def train_step(trainer, batch, device_preprocess, output):
@@ -414,18 +434,22 @@ def train_step(trainer, batch, device_preprocess, output):
     try:
         return trainer.train_step(batch, device_preprocess)
     except TrainingDiverged as e:
-        raise TrainingDiverged(f"{e}; {checkpoint_note(output / CHECKPOINT)}") from e
+        # A resume would take the same steps again: the way on is a new run.
+        raise TrainingDiverged(
+            f"{e}; {checkpoint_note(output / CHECKPOINT, 'the last good checkpoint')}; lower "
+            "--lr_clip or --lr_new (or use --precision fp32) in a new run (--overwrite moves "
+            "this one aside)") from e
 
 
-def checkpoint_note(path):
-    """What a stopped run leaves to resume from, in words."""
+def checkpoint_note(path, name="the last checkpoint"):
+    """What a stopped run leaves, in words."""
     if not path.is_file():
         return "no checkpoint was written before it"
     try:
         step = read_checkpoint(path)["trainer"]["step"]
     except ConfigError as e:
         return str(e)
-    return f"the last checkpoint, {path} (step {step}), is kept: --resume {path} continues it"
+    return f"{name}, {path} (step {step}), is kept"
 
 
 def cli(argv=None):
@@ -439,8 +463,9 @@ def cli(argv=None):
     except KeyboardInterrupt as e:
         if int(os.environ.get("RANK", "0")) == 0:
             stopped = "terminated" if isinstance(e, Terminated) else "interrupted"
-            print(f"{stopped}: {checkpoint_note(Path(args.output_dir) / CHECKPOINT)}",
-                  file=sys.stderr)
+            checkpoint = Path(args.output_dir) / CHECKPOINT
+            resume = f": --resume {checkpoint} continues it" if checkpoint.is_file() else ""
+            print(f"{stopped}: {checkpoint_note(checkpoint)}{resume}", file=sys.stderr)
         sys.exit(143 if isinstance(e, Terminated) else 130)
     except PeerFailure as e:
         if int(os.environ.get("RANK", "0")) == 0:  # the rank that failed prints its own cause

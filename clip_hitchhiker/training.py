@@ -322,12 +322,14 @@ def _unwrap(model):
 # Checkpoints and logs
 
 
-def save_checkpoint(path, trainer, epoch, batch_in_epoch, config):
+def save_checkpoint(path, trainer, epoch, batch_in_epoch, config, evaluation_due=False):
     """Everything a resumed run needs, written atomically: the trainer's state, where the data
-    stood (epoch, batches done in it), the RNG states and the configuration."""
+    stood (epoch, batches done in it), the RNG states and the configuration; evaluation_due:
+    an evaluation follows this checkpoint (a resume runs it if the log lacks it)."""
     state = {"format": CHECKPOINT_FORMAT, "trainer": trainer.state_dict(), "epoch": epoch,
              "batch_in_epoch": batch_in_epoch, "torch_rng": torch.get_rng_state(),
-             "config": json.dumps(config, sort_keys=True, default=str)}
+             "config": json.dumps(config, sort_keys=True, default=str),
+             "evaluation_due": evaluation_due}
     write_atomically(path, lambda tmp: torch.save(state, tmp))
 
 
@@ -369,6 +371,21 @@ def trim_log(path, last_step):
         write_atomically(path, lambda tmp: Path(tmp).write_text("".join(f"{line}\n"
                                                                         for line in kept)))
     return len(lines) - len(kept)
+
+
+def logged_evaluation(path, step):
+    """Whether the log at path holds an evaluation made at step."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "eval" in record and record.get("step") == step:
+            return True
+    return False
 
 
 def _logged_step(line):

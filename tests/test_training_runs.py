@@ -160,12 +160,41 @@ def test_kill_9_while_a_checkpoint_is_written_then_resume(videos, tmp_path):
     assert logged_steps(run) == [1, 2, 3, 4]  # 48 videos, 12 a batch: no step twice
 
 
+HANG_IN_EVALUATION = """
+def evaluate_epoch(*args, **kwargs):
+    ready.touch()
+    time.sleep(300)
+train_msr_retrieval.evaluate_epoch = evaluate_epoch
+"""
+
+
+def test_kill_9_while_evaluating_then_resume_evaluates_first(videos, tmp_path):
+    run = tmp_path / "run"
+    process = start_cli(HANG_IN_EVALUATION, tmp_path / "ready", argv(videos, run, "--epochs", 2))
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert logged_steps(run) == [1, 2, 3, 4] and not any("eval" in r for r in log_records(run))
+    history = train(videos, run, "--epochs", 2, "--resume", run / "last.pt")
+    assert [(h["epoch"], h["step"]) for h in history] == [(1, 4), (2, 8)]
+    assert [(r["epoch"], r["step"]) for r in log_records(run) if "eval" in r] == [(1, 4), (2, 8)]
+    assert logged_steps(run) == list(range(1, 9))
+
+
+def test_a_finished_run_whose_last_evaluation_was_lost_is_not_finished():
+    args = train_module.argparse.Namespace(resume="r/last.pt", epochs=2, max_steps=None)
+    state = {"epoch": 2, "trainer": {"step": 8}, "evaluation_due": True}
+    assert train_module.nothing_left(args, state, evaluated=False) is None
+    assert "is a finished run" in train_module.nothing_left(args, state, evaluated=True)
+    assert "is a finished run" in train_module.nothing_left(args, {**state, "evaluation_due":
+                                                                   False}, evaluated=False)
+
+
 def test_a_second_concurrent_run_is_refused_and_a_killed_runs_lock_does_not_block(videos,
                                                                                   tmp_path):
     run = tmp_path / "run"
     first = start_cli(HANG_IN_STEP, tmp_path / "ready", argv(videos, run))
     try:
-        second = run_cli(argv(videos, run, "--overwrite"))
+        second = run_cli(argv(videos, run))  # the first has not written a file yet
         assert second.returncode == 1
         assert second.stderr.strip().startswith(
             f"error: --output_dir {run} is in use by another run: pid {first.pid} on ")
@@ -444,8 +473,10 @@ def test_divergence_stops_at_its_step_naming_the_learning_rates(videos, tmp_path
     with pytest.raises(TrainingDiverged) as caught:
         train(videos, run, "--lr_clip", 1e10, "--warmup_fraction", 0, "--save_every", 1)
     assert str(caught.value).startswith("training diverged at step 1: the logit scale is ")
-    assert str(caught.value).endswith("(learning rates at this step: CLIP 1e+10, new parameters "
-                                      "0.001); no checkpoint was written before it")
+    assert str(caught.value).endswith(
+        "(learning rates at this step: CLIP 1e+10, new parameters 0.001); no checkpoint was "
+        "written before it; lower --lr_clip or --lr_new (or use --precision fp32) in a new run "
+        "(--overwrite moves this one aside)")
     assert not (run / "last.pt").exists() and not (run / "log.jsonl").exists()
 
 
@@ -464,6 +495,8 @@ def test_divergence_keeps_the_last_good_checkpoint_and_prints_one_line(videos, t
     line = last_line(result.stderr)
     assert line.startswith("error: training diverged at step 2: the logit scale is ")
     assert line.endswith(f"(learning rates at this step: CLIP 1e+10, new parameters 1e+10); the "
-                         f"last checkpoint, {run / 'last.pt'} (step 1), is kept: --resume "
-                         f"{run / 'last.pt'} continues it")
+                         f"last good checkpoint, {run / 'last.pt'} (step 1), is kept; lower "
+                         "--lr_clip or --lr_new (or use --precision fp32) in a new run "
+                         "(--overwrite moves this one aside)")
+    assert_hint_names_trainer_options(line)
     assert (run / "last.pt").read_bytes() == good and logged_steps(run) == [1]
