@@ -97,8 +97,8 @@ def parse_args(argv=None):
     add("--save_every", type=int, default=0, metavar="STEPS",
         help="also checkpoint every STEPS steps (default: at the end of each epoch only)")
     add("--resume", default=None, metavar="CHECKPOINT",
-        help="continue exactly where the checkpoint stopped, with its settings (options given "
-             "here must agree with them, except workers, device, evaluation and --max_steps)")
+        help="continue exactly where the checkpoint stopped, with its settings: options given "
+             "here that shape the training must agree with them; --max_steps is not resumed")
     add("--eval_temperatures", type=float, nargs="+", default=[0.1])
     add("--data_root", default="./data")
     add("--msrvtt_url", default=data_loader.MSRVTT_URL)
@@ -333,7 +333,7 @@ def evaluate_epoch(loaded, eval_set, ctx, args):
 def main(args):
     """Train, evaluating after each epoch. returns: the list of eval results (rank 0)."""
     if args.resume:
-        state = read_checkpoint(args.resume)
+        state = read_checkpoint(args.resume, mmap=True)
         args = resume_settings(args, state["config"])
         done = nothing_left(args, state, logged_evaluation(Path(args.output_dir) / LOG,
                                                            state["trainer"]["step"]))
@@ -375,7 +375,7 @@ def _train(args, ctx, output, videos):
     stop_at = min(total_steps, args.max_steps or total_steps)
     config = {k: v for k, v in vars(args).items() if k != "given"}
     epoch, batch_in_epoch, evaluation_due = 0, 0, False
-    if args.resume:  # read again (memory-mapped, so cheap): no reference outlives the restore
+    if args.resume:
         state = read_checkpoint(args.resume)
         epoch, batch_in_epoch = restore_checkpoint(state, trainer)
         evaluation_due = state.get("evaluation_due", False)
@@ -446,7 +446,7 @@ def checkpoint_note(path, name="the last checkpoint"):
     if not path.is_file():
         return "no checkpoint was written before it"
     try:
-        step = read_checkpoint(path)["trainer"]["step"]
+        step = read_checkpoint(path, mmap=True)["trainer"]["step"]
     except ConfigError as e:
         return str(e)
     return f"{name}, {path} (step {step}), is kept"

@@ -333,12 +333,13 @@ def save_checkpoint(path, trainer, epoch, batch_in_epoch, config, evaluation_due
     write_atomically(path, lambda tmp: torch.save(state, tmp))
 
 
-def read_checkpoint(path):
-    """A checkpoint of save_checkpoint, memory-mapped (reading its settings costs little; the
-    tensors are read when used) and read with weights_only=True (nothing in it runs).
+def read_checkpoint(path, mmap=False):
+    """A checkpoint of save_checkpoint, read with weights_only=True (nothing in it runs).
+    mmap: map the file instead of reading it (its settings then cost little; restore from a
+    plain read, so that no tensor of the trainer keeps the file mapped).
     returns: its dict, with "config" as a dict."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError as e:
         raise ConfigError(f"--resume {path}: no such checkpoint") from e
     except Exception as e:  # a truncated or foreign file
@@ -364,10 +365,11 @@ def trim_log(path, last_step):
     path = Path(path)
     if not path.is_file():
         return 0
-    lines = path.read_text().splitlines()
-    kept = [line for line in lines if _logged_step(line) is not None
-            and _logged_step(line) <= last_step]
-    if len(kept) < len(lines):
+    text = path.read_text()
+    lines = text.splitlines()
+    steps = [_logged_step(line) for line in lines]  # None: a line cut short
+    kept = [line for line, step in zip(lines, steps) if step is not None and step <= last_step]
+    if len(kept) < len(lines) or not text.endswith("\n"):  # the next record starts a line
         write_atomically(path, lambda tmp: Path(tmp).write_text("".join(f"{line}\n"
                                                                         for line in kept)))
     return len(lines) - len(kept)

@@ -20,7 +20,7 @@ import torch
 import train_msr_retrieval as train_module
 from clip_hitchhiker.errors import ConfigError, DatasetError
 from clip_hitchhiker.run_folder import FolderLock
-from clip_hitchhiker.training import TrainingDiverged
+from clip_hitchhiker.training import TrainingDiverged, trim_log
 from tests import synthetic
 
 REPO = Path(__file__).resolve().parent.parent
@@ -500,3 +500,15 @@ def test_divergence_keeps_the_last_good_checkpoint_and_prints_one_line(videos, t
                          "(--overwrite moves this one aside)")
     assert_hint_names_trainer_options(line)
     assert (run / "last.pt").read_bytes() == good and logged_steps(run) == [1]
+
+
+def test_trim_log_keeps_what_the_checkpoint_covers(tmp_path):
+    log = tmp_path / "log.jsonl"
+    records = ['{"step": 1, "loss": 2}', '{"eval": [], "step": 1}', '{"step": 2, "loss": 1}']
+    log.write_text("\n".join(records) + "\n")
+    assert trim_log(log, 2) == 0 and log.read_text() == "\n".join(records) + "\n"
+    log.write_text("\n".join(records))  # complete, but a kill took the last newline
+    assert trim_log(log, 2) == 0 and log.read_text() == "\n".join(records) + "\n"
+    log.write_text("\n".join(records) + '\n{"step": 3, "lo')
+    assert trim_log(log, 1) == 2
+    assert log.read_text() == "\n".join(records[:2]) + "\n"
