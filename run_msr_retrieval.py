@@ -291,6 +291,7 @@ def _run(args, ctx, start):
         print(f"note: {truncated} caption(s) are longer than the model's "
               f"{model.context_length}-token context and were cut to it", file=sys.stderr)
     note, counts = partial_note(content)
+    counts.update(classification_counts(content))
     for video_id, reason in content["skipped"]:
         print(f"skipped {video_id}: {reason}", file=sys.stderr)
     similarity_start = time.perf_counter()
@@ -317,6 +318,19 @@ def _run(args, ctx, start):
         print("\n".join(compare_reports(earlier, report, args.compare)))
     _write_outputs(args, content, key, path, write_cache and not cache_hit, report)
     return report
+
+
+def classification_counts(content):
+    """For classification, how many of the scored videos carry no label ({} otherwise); they
+    are printed as a note, and left out of every class's ranking as the official mAP does."""
+    if content.get("task") != "classification":
+        return {}
+    unlabelled = sum(not content["labels"][v] for v in content["video_ids"])
+    if unlabelled:
+        print(f"note: {unlabelled} of {len(content['video_ids'])} test videos have no action "
+              "label; as Charades' official evaluation does, they are not ranked",
+              file=sys.stderr)
+    return {"unlabelled_videos": unlabelled}
 
 
 def _bootstrap(args, rank_sets, num_queries):

@@ -10,7 +10,8 @@ import data_loader
 from clip_hitchhiker.activitynet import (ACTIVITYNET_CAPTIONS_URL, ACTIVITYNET_SPLITS,
                                          PARAGRAPH_MODES, ActivityNetCaptionsDataset)
 from clip_hitchhiker.charades import (CHARADES_ANNOTATIONS_URL, CHARADES_SPLITS,
-                                      CHARADES_VIDEOS_URL, CharadesDataset)
+                                      CHARADES_VIDEOS_URL, CharadesDataset,
+                                      prompt_template_problem)
 from clip_hitchhiker.downloads import sha256_file
 from clip_hitchhiker.embedding_cache import fingerprint_files
 
@@ -124,7 +125,9 @@ def check_dataset_arguments(parser, args):
                      f"{args.split!r}")
     if args.prompt is not None and args.dataset != "charades":
         parser.error("--prompt is for --dataset charades")
-    if args.prompt is not None and any("{}" not in p for p in args.prompt):
-        parser.error(f"every --prompt must contain {{}} for the class name, got {args.prompt}")
+    for prompt in args.prompt or ():
+        problem = prompt_template_problem(prompt)
+        if problem:
+            parser.error(f"--prompt {prompt!r} {problem}")
     if args.dataset == "charades" and (args.bootstrap or args.plot):
         parser.error("--bootstrap and --plot are for retrieval; Charades reports mAP")
