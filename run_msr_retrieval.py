@@ -21,7 +21,8 @@ import torch
 
 from clip_hitchhiker import embedding_cache
 from clip_hitchhiker.backends import list_models, load_model
-from clip_hitchhiker.clip_models import check_embeddings, compute_embeddings, frame_dtype_for
+from clip_hitchhiker.clip_models import (check_embeddings, compute_embeddings,
+                                         compute_text_fields, frame_dtype_for)
 from clip_hitchhiker.charades import charades_map
 from clip_hitchhiker.dataset_choice import (add_dataset_arguments, build_dataset,
                                             check_dataset_arguments, dataset_folders)
@@ -280,7 +281,7 @@ def _run(args, ctx, start):
         return None
 
     if cache_hit:
-        print(f"embeddings loaded from cache {path} (no video decoded)")
+        print(f"video embeddings loaded from cache {path} (no video decoded)")
     else:
         videos, frames = len(content["video_ids"]), len(content["video_ids"]) * args.num_frames
         print(f"encoded {videos} videos ({frames} frames) in {encode_seconds:.1f} s: "
@@ -361,8 +362,10 @@ def _embed(args, ctx, model, dataset, key, path, device_preprocess):
     cached = None if args.no_cache or not ctx.is_main else \
         embedding_cache.load_cached_embeddings(path, key)
     cache_hit = broadcast_json(ctx, cached is not None)
-    if cache_hit:
-        content, decoded = cached, 0
+    if cache_hit:  # the videos' embeddings; the texts are this run's (prompts, paragraph mode)
+        with torch.inference_mode():
+            texts = compute_text_fields(model, dataset, ctx)
+        content, decoded = (None if cached is None else {**cached, **texts}), 0
     else:
         with torch.inference_mode():
             content, decoded = compute_embeddings(

@@ -210,6 +210,20 @@ def compute_embeddings(model, dataset, ctx, *, batch_size, num_workers, frame_ch
     video_embeds = all_gather_rows(ctx, video_embeds)
     failures = [f for rank_failures in all_gather_json(ctx, failures) for f in rank_failures]
     decoded = [d for rank_decoded in all_gather_json(ctx, decoded) for d in rank_decoded]
+    content = cache_content(
+        video_embeds=video_embeds, video_ids=[dataset.video_ids[i] for i in kept],
+        skipped=[[dataset.video_ids[i], message] for i, message in sorted(failures)],
+        decoded={dataset.video_ids[i]: info for i, info in zip(kept, decoded)},
+        **compute_text_fields(model, dataset, ctx))
+    return content, len(video_indices)
+
+
+def compute_text_fields(model, dataset, ctx):
+    """The query side of the cache content (see embedding_cache.cache_content): every distinct
+    text encoded, sharded across ranks, and pooled per query; with the captions, each query's
+    video, the task and the labels, all as the dataset has them now. Cheap next to the videos,
+    so a run with other prompts or paragraph mode recomputes only this.
+    returns: {"text_embeds", "query_video_ids", "captions", "task", "labels"}."""
     texts, text_queries = dataset.text_rows()
     distinct = list(dict.fromkeys(texts))
     caption_indices = shard(len(distinct), ctx)
@@ -219,16 +233,10 @@ def compute_embeddings(model, dataset, ctx, *, batch_size, num_workers, frame_ch
     row_of = {c: i for i, c in enumerate(distinct)}
     row_embeds = text_embeds[torch.tensor([row_of[t] for t in texts], dtype=torch.long)]
     labels = getattr(dataset, "labels", None)
-    content = cache_content(
-        text_embeds=pool_query_texts(row_embeds, text_queries, len(dataset.queries)),
-        video_embeds=video_embeds, video_ids=[dataset.video_ids[i] for i in kept],
-        query_video_ids=dataset.queries["video_id"].tolist(),
-        captions=dataset.queries["caption"].tolist(),
-        skipped=[[dataset.video_ids[i], message] for i, message in sorted(failures)],
-        decoded={dataset.video_ids[i]: info for i, info in zip(kept, decoded)},
-        task=dataset.task,
-        labels=None if labels is None else dict(zip(dataset.video_ids, labels)))
-    return content, len(video_indices)
+    return {"text_embeds": pool_query_texts(row_embeds, text_queries, len(dataset.queries)),
+            "query_video_ids": dataset.queries["video_id"].tolist(),
+            "captions": dataset.queries["caption"].tolist(), "task": dataset.task,
+            "labels": None if labels is None else dict(zip(dataset.video_ids, labels))}
 
 
 def pool_query_texts(row_embeds, text_queries, num_queries):

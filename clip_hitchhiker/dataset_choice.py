@@ -2,8 +2,6 @@
 and the user's CSV. Each declares its videos, its queries and its task (retrieval, or
 classification for Charades); the cache, --skip_bad_videos, torchrun sharding, frame sampling
 and preprocessing are the same for all."""
-import hashlib
-import json
 from pathlib import Path
 
 import data_loader
@@ -12,7 +10,6 @@ from clip_hitchhiker.activitynet import (ACTIVITYNET_CAPTIONS_URL, ACTIVITYNET_S
 from clip_hitchhiker.charades import (CHARADES_ANNOTATIONS_URL, CHARADES_SPLITS,
                                       CHARADES_VIDEOS_URL, CharadesDataset,
                                       prompt_template_problem)
-from clip_hitchhiker.downloads import sha256_file
 from clip_hitchhiker.embedding_cache import fingerprint_files
 
 DATASETS = ("msrvtt", "charades", "activitynet", "csv")
@@ -38,8 +35,8 @@ def build_dataset(preprocess, num_frames, *, dataset="msrvtt", split=None, csv=N
 
     preprocess: the workers' FramePreprocess, or None for raw uint8 frames (device placement).
     urls: {name: url} overriding DEFAULT_URLS. Items report decode failures instead of raising
-    (the caller decides). returns: (dataset, dataset_id: a JSON-able dict that names the data
-    and the query texts, for the cache key).
+    (the caller decides). returns: (dataset, dataset_id: a JSON-able dict that names the
+    videos, for the cache key of their embeddings; the texts are encoded afresh by each run).
     """
     if (csv is not None) != (dataset == "csv"):
         raise ValueError(f"csv goes with dataset='csv' and only with it, got dataset={dataset!r} "
@@ -51,8 +48,7 @@ def build_dataset(preprocess, num_frames, *, dataset="msrvtt", split=None, csv=N
         video_root = video_root or "."
         built = data_loader.CSVDataset(csv, video_root, preprocess, num_frames,
                                        check_files=check_files, **common)
-        dataset_id = {"dataset": "csv", "csv_sha256": sha256_file(csv),
-                      "video_root": str(Path(video_root).resolve())}
+        dataset_id = {"dataset": "csv", "video_root": str(Path(video_root).resolve())}
     elif dataset == "msrvtt":
         built = data_loader.MSRVTTDataset(preprocess, num_frames, split=split,
                                           data_root=data_root, download=download,
@@ -69,14 +65,12 @@ def build_dataset(preprocess, num_frames, *, dataset="msrvtt", split=None, csv=N
                                            data_root=data_root, paragraph=paragraph,
                                            download=download, url=urls["activitynet"],
                                            check_files=check_files, progress=download, **common)
-        dataset_id = {"dataset": "activitynet", "split": split, "paragraph": paragraph,
+        dataset_id = {"dataset": "activitynet", "split": split,
                       "video_root": str(Path(video_root).resolve())}
     else:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
-    texts, text_queries = built.text_rows()
-    queries = json.dumps([built.queries.to_numpy().tolist(), texts, text_queries]).encode()
-    dataset_id["queries_sha256"] = hashlib.sha256(queries).hexdigest()
-    # Size and modification time of every video: a replaced or repaired file is re-encoded.
+    # The videos in order, each one's size and modification time: a replaced or repaired file
+    # is re-encoded. (The key holds no text: the texts are encoded afresh by every run.)
     dataset_id["videos_fingerprint"] = fingerprint_files(built.video_paths)
     return built, dataset_id
 

@@ -4,6 +4,7 @@ Each test fails on the code before it."""
 import json
 
 import pytest
+import torch
 
 import run_msr_retrieval as cli_module
 from clip_hitchhiker.charades import load_charades_classes, load_charades_split
@@ -68,3 +69,70 @@ def test_prompt_templates_need_exactly_one_empty_field(template, problem, capsys
 def test_a_literal_brace_in_a_prompt_is_allowed():
     args = cli_module.parse_args(["--dataset", "charades", "--prompt", "{{x}} {}"])
     assert args.prompt == ["{{x}} {}"]
+
+
+# ---------------------------------------------------------------- the cache and prompt sweeps
+
+@pytest.fixture(scope="module")
+def charades_urls(tmp_path_factory):
+    root = tmp_path_factory.mktemp("charades_source")
+    synthetic.build_charades(root)
+    with synthetic.FileServer(synthetic.zip_bytes(root / "Charades")) as annotations, \
+            synthetic.FileServer(synthetic.zip_bytes(root / "Charades_v1_480")) as videos:
+        yield annotations.url, videos.url
+
+
+def charades_argv(tmp_path, model, urls, *extra):
+    argv = synthetic.cli_argv(tmp_path, tmp_path / "data", model, "--dataset", "charades",
+                              "--charades_annotations_url", urls[0], "--charades_url", urls[1],
+                              "--query_scoring_temp", "0.1", "1.0", *extra)
+    return argv
+
+
+def no_decoding(*args, **kwargs):
+    raise AssertionError("a video was decoded")
+
+
+def test_a_prompt_sweep_decodes_the_videos_once(tmp_path, tiny_clip_files, charades_urls,
+                                                monkeypatch):
+    import data_loader
+    model = tiny_clip_files["torchscript"]
+    first = cli_module.main(cli_module.parse_args(charades_argv(
+        tmp_path, model, charades_urls, "--prompt", "{}", "--save_embeddings",
+        tmp_path / "first.pt")))
+    assert first["counts"]["decoded_videos"] == 5 and not first["cache"]["hit"]
+    prompts = ["--prompt", "a video of a person {}", "--prompt", "{}"]
+    cold = cli_module.main(cli_module.parse_args(charades_argv(
+        tmp_path, model, charades_urls, *prompts, "--no_cache", "--save_embeddings",
+        tmp_path / "cold.pt")))
+    monkeypatch.setattr(data_loader, "read_video", no_decoding)
+    swept = cli_module.main(cli_module.parse_args(charades_argv(
+        tmp_path, model, charades_urls, *prompts, "--save_embeddings", tmp_path / "swept.pt")))
+    assert swept["cache"]["hit"] and swept["counts"]["decoded_videos"] == 0
+    assert swept["results"] == cold["results"]
+    saved = {name: torch.load(tmp_path / f"{name}.pt", weights_only=True)
+             for name in ("first", "cold", "swept")}
+    assert torch.equal(saved["swept"]["text_embeds"], saved["cold"]["text_embeds"])
+    assert not torch.equal(saved["swept"]["text_embeds"], saved["first"]["text_embeds"])
+    assert torch.equal(saved["swept"]["video_embeds"], saved["cold"]["video_embeds"])
+
+
+def test_edited_captions_reuse_the_video_embeddings(tmp_path, data_root, tiny_clip_files,
+                                                    monkeypatch):
+    import data_loader
+    videos = data_root / "MSRVTT" / "videos" / "all"
+    csv = tmp_path / "mine.csv"
+    csv.write_text("video_path,caption\nvideo7010.mp4,a red clip\nvideo7011.mp4,a blue clip\n")
+    first = run(tmp_path, data_root, tiny_clip_files["torchscript"], "--csv", csv,
+                "--video_root", videos)
+    csv.write_text("video_path,caption\nvideo7010.mp4,something else\n"
+                   "video7011.mp4,a blue clip\nvideo7011.mp4,one more\n")
+    cold = run(tmp_path, data_root, tiny_clip_files["torchscript"], "--csv", csv,
+               "--video_root", videos, "--no_cache")
+    monkeypatch.setattr(data_loader, "read_video", no_decoding)
+    edited = run(tmp_path, data_root, tiny_clip_files["torchscript"], "--csv", csv,
+                 "--video_root", videos, "--output_json", tmp_path / "r.json")
+    assert edited["cache"]["hit"] and edited["counts"]["decoded_videos"] == 0
+    assert edited["counts"]["queries"] == 3 and first["counts"]["queries"] == 2
+    assert edited["results"] == cold["results"]
+    assert json.loads((tmp_path / "r.json").read_text())["manifest"] == cold["manifest"]
