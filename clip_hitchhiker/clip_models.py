@@ -138,6 +138,13 @@ class ChunkedImageEncoder:
         self.outputs.append(features.float().cpu())
 
 
+def prefetch_factor(num_workers, batch_size, num_frames, frame_chunk):
+    """Batches each DataLoader worker keeps ready: a whole encode chunk decoded ahead, so that
+    decoding overlaps with encoding (num_workers > 0)."""
+    frames_per_round = num_workers * batch_size * num_frames
+    return max(2, math.ceil(frame_chunk / frames_per_round) + 1)
+
+
 def encode_videos(model, dataset, indices, device, *, batch_size=1, num_workers=0,
                   frame_chunk=256, device_preprocess=None, on_failures=None,
                   show_progress=False):
@@ -151,9 +158,8 @@ def encode_videos(model, dataset, indices, device, *, batch_size=1, num_workers=
     """
     options = {}
     if num_workers > 0:
-        # Keep a whole encode chunk decoded ahead, so that decoding overlaps with encoding.
-        frames_per_round = num_workers * batch_size * dataset.num_frames
-        options["prefetch_factor"] = max(2, math.ceil(frame_chunk / frames_per_round) + 1)
+        options["prefetch_factor"] = prefetch_factor(num_workers, batch_size, dataset.num_frames,
+                                                     frame_chunk)
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, pin_memory=device.type == "cuda",
                         collate_fn=collate_videos, **options)
