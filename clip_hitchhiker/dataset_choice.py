@@ -53,7 +53,7 @@ def build_dataset(preprocess, num_frames, *, dataset="msrvtt", split=None, csv=N
         built = data_loader.MSRVTTDataset(preprocess, num_frames, split=split,
                                           data_root=data_root, download=download,
                                           url=urls["msrvtt"], progress=download, **common)
-        dataset_id = {"dataset": "msrvtt", "split": split}
+        dataset_id = {"dataset": "msrvtt"}  # 1k-A and miech share their videos (the fingerprint)
     elif dataset == "charades":
         built = CharadesDataset(preprocess, num_frames, split=split, data_root=data_root,
                                 prompts=prompts, download=download,

@@ -325,3 +325,13 @@ def test_edited_captions_reuse_the_video_embeddings(tmp_path, data_root, tiny_cl
     assert edited["counts"]["queries"] == 3 and first["counts"]["queries"] == 2
     assert edited["results"] == cold["results"]
     assert json.loads((tmp_path / "r.json").read_text())["manifest"] == cold["manifest"]
+
+
+def test_msrvtt_splits_with_the_same_videos_share_their_embeddings(tmp_path, data_root,
+                                                                    tiny_clip_files, monkeypatch):
+    import data_loader
+    one_caption = run(tmp_path, data_root, tiny_clip_files["torchscript"], "--split", "jsfusion")
+    monkeypatch.setattr(data_loader, "read_video", no_decoding)
+    all_captions = run(tmp_path, data_root, tiny_clip_files["torchscript"], "--split", "miech")
+    assert all_captions["cache"]["hit"] and all_captions["counts"]["decoded_videos"] == 0
+    assert (one_caption["counts"]["queries"], all_captions["counts"]["queries"]) == (5, 14)
