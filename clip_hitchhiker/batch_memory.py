@@ -1,6 +1,7 @@
 """Whether decoding can fit in memory, estimated before any video is decoded: a run that asks
 for more frames than the machine holds should stop at once with the option to lower, not
 after minutes of swapping or at the kernel's OOM killer."""
+import itertools
 import os
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def largest_resolution(video_paths, probe=3):
     import av
 
     sizes = []
-    for path in [p for p in video_paths if os.path.isfile(p)][:probe]:
+    for path in itertools.islice((p for p in video_paths if os.path.isfile(p)), probe):
         try:
             with av.open(str(path)) as container:
                 stream = container.streams.video[0]
