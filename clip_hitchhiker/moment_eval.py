@@ -26,7 +26,7 @@ from clip_hitchhiker.moments import frame_cells
 
 __all__ = ["IOU_THRESHOLDS", "WINDOW_FRACTIONS", "best_frame_window", "centred_window",
            "clip_to_video", "interval_iou", "moment_metrics", "per_query_columns",
-           "sliding_window_moment"]
+           "sliding_window_moments"]
 
 IOU_THRESHOLDS = (0.3, 0.5, 0.7)
 # Sliding-window lengths as fractions of the video (the usual multi-scale proposals).
@@ -117,34 +117,41 @@ def best_frame_window(frame_scores, frame_times, duration, length):
     return start, start + length
 
 
-def sliding_window_moment(text_embed, frame_embeds, frame_times, duration,
-                          fractions=WINDOW_FRACTIONS):
-    """The window of consecutive frame cells whose mean-pooled frames best match the text.
+def sliding_window_moments(text_embeds, frame_embeds, frame_times, duration,
+                           fractions=WINDOW_FRACTIONS):
+    """For each text, the window of consecutive frame cells whose mean-pooled frames match it
+    best.
 
-    text_embed: [D]; frame_embeds: [F, D] (unnormalised, as mean pooling takes them);
+    text_embeds: [T, D]; frame_embeds: [F, D] (unnormalised, as mean pooling takes them);
     frame_times: [F] seconds, ascending; fractions: window lengths as fractions of the F frames
     (each rounded to a whole number of frames, at least 1). A window's score is the cosine of
     the text with the mean of its frames (query_scoring.similarity_meanpooling); its moment
     runs from its first frame's cell start to its last frame's cell end (moments.frame_cells).
-    Ties go to the shorter window, then the earlier. returns: (start, end, score).
+    Ties go to the shorter window, then the earlier. returns: (moments [T, 2] seconds,
+    scores [T]).
     """
     frames = np.asarray(frame_embeds, dtype=np.float64)
-    text = np.asarray(text_embed, dtype=np.float64)
+    texts = np.asarray(text_embeds, dtype=np.float64)
     num_frames = len(frames)
-    if frames.ndim != 2 or num_frames == 0 or text.shape != (frames.shape[1],):
-        raise ValueError(f"text_embed [D] and frame_embeds [F, D] do not fit: {text.shape}, "
-                         f"{frames.shape}")
+    if frames.ndim != 2 or num_frames == 0 or texts.ndim != 2 or texts.shape[1] != frames.shape[1]:
+        raise ValueError(f"text_embeds [T, D] and frame_embeds [F, D] do not fit: "
+                         f"{texts.shape}, {frames.shape}")
     if not fractions or any(not (0 < f <= 1) for f in fractions):
         raise ValueError(f"window fractions must be in (0, 1], got {fractions}")
     starts, ends = frame_cells(frame_times, duration)
-    text_unit = text / max(np.linalg.norm(text), 1e-12)
+    text_units = texts / np.maximum(np.linalg.norm(texts, axis=1, keepdims=True), 1e-12)
     prefix = np.concatenate([np.zeros((1, frames.shape[1])), np.cumsum(frames, axis=0)])
     lengths = sorted({min(num_frames, max(1, int(round(f * num_frames)))) for f in fractions})
-    best = None
+    moments = np.zeros((len(texts), 2))
+    best = np.full(len(texts), -np.inf)
     for length in lengths:
-        sums = prefix[length:] - prefix[:-length]  # [F - length + 1, D]: each window's sum
-        scores = sums @ text_unit / np.maximum(np.linalg.norm(sums, axis=1), 1e-12)
-        first = int(np.argmax(scores))
-        if best is None or scores[first] > best[2]:
-            best = (float(starts[first]), float(ends[first + length - 1]), float(scores[first]))
-    return best
+        sums = prefix[length:] - prefix[:-length]  # [W, D]: each window's sum of frames
+        norms = np.maximum(np.linalg.norm(sums, axis=1), 1e-12)
+        scores = (sums @ text_units.T) / norms[:, None]  # [W, T]
+        first = np.argmax(scores, axis=0)  # [T]: the earliest best window of this length
+        top = scores[first, np.arange(len(texts))]
+        better = top > best  # strictly: a longer window must beat a shorter one
+        best[better] = top[better]
+        moments[better, 0] = starts[first[better]]
+        moments[better, 1] = ends[first[better] + length - 1]
+    return moments, best

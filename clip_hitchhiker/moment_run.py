@@ -29,7 +29,7 @@ from clip_hitchhiker.errors import ConfigError, OutputError, VideoDecodeError
 from clip_hitchhiker.moment_data import build_moment_dataset
 from clip_hitchhiker.moment_eval import (WINDOW_FRACTIONS, best_frame_window, centred_window,
                                          clip_to_video, interval_iou, moment_metrics,
-                                         per_query_columns, sliding_window_moment)
+                                         per_query_columns, sliding_window_moments)
 from clip_hitchhiker.moments import DEFAULT_MASS, moment_from_weights
 from clip_hitchhiker.model_options import resolve_preprocess_on
 from clip_hitchhiker.output_files import cache_is_writable, check_output_files
@@ -207,7 +207,7 @@ def localise(content, temperatures, mass=DEFAULT_MASS, window_fractions=WINDOW_F
     """Each query of a kept video localised in that video, by every method on the same frames.
 
     Query-scoring at each temperature: its frame weights through moments.moment_from_weights.
-    Baselines: sliding windows (moment_eval.sliding_window_moment); the best frame with a
+    Baselines: sliding windows (moment_eval.sliding_window_moments); the best frame with a
     window of the mean ground-truth length; and two video-blind priors (the whole video, and
     the mean ground-truth length centred). The mean length is the mean over the scored queries
     of (clipped moment length / duration), a statistic of the answers, so the priors are as
@@ -242,9 +242,9 @@ def localise(content, temperatures, mass=DEFAULT_MASS, window_fractions=WINDOW_F
                 moment = moment_from_weights(frame_weights, times, duration, mass)
                 predicted[label][row] = moment["start"], moment["end"]
         cosines = (_unit(text) @ _unit(frames).T).numpy()  # [T, F]
+        predicted[SLIDING][rows] = sliding_window_moments(text.numpy(), frames.numpy(), times,
+                                                          duration, window_fractions)[0]
         for i, row in enumerate(rows):
-            predicted[SLIDING][row] = sliding_window_moment(text[i].numpy(), frames.numpy(),
-                                                            times, duration, window_fractions)[:2]
             predicted[BEST_FRAME][row] = best_frame_window(cosines[i], times, duration,
                                                            mean_fraction * duration)
             predicted[WHOLE_VIDEO][row] = 0.0, duration

@@ -8,7 +8,7 @@ import torch
 
 from clip_hitchhiker.bootstrap import bootstrap_means, resample_counts
 from clip_hitchhiker.moment_eval import (best_frame_window, centred_window, clip_to_video,
-                                         interval_iou, moment_metrics, sliding_window_moment)
+                                         interval_iou, moment_metrics, sliding_window_moments)
 from clip_hitchhiker.moment_run import (BEST_FRAME, CENTRED, SLIDING, WHOLE_VIDEO, localise,
                                         moment_content)
 from clip_hitchhiker.moments import frame_cells
@@ -82,10 +82,13 @@ def test_centred_and_best_frame_windows():
 def test_sliding_window_hand_case():
     e1, e2 = [1.0, 0.0], [0.0, 1.0]
     frames = np.array([e2, e1, e1, e2])
-    start, end, score = sliding_window_moment(e1, frames, [0.5, 1.5, 2.5, 3.5], 4, (0.5,))
-    assert (start, end, score) == (1.0, 3.0, 1.0)
+    times = [0.5, 1.5, 2.5, 3.5]
+    moments, scores = sliding_window_moments([e1, e2], frames, times, 4, (0.5,))
+    # e1: frames 1-2 (cosine 1); e2: frames 0-1 and 2-3 tie at 1/sqrt 2, the earlier wins.
+    assert moments.tolist() == [[1, 3], [0, 2]]
+    assert scores == pytest.approx([1, 2 ** -0.5], abs=1e-15)
     # Lengths 1 and 2 both reach cosine 1: the shorter wins, then the earlier.
-    assert sliding_window_moment(e1, frames, [0.5, 1.5, 2.5, 3.5], 4, (0.5, 0.25))[:2] == (1, 2)
+    assert sliding_window_moments([e1], frames, times, 4, (0.5, 0.25))[0].tolist() == [[1, 2]]
 
 
 def test_sliding_window_equals_brute_force_mean_pooling():
@@ -101,9 +104,10 @@ def test_sliding_window_equals_brute_force_mean_pooling():
             score = float(similarity_meanpooling(text[None], frames[None, first:first + length]))
             if best is None or score > best[2]:
                 best = (starts[first], ends[first + length - 1], score)
-    got = sliding_window_moment(text.numpy(), frames.numpy(), times, 9.0, fractions)
-    assert got[:2] == pytest.approx(best[:2], abs=0) and got[2] == pytest.approx(best[2],
-                                                                                 abs=1e-12)
+    moments, scores = sliding_window_moments(text[None].numpy(), frames.numpy(), times, 9.0,
+                                             fractions)
+    assert moments[0].tolist() == [best[0], best[1]]
+    assert scores[0] == pytest.approx(best[2], abs=1e-12)
 
 
 # ---------------------------------------------------------------- bootstrap_means
