@@ -225,41 +225,48 @@ def localise(content, temperatures, mass=DEFAULT_MASS, window_fractions=WINDOW_F
     truth, clipped = clip_to_video(np.asarray(content["moments"], dtype=np.float64)[scored],
                                    durations[video_of])
     mean_fraction = float(np.mean((truth[:, 1] - truth[:, 0]) / durations[video_of]))
+    temperatures = list(dict.fromkeys(temperatures))
     labels = [f"query-scoring, temp: {t}" for t in temperatures]
     labels += [SLIDING, BEST_FRAME, WHOLE_VIDEO, CENTRED]
     predicted = {label: np.zeros((len(scored), 2)) for label in labels}
     offsets = np.concatenate([[0], np.cumsum(content["frame_counts"])])
-    for v in range(len(content["video_ids"])):
+    for v in np.unique(video_of):
         rows = np.flatnonzero(video_of == v)  # positions in `scored` of this video's queries
-        if len(rows) == 0:
-            continue
         frames = content["frame_embeds"][offsets[v]:offsets[v + 1]].double()  # [F, D]
         text = content["text_embeds"][[scored[r] for r in rows]].double()  # [T, D]
-        times, duration = content["frame_times"][v], durations[v]
-        for label, temperature in zip(labels, temperatures):
-            weights = queryscoring_frame_weights(text, frames[None], temperature)[:, 0]  # [T, F]
-            for row, frame_weights in zip(rows, weights.numpy()):
-                moment = moment_from_weights(frame_weights, times, duration, mass)
-                predicted[label][row] = moment["start"], moment["end"]
-        cosines = (_unit(text) @ _unit(frames).T).numpy()  # [T, F]
-        predicted[SLIDING][rows] = sliding_window_moments(text.numpy(), frames.numpy(), times,
-                                                          duration, window_fractions)[0]
-        for i, row in enumerate(rows):
-            predicted[BEST_FRAME][row] = best_frame_window(cosines[i], times, duration,
-                                                           mean_fraction * duration)
-            predicted[WHOLE_VIDEO][row] = 0.0, duration
-            predicted[CENTRED][row] = centred_window(duration, mean_fraction * duration)
-    results = []
-    for label in labels:
-        method = "query-scoring" if label.startswith("query-scoring") else label
-        temperature = temperatures[labels.index(label)] if method == "query-scoring" else None
-        results.append({"label": label, "method": method, "temperature": temperature,
-                        "moments": predicted[label], "ious": interval_iou(predicted[label],
-                                                                          truth)})
+        moments = _localise_video(text, frames, content["frame_times"][v], durations[v],
+                                  temperatures, mass, window_fractions,
+                                  mean_fraction * durations[v])
+        for label, video_moments in zip(labels, moments):
+            predicted[label][rows] = video_moments
+    results = [{"label": label,
+                "method": label if temperature is None else "query-scoring",
+                "temperature": temperature, "moments": predicted[label],
+                "ious": interval_iou(predicted[label], truth)}
+               for label, temperature in zip(labels, temperatures + [None] * 4)]
     facts = {"queries": scored, "truth": truth, "clipped": int(clipped.sum()),
              "zero_length": int((truth[:, 1] == truth[:, 0]).sum()),
              "mean_length_fraction": mean_fraction}
     return results, facts
+
+
+def _localise_video(text, frames, times, duration, temperatures, mass, window_fractions,
+                    mean_length):
+    """One video's queries by every method. text: [T, D]; frames: [F, D]; times: [F] seconds.
+    returns: [T, 2] moments of query-scoring at each temperature, then the sliding windows,
+    the best frame, the whole video and the centred mean length."""
+    moments = []
+    for temperature in temperatures:
+        weights = queryscoring_frame_weights(text, frames[None], temperature)[:, 0]  # [T, F]
+        moments.append([[m["start"], m["end"]] for m in
+                        (moment_from_weights(w, times, duration, mass) for w in weights.numpy())])
+    moments.append(sliding_window_moments(text.numpy(), frames.numpy(), times, duration,
+                                          window_fractions)[0])
+    cosines = (_unit(text) @ _unit(frames).T).numpy()  # [T, F]
+    moments.append([best_frame_window(c, times, duration, mean_length) for c in cosines])
+    moments.append([(0.0, duration)] * len(text))
+    moments.append([centred_window(duration, mean_length)] * len(text))
+    return moments
 
 
 def _unit(rows):
