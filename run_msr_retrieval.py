@@ -31,6 +31,8 @@ from clip_hitchhiker.errors import (ConfigError, DatasetError, HitchhikerError, 
                                     PeerFailure, VideoDecodeError)
 from clip_hitchhiker.model_options import (add_encoding_arguments, add_model_arguments,
                                            check_model_arguments, resolve_preprocess_on)
+from clip_hitchhiker.moment_run import (add_moment_arguments, check_moment_arguments,
+                                        is_moment_run, run_moments)
 from clip_hitchhiker.output_files import cache_is_writable, check_output_files
 from clip_hitchhiker.batch_memory import (available_memory_bytes, check_decoding_memory,
                                           decoding_memory_bytes, largest_resolution)
@@ -67,6 +69,7 @@ def parse_args(argv=None):
     add_model_arguments(parser)
     add_encoding_arguments(parser)
     add_dataset_arguments(parser)
+    add_moment_arguments(parser)
     add("--cache_dir", default="./cache", help="embedding cache folder (default ./cache)")
     add("--no_cache", action="store_true", help="neither read nor write the embedding cache")
     add("--save_embeddings", default=None, metavar="FILE",
@@ -87,6 +90,7 @@ def parse_args(argv=None):
              "decoded differently (frame count, sampled indices, resolution)")
     args = parser.parse_args(argv)
     check_dataset_arguments(parser, args)
+    check_moment_arguments(parser, args)
     check_model_arguments(parser, args)
     if args.num_frames < 1:
         parser.error(f"--num_frames must be >= 1, got {args.num_frames}")
@@ -226,6 +230,9 @@ def main(args):
     start = time.perf_counter()
     ctx = setup_context(args.device, args.dist_timeout)
     try:
+        if is_moment_run(args):
+            return run_moments(args, ctx, start, check_decode_failures=check_decode_failures,
+                               preprocess_id=preprocess_id)
         return _run(args, ctx, start)
     finally:
         teardown(ctx)

@@ -12,9 +12,9 @@ from clip_hitchhiker.charades import (CHARADES_ANNOTATIONS_URL, CHARADES_SPLITS,
                                       prompt_template_problem)
 from clip_hitchhiker.embedding_cache import fingerprint_files
 
-DATASETS = ("msrvtt", "charades", "activitynet", "csv")
+DATASETS = ("msrvtt", "charades", "activitynet", "csv", "charades_sta")
 SPLITS = {"msrvtt": data_loader.SPLITS, "charades": CHARADES_SPLITS,
-          "activitynet": ACTIVITYNET_SPLITS, "csv": ()}
+          "activitynet": ACTIVITYNET_SPLITS, "csv": (), "charades_sta": ("test",)}
 DEFAULT_URLS = {"msrvtt": data_loader.MSRVTT_URL, "charades": CHARADES_VIDEOS_URL,
                 "charades_annotations": CHARADES_ANNOTATIONS_URL,
                 "activitynet": ACTIVITYNET_CAPTIONS_URL}
@@ -24,7 +24,8 @@ def dataset_folders(dataset, data_root):
     """The folders a dataset's files live in under data_root (inputs that no output may
     overwrite); the CSV's and ActivityNet's videos are named one by one instead."""
     names = {"msrvtt": ["MSRVTT"], "charades": ["Charades", "Charades_v1_480"],
-             "activitynet": ["ActivityNetCaptions"], "csv": []}[dataset]
+             "activitynet": ["ActivityNetCaptions"], "csv": [],
+             "charades_sta": ["Charades-STA", "Charades_v1_480"]}[dataset]
     return [Path(data_root) / name for name in names]
 
 
@@ -80,8 +81,8 @@ def add_dataset_arguments(parser):
     add = parser.add_argument
     add("--dataset", default="msrvtt", choices=DATASETS,
         help="msrvtt (default), charades (zero-shot classification, mAP), activitynet "
-             "(paragraph-to-video retrieval; videos from --video_root), csv (your own; implied "
-             "by --csv)")
+             "(paragraph-to-video retrieval, or --task moments; videos from --video_root), "
+             "csv (your own; implied by --csv), charades_sta (moment localisation)")
     add("--split", default=None,
         help="the dataset's split: msrvtt jsfusion (1k-A, the default), miech, full-test; "
              "charades test; activitynet val_1 (default), val_2")
