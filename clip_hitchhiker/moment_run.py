@@ -324,7 +324,7 @@ def run_moments(args, ctx, start, *, check_decode_failures, preprocess_id):
                                     dataset_id, preprocess_id(frame_preprocess, placement,
                                                               ctx.device))
     path = embedding_cache.cache_path(args.cache_dir, key)
-    write_cache = _check_outputs(args, dataset)
+    write_cache = _check_outputs(args, dataset, path)
     if dataset.missing:
         print(f"{len(dataset.missing)} of {len(dataset)} videos are missing, e.g. "
               f"{dataset.missing[:3]}; they are left out and the result is marked partial",
@@ -358,10 +358,11 @@ def run_moments(args, ctx, start, *, check_decode_failures, preprocess_id):
     return report
 
 
-def _check_outputs(args, dataset):
-    """Before any decoding: outputs writable, no input overwritten. returns: whether the cache
-    can be written."""
+def _check_outputs(args, dataset, cache_file):
+    """Before any decoding: outputs writable, no input overwritten (the cache entry this run
+    reads or writes is one). returns: whether the cache can be written."""
     inputs = [p for p in (args.model, dataset.annotation_file) if p and Path(p).is_file()]
+    inputs += [] if args.no_cache else [cache_file]
     check_output_files({"--output_json": args.output_json,
                         "--save_embeddings": args.save_embeddings},
                        inputs + dataset.video_paths, dataset_folders(args.dataset,

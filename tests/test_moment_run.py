@@ -13,7 +13,7 @@ import torch
 import run_msr_retrieval as evaluator
 from clip_hitchhiker.charades_sta import charades_sta_annotation_file, load_charades_sta
 from clip_hitchhiker.downloads import COMPLETE_MARKER
-from clip_hitchhiker.errors import DatasetError
+from clip_hitchhiker.errors import ConfigError, DatasetError
 from clip_hitchhiker.moment_data import load_activitynet_moments
 from clip_hitchhiker.moments import frame_cells, moment_from_weights
 from query_scoring import similarity_meanpooling
@@ -250,6 +250,15 @@ def test_second_run_reads_the_cache(sta, tmp_path, capsys):
     third = run(sta_argv(sta, "--fps", "1", "--cache_dir", tmp_path / "cache"))
     assert not third["cache"]["hit"]  # another frame rate, another entry
     assert third["counts"]["frames"] == 4 + 3 + 3
+
+
+def test_outputs_may_not_replace_the_cache_entry(sta, tmp_path):
+    first = run(sta_argv(sta, "--cache_dir", tmp_path / "cache"))
+    entry = first["cache"]["path"]
+    for option in ("--output_json", "--save_embeddings"):
+        with pytest.raises(ConfigError, match=f"{option} {entry} is an input of this run"):
+            run(sta_argv(sta, "--cache_dir", tmp_path / "cache", option, entry))
+    assert run(sta_argv(sta, "--cache_dir", tmp_path / "cache"))["cache"]["hit"]
 
 
 def test_missing_video_stops_or_is_left_out(sta, tmp_path, capsys):
