@@ -106,15 +106,16 @@ def current_umask():
     return mask
 
 
-def load_cached_embeddings(path, key):
+def load_cached_embeddings(path, key, check=None):
     """The cached content if path holds a complete entry for key, else None (with a warning
-    when a file was there but unusable)."""
+    when a file was there but unusable). check: raises unless the content is complete
+    (default check_cache_content; moment localisation passes its own)."""
     path = Path(path)
     if not path.is_file():
         return None
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
-        check_cache_content(content)
+        (check or check_cache_content)(content)
     except Exception as e:  # truncated zip, wrong types, missing fields: recompute
         warnings.warn(f"ignoring unreadable embedding cache {path} ({type(e).__name__}: {e}); "
                       "recomputing", stacklevel=2)

@@ -180,25 +180,6 @@ def check_moment_content(content):
         raise ValueError("queries, captions and moments disagree in length")
 
 
-def load_moment_cache(path, key):
-    """The cached content for key, or None (with a warning when a file there was unusable)."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-        check_moment_content(content)
-    except Exception as e:  # truncated zip, wrong types, missing fields: recompute
-        warnings.warn(f"ignoring unreadable embedding cache {path} ({type(e).__name__}: {e}); "
-                      "recomputing", stacklevel=2)
-        return None
-    if content.get("key") != key:
-        warnings.warn(f"ignoring stale embedding cache {path} (made for other settings); "
-                      "recomputing", stacklevel=2)
-        return None
-    return content
-
-
 # ----------------------------------------------------------------------------------------------
 # Localise and score
 
@@ -373,7 +354,8 @@ def _check_outputs(args, dataset, cache_file):
 def _embed(args, ctx, model, dataset, key, path, check_decode_failures, device_preprocess):
     """The content from the cache, or encoded; checked: decode failures, at least one video,
     no broken embeddings. returns: (content, cache hit)."""
-    content = None if args.no_cache else load_moment_cache(path, key)
+    content = None if args.no_cache else embedding_cache.load_cached_embeddings(
+        path, key, check=check_moment_content)
     cache_hit = content is not None
     if not cache_hit:
         with torch.inference_mode():

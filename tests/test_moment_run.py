@@ -252,6 +252,20 @@ def test_second_run_reads_the_cache(sta, tmp_path, capsys):
     assert third["counts"]["frames"] == 4 + 3 + 3
 
 
+def test_an_unreadable_or_retrieval_cache_entry_is_recomputed(sta, tmp_path):
+    first = run(sta_argv(sta, "--cache_dir", tmp_path / "cache"))
+    entry = first["cache"]["path"]
+    with open(entry, "r+b") as f:  # a torn write
+        f.truncate(100)
+    with pytest.warns(UserWarning, match=f"ignoring unreadable embedding cache {entry}"):
+        again = run(sta_argv(sta, "--cache_dir", tmp_path / "cache"))
+    assert not again["cache"]["hit"] and again["results"] == first["results"]
+    retrieval = {"format": 4, "text_embeds": torch.zeros(1, 2)}  # another kind of entry
+    torch.save(retrieval, entry)
+    with pytest.warns(UserWarning, match="not a moment-localisation embedding file"):
+        assert not run(sta_argv(sta, "--cache_dir", tmp_path / "cache"))["cache"]["hit"]
+
+
 def test_outputs_may_not_replace_the_cache_entry(sta, tmp_path):
     first = run(sta_argv(sta, "--cache_dir", tmp_path / "cache"))
     entry = first["cache"]["path"]
