@@ -10,6 +10,7 @@ Layout of the release's zip (https://github.com/m-bain/frozen-in-time), extracte
         val_list_jsfusion.txt, jsfusion_val_caption_idx.pkl   (1k-A)
         test_list_miech.txt, test_list_full.txt               (one video id per line)
 """
+import csv
 import json
 import os
 import warnings
@@ -158,6 +159,16 @@ def sample_frame_indices(num_available, num_frames):
     return [int((start + stop) // 2) for start, stop in zip(edges[:-1], edges[1:])]
 
 
+def check_video_file(video_path):
+    """Raise VideoDecodeError unless video_path is a file: a folder named like a video is not
+    one, and is not "missing" either."""
+    if os.path.isdir(video_path):
+        raise VideoDecodeError(f"{video_path} is a folder, not a video file; point at the video "
+                               "itself")
+    if not os.path.isfile(video_path):
+        raise VideoDecodeError(f"video file not found: {video_path}")
+
+
 def read_video(video_path, num_frames, num_threads=1, sample=sample_frame_indices):
     """Decode the sampled frames with decord.
 
@@ -170,8 +181,7 @@ def read_video(video_path, num_frames, num_threads=1, sample=sample_frame_indice
     import decord
 
     video_path = str(video_path)
-    if not os.path.isfile(video_path):
-        raise VideoDecodeError(f"video file not found: {video_path}")
+    check_video_file(video_path)
     try:
         reader = decord.VideoReader(video_path, num_threads=num_threads)
         num_available = len(reader)
@@ -203,8 +213,7 @@ def read_video_times(video_path, fps=1.0, max_frames=None):
     import av
 
     video_path = str(video_path)
-    if not os.path.isfile(video_path):
-        raise VideoDecodeError(f"video file not found: {video_path}")
+    check_video_file(video_path)
     try:
         with av.open(video_path) as container:
             stream = container.streams.video[0]
@@ -506,10 +515,11 @@ def _read_caption_csv(csv_path):
     if os.path.isdir(csv_path):
         raise DatasetError(f"--csv {csv_path} is a folder; pass the CSV file (video_path, "
                            "caption) itself, and the folder of videos with --video_root")
+    if not os.path.exists(csv_path):
+        raise DatasetError(f"CSV file not found: {csv_path} (set it with --csv)")
+    check_caption_fields(csv_path)
     try:
         table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except FileNotFoundError as e:
-        raise DatasetError(f"CSV file not found: {csv_path} (set it with --csv)") from e
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise DatasetError(f"cannot parse {csv_path}: {e}") from e
     missing_columns = {"video_path", "caption"} - set(table.columns)
@@ -525,10 +535,32 @@ def _read_caption_csv(csv_path):
     return table
 
 
+def check_caption_fields(csv_path):
+    """Raise DatasetError if a row has more fields than the header: an unquoted comma in a
+    caption, which pandas would otherwise read as an index column (every row) or refuse with a
+    bare parser message (some rows). Lines are numbered as in an editor."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            rows = [(reader.line_num, row) for row in reader if row]  # pandas skips blank lines
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DatasetError(f"cannot parse {csv_path}: {e}") from e
+    header = rows[0][1] if rows else []
+    long_rows = [line for line, row in rows[1:] if len(row) > len(header)]
+    if long_rows:
+        raise DatasetError(f"{csv_path}: {len(long_rows)} row(s) have more fields than the "
+                           f"header's {len(header)}, on line(s) {long_rows[:10]}: captions with "
+                           "commas must be quoted, as in video.mp4,\"a dog, running\"")
+
+
 def _check_files_exist(table, video_root, csv_path):
     """Report rows whose video file is missing, by CSV line number (the header is line 1)."""
     exists = {v: (video_root / v).is_file() for v in table["video_path"].unique()}
     bad_lines = [int(i) + 2 for i, v in zip(table.index, table["video_path"]) if not exists[v]]
+    folders = [v for v, found in exists.items() if not found and (video_root / v).is_dir()]
+    if folders:
+        raise DatasetError(f"{csv_path}: {len(folders)} video_path(s) name a folder, not a video "
+                           f"file (first: {video_root / folders[0]}); point them at the videos")
     if bad_lines:
         first = table["video_path"].iloc[bad_lines[0] - 2]
         raise DatasetError(f"{csv_path}: {len(bad_lines)} row(s) point at missing videos, on "

@@ -21,16 +21,22 @@ import torch
 
 from clip_hitchhiker import embedding_cache
 from clip_hitchhiker.backends import list_models, load_model
-from clip_hitchhiker.clip_models import check_embeddings, compute_embeddings, frame_dtype_for
+from clip_hitchhiker.clip_models import (check_embeddings, compute_embeddings,
+                                         compute_text_fields, frame_dtype_for,
+                                         prefetch_factor)
 from clip_hitchhiker.charades import charades_map
 from clip_hitchhiker.dataset_choice import (add_dataset_arguments, build_dataset,
                                             check_dataset_arguments, dataset_folders)
-from clip_hitchhiker.errors import (ConfigError, HitchhikerError, OutputError, PeerFailure,
-                                    VideoDecodeError)
+from clip_hitchhiker.errors import (ConfigError, DatasetError, HitchhikerError, OutputError,
+                                    PeerFailure, VideoDecodeError)
 from clip_hitchhiker.model_options import (add_encoding_arguments, add_model_arguments,
                                            check_model_arguments, resolve_preprocess_on)
+from clip_hitchhiker.moment_run import (add_moment_arguments, check_moment_arguments,
+                                        is_moment_run, run_moments)
 from clip_hitchhiker.output_files import cache_is_writable, check_output_files
-from clip_hitchhiker.bootstrap import bootstrap
+from clip_hitchhiker.batch_memory import (available_memory_bytes, check_decoding_memory,
+                                          decoding_memory_bytes, largest_resolution)
+from clip_hitchhiker.bootstrap import MAX_RESAMPLES, MIN_RESAMPLES, bootstrap
 from clip_hitchhiker.plots import PLOT_FORMATS, require_matplotlib, save_figure, temperature_figure
 from clip_hitchhiker.reporting import (compare_reports, format_bootstrap_line, interruption_note,
                                        is_release_configuration, package_versions, partial_note,
@@ -63,6 +69,7 @@ def parse_args(argv=None):
     add_model_arguments(parser)
     add_encoding_arguments(parser)
     add_dataset_arguments(parser)
+    add_moment_arguments(parser)
     add("--cache_dir", default="./cache", help="embedding cache folder (default ./cache)")
     add("--no_cache", action="store_true", help="neither read nor write the embedding cache")
     add("--save_embeddings", default=None, metavar="FILE",
@@ -83,11 +90,11 @@ def parse_args(argv=None):
              "decoded differently (frame count, sampled indices, resolution)")
     args = parser.parse_args(argv)
     check_dataset_arguments(parser, args)
+    check_moment_arguments(parser, args)
     check_model_arguments(parser, args)
     if args.num_frames < 1:
         parser.error(f"--num_frames must be >= 1, got {args.num_frames}")
-    if args.bootstrap < 0:
-        parser.error(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    check_bootstrap_arguments(parser, args)
     if args.plot and Path(args.plot).suffix.lower() not in PLOT_FORMATS:
         parser.error(f"--plot must end in one of {', '.join(PLOT_FORMATS)}, got {args.plot!r}")
     if not (args.dist_timeout > 0 and np.isfinite(args.dist_timeout)):
@@ -97,6 +104,18 @@ def parse_args(argv=None):
         parser.error(f"--query_scoring_temp values must be finite and > 0, got "
                      f"{args.query_scoring_temp}")
     return args
+
+
+def check_bootstrap_arguments(parser, args):
+    """--bootstrap 0 (off) or within the documented bounds, and a seed numpy accepts; checked
+    here because a failure after the metrics print would lose --output_json."""
+    if args.bootstrap and not MIN_RESAMPLES <= args.bootstrap <= MAX_RESAMPLES:
+        parser.error(f"--bootstrap must be 0 (off) or between {MIN_RESAMPLES} (fewer make a "
+                     f"95% interval of a few extreme draws) and {MAX_RESAMPLES} (more only cost "
+                     f"memory and time), got {args.bootstrap}; 1000 to 10000 is usual")
+    if args.bootstrap and args.seed < 0:
+        parser.error(f"--seed must be >= 0 (numpy's generator takes no negative seed), got "
+                     f"{args.seed}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,6 +230,9 @@ def main(args):
     start = time.perf_counter()
     ctx = setup_context(args.device, args.dist_timeout)
     try:
+        if is_moment_run(args):
+            return run_moments(args, ctx, start, check_decode_failures=check_decode_failures,
+                               preprocess_id=preprocess_id)
         return _run(args, ctx, start)
     finally:
         teardown(ctx)
@@ -232,11 +254,12 @@ def _prepare(args, ctx, download):
     return model, dataset, dataset_id, frame_preprocess, placement
 
 
-def _check_outputs(args, dataset):
-    """Before any decoding: outputs writable and no input overwritten, matplotlib there for a
-    plot, the earlier report readable. returns: (whether the cache can be written, the earlier
-    report or None)."""
+def _check_outputs(args, dataset, cache_file):
+    """Before any decoding: outputs writable and no input overwritten (the cache entry this run
+    reads is one), matplotlib there for a plot, the earlier report readable.
+    returns: (whether the cache can be written, the earlier report or None)."""
     inputs = [p for p in (args.csv, args.model, args.compare) if p and os.path.isfile(p)]
+    inputs += [] if args.no_cache else [cache_file]  # read now, or written after the metrics
     check_output_files({"--output_json": args.output_json, "--plot": args.plot,
                         "--save_embeddings": args.save_embeddings}, inputs + dataset.video_paths,
                        dataset_folders(args.dataset, args.data_root))
@@ -252,8 +275,9 @@ def read_report(path):
         report = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"--compare {path} is not a readable JSON report ({e})") from e
-    if not isinstance(report, dict) or not isinstance(report.get("results"), list):
-        raise ConfigError(f"--compare {path} is not a report written by --output_json")
+    if not isinstance(report, dict) or not {"results", "config", "manifest"} & set(report):
+        raise ConfigError(f"--compare {path} is not a report written by --output_json (it has "
+                          "none of results, config, manifest)")
     return report
 
 
@@ -266,7 +290,7 @@ def _run(args, ctx, start):
     key = embedding_cache.cache_key(model.model_id, model.dtype, args.num_frames, dataset_id,
                                     preprocess_id(frame_preprocess, placement, ctx.device))
     path = embedding_cache.cache_path(args.cache_dir, key)
-    write_cache, earlier = collective_step(ctx, lambda: _check_outputs(args, dataset)
+    write_cache, earlier = collective_step(ctx, lambda: _check_outputs(args, dataset, path)
                                            if ctx.is_main else (False, None))
     if ctx.is_main and getattr(dataset, "missing", None):
         print(f"{len(dataset.missing)} of {len(dataset)} videos are missing from "
@@ -280,7 +304,7 @@ def _run(args, ctx, start):
         return None
 
     if cache_hit:
-        print(f"embeddings loaded from cache {path} (no video decoded)")
+        print(f"video embeddings loaded from cache {path} (no video decoded)")
     else:
         videos, frames = len(content["video_ids"]), len(content["video_ids"]) * args.num_frames
         print(f"encoded {videos} videos ({frames} frames) in {encode_seconds:.1f} s: "
@@ -291,6 +315,8 @@ def _run(args, ctx, start):
         print(f"note: {truncated} caption(s) are longer than the model's "
               f"{model.context_length}-token context and were cut to it", file=sys.stderr)
     note, counts = partial_note(content)
+    counts.update(classification_counts(content))
+    counts["videos_shorter_than_num_frames"] = report_short_videos(content, args.num_frames)
     for video_id, reason in content["skipped"]:
         print(f"skipped {video_id}: {reason}", file=sys.stderr)
     similarity_start = time.perf_counter()
@@ -313,10 +339,23 @@ def _run(args, ctx, start):
                       "similarity_and_metrics": similarity_seconds,
                       "total": time.perf_counter() - start},
     }
-    if earlier is not None:
-        print("\n".join(compare_reports(earlier, report, args.compare)))
     _write_outputs(args, content, key, path, write_cache and not cache_hit, report)
+    if earlier is not None:  # after the outputs: nothing in an old report can lose them
+        print("\n".join(compare_reports(earlier, report, args.compare)))
     return report
+
+
+def classification_counts(content):
+    """For classification, how many of the scored videos carry no label ({} otherwise); they
+    are printed as a note, and left out of every class's ranking as the official mAP does."""
+    if content.get("task") != "classification":
+        return {}
+    unlabelled = sum(not content["labels"][v] for v in content["video_ids"])
+    if unlabelled:
+        print(f"note: {unlabelled} of {len(content['video_ids'])} test videos have no action "
+              "label; as Charades' official evaluation does, they are not ranked",
+              file=sys.stderr)
+    return {"unlabelled_videos": unlabelled}
 
 
 def _bootstrap(args, rank_sets, num_queries):
@@ -347,9 +386,13 @@ def _embed(args, ctx, model, dataset, key, path, device_preprocess):
     cached = None if args.no_cache or not ctx.is_main else \
         embedding_cache.load_cached_embeddings(path, key)
     cache_hit = broadcast_json(ctx, cached is not None)
-    if cache_hit:
-        content, decoded = cached, 0
+    if cache_hit:  # the videos' embeddings; the texts are this run's (prompts, paragraph mode)
+        with torch.inference_mode():
+            texts = compute_text_fields(model, dataset, ctx)
+        content, decoded = (None if cached is None else {**cached, **texts}), 0
     else:
+        collective_step(ctx, lambda: _check_memory(args, dataset, device_preprocess)
+                        if ctx.is_main else None)
         with torch.inference_mode():
             content, decoded = compute_embeddings(
                 model, dataset, ctx, batch_size=args.batch_size, num_workers=args.num_workers,
@@ -363,10 +406,45 @@ def _embed(args, ctx, model, dataset, key, path, device_preprocess):
     return content, cache_hit, decoded
 
 
+def _check_memory(args, dataset, device_preprocess):
+    """Before decoding: refuse settings whose batches cannot fit in this machine's memory
+    (every rank on it decodes at once), from the first videos' resolution."""
+    resolution = largest_resolution(dataset.video_paths)
+    if resolution is None:
+        return
+    workers_preprocess = device_preprocess is None
+    settings = dict(batch_size=args.batch_size, num_frames=args.num_frames,
+                    num_workers=args.num_workers)
+    needed = decoding_memory_bytes(
+        **settings, height=resolution[0], width=resolution[1],
+        prefetch=prefetch_factor(max(1, args.num_workers), args.batch_size, args.num_frames,
+                                 args.frame_chunk),
+        crop=dataset.preprocess.crop if workers_preprocess else None,
+        itemsize=dataset.preprocess.dtype.itemsize if workers_preprocess else 1)
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    check_decoding_memory(needed * local_ranks, available_memory_bytes(), **settings,
+                          resolution=resolution)
+
+
+def report_short_videos(content, num_frames):
+    """One note for all the videos with fewer frames than asked (their frames repeat).
+    returns: how many."""
+    short = {v: info["frames"] for v, info in content["decoded"].items()
+             if isinstance(info.get("frames"), int) and info["frames"] < num_frames}
+    if short:
+        video_id, frames = next(iter(short.items()))
+        print(f"note: {len(short)} of {len(content['decoded'])} videos have fewer frames than "
+              f"--num_frames {num_frames} (e.g. {video_id}: {frames}); their frames repeat",
+              file=sys.stderr)
+    return len(short)
+
+
 def check_some_decoded(content):
     """No video decoded at all (every one skipped) is an error, with the first reasons."""
     if content["video_ids"]:
         return
+    if not content["skipped"]:
+        raise DatasetError("the dataset lists no video: the split is empty")
     reasons = "; ".join(f"{video_id}: {reason}" for video_id, reason in content["skipped"][:3])
     raise VideoDecodeError(f"no video could be decoded ({len(content['skipped'])} tried), e.g. "
                            f"{reasons}")

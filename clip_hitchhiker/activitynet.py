@@ -38,17 +38,41 @@ def load_paragraphs(path):
                            "(the default) or set --data_root") from e
     except json.JSONDecodeError as e:
         raise DatasetError(f"{path} is not JSON ({e})") from e
-    paragraphs = {}
-    for video_id, entry in annotations.items():
-        try:
-            pairs = sorted(zip(entry["timestamps"], entry["sentences"]),
-                           key=lambda pair: tuple(pair[0]))
-        except (KeyError, TypeError) as e:
-            raise DatasetError(f"{path}: video {video_id} lacks timestamps and sentences") from e
-        if not pairs:
-            raise DatasetError(f"{path}: video {video_id} has no sentence")
-        paragraphs[video_id] = [sentence.strip() for _, sentence in pairs]
-    return paragraphs
+    if not isinstance(annotations, dict):
+        raise DatasetError(f"{path} should map each video id to its timestamps and sentences "
+                           f"(a JSON object), got a {type(annotations).__name__}; is it the "
+                           "ActivityNet Captions file?")
+    if not annotations:
+        raise DatasetError(f"{path} lists no video: the split is empty; delete "
+                           f"{Path(path).parent} and download it again (or restore the file)")
+    return {video_id: paragraph_sentences(path, video_id, entry)
+            for video_id, entry in annotations.items()}
+
+
+def paragraph_sentences(path, video_id, entry):
+    """One video's sentences in timestamp order, each checked: a string with some text, as
+    many as the timestamps (zip would silently drop the extra ones)."""
+    try:
+        timestamps, sentences = entry["timestamps"], entry["sentences"]
+    except (KeyError, TypeError) as e:
+        raise DatasetError(f"{path}: video {video_id} lacks timestamps and sentences") from e
+    if not isinstance(sentences, list) or not isinstance(timestamps, list):
+        raise DatasetError(f"{path}: video {video_id}: timestamps and sentences must be lists")
+    if len(sentences) != len(timestamps):
+        raise DatasetError(f"{path}: video {video_id} has {len(sentences)} sentence(s) but "
+                           f"{len(timestamps)} timestamp(s); each sentence needs its own")
+    if not sentences:
+        raise DatasetError(f"{path}: video {video_id} has no sentence")
+    for i, sentence in enumerate(sentences):
+        if not isinstance(sentence, str) or not sentence.strip():
+            raise DatasetError(f"{path}: video {video_id}, sentence {i} is {sentence!r}; every "
+                               "sentence must be non-empty text")
+    try:
+        pairs = sorted(zip(timestamps, sentences), key=lambda pair: tuple(pair[0]))
+    except TypeError as e:
+        raise DatasetError(f"{path}: video {video_id} has timestamps that are not [start, end] "
+                           f"pairs ({e})") from e
+    return [sentence.strip() for _, sentence in pairs]
 
 
 def find_video(video_root, video_id):

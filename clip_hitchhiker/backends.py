@@ -123,11 +123,17 @@ def _create_open_clip(open_clip, architecture, pretrained, precision, device, do
         return open_clip.create_model_and_transforms(
             architecture, pretrained=pretrained, precision=precision, device=device,
             cache_dir=download_root)
-    except (OSError, RuntimeError) as e:  # no network: urllib and huggingface_hub raise these
+    except (OSError, RuntimeError, AssertionError, KeyError) as e:
+        # A local file of another architecture's weights fails open_clip's shape assertions
+        # (or load_state_dict); without a file, urllib and huggingface_hub raise OSErrors and
+        # RuntimeErrors when there is no network.
         if os.path.isfile(pretrained):
             raise ModelLoadError(f"--pretrained {pretrained} cannot be loaded into open_clip's "
                                  f"{architecture} ({type(e).__name__}: {e}); is it that "
-                                 "architecture's weights?") from e
+                                 "architecture's weights? Pass the architecture they were "
+                                 "trained as with --model") from e
+        if isinstance(e, (AssertionError, KeyError)):
+            raise
         raise _fetch_error(open_clip, architecture, pretrained, e) from e
     finally:
         logging.disable(previous)

@@ -7,6 +7,8 @@ Layout of AI2's two zips, extracted under data_root:
     Charades_v1_480/<id>.mp4            the 480p videos
 """
 import csv
+import string
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,20 @@ def download_charades(data_root="./data", annotations_url=CHARADES_ANNOTATIONS_U
                       progress=progress)
 
 
+def prompt_template_problem(template):
+    """Why template cannot be filled with a class name, or None: it must hold exactly one
+    empty field "{}" (write a literal brace as "{{" or "}}")."""
+    try:
+        fields = [(name, spec, conversion) for _, name, spec, conversion
+                  in string.Formatter().parse(template) if name is not None]
+    except ValueError as e:  # a single "{" or "}"
+        return f"has a stray brace ({e}); write a literal brace as {{{{ or }}}}"
+    if fields != [("", "", None)]:
+        return (f"must hold exactly one {{}} for the class name (no index, name or format), has "
+                f"{len(fields)} replacement field(s); write a literal brace as {{{{ or }}}}")
+    return None
+
+
 def load_charades_classes(path):
     """returns: (class ids ["c000", ...], class names ["Holding some clothes", ...])."""
     try:
@@ -38,6 +54,9 @@ def load_charades_classes(path):
     except FileNotFoundError as e:
         raise DatasetError(f"missing {path}; download Charades (the default) or set "
                            "--data_root to the folder that holds Charades/") from e
+    if not lines:
+        raise DatasetError(f"the class file {path} is empty; delete the Charades folder and "
+                           "download it again (or restore the file)")
     pairs = [line.split(" ", 1) for line in lines]
     if any(len(pair) != 2 or not pair[0].startswith("c") for pair in pairs):
         raise DatasetError(f"{path} should hold lines like 'c000 Holding some clothes'")
@@ -45,23 +64,35 @@ def load_charades_classes(path):
 
 
 def load_charades_split(path, class_ids):
-    """returns: (video ids in the file's order, [[class index, ...] per video])."""
+    """returns: (video ids in the file's order, [[class index, ...] per video]; [] for a video
+    with no action). A video listed twice counts once (its first row), with a warning."""
     index = {c: i for i, c in enumerate(class_ids)}
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
     except FileNotFoundError as e:
         raise DatasetError(f"missing {path}; the Charades folder is incomplete") from e
-    if rows and not {"id", "actions"} <= set(rows[0]):
+    if not rows:
+        raise DatasetError(f"{path} lists no video: the split is empty; delete the Charades "
+                           "folder and download it again (or restore the file)")
+    if not {"id", "actions"} <= set(rows[0]):
         raise DatasetError(f"{path} needs the columns id and actions, has {list(rows[0])}")
-    video_ids, labels = [], []
+    video_ids, labels, repeated, seen = [], [], [], set()
     for row in rows:
-        actions = [a.split()[0] for a in row["actions"].split(";") if a.strip()]
+        if row["id"] in seen:
+            repeated.append(row["id"])
+            continue
+        seen.add(row["id"])
+        actions = [a.split()[0] for a in (row["actions"] or "").split(";") if a.strip()]
         unknown = [a for a in actions if a not in index]
         if unknown:
             raise DatasetError(f"{path}: video {row['id']} has unknown classes {unknown}")
         video_ids.append(row["id"])
         labels.append(sorted({index[a] for a in actions}))
+    if repeated:
+        warnings.warn(f"{path}: {len(repeated)} row(s) repeat a video already listed (e.g. "
+                      f"{repeated[:3]}); each video counts once, with its first row's actions",
+                      stacklevel=2)
     return video_ids, labels
 
 
@@ -76,8 +107,12 @@ class CharadesDataset(VideoDataset):
                  videos_url=CHARADES_VIDEOS_URL, on_error="raise", progress=True):
         if split not in CHARADES_SPLITS:
             raise ValueError(f"Charades split must be one of {CHARADES_SPLITS}, got {split!r}")
-        if not prompts or any("{}" not in p for p in prompts):
-            raise ValueError(f"every prompt must contain {{}} for the class name, got {prompts}")
+        if not prompts:
+            raise ValueError("prompts must hold at least one template")
+        for prompt in prompts:
+            problem = prompt_template_problem(prompt)
+            if problem:
+                raise ValueError(f"prompt {prompt!r} {problem}")
         if download:
             download_charades(data_root, annotations_url, videos_url, progress)
         root = Path(data_root)
@@ -98,12 +133,20 @@ class CharadesDataset(VideoDataset):
 
 
 def charades_map(scores, labels):
-    """Charades' official mAP (Charades_v1_classify.m).
+    """Charades' official mAP, as Charades_v1_classify.m (in AI2's Charades.zip) computes it.
 
     scores: [C, V] class-video scores (array or tensor); labels: [V, C] bool. For each class
     with a positive video: videos sorted by score, descending (ties in video order); AP is the
-    mean over the positives of the precision at each positive's rank. returns: (mAP in
-    percent over those classes, [C] AP in percent, NaN for classes with no positive).
+    mean over the positives of the precision at each positive's rank.
+
+    Videos with no label at all are not ranked. The official script fills its score matrix with
+    -inf (`test = -inf(ntest,nclasses)`) and overwrites only the rows of videos that carry
+    actions (its load_charades leaves an unlabelled video's id empty, so `predictions.isKey`
+    never finds it); the authors' Python port (gsig/charades-algorithms,
+    pytorch/utils/map.py, charades_map: `fix[empty, :] = np.NINF`) does the same. Ranked at
+    -inf, below every positive, such a video changes no precision: leaving it out is the same.
+    returns: (mAP in percent over the classes with a positive, [C] AP in percent, NaN for
+    classes with no positive).
     """
     scores = np.asarray(scores.detach().cpu() if hasattr(scores, "detach") else scores,
                         dtype=np.float64)
@@ -113,8 +156,10 @@ def charades_map(scores, labels):
                          "[C, V] and [V, C]")
     if np.isnan(scores).any():
         raise ValueError("scores contain NaN; check the embeddings that produced them")
-    order = np.argsort(-scores, axis=1, kind="stable")  # [C, V]
-    hits = np.take_along_axis(labels.T, order, axis=1)  # [C, V]: positives in ranked order
+    labelled = labels.any(axis=1)  # [V]
+    scores, labels = scores[:, labelled], labels[labelled]
+    order = np.argsort(-scores, axis=1, kind="stable")  # [C, V']
+    hits = np.take_along_axis(labels.T, order, axis=1)  # [C, V']: positives in ranked order
     precision = np.cumsum(hits, axis=1) / np.arange(1, hits.shape[1] + 1)
     positives = hits.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -138,6 +138,13 @@ class ChunkedImageEncoder:
         self.outputs.append(features.float().cpu())
 
 
+def prefetch_factor(num_workers, batch_size, num_frames, frame_chunk):
+    """Batches each DataLoader worker keeps ready: a whole encode chunk decoded ahead, so that
+    decoding overlaps with encoding (num_workers > 0)."""
+    frames_per_round = num_workers * batch_size * num_frames
+    return max(2, math.ceil(frame_chunk / frames_per_round) + 1)
+
+
 def encode_videos(model, dataset, indices, device, *, batch_size=1, num_workers=0,
                   frame_chunk=256, device_preprocess=None, on_failures=None,
                   show_progress=False):
@@ -151,9 +158,8 @@ def encode_videos(model, dataset, indices, device, *, batch_size=1, num_workers=
     """
     options = {}
     if num_workers > 0:
-        # Keep a whole encode chunk decoded ahead, so that decoding overlaps with encoding.
-        frames_per_round = num_workers * batch_size * dataset.num_frames
-        options["prefetch_factor"] = max(2, math.ceil(frame_chunk / frames_per_round) + 1)
+        options["prefetch_factor"] = prefetch_factor(num_workers, batch_size, dataset.num_frames,
+                                                     frame_chunk)
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, pin_memory=device.type == "cuda",
                         collate_fn=collate_videos, **options)
@@ -210,6 +216,20 @@ def compute_embeddings(model, dataset, ctx, *, batch_size, num_workers, frame_ch
     video_embeds = all_gather_rows(ctx, video_embeds)
     failures = [f for rank_failures in all_gather_json(ctx, failures) for f in rank_failures]
     decoded = [d for rank_decoded in all_gather_json(ctx, decoded) for d in rank_decoded]
+    content = cache_content(
+        video_embeds=video_embeds, video_ids=[dataset.video_ids[i] for i in kept],
+        skipped=[[dataset.video_ids[i], message] for i, message in sorted(failures)],
+        decoded={dataset.video_ids[i]: info for i, info in zip(kept, decoded)},
+        **compute_text_fields(model, dataset, ctx))
+    return content, len(video_indices)
+
+
+def compute_text_fields(model, dataset, ctx):
+    """The query side of the cache content (see embedding_cache.cache_content): every distinct
+    text encoded, sharded across ranks, and pooled per query; with the captions, each query's
+    video, the task and the labels, all as the dataset has them now. Cheap next to the videos,
+    so a run with other prompts or paragraph mode recomputes only this.
+    returns: {"text_embeds", "query_video_ids", "captions", "task", "labels"}."""
     texts, text_queries = dataset.text_rows()
     distinct = list(dict.fromkeys(texts))
     caption_indices = shard(len(distinct), ctx)
@@ -219,16 +239,10 @@ def compute_embeddings(model, dataset, ctx, *, batch_size, num_workers, frame_ch
     row_of = {c: i for i, c in enumerate(distinct)}
     row_embeds = text_embeds[torch.tensor([row_of[t] for t in texts], dtype=torch.long)]
     labels = getattr(dataset, "labels", None)
-    content = cache_content(
-        text_embeds=pool_query_texts(row_embeds, text_queries, len(dataset.queries)),
-        video_embeds=video_embeds, video_ids=[dataset.video_ids[i] for i in kept],
-        query_video_ids=dataset.queries["video_id"].tolist(),
-        captions=dataset.queries["caption"].tolist(),
-        skipped=[[dataset.video_ids[i], message] for i, message in sorted(failures)],
-        decoded={dataset.video_ids[i]: info for i, info in zip(kept, decoded)},
-        task=dataset.task,
-        labels=None if labels is None else dict(zip(dataset.video_ids, labels)))
-    return content, len(video_indices)
+    return {"text_embeds": pool_query_texts(row_embeds, text_queries, len(dataset.queries)),
+            "query_video_ids": dataset.queries["video_id"].tolist(),
+            "captions": dataset.queries["caption"].tolist(), "task": dataset.task,
+            "labels": None if labels is None else dict(zip(dataset.video_ids, labels))}
 
 
 def pool_query_texts(row_embeds, text_queries, num_queries):

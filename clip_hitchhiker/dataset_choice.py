@@ -2,21 +2,19 @@
 and the user's CSV. Each declares its videos, its queries and its task (retrieval, or
 classification for Charades); the cache, --skip_bad_videos, torchrun sharding, frame sampling
 and preprocessing are the same for all."""
-import hashlib
-import json
 from pathlib import Path
 
 import data_loader
 from clip_hitchhiker.activitynet import (ACTIVITYNET_CAPTIONS_URL, ACTIVITYNET_SPLITS,
                                          PARAGRAPH_MODES, ActivityNetCaptionsDataset)
 from clip_hitchhiker.charades import (CHARADES_ANNOTATIONS_URL, CHARADES_SPLITS,
-                                      CHARADES_VIDEOS_URL, CharadesDataset)
-from clip_hitchhiker.downloads import sha256_file
+                                      CHARADES_VIDEOS_URL, CharadesDataset,
+                                      prompt_template_problem)
 from clip_hitchhiker.embedding_cache import fingerprint_files
 
-DATASETS = ("msrvtt", "charades", "activitynet", "csv")
+DATASETS = ("msrvtt", "charades", "activitynet", "csv", "charades_sta")
 SPLITS = {"msrvtt": data_loader.SPLITS, "charades": CHARADES_SPLITS,
-          "activitynet": ACTIVITYNET_SPLITS, "csv": ()}
+          "activitynet": ACTIVITYNET_SPLITS, "csv": (), "charades_sta": ("test",)}
 DEFAULT_URLS = {"msrvtt": data_loader.MSRVTT_URL, "charades": CHARADES_VIDEOS_URL,
                 "charades_annotations": CHARADES_ANNOTATIONS_URL,
                 "activitynet": ACTIVITYNET_CAPTIONS_URL}
@@ -26,7 +24,8 @@ def dataset_folders(dataset, data_root):
     """The folders a dataset's files live in under data_root (inputs that no output may
     overwrite); the CSV's and ActivityNet's videos are named one by one instead."""
     names = {"msrvtt": ["MSRVTT"], "charades": ["Charades", "Charades_v1_480"],
-             "activitynet": ["ActivityNetCaptions"], "csv": []}[dataset]
+             "activitynet": ["ActivityNetCaptions"], "csv": [],
+             "charades_sta": ["Charades-STA", "Charades_v1_480"]}[dataset]
     return [Path(data_root) / name for name in names]
 
 
@@ -37,8 +36,8 @@ def build_dataset(preprocess, num_frames, *, dataset="msrvtt", split=None, csv=N
 
     preprocess: the workers' FramePreprocess, or None for raw uint8 frames (device placement).
     urls: {name: url} overriding DEFAULT_URLS. Items report decode failures instead of raising
-    (the caller decides). returns: (dataset, dataset_id: a JSON-able dict that names the data
-    and the query texts, for the cache key).
+    (the caller decides). returns: (dataset, dataset_id: a JSON-able dict that names the
+    videos, for the cache key of their embeddings; the texts are encoded afresh by each run).
     """
     if (csv is not None) != (dataset == "csv"):
         raise ValueError(f"csv goes with dataset='csv' and only with it, got dataset={dataset!r} "
@@ -50,13 +49,12 @@ def build_dataset(preprocess, num_frames, *, dataset="msrvtt", split=None, csv=N
         video_root = video_root or "."
         built = data_loader.CSVDataset(csv, video_root, preprocess, num_frames,
                                        check_files=check_files, **common)
-        dataset_id = {"dataset": "csv", "csv_sha256": sha256_file(csv),
-                      "video_root": str(Path(video_root).resolve())}
+        dataset_id = {"dataset": "csv", "video_root": str(Path(video_root).resolve())}
     elif dataset == "msrvtt":
         built = data_loader.MSRVTTDataset(preprocess, num_frames, split=split,
                                           data_root=data_root, download=download,
                                           url=urls["msrvtt"], progress=download, **common)
-        dataset_id = {"dataset": "msrvtt", "split": split}
+        dataset_id = {"dataset": "msrvtt"}  # 1k-A and miech share their videos (the fingerprint)
     elif dataset == "charades":
         built = CharadesDataset(preprocess, num_frames, split=split, data_root=data_root,
                                 prompts=prompts, download=download,
@@ -68,14 +66,12 @@ def build_dataset(preprocess, num_frames, *, dataset="msrvtt", split=None, csv=N
                                            data_root=data_root, paragraph=paragraph,
                                            download=download, url=urls["activitynet"],
                                            check_files=check_files, progress=download, **common)
-        dataset_id = {"dataset": "activitynet", "split": split, "paragraph": paragraph,
+        dataset_id = {"dataset": "activitynet", "split": split,
                       "video_root": str(Path(video_root).resolve())}
     else:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
-    texts, text_queries = built.text_rows()
-    queries = json.dumps([built.queries.to_numpy().tolist(), texts, text_queries]).encode()
-    dataset_id["queries_sha256"] = hashlib.sha256(queries).hexdigest()
-    # Size and modification time of every video: a replaced or repaired file is re-encoded.
+    # The videos in order, each one's size and modification time: a replaced or repaired file
+    # is re-encoded. (The key holds no text: the texts are encoded afresh by every run.)
     dataset_id["videos_fingerprint"] = fingerprint_files(built.video_paths)
     return built, dataset_id
 
@@ -85,8 +81,8 @@ def add_dataset_arguments(parser):
     add = parser.add_argument
     add("--dataset", default="msrvtt", choices=DATASETS,
         help="msrvtt (default), charades (zero-shot classification, mAP), activitynet "
-             "(paragraph-to-video retrieval; videos from --video_root), csv (your own; implied "
-             "by --csv)")
+             "(paragraph-to-video retrieval, or --task moments; videos from --video_root), "
+             "csv (your own; implied by --csv), charades_sta (moment localisation)")
     add("--split", default=None,
         help="the dataset's split: msrvtt jsfusion (1k-A, the default), miech, full-test; "
              "charades test; activitynet val_1 (default), val_2")
@@ -124,7 +120,9 @@ def check_dataset_arguments(parser, args):
                      f"{args.split!r}")
     if args.prompt is not None and args.dataset != "charades":
         parser.error("--prompt is for --dataset charades")
-    if args.prompt is not None and any("{}" not in p for p in args.prompt):
-        parser.error(f"every --prompt must contain {{}} for the class name, got {args.prompt}")
+    for prompt in args.prompt or ():
+        problem = prompt_template_problem(prompt)
+        if problem:
+            parser.error(f"--prompt {prompt!r} {problem}")
     if args.dataset == "charades" and (args.bootstrap or args.plot):
         parser.error("--bootstrap and --plot are for retrieval; Charades reports mAP")

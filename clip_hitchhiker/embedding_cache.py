@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 
-CACHE_FORMAT = 3  # 2: what was decoded of each video; 3: the task and its labels
+# 2: what was decoded of each video; 3: the task and its labels; 4: keyed by the videos only
+# (the texts of an entry are those of the run that wrote it; readers encode their own).
+CACHE_FORMAT = 4
 
 
 def cache_content(text_embeds, video_embeds, video_ids, query_video_ids, captions, skipped,
@@ -32,11 +34,12 @@ def cache_content(text_embeds, video_embeds, video_ids, query_video_ids, caption
 
 
 def cache_key(model_id, model_dtype, num_frames, dataset_id, preprocess_id):
-    """Everything the embeddings depend on, as a canonical JSON string.
+    """Everything the video embeddings depend on, as a canonical JSON string.
 
     model_id: the model's name or "sha256:<file digest>"; dataset_id: a JSON-able dict naming the
-    data (split, or CSV digest, and the queries' digest); preprocess_id: a string that changes
-    whenever the preprocessed frames would.
+    videos (dataset, split, their files), not the texts: a run with other prompts, captions or
+    paragraph mode reuses the entry and encodes its own texts; preprocess_id: a string that
+    changes whenever the preprocessed frames would.
     """
     return json.dumps({"format": CACHE_FORMAT, "model": model_id, "model_dtype": str(model_dtype),
                        "num_frames": num_frames, "dataset": dataset_id,
@@ -110,15 +113,16 @@ def current_umask():
     return mask
 
 
-def load_cached_embeddings(path, key):
+def load_cached_embeddings(path, key, check=None):
     """The cached content if path holds a complete entry for key, else None (with a warning
-    when a file was there but unusable)."""
+    when a file was there but unusable). check: raises unless the content is complete
+    (default check_cache_content; moment localisation passes its own)."""
     path = Path(path)
     if not path.is_file():
         return None
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
-        check_cache_content(content)
+        (check or check_cache_content)(content)
     except Exception as e:  # truncated zip, wrong types, missing fields: recompute
         warnings.warn(f"ignoring unreadable embedding cache {path} ({type(e).__name__}: {e}); "
                       "recomputing", stacklevel=2)

@@ -167,28 +167,120 @@ def run_manifest(content):
     return {"split_sha256": hashlib.sha256(split).hexdigest(), "videos": content["decoded"]}
 
 
+# The settings most likely to explain a difference between two runs: (name, where in a report).
+COMPARED_SETTINGS = (
+    ("dataset", ("config", "dataset")), ("split", ("config", "split")),
+    ("backend", ("model", "backend")), ("model", ("config", "model")),
+    ("weights", ("model", "pretrained")), ("num_frames", ("config", "num_frames")),
+    ("antialias", ("preprocess", "antialias")), ("preprocess_on", ("preprocess", "on")),
+    ("prompts", ("config", "prompt")), ("paragraph", ("config", "paragraph")))
+_MISSING = object()
+
+
 def compare_reports(earlier, current, earlier_name, limit=10):
-    """Lines that say how current differs from an earlier report: split, versions, metrics per
-    aggregation, and the videos decoded differently (frame count, indices, resolution)."""
-    lines = [f"compared with {earlier_name}:"]
-    old_manifest, new_manifest = earlier.get("manifest", {}), current["manifest"]
-    same_split = old_manifest.get("split_sha256") == new_manifest["split_sha256"]
-    lines.append(f"split: {'same' if same_split else 'DIFFERENT'} (sha256 "
-                 f"{new_manifest['split_sha256'][:12]}…)")
-    versions = [f"{name} {earlier.get('versions', {}).get(name)} -> {version}"
-                for name, version in current["versions"].items()
-                if earlier.get("versions", {}).get(name) != version]
-    if versions:
-        lines.append("versions: " + ", ".join(versions))
-    old_results = {result_label(r): r for r in earlier.get("results", []) if "t2v" in r}
-    for result in current["results"]:
-        label = result_label(result)
-        if label in old_results and "t2v" in result:
-            old = old_results[label]["t2v"]
-            difference = signed({k: v - old[k] for k, v in result["t2v"].items()})
-            lines.append(f"this run minus earlier: {difference}  agg: {label}")
-    lines += _video_differences(old_manifest.get("videos", {}), new_manifest["videos"], limit)
+    """Lines that say how current differs from an earlier report: first the settings that
+    differ (model, weights, preprocessing, prompts...), then split, versions, metrics per
+    aggregation (and those in only one run), and the videos decoded differently.
+
+    earlier may be old, hand-edited or incomplete: what it lacks is said to be not recorded,
+    never guessed, and nothing in it can make this fail; current is this run's report."""
+    lines = [f"compared with {earlier_name}:"] + _setting_differences(earlier, current)
+    old_manifest = _field(earlier, ("manifest",), {})
+    new_manifest = current["manifest"]
+    old_split = _field(old_manifest, ("split_sha256",), None)
+    if old_split is None:
+        lines.append("split: not recorded in the earlier report")
+    else:
+        same = old_split == new_manifest["split_sha256"]
+        lines.append(f"split: {'same' if same else 'DIFFERENT'} (sha256 "
+                     f"{new_manifest['split_sha256'][:12]}…)")
+    old_versions = _field(earlier, ("versions",), None)
+    if not isinstance(old_versions, dict):
+        lines.append("versions: not recorded in the earlier report")
+    else:
+        changed = [f"{name} {old_versions.get(name)} -> {version}"
+                   for name, version in current["versions"].items()
+                   if old_versions.get(name) != version]
+        if changed:
+            lines.append("versions: " + ", ".join(changed))
+    lines += _metric_differences(_field(earlier, ("results",), []), current["results"])
+    old_videos = _field(old_manifest, ("videos",), None)
+    if not isinstance(old_videos, dict):
+        lines.append("videos decoded: not recorded in the earlier report")
+    else:
+        lines += _video_differences(old_videos, new_manifest["videos"], limit)
     return lines
+
+
+def _field(report, path, default=_MISSING):
+    """report[path[0]][path[1]]..., or default where a level is missing or not a dict."""
+    for key in path:
+        if not isinstance(report, dict) or key not in report:
+            return default
+        report = report[key]
+    return report
+
+
+def _setting_differences(earlier, current):
+    """The COMPARED_SETTINGS that differ, as one line, and those the earlier report lacks."""
+    differ, unrecorded = [], []
+    for name, path in COMPARED_SETTINGS:
+        now, before = _field(current, path), _field(earlier, path)
+        if now is _MISSING:
+            continue
+        if before is _MISSING:
+            unrecorded.append(name)
+        elif before != now:
+            differ.append(f"{name} {before!r} -> {now!r}")
+    lines = []
+    if differ:
+        lines.append("settings DIFFER (the likely cause of any difference below): "
+                     + "; ".join(differ))
+    if unrecorded:
+        lines.append(f"not recorded in the earlier report, so not compared: "
+                     f"{', '.join(unrecorded)}")
+    return lines
+
+
+def _metric_differences(old_results, new_results):
+    """Per aggregation in both runs: this run minus the earlier one (R@K, MedR, MeanR of t2v,
+    or mAP); then the aggregations (temperatures) present in only one of them."""
+    old_by_label = {}
+    for result in old_results if isinstance(old_results, list) else []:
+        if isinstance(result, dict) and {"aggregation", "temperature"} <= set(result):
+            old_by_label[result_label(result)] = result
+    lines = []
+    for result in new_results:
+        label = result_label(result)
+        if label not in old_by_label:
+            continue
+        new_metrics, old_metrics = _metrics_of(result), _metrics_of(old_by_label[label])
+        common = {k: v - old_metrics[k] for k, v in new_metrics.items()
+                  if _is_number(old_metrics.get(k))}
+        if common:
+            lines.append(f"this run minus earlier: {signed(common)}  agg: {label}")
+        elif new_metrics:
+            lines.append(f"cannot compare agg: {label}: the earlier report holds no such "
+                         "metrics for it (a failed aggregation, or an edited report)")
+    new_labels = {result_label(r) for r in new_results}
+    only_old = [label for label in old_by_label if label not in new_labels]
+    only_new = [label for label in (result_label(r) for r in new_results)
+                if label not in old_by_label]
+    if only_old or only_new:
+        lines.append(f"aggregations in only one run: earlier only {only_old}, this run only "
+                     f"{only_new}")
+    return lines
+
+
+def _metrics_of(result):
+    """{metric: value} of one result entry: its t2v metrics, or its mAP; {} if it has none."""
+    if "mAP" in result:
+        return {"mAP": result["mAP"]}
+    return result["t2v"] if isinstance(result.get("t2v"), dict) else {}
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _video_differences(old_videos, new_videos, limit):
@@ -196,7 +288,8 @@ def _video_differences(old_videos, new_videos, limit):
     for video_id in sorted(set(old_videos) & set(new_videos)):
         old, new = old_videos[video_id], new_videos[video_id]
         fields = [f"{field} {_short(old[field])} -> {_short(new[field])}"
-                  for field in ("frames", "indices", "resolution") if old[field] != new[field]]
+                  for field in ("frames", "indices", "resolution")
+                  if isinstance(old, dict) and field in old and old[field] != new[field]]
         if fields:
             changed.append(f"  {video_id}: " + "; ".join(fields))
     only_old = sorted(set(old_videos) - set(new_videos))

@@ -29,21 +29,45 @@ def slow_average_precision(scores, positives):
     return 100 * float(np.mean(precisions)) if precisions else float("nan")
 
 
+def official_average_precision(scores, positives, labelled):
+    """Charades_v1_classify.m, one class, transcribed: every row starts at -inf and only the
+    rows of videos with a label get their scores; then precision at each positive's rank."""
+    filled = [s if has_label else -np.inf for s, has_label in zip(scores, labelled)]
+    return slow_average_precision(filled, positives)
+
+
 def test_map_hand_computed():
     # Positives at ranks 1 and 3: (1/1 + 2/3) / 2.
-    mean_ap, per_class = charades_map(np.array([[0.9, 0.8, 0.7, 0.6]]),
-                                      np.array([[1], [0], [1], [0]], dtype=bool))
+    # Class 0's positives at ranks 1 and 3: (1/1 + 2/3) / 2; class 1's at ranks 1 and 2.
+    mean_ap, per_class = charades_map(np.array([[0.9, 0.8, 0.7, 0.6], [0.1, 0.9, 0.2, 0.8]]),
+                                      np.array([[1, 0], [0, 1], [1, 0], [0, 1]], dtype=bool))
     assert per_class[0] == pytest.approx(100 * (1 + 2 / 3) / 2)
-    assert mean_ap == pytest.approx(per_class[0])
+    assert per_class[1] == pytest.approx(100.0)
+    assert mean_ap == pytest.approx((per_class[0] + 100) / 2)
 
 
-def test_map_equals_the_definition_with_ties_and_an_empty_class():
+def test_map_does_not_rank_unlabelled_videos_by_hand():
+    # Videos U1, v1 (class 0), v2 (class 1), v3 (class 0), U2; U1 and U2 carry no label.
+    scores = np.array([[0.9, 0.8, 0.7, 0.6, 0.1],     # class 0: U1 first, then v1, v2, v3
+                       [0.1, 0.5, 0.9, 0.2, 0.95]])   # class 1: U2 first, then v2
+    labels = np.array([[0, 0], [1, 0], [0, 1], [1, 0], [0, 0]], dtype=bool)
+    mean_ap, per_class = charades_map(scores, labels)
+    # Official: class 0 ranks v1 (hit), v2, v3 (hit): (1/1 + 2/3) / 2; class 1 ranks v2 first.
+    # (Ranking U1 and U2 among the negatives would give (1/2 + 2/4) / 2 and 1/2: mAP 50.)
+    assert per_class[0] == pytest.approx(100 * (1 + 2 / 3) / 2)
+    assert per_class[1] == pytest.approx(100.0)
+    assert mean_ap == pytest.approx(100 * ((1 + 2 / 3) / 2 + 1) / 2)
+
+
+def test_map_equals_the_official_script_with_ties_unlabelled_videos_and_an_empty_class():
     rng = np.random.default_rng(0)
     scores = np.round(rng.random((6, 40)), 1)  # rounded: many ties
     labels = rng.random((40, 6)) < 0.2
     labels[:, 4] = False  # a class with no positive video
+    labels[[3, 17, 29]] = False  # videos with no label, scored like any other
+    labelled = labels.any(axis=1)
     mean_ap, per_class = charades_map(torch.tensor(scores), labels)
-    expected = [slow_average_precision(scores[c], labels[:, c]) for c in range(6)]
+    expected = [official_average_precision(scores[c], labels[:, c], labelled) for c in range(6)]
     assert np.isnan(per_class[4]) and np.isnan(expected[4])
     assert_close(torch.tensor(np.delete(per_class, 4)), torch.tensor(np.delete(expected, 4)))
     assert mean_ap == pytest.approx(np.nanmean(expected))
@@ -88,10 +112,13 @@ def test_charades_end_to_end(tmp_path, tiny_clip_files, charades_servers, capsys
             unit = prompts / prompts.norm(dim=1, keepdim=True)
             assert_close(content["text_embeds"][c], unit.mean(0), atol=1e-6, rtol=0)
     labels = np.array([[c in info["labels"][v] for c in range(4)] for v in content["video_ids"]])
+    labelled = labels.any(axis=1)
+    assert report["counts"]["unlabelled_videos"] == 1  # AB003
     text, video = content["text_embeds"], content["video_embeds"]
     for result, sims in zip(report["results"], [similarity_meanpooling(text, video)] + [
             similarity_queryscoring(text, video, t) for t in (0.1, 1.0)]):
-        expected = [slow_average_precision(sims[c].tolist(), labels[:, c]) for c in range(4)]
+        expected = [official_average_precision(sims[c].tolist(), labels[:, c], labelled)
+                    for c in range(4)]
         assert result["mAP"] == pytest.approx(np.nanmean(expected), abs=1e-9)
         assert result["per_class_AP"]["Sitting on a chair"] is None  # no positive video
     assert lines[1] == f"{{'mAP': {round(report['results'][0]['mAP'], 1)}}}  agg: mean-pooling"
@@ -184,7 +211,7 @@ def test_activitynet_needs_a_video_root(tmp_path, tiny_clip_files, activitynet):
 @pytest.mark.parametrize("argv,message", [
     (["--dataset", "charades", "--split", "jsfusion"], "--split for charades must be one of"),
     (["--prompt", "a {}"], "--prompt is for --dataset charades"),
-    (["--dataset", "charades", "--prompt", "no slot"], "must contain {}"),
+    (["--dataset", "charades", "--prompt", "no slot"], "must hold exactly one {}"),
     (["--dataset", "charades", "--bootstrap", "10"], "Charades reports mAP"),
     (["--dataset", "csv"], "--dataset csv needs --csv FILE"),
     (["--dataset", "activitynet", "--csv", "x.csv"], "--csv is for your own videos")])

@@ -159,7 +159,7 @@ def test_csv_dataset_end_to_end(tmp_path, tiny_clip_files, capsys):
     assert report["results"][0]["t2v"] == t2v_metrics(sims, query_to_video=np.array([0, 0, 1, 2]))
     assert report["counts"] == {"videos": 3, "queries": 4, "skipped_videos": 0,
                                 "skipped_queries": 0, "decoded_videos": 3, "truncated_captions": 0,
-                                "skipped": []}
+                                "skipped": [], "videos_shorter_than_num_frames": 0}
 
 
 def test_miech_split_scores_all_captions(tmp_path, data_root, tiny_clip_files, msrvtt_source):
