@@ -246,7 +246,10 @@ def _chosen(video_path, request, count, table):
 
 
 def _expand(unique_frames, unique_indices, indices):
-    """unique_frames [U, ...] for the sorted unique_indices, repeated to follow indices."""
+    """unique_frames [U, ...] for the sorted unique_indices, repeated to follow indices (no copy
+    when indices are those: hours of frames are large)."""
+    if list(unique_indices) == list(indices):
+        return unique_frames
     position = {index: row for row, index in enumerate(unique_indices)}
     return unique_frames[torch.tensor([position[i] for i in indices], dtype=torch.long)]
 
@@ -298,9 +301,9 @@ def _read_pyav(video_path, request, num_threads, device):
             stream.codec_context.skip_frame = "NONKEY"
         return container, stream
 
-    decoded = _decode_at(open_stream, table, unique)
-    frames = torch.from_numpy(np.stack([image for image, _ in decoded])).permute(0, 3, 1, 2)
-    times = torch.tensor([time for _, time in decoded], dtype=torch.float64)
+    images, times = _decode_at(open_stream, table, unique)
+    frames = torch.from_numpy(images).permute(0, 3, 1, 2)  # [U, 3, H, W]
+    times = torch.tensor(times, dtype=torch.float64)
     return (_expand(frames, unique, indices), len(table.pts), indices,
             _expand(times, unique, indices).tolist(), table)
 
@@ -313,11 +316,13 @@ def _decode_at(open_stream, table, wanted):
     it is then decoded from its start, so the frames equal decoding everything and picking.
     A frame is the wanted one when its timestamp is the table's; should the decoder never show
     that timestamp (a damaged stream), the first frame past it stands in, or the last decoded.
-    open_stream() -> (container, video stream). returns: [(H x W x 3 uint8 RGB, seconds)].
+    open_stream() -> (container, video stream).
+    returns: (uint8 [U, H, W, 3] RGB, [U] times in seconds), U = len(wanted).
     """
     key_positions = np.flatnonzero(table.key)
     container, stream = open_stream()
-    out, frames, position, seekable = [], None, None, True  # position: the next index decoded
+    images, times = None, []  # images: filled in place, so that no frame is held twice
+    frames, position, seekable = None, None, True  # position: the next index decoded
     try:
         for index in wanted:
             before = np.searchsorted(key_positions, index, side="right") - 1
@@ -336,16 +341,21 @@ def _decode_at(open_stream, table, wanted):
                     frames = itertools.chain([landed], frames)
             found = _first_at_or_after(frames, table.pts[index])
             if found is None:  # the stream ended before this frame: the last one stands in
-                if not out:
+                if not times:
                     raise VideoDecodeError("no frame could be decoded")
-                out.append(out[-1])
+                images[len(times)] = images[len(times) - 1]
+                times.append(times[-1])
                 continue
+            image = found.to_ndarray(format="rgb24")
+            if images is None:
+                images = np.empty((len(wanted), *image.shape), dtype=np.uint8)
+            images[len(times)] = image
             stamp = found.pts if found.pts is not None else table.pts[index]
             position = int(np.searchsorted(table.pts, stamp, side="right"))
-            out.append((found.to_ndarray(format="rgb24"), float(stamp * table.time_base)))
+            times.append(float(stamp * table.time_base))
     finally:
         container.close()
-    return out
+    return images, times
 
 
 def _first_at_or_after(frames, target):
