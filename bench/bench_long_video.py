@@ -8,6 +8,9 @@ long (the hour is the 10 minutes six times over, remuxed, so it costs no extra e
     fps 1            the frame nearest each second's midpoint (seeks when a key frame lies
                      between one chosen frame and the next)
     keyframes        the key frame nearest each second's midpoint: only key frames decoded
+    fps_no_seek      fps 1 by decoding every frame and converting the chosen ones (PyAV, the
+                     first read_video_times): what seeking is measured against, with the same
+                     output to write (on this sandbox, first touching output memory is slow)
 The floor: PyAV decoding every frame on one thread, with no colour conversion (the least any
 decoder that does not seek pays). Figures are seconds per hour of video, on one decoding thread.
 
@@ -32,7 +35,7 @@ from bench.common import MSRVTT_MEAN_KBPS, make_videos  # noqa: E402
 from clip_hitchhiker.embedding_cache import write_atomically  # noqa: E402
 
 DECODERS = ("decord", "pyav", "torchcodec")
-MODES = ("num_frames", "fps", "keyframes")
+MODES = ("num_frames", "fps", "keyframes", "fps_no_seek")
 FULL = {"size": (854, 480), "fps": 30, "kbps": 1000, "lengths": (600, 3600), "base": 600,
         "clips": 20, "clip_seconds": (10, 20)}
 QUICK = {"size": (160, 96), "fps": 30, "kbps": 200, "lengths": (12, 24), "base": 12,
@@ -121,9 +124,32 @@ def time_floor(path):
     return time.perf_counter() - start, count
 
 
+def time_no_seek(path):
+    """fps 1 without seeking: PyAV decodes every frame, converts the chosen ones into the output.
+    returns: (seconds, frames returned)."""
+    import av
+
+    from clip_hitchhiker.video_decoders import choose_frames, frame_table
+
+    start = time.perf_counter()
+    table = frame_table(path)
+    wanted = set(table.pts[choose_frames(len(table.pts), table=table, fps=1.0)].tolist())
+    images = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1
+        for frame in container.decode(stream):
+            if frame.pts in wanted:
+                images.append(frame.to_ndarray(format="rgb24"))
+    return time.perf_counter() - start, len(images)
+
+
 def time_mode(path, decoder, mode):
     """One read_video call of the mode. returns: (seconds, frames returned)."""
     from data_loader import read_video
+
+    if mode == "fps_no_seek":
+        return time_no_seek(path)
 
     options = {"num_frames": {"num_frames": 120}, "fps": {"fps": 1.0},
                "keyframes": {"fps": 1.0, "keyframes": True}}[mode]
@@ -142,6 +168,8 @@ def bench_long(path, seconds, gop_seconds, decoders, modes):
           f"(PyAV, every frame, no conversion) {floor * per_hour:7.1f} s per video-hour")
     for decoder in decoders:
         for mode in modes:
+            if mode == "fps_no_seek" and decoder != "pyav":
+                continue
             taken, count = time_mode(path, decoder, mode)
             print(f"{seconds / 60:g} min, key frame every {gop_seconds} s: {decoder:10s} "
                   f"{mode:10s} {count:5d} frames {taken * per_hour:7.1f} s per video-hour "

@@ -301,17 +301,25 @@ def _read_pyav(video_path, request, num_threads, device):
             stream.codec_context.skip_frame = "NONKEY"
         return container, stream
 
-    images, times = _decode_at(open_stream, table, unique)
+    images, times = _decode_at(open_stream, table, unique, request.get("keyframes", False))
     frames = torch.from_numpy(images).permute(0, 3, 1, 2)  # [U, 3, H, W]
     times = torch.tensor(times, dtype=torch.float64)
     return (_expand(frames, unique, indices), len(table.pts), indices,
             _expand(times, unique, indices).tolist(), table)
 
 
-def _decode_at(open_stream, table, wanted):
+# A seek costs about as much as decoding this many frames (the decoder restarts and refills its
+# reorder delay; 480p H.264, measured with bench/bench_long_video.py): only longer skips seek.
+SEEK_COST_FRAMES = 8
+# With only key frames decoded (skip_frame NONKEY), a seek costs about this many key frames.
+SEEK_COST_KEY_FRAMES = 3
+
+
+def _decode_at(open_stream, table, wanted, keyframes=False):
     """Decode the frames at the sorted indices wanted (PyAV). Seek to the key frame before a
-    wanted frame when a key frame lies between the decoder's position and it (skipping whole
-    groups of pictures), otherwise decode forward. A seek that does not land on the key frame
+    wanted frame when that skips more decoding than a seek costs (SEEK_COST_FRAMES, or with
+    keyframes, where only key frames are decoded, SEEK_COST_KEY_FRAMES), otherwise decode
+    forward. A seek that does not land on the key frame
     asked for (AVI, which indexes decode order, with B-frames) turns seeking off for the video:
     it is then decoded from its start, so the frames equal decoding everything and picking.
     A frame is the wanted one when its timestamp is the table's; should the decoder never show
@@ -327,7 +335,12 @@ def _decode_at(open_stream, table, wanted):
         for index in wanted:
             before = np.searchsorted(key_positions, index, side="right") - 1
             key_before = int(key_positions[before]) if before >= 0 else 0
-            if frames is None or (seekable and (position > index or key_before > position)):
+            skipped = key_before - position if frames is not None else 0
+            if keyframes and frames is not None:  # key frames in [position, key_before)
+                skipped = int(np.searchsorted(key_positions, key_before) -
+                              np.searchsorted(key_positions, position))
+            if frames is None or (seekable and (position > index or skipped >= (
+                    SEEK_COST_KEY_FRAMES if keyframes else SEEK_COST_FRAMES))):
                 container.seek(int(table.pts[key_before]), stream=stream, backward=True,
                                any_frame=False)
                 frames = container.decode(stream)

@@ -293,3 +293,46 @@ def test_dataset_items_use_the_chosen_decoder(tmp_path, clip_preprocess):
     assert decode_frame_indices(item["video"]) == sample_frame_indices(12, 4)
     with pytest.raises(ConfigError):
         dataset.set_decoder("opencv")
+
+
+# ----------------------------------------------------------------------------------------------
+# The evaluator
+
+
+def test_evaluator_auto_falls_back_per_video_and_records_it(tmp_path, tiny_clip_files, capsys):
+    """A 16x16 video, which decord cannot read: auto reads it with PyAV and says so in the
+    manifest and the report; an explicit decord stops with a line that suggests pyav."""
+    import json
+
+    import run_msr_retrieval
+    from tests import synthetic
+
+    write_video(tmp_path / "big.mp4", 12)
+    write_video(tmp_path / "tiny.mp4", 12, width=16, height=16)
+    (tmp_path / "c.csv").write_text("video_path,caption\nbig.mp4,a big clip\n"
+                                    "tiny.mp4,a tiny clip\n")
+
+    def run(*extra):
+        argv = synthetic.cli_argv(tmp_path, tmp_path, tiny_clip_files["torchscript"], "--csv",
+                                  tmp_path / "c.csv", "--video_root", tmp_path, *extra)
+        return run_msr_retrieval.main(run_msr_retrieval.parse_args(argv))
+
+    report = run("--decoder", "auto", "--output_json", tmp_path / "r.json")
+    assert capsys.readouterr().err.splitlines()[0] == \
+        "decoder: decord (auto: decord imports; PyAV reads any video decord cannot)"
+    written = json.loads((tmp_path / "r.json").read_text())
+    assert written["decoder"] == report["decoder"] == {
+        "requested": "auto", "chosen": "decord", "decode_on": "cpu",
+        "fallback_videos": ["tiny.mp4"]}
+    videos = written["manifest"]["videos"]
+    assert videos["big.mp4"]["decoder"] == "decord" and "fallback" not in videos["big.mp4"]
+    assert videos["tiny.mp4"]["decoder"] == "pyav"
+    assert "with decord" in videos["tiny.mp4"]["fallback"]
+    assert videos["tiny.mp4"]["indices"] == sample_frame_indices(12, 4)
+    with pytest.raises(VideoDecodeError, match=r"1 video\(s\) failed to decode, e.g. tiny.mp4: "
+                                               r".*with decord: .*try --decoder pyav"):
+        run("--decoder", "decord", "--no_cache")
+    # Another decoder is another cache entry: pyav decodes again (no cache hit).
+    report = run("--decoder", "pyav")
+    assert report["cache"]["hit"] is False and report["counts"]["decoded_videos"] == 2
+    assert run("--decoder", "pyav")["cache"]["hit"] is True
