@@ -161,11 +161,27 @@ def time_mode(path, decoder, mode):
     return seconds, count
 
 
-def bench_long(path, seconds, gop_seconds, decoders, modes):
+def time_output_memory(count, height, width):
+    """Writing count RGB frames into fresh memory, as every mode must return them: on some
+    machines (this sandbox) first touching memory is slow, and a share of each mode's time."""
+    start = time.perf_counter()
+    frames = np.empty((count, height, width, 3), dtype=np.uint8)
+    frames[:] = 1
+    seconds = time.perf_counter() - start
+    del frames
+    return seconds
+
+
+def bench_long(path, seconds, gop_seconds, decoders, modes, size):
     floor, total = time_floor(path)
     per_hour = 3600 / seconds
     print(f"{seconds / 60:g} min, key frame every {gop_seconds} s ({total} frames): floor "
           f"(PyAV, every frame, no conversion) {floor * per_hour:7.1f} s per video-hour")
+    for count in sorted({120, int(seconds), int(seconds) // gop_seconds}):
+        memory = time_output_memory(count, size[1], size[0])
+        print(f"{seconds / 60:g} min: writing {count} frames into fresh memory (part of every "
+              f"mode returning them) {memory * per_hour:7.1f} s per video-hour "
+              f"({memory / floor:.3f}x the floor)")
     for decoder in decoders:
         for mode in modes:
             if mode == "fps_no_seek" and decoder != "pyav":
@@ -227,7 +243,7 @@ def main():
     for seconds in lengths:
         for gop in args.gops:
             bench_long(long_video(work, seconds, gop, sizes), seconds, gop, args.decoders,
-                       args.modes)
+                       args.modes, sizes["size"])
     if not args.no_clips:
         csv = make_videos(work / "clips", sizes["clips"], sizes["clip_seconds"],
                           kbps=MSRVTT_MEAN_KBPS)

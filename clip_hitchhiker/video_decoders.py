@@ -279,6 +279,9 @@ def _read_torchcodec(video_path, request, num_threads, device):
     reader = VideoDecoder(video_path, seek_mode="exact", num_ffmpeg_threads=num_threads,
                           device=str(device))
     count = reader.metadata.num_frames
+    if len(table.pts) != count:
+        raise VideoDecodeError(f"{video_path}: torchcodec counts {count} frames, the stream has "
+                               f"{len(table.pts)} packets; use --decoder pyav")
     indices = _chosen(video_path, request, count, table)
     unique = sorted(set(indices))
     batch = reader.get_frames_at(unique)
@@ -339,7 +342,9 @@ def _decode_at(open_stream, table, wanted, keyframes=False):
             if keyframes and frames is not None:  # key frames in [position, key_before)
                 skipped = int(np.searchsorted(key_positions, key_before) -
                               np.searchsorted(key_positions, position))
-            if frames is None or (seekable and (position > index or skipped >= (
+            if frames is None and key_before == 0:  # from the start: no seek needed
+                frames = container.decode(stream)
+            elif frames is None or (seekable and (position > index or skipped >= (
                     SEEK_COST_KEY_FRAMES if keyframes else SEEK_COST_FRAMES))):
                 container.seek(int(table.pts[key_before]), stream=stream, backward=True,
                                any_frame=False)
