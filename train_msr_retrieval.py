@@ -202,7 +202,8 @@ def _run(args, ctx):
         loader = DataLoader(clips, batch_size=args.batch_size // ctx.world_size, sampler=sampler,
                             num_workers=loader_workers(args.num_workers, args.decode_on),
                             collate_fn=collate_clips,
-                            pin_memory=ctx.device.type == "cuda", drop_last=True)
+                            pin_memory=ctx.device.type == "cuda" and args.decode_on == "cpu",
+                            drop_last=True)
         for batch in tqdm(loader, desc=f"epoch {epoch}", disable=not ctx.is_main):
             loss = trainer.train_step(batch, device_preprocess)
             batch_in_epoch += 1
