@@ -31,10 +31,11 @@ from clip_hitchhiker.clip_models import compute_embeddings
 from clip_hitchhiker.dataset_choice import build_dataset
 from clip_hitchhiker.errors import ConfigError, DatasetError, HitchhikerError, PeerFailure
 from clip_hitchhiker.model_options import (add_model_arguments, check_model_arguments,
-                                           resolve_preprocess_on)
+                                           decode_device, loader_workers, resolve_preprocess_on)
 from clip_hitchhiker.output_files import folder_problem
 from clip_hitchhiker.run_folder import FolderLock, move_aside, remove_stale_temporaries
 from clip_hitchhiker.torchrun import broadcast_json, collective_step, setup_context, teardown
+from clip_hitchhiker.video_decoders import check_decoder, decoder_line
 from clip_hitchhiker.training import (PRECISIONS, DualEncoder, EpochSampler, Trainer,
                                       TrainingClips, TrainingDiverged, append_jsonl,
                                       build_optimizer, collate_clips,
@@ -281,14 +282,16 @@ def prepare(args, ctx, videos):
     frame_preprocess = FramePreprocess(loaded.preprocess, torch.float32,
                                        antialias=args.antialias)
     on_device = resolve_preprocess_on(args.preprocess_on, ctx.device) == "device"
+    decoding = {"decoder": args.decoder, "decode_device": decode_device(args.decode_on,
+                                                                        ctx.device)}
     ids, paths, captions = videos
     clips = TrainingClips(ids, paths, captions, None if on_device else frame_preprocess,
-                          args.num_frames, args.seed)
+                          args.num_frames, args.seed, **decoding)
     eval_set, _ = build_dataset(frame_preprocess, args.num_frames,
                                 dataset="csv" if args.eval_csv else "msrvtt", csv=args.eval_csv,
                                 video_root=args.video_root if args.eval_csv else None,
                                 data_root=args.data_root, urls={"msrvtt": args.msrvtt_url},
-                                download=False)
+                                download=False, **decoding)
     model = DualEncoder(loaded.module, args.qs_temperature, args.learn_qs_temperature)
     if args.grad_checkpointing:
         enable_vision_checkpointing(loaded.module)
@@ -316,7 +319,9 @@ def evaluate_epoch(loaded, eval_set, ctx, args):
     loaded.module.eval()
     with torch.inference_mode():
         content, _ = compute_embeddings(loaded, eval_set, ctx, batch_size=1,
-                                        num_workers=args.num_workers, frame_chunk=256)
+                                        num_workers=loader_workers(args.num_workers,
+                                                                   args.decode_on),
+                                        frame_chunk=256)
     loaded.module.train()
     if not ctx.is_main:
         return None
@@ -348,6 +353,9 @@ def main(args):
 
 
 def _run(args, ctx):
+    check_decoder(args.decoder, args.decode_on)
+    if ctx.is_main:
+        print(decoder_line(args.decoder, args.decode_on), file=sys.stderr)  # stdout: results
     output = Path(args.output_dir)
     check_batch(args.batch_size, args.grad_accum, ctx.world_size)
     lock, notes = collective_step(ctx, lambda: claim_output_dir(output, args.resume,
@@ -394,8 +402,10 @@ def _train(args, ctx, output, videos):
         clips.set_epoch(epoch)
         sampler.set_position(epoch, batch_in_epoch)
         loader = DataLoader(clips, batch_size=args.batch_size // ctx.world_size, sampler=sampler,
-                            num_workers=args.num_workers, collate_fn=collate_clips,
-                            pin_memory=ctx.device.type == "cuda", drop_last=True)
+                            num_workers=loader_workers(args.num_workers, args.decode_on),
+                            collate_fn=collate_clips,
+                            pin_memory=ctx.device.type == "cuda" and args.decode_on == "cpu",
+                            drop_last=True)
         for batch in tqdm(loader, desc=f"epoch {number}/{args.epochs}",
                           disable=not ctx.is_main):
             loss = train_step(trainer, batch, device_preprocess, output)

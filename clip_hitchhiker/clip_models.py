@@ -160,9 +160,11 @@ def encode_videos(model, dataset, indices, device, *, batch_size=1, num_workers=
     if num_workers > 0:
         options["prefetch_factor"] = prefetch_factor(num_workers, batch_size, dataset.num_frames,
                                                      frame_chunk)
+    # Frames decoded on the GPU (--decode_on device) are there already: nothing to pin.
+    pin = device.type == "cuda" and getattr(dataset, "decode_device", "cpu") == "cpu"
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, pin_memory=device.type == "cuda",
-                        collate_fn=collate_videos, **options)
+                        num_workers=num_workers, pin_memory=pin, collate_fn=collate_videos,
+                        **options)
     encoder = ChunkedImageEncoder(model, frame_chunk)
     kept, failures, decoded = [], [], []
     for batch in tqdm(loader, desc="encoding videos", unit="batch", disable=not show_progress):

@@ -31,13 +31,15 @@ def dataset_folders(dataset, data_root):
 
 def build_dataset(preprocess, num_frames, *, dataset="msrvtt", split=None, csv=None,
                   video_root=None, data_root="./data", urls=None, prompts=("{}",),
-                  paragraph="concat", check_files=True, download=True):
+                  paragraph="concat", check_files=True, download=True, decoder="decord",
+                  decode_device="cpu"):
     """The named dataset's split (downloaded when missing, where it can be).
 
     preprocess: the workers' FramePreprocess, or None for raw uint8 frames (device placement).
-    urls: {name: url} overriding DEFAULT_URLS. Items report decode failures instead of raising
-    (the caller decides). returns: (dataset, dataset_id: a JSON-able dict that names the
-    videos, for the cache key of their embeddings; the texts are encoded afresh by each run).
+    urls: {name: url} overriding DEFAULT_URLS. decoder, decode_device: read_video's (the cache
+    key names them beside the dataset). Items report decode failures instead of raising (the
+    caller decides). returns: (dataset, dataset_id: a JSON-able dict that names the videos, for
+    the cache key of their embeddings; the texts are encoded afresh by each run).
     """
     if (csv is not None) != (dataset == "csv"):
         raise ValueError(f"csv goes with dataset='csv' and only with it, got dataset={dataset!r} "
@@ -70,6 +72,7 @@ def build_dataset(preprocess, num_frames, *, dataset="msrvtt", split=None, csv=N
                       "video_root": str(Path(video_root).resolve())}
     else:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    built.set_decoder(decoder, decode_device)
     # The videos in order, each one's size and modification time: a replaced or repaired file
     # is re-encoded. (The key holds no text: the texts are encoded afresh by every run.)
     dataset_id["videos_fingerprint"] = fingerprint_files(built.video_paths)

@@ -287,8 +287,11 @@ def _video_differences(old_videos, new_videos, limit):
     changed = []
     for video_id in sorted(set(old_videos) & set(new_videos)):
         old, new = old_videos[video_id], new_videos[video_id]
+        # Reports from before the decoder was recorded were all decord's.
+        if isinstance(old, dict):
+            old, new = {"decoder": "decord", **old}, {"decoder": "decord", **new}
         fields = [f"{field} {_short(old[field])} -> {_short(new[field])}"
-                  for field in ("frames", "indices", "resolution")
+                  for field in ("decoder", "frames", "indices", "resolution")
                   if isinstance(old, dict) and field in old and old[field] != new[field]]
         if fields:
             changed.append(f"  {video_id}: " + "; ".join(fields))
