@@ -354,8 +354,6 @@ def main(args):
 
 def _run(args, ctx):
     check_decoder(args.decoder, args.decode_on)
-    if ctx.is_main:
-        print(decoder_line(args.decoder, args.decode_on), file=sys.stderr)  # stdout: results
     output = Path(args.output_dir)
     check_batch(args.batch_size, args.grad_accum, ctx.world_size)
     lock, notes = collective_step(ctx, lambda: claim_output_dir(output, args.resume,
@@ -376,6 +374,8 @@ def _run(args, ctx):
 
 
 def _train(args, ctx, output, videos):
+    if ctx.is_main:  # after the refusals, which are one line each; stdout is for results
+        print(decoder_line(args.decoder, args.decode_on), file=sys.stderr)
     loaded, model, clips, eval_set, device_preprocess = collective_step(
         ctx, lambda: prepare(args, ctx, videos))
     sampler = EpochSampler(len(clips), args.batch_size, args.seed, ctx.rank, ctx.world_size)
