@@ -382,16 +382,8 @@ def _train(args, ctx, output, videos):
     trainer, total_steps = make_trainer(args, ctx, loaded, model, sampler.batches_per_epoch())
     stop_at = min(total_steps, args.max_steps or total_steps)
     config = {k: v for k, v in vars(args).items() if k != "given"}
-    epoch, batch_in_epoch, evaluation_due = 0, 0, False
-    if args.resume:
-        state = read_checkpoint(args.resume)
-        epoch, batch_in_epoch = restore_checkpoint(state, trainer)
-        evaluation_due = state.get("evaluation_due", False)
-        del state
     log = output / LOG if ctx.is_main else None
-    if log is not None and trim_log(log, trainer.step):
-        print(f"{log}: dropped the records after step {trainer.step}, the checkpoint's (the "
-              "resumed run takes those steps again)", file=sys.stderr)
+    epoch, batch_in_epoch, evaluation_due = start_position(args.resume, trainer, log)
     history = []
     if evaluation_due and broadcast_json(ctx, ctx.is_main and not logged_evaluation(
             log, trainer.step)):  # the run was stopped while it evaluated: that comes first
@@ -425,6 +417,19 @@ def _train(args, ctx, output, videos):
                             evaluation_due=True)
         history.append(evaluate_and_log(loaded, eval_set, ctx, args, log, number, trainer.step))
     return history if ctx.is_main else None
+
+
+def start_position(resume, trainer, log):
+    """Where the run starts: (epoch, batch_in_epoch, whether the checkpoint was saved for an
+    evaluation); a resume restores trainer and trims log (rank 0's) to the checkpoint."""
+    if not resume:
+        return 0, 0, False
+    state = read_checkpoint(resume)
+    epoch, batch_in_epoch = restore_checkpoint(state, trainer)
+    if log is not None and trim_log(log, trainer.step):
+        print(f"{log}: dropped the records after step {trainer.step}, the checkpoint's (the "
+              "resumed run takes those steps again)", file=sys.stderr)
+    return epoch, batch_in_epoch, state.get("evaluation_due", False)
 
 
 def evaluate_and_log(loaded, eval_set, ctx, args, log, number, step):
