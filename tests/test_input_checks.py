@@ -120,10 +120,10 @@ def test_a_folder_named_like_a_video_is_not_a_file(tmp_path):
     ([{"sentences": ["a"]}], r"should map each video id to its timestamps and sentences \(a "
                             r"JSON object\), got a list"),
     ({}, "lists no video: the split is empty"),
-    ({"v_a": {"timestamps": [[0, 1]], "sentences": [7]}}, "video v_a, sentence 0 is 7; every "
+    ({"v_a": {"timestamps": [[0, 1]], "sentences": [7]}}, "video v_a, sentence 1 is 7; every "
                                                           "sentence must be non-empty text"),
     ({"v_a": {"timestamps": [[0, 1], [1, 2]], "sentences": ["a", "  "]}},
-     "video v_a, sentence 1 is '  '; every sentence must be non-empty text"),
+     "video v_a, sentence 2 is '  '; every sentence must be non-empty text"),
     ({"v_a": {"timestamps": [[0, 1]], "sentences": ["a", "b"]}},
      r"video v_a has 2 sentence\(s\) but 1 timestamp\(s\); each sentence needs its own")])
 def test_activitynet_annotation_problems(tmp_path, annotations, message):

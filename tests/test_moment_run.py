@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import run_msr_retrieval as evaluator
+from clip_hitchhiker.activitynet import load_paragraphs
 from clip_hitchhiker.charades_sta import charades_sta_annotation_file, load_charades_sta
 from clip_hitchhiker.downloads import COMPLETE_MARKER
 from clip_hitchhiker.errors import ConfigError, DatasetError
@@ -142,12 +143,12 @@ def test_activitynet_moments_loader(tmp_path):
 
 
 @pytest.mark.parametrize("entry,message", [
-    ({"timestamps": [[0, 1]], "sentences": ["a", "b"]}, "video v_bad needs as many"),
+    ({"timestamps": [[0, 1]], "sentences": ["a", "b"]}, r"video v_bad has 2 sentence\(s\) but 1"),
     ({"timestamps": [[0, 1], [3]], "sentences": ["a", "b"]}, "v_bad, sentence 2: timestamp"),
     ({"timestamps": [[0, 1], [3, 2]], "sentences": ["a", "b"]}, "sentence 2: start 3 is after"),
     ({"timestamps": [[0, 1], ["x", 2]], "sentences": ["a", "b"]}, "sentence 2: 'x' is not"),
-    ({"timestamps": [[0, 1], [1, 2]], "sentences": ["a", " "]}, "sentence 2: the sentence is"),
-    ({"duration": 3.0}, "video v_bad needs as many"),
+    ({"timestamps": [[0, 1], [1, 2]], "sentences": ["a", " "]}, "sentence 2 is ' '; every"),
+    ({"duration": 3.0}, "video v_bad lacks timestamps and sentences"),
 ])
 def test_activitynet_malformed_entries_are_named(tmp_path, entry, message):
     path = tmp_path / "val_1.json"
@@ -158,6 +159,23 @@ def test_activitynet_malformed_entries_are_named(tmp_path, entry, message):
     path.write_text("{not json")
     with pytest.raises(DatasetError, match="is not JSON"):
         load_activitynet_moments(path)
+
+
+@pytest.mark.parametrize("annotations,message", [
+    ({}, "lists no video: the split is empty"),
+    ([{"sentences": ["a"]}], r"\(a JSON object\), got a list"),
+    ({"v_a": {"timestamps": [[0, 1]], "sentences": [7]}},
+     "video v_a, sentence 1 is 7; every sentence must be non-empty text"),
+    ({"v_a": {"timestamps": [[0, 1]], "sentences": ["a", "b"]}},
+     r"video v_a has 2 sentence\(s\) but 1 timestamp\(s\); each sentence needs its own"),
+])
+def test_activitynet_moments_say_what_retrieval_says(tmp_path, annotations, message):
+    # The two tasks read the same file: one set of checks, one message for each problem.
+    path = tmp_path / "val_1.json"
+    path.write_text(json.dumps(annotations))
+    for loader in (load_activitynet_moments, load_paragraphs):
+        with pytest.raises(DatasetError, match=message):
+            loader(path)
 
 
 # ---------------------------------------------------------------- end to end
