@@ -13,7 +13,6 @@ import json
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +26,8 @@ from clip_hitchhiker.clip_models import (check_embeddings, compute_embeddings,
 from clip_hitchhiker.charades import charades_map
 from clip_hitchhiker.dataset_choice import (add_dataset_arguments, build_dataset,
                                             check_dataset_arguments, dataset_folders)
-from clip_hitchhiker.errors import (ConfigError, DatasetError, HitchhikerError, OutputError,
-                                    PeerFailure, VideoDecodeError)
+from clip_hitchhiker.errors import (ConfigError, DatasetError, HitchhikerError, PeerFailure,
+                                    VideoDecodeError)
 from clip_hitchhiker.model_options import (add_encoding_arguments, add_model_arguments,
                                            check_model_arguments, resolve_preprocess_on)
 from clip_hitchhiker.moment_run import (add_moment_arguments, check_moment_arguments,
@@ -452,22 +451,11 @@ def check_some_decoded(content):
 
 def _write_outputs(args, content, key, path, write_cache, report):
     """After the metrics are printed: the cache (a failure only warns), then the user's files."""
-    if write_cache:
-        try:
-            embedding_cache.save_embeddings(path, content, key)
-        except OSError as e:
-            warnings.warn(f"could not write the embedding cache {path} ({e}); the results above "
-                          "are complete, only the cache is missing", stacklevel=2)
-    try:
-        if args.save_embeddings:
-            embedding_cache.save_embeddings(args.save_embeddings, content, key)
-        if args.output_json:
-            embedding_cache.write_json(args.output_json, report)
-        if args.plot:
-            save_figure(temperature_figure(report["results"], report["bootstrap"]), args.plot)
-    except OSError as e:
-        raise OutputError(f"the metrics above are complete, but an output file could not be "
-                          f"written: {e}") from e
+    plot = [lambda: save_figure(temperature_figure(report["results"], report["bootstrap"]),
+                                args.plot)] if args.plot else []
+    embedding_cache.write_run_outputs(
+        content, key, report, cache_file=path if write_cache else None,
+        embeddings_file=args.save_embeddings, report_file=args.output_json, more=plot)
 
 
 def cli(argv=None):

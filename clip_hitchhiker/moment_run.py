@@ -12,7 +12,6 @@ The moment rule gives one moment per query, so R@5 is not reported.
 import math
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from clip_hitchhiker.bootstrap import bootstrap_means
 from clip_hitchhiker.clip_models import (ChunkedImageEncoder, check_embeddings, encode_captions,
                                          frame_dtype_for)
 from clip_hitchhiker.dataset_choice import dataset_folders
-from clip_hitchhiker.errors import ConfigError, OutputError, VideoDecodeError
+from clip_hitchhiker.errors import ConfigError, VideoDecodeError
 from clip_hitchhiker.moment_data import build_moment_dataset
 from clip_hitchhiker.moment_eval import (WINDOW_FRACTIONS, best_frame_window, centred_window,
                                          clip_to_video, interval_iou, moment_metrics,
@@ -335,7 +334,9 @@ def run_moments(args, ctx, start, *, check_decode_failures, preprocess_id):
     report["cache"] = {"hit": cache_hit, "path": None if args.no_cache else str(path)}
     report["timings_s"] = {"load": loaded_at - start, "encode": encode_seconds,
                            "total": time.perf_counter() - start}
-    _write_outputs(args, content, key, path, write_cache and not cache_hit, report)
+    embedding_cache.write_run_outputs(
+        content, key, report, cache_file=path if write_cache and not cache_hit else None,
+        embeddings_file=args.save_embeddings, report_file=args.output_json)
     return report
 
 
@@ -409,21 +410,3 @@ def _report(args, ctx, model, frame_preprocess, placement, dataset_id, content, 
                     "moments": {r["label"]: r["moments"].tolist() for r in results},
                     "ious": {r["label"]: r["ious"].tolist() for r in results}},
     }
-
-
-def _write_outputs(args, content, key, path, write_cache, report):
-    """After the metrics are printed: the cache (a failure only warns), then the user's files."""
-    if write_cache:
-        try:
-            embedding_cache.save_embeddings(path, content, key)
-        except OSError as e:
-            warnings.warn(f"could not write the embedding cache {path} ({e}); the results above "
-                          "are complete, only the cache is missing", stacklevel=2)
-    try:
-        if args.save_embeddings:
-            embedding_cache.save_embeddings(args.save_embeddings, content, key)
-        if args.output_json:
-            embedding_cache.write_json(args.output_json, report)
-    except OSError as e:
-        raise OutputError(f"the metrics above are complete, but an output file could not be "
-                          f"written: {e}") from e

@@ -14,7 +14,8 @@ import run_msr_retrieval as evaluator
 from clip_hitchhiker.activitynet import load_paragraphs
 from clip_hitchhiker.charades_sta import charades_sta_annotation_file, load_charades_sta
 from clip_hitchhiker.downloads import COMPLETE_MARKER
-from clip_hitchhiker.errors import ConfigError, DatasetError
+from clip_hitchhiker import embedding_cache
+from clip_hitchhiker.errors import ConfigError, DatasetError, OutputError
 from clip_hitchhiker.moment_data import load_activitynet_moments
 from clip_hitchhiker.moments import frame_cells, moment_from_weights
 from query_scoring import similarity_meanpooling
@@ -282,6 +283,21 @@ def test_an_unreadable_or_retrieval_cache_entry_is_recomputed(sta, tmp_path):
     torch.save(retrieval, entry)
     with pytest.warns(UserWarning, match="not a moment-localisation embedding file"):
         assert not run(sta_argv(sta, "--cache_dir", tmp_path / "cache"))["cache"]["hit"]
+
+
+def test_failed_writes_after_the_metrics(sta, tmp_path, monkeypatch, capsys):
+    # As retrieval: a cache that cannot be written only warns; a report that cannot be written
+    # is one OutputError that says the printed metrics are complete.
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(embedding_cache, "save_embeddings", full_disk)
+    with pytest.warns(UserWarning, match="could not write the embedding cache .*No space"):
+        run(sta_argv(sta, "--cache_dir", tmp_path / "cache"))
+    monkeypatch.setattr(embedding_cache, "write_json", full_disk)
+    with pytest.raises(OutputError, match="metrics above are complete.*No space"):
+        run(sta_argv(sta, "--no_cache", "--output_json", tmp_path / "r.json"))
+    assert "agg: sliding windows (mean pooling)" in capsys.readouterr().out
 
 
 def test_outputs_may_not_replace_the_cache_entry(sta, tmp_path):
