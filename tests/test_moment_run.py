@@ -5,7 +5,6 @@ import ast
 import json
 import math
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -26,21 +25,8 @@ RED = (230, 30, 30)
 
 def write_moment_video(path, num_frames, moment_frames, seed, fps=10, size=32):
     """Noise frames, except frames moment_frames[0] <= i < moment_frames[1], which are red."""
-    rng = np.random.default_rng(seed)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv444p"
-        stream.options = {"crf": "10", "preset": "ultrafast"}
-        for i in range(num_frames):
-            if moment_frames[0] <= i < moment_frames[1]:
-                image = np.full((size, size, 3), RED, np.uint8)
-            else:
-                image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    synthetic.write_noise_video(path, num_frames, dict.fromkeys(range(*moment_frames), RED),
+                                np.random.default_rng(seed), fps=fps, size=size)
 
 
 # Video id -> (frames at 10 fps, red frames); the red frames are the moment the query names.
