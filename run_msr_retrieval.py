@@ -53,8 +53,10 @@ TIE_WARNING_FRACTION = 0.01
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description="Zero-shot text-to-video retrieval of CLIP on MSR-VTT (default: 1k-A) or a "
-                    "CSV of your own, by mean pooling and query-scoring.")
+        description="Zero-shot evaluation of CLIP by mean pooling and query-scoring: "
+                    "text-to-video retrieval on MSR-VTT (default: 1k-A), ActivityNet Captions "
+                    "or a CSV of your own; action recognition on Charades; moment localisation "
+                    "on Charades-STA and ActivityNet Captions.")
     add = parser.add_argument
     add("--num_frames", type=int, default=120, help="frames sampled per video (default 120)")
     add("--query_scoring_temp", type=float, nargs="+", default=[0.1],
@@ -79,7 +81,8 @@ def parse_args(argv=None):
         help="leave out videos that fail to decode (and their queries) instead of stopping")
     add("--bootstrap", type=int, default=0, metavar="N",
         help="N bootstrap resamples of the queries: 95%% intervals of every metric and paired "
-             "differences of query-scoring from mean pooling, with p-values (default 0: off)")
+             "differences, with p-values, of query-scoring from mean pooling (moments: from the "
+             "sliding windows); 100 to 100000 resamples, or 0: off (the default)")
     add("--seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
     add("--plot", default=None, metavar="FILE",
         help="draw R@1/5/10 against the temperatures to FILE (.png, .svg or .pdf; needs "

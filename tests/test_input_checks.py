@@ -150,6 +150,16 @@ def test_a_negative_seed_without_bootstrap_is_unused_and_allowed():
     assert cli_module.parse_args(["--seed", "-1"]).seed == -1
 
 
+def test_help_states_the_tasks_and_the_bootstrap_bounds(capsys):
+    with pytest.raises(SystemExit):
+        cli_module.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "action recognition on Charades" in text
+    assert "moment localisation on Charades-STA and ActivityNet Captions" in text
+    assert "100 to 100000 resamples, or 0: off (the default)" in text
+    assert "moments: from the sliding windows" in text
+
+
 # ---------------------------------------------------------------- --compare
 
 def test_compare_says_first_which_settings_differ_and_lists_lone_temperatures(
