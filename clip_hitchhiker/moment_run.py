@@ -42,6 +42,10 @@ SLIDING = "sliding windows (mean pooling)"
 BEST_FRAME = "best frame, mean-length window"
 WHOLE_VIDEO = "prior: whole video"
 CENTRED = "prior: mean length, centred"
+# The moment options' defaults, filled in by check_moment_arguments for a moment run only
+# (None on the command line means "not given", so that a retrieval run can refuse them).
+MOMENT_DEFAULTS = {"fps": 1.0, "max_frames": None, "moment_mass": DEFAULT_MASS,
+                   "window_fractions": list(WINDOW_FRACTIONS)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -57,15 +61,15 @@ def add_moment_arguments(parser):
     add("--task", default=None, choices=TASKS,
         help="retrieval (the default) or moments: localise each sentence in its own video "
              "(activitynet; implied by charades_sta)")
-    add("--fps", type=float, default=1.0,
+    add("--fps", type=float, default=None,
         help="moments: frames sampled per second of video, by time (default 1)")
     add("--max_frames", type=int, default=None,
         help="moments: at most this many frames per video (longer videos are sampled more "
              "sparsely, evenly; default: no cap)")
-    add("--moment_mass", type=float, default=DEFAULT_MASS,
+    add("--moment_mass", type=float, default=None,
         help="moments: the share of query-scoring's weight the moment must hold (default "
              f"{DEFAULT_MASS}, as search)")
-    add("--window_fractions", type=float, nargs="+", default=list(WINDOW_FRACTIONS),
+    add("--window_fractions", type=float, nargs="+", default=None,
         help="moments: the sliding-window baseline's lengths, as fractions of the video "
              "(default 0.1 ... 1.0 in steps of 0.1)")
     add("--charades_sta_annotations", default=None, metavar="FILE|URL",
@@ -90,8 +94,15 @@ def check_moment_arguments(parser, args):
                      f"{args.dataset}")
     if args.charades_sta_annotations and args.dataset != "charades_sta":
         parser.error("--charades_sta_annotations is for --dataset charades_sta")
+    given = [f"--{name}" for name in MOMENT_DEFAULTS if getattr(args, name) is not None]
     if args.task != "moments":
+        if given:  # they would be ignored: say so rather than run the other task
+            parser.error(f"{', '.join(given)}: for moment localisation only (--dataset "
+                         f"charades_sta, or --task moments); this is a {args.task} run")
         return
+    for name, default in MOMENT_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     if args.plot or args.compare:
         parser.error("--plot and --compare are for retrieval; moments report R@1 and mIoU")
     if not (math.isfinite(args.fps) and args.fps > 0):

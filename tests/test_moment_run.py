@@ -323,11 +323,23 @@ def test_errors_are_one_line(sta, tmp_path, capsys):
     (["--dataset", "charades_sta", "--fps", "0"], "--fps must be a number > 0"),
     (["--dataset", "charades_sta", "--window_fractions", "0"], "--window_fractions must be"),
     (["--dataset", "charades_sta", "--task", "retrieval"], "is a moment benchmark"),
+    # A moment option without the moment task would be ignored: a retrieval run, not this one.
+    (["--dataset", "activitynet", "--fps", "2"], "--fps: for moment localisation only "
+                                                 "(--dataset charades_sta, or --task moments)"),
+    (["--max_frames", "8", "--moment_mass", "0.3"], "--max_frames, --moment_mass: for moment"),
+    (["--window_fractions", "0.5"], "--window_fractions: for moment localisation only"),
 ])
 def test_bad_moment_options(argv, message, capsys):
     with pytest.raises(SystemExit):
         evaluator.parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+def test_moment_options_default_when_the_task_is_moments():
+    args = evaluator.parse_args(["--dataset", "charades_sta"])
+    assert (args.fps, args.max_frames, args.moment_mass) == (1.0, None, 0.5)
+    assert args.window_fractions == pytest.approx([0.1 * k for k in range(1, 11)])
+    assert evaluator.parse_args(["--dataset", "activitynet"]).fps is None  # retrieval
 
 
 def test_activitynet_moments_end_to_end(sta, tmp_path, capsys):
