@@ -74,7 +74,8 @@ def add_moment_arguments(parser):
              "(default 0.1 ... 1.0 in steps of 0.1)")
     add("--charades_sta_annotations", default=None, metavar="FILE|URL",
         help="charades_sta: the test annotations (charades_sta_test.txt, from TALL); a URL is "
-             "downloaded into DATA_ROOT/Charades-STA/ (default: the file there)")
+             "downloaded once into DATA_ROOT/Charades-STA/, named for the URL (default: "
+             "DATA_ROOT/Charades-STA/charades_sta_test.txt)")
     return group
 
 

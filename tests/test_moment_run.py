@@ -113,10 +113,23 @@ def test_charades_sta_annotations_download_from_a_url(tmp_path):
     with synthetic.FileServer(payload) as server:
         url = server.url.replace("MSRVTT.zip", "charades_sta_test.txt")
         path = charades_sta_annotation_file(url, tmp_path / "data", progress=False)
-    assert path == tmp_path / "data" / "Charades-STA" / "charades_sta_test.txt"
+    assert path.parent == tmp_path / "data" / "Charades-STA"
+    assert path.name.startswith("charades_sta_test-") and path.suffix == ".txt"
     assert path.read_bytes() == payload and not list(path.parent.glob("*.part"))
     # Once there, it is read without the network (the server is gone).
     assert charades_sta_annotation_file(url, tmp_path / "data") == path
+
+
+def test_two_annotation_urls_with_one_file_name_are_two_files(tmp_path):
+    # Shared-drive links all end in the same name ("uc?id=..."): the second must not be read
+    # from the first one's download.
+    first, second = b"AA001 1.0 2.0##first.\n", b"AA002 0.0 1.0##second.\n"
+    paths = []
+    for payload in (first, second):
+        with synthetic.FileServer(payload) as server:
+            url = server.url.replace("MSRVTT.zip", "uc") + f"?id={len(paths)}"
+            paths.append(charades_sta_annotation_file(url, tmp_path / "data", progress=False))
+    assert [p.read_bytes() for p in paths] == [first, second]
 
 
 def test_activitynet_moments_loader(tmp_path):
