@@ -158,6 +158,7 @@ def test_help_states_the_tasks_and_the_bootstrap_bounds(capsys):
     assert "moment localisation on Charades-STA and ActivityNet Captions" in text
     assert "100 to 100000 resamples, or 0: off (the default)" in text
     assert "moments: from the sliding windows" in text
+    assert "charades and charades_sta test; activitynet val_1 (default), val_2" in text
 
 
 # ---------------------------------------------------------------- --compare
