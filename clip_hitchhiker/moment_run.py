@@ -20,6 +20,8 @@ from torch.utils.data import DataLoader
 
 from clip_hitchhiker import embedding_cache
 from clip_hitchhiker.backends import load_model
+from clip_hitchhiker.batch_memory import (available_memory_bytes, check_decoding_memory,
+                                          decoding_memory_bytes, longest_video)
 from clip_hitchhiker.bootstrap import bootstrap_means
 from clip_hitchhiker.clip_models import (ChunkedImageEncoder, check_embeddings, encode_captions,
                                          frame_dtype_for)
@@ -371,6 +373,7 @@ def _embed(args, ctx, model, dataset, key, path, check_decode_failures, device_p
         path, key, check=check_moment_content)
     cache_hit = content is not None
     if not cache_hit:
+        _check_memory(args, dataset, device_preprocess)
         with torch.inference_mode():
             content = encode_by_time(
                 model, dataset, ctx.device, batch_size=args.batch_size,
@@ -384,6 +387,27 @@ def _embed(args, ctx, model, dataset, key, path, check_decode_failures, device_p
                                f"e.g. {reasons}")
     check_embeddings(content["text_embeds"], content["frame_embeds"][None], args.model)
     return content, cache_hit
+
+
+def _check_memory(args, dataset, device_preprocess):
+    """Before decoding: refuse settings whose batches cannot fit in this machine's memory. A
+    video decoded by time holds all its frames, so the longest one (from the headers) sets the
+    size; the DataLoader keeps its default prefetch of 2 batches a worker."""
+    longest = longest_video(dataset.video_paths)
+    if longest is None:
+        return
+    seconds, (height, width) = longest
+    frames = max(1, math.ceil(seconds * args.fps))
+    frames = min(frames, args.max_frames) if args.max_frames else frames
+    workers_preprocess = device_preprocess is None
+    settings = dict(batch_size=args.batch_size, num_frames=frames, num_workers=args.num_workers)
+    needed = decoding_memory_bytes(
+        **settings, height=height, width=width, prefetch=2,
+        crop=dataset.preprocess.crop if workers_preprocess else None,
+        itemsize=dataset.preprocess.dtype.itemsize if workers_preprocess else 1)
+    check_decoding_memory(needed, available_memory_bytes(), **settings,
+                          resolution=(height, width),
+                          lower="--fps, --max_frames, --batch_size or --num_workers")
 
 
 def _bootstrap(args, results, num_queries):

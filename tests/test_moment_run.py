@@ -13,7 +13,7 @@ import run_msr_retrieval as evaluator
 from clip_hitchhiker.activitynet import load_paragraphs
 from clip_hitchhiker.charades_sta import charades_sta_annotation_file, load_charades_sta
 from clip_hitchhiker.downloads import COMPLETE_MARKER
-from clip_hitchhiker import embedding_cache
+from clip_hitchhiker import embedding_cache, moment_data, moment_run
 from clip_hitchhiker.errors import ConfigError, DatasetError, OutputError
 from clip_hitchhiker.moment_data import load_activitynet_moments
 from clip_hitchhiker.moments import frame_cells, moment_from_weights
@@ -297,6 +297,20 @@ def test_failed_writes_after_the_metrics(sta, tmp_path, monkeypatch, capsys):
     with pytest.raises(OutputError, match="metrics above are complete.*No space"):
         run(sta_argv(sta, "--no_cache", "--output_json", tmp_path / "r.json"))
     assert "agg: sliding windows (mean pooling)" in capsys.readouterr().out
+
+
+def test_videos_that_cannot_fit_in_memory_are_refused_before_decoding(sta, tmp_path,
+                                                                       monkeypatch):
+    # The longest video (AA001, 4.0 s) at --fps 10 is 40 frames of 32x32, from its header.
+    decoded = []
+    monkeypatch.setattr(moment_data, "read_video_times", lambda *a: decoded.append(a))
+    monkeypatch.setattr(moment_run, "available_memory_bytes", lambda: 10_000)
+    with pytest.raises(ConfigError, match=r"decoding needs about .* GiB of memory \(0 "
+                                          r"worker\(s\), batches of 1 video\(s\) x 40 frames of "
+                                          r"32x32\), more than the 0.0 GiB available; lower "
+                                          r"--fps, --max_frames, --batch_size or --num_workers"):
+        run(sta_argv(sta, "--no_cache", "--fps", "10"))
+    assert decoded == []
 
 
 def test_outputs_may_not_replace_the_cache_entry(sta, tmp_path):
