@@ -13,7 +13,6 @@ import json
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +26,8 @@ from clip_hitchhiker.clip_models import (check_embeddings, compute_embeddings,
 from clip_hitchhiker.charades import charades_map
 from clip_hitchhiker.dataset_choice import (add_dataset_arguments, build_dataset,
                                             check_dataset_arguments, dataset_folders)
-from clip_hitchhiker.errors import (ConfigError, DatasetError, HitchhikerError, OutputError,
-                                    PeerFailure, VideoDecodeError)
+from clip_hitchhiker.errors import (ConfigError, DatasetError, HitchhikerError, PeerFailure,
+                                    VideoDecodeError)
 from clip_hitchhiker.model_options import (add_encoding_arguments, add_model_arguments,
                                            check_model_arguments, decode_device, loader_workers,
                                            resolve_preprocess_on)
@@ -57,8 +56,10 @@ TIE_WARNING_FRACTION = 0.01
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description="Zero-shot text-to-video retrieval of CLIP on MSR-VTT (default: 1k-A) or a "
-                    "CSV of your own, by mean pooling and query-scoring.")
+        description="Zero-shot evaluation of CLIP by mean pooling and query-scoring: "
+                    "text-to-video retrieval on MSR-VTT (default: 1k-A), ActivityNet Captions "
+                    "or a CSV of your own; action recognition on Charades; moment localisation "
+                    "on Charades-STA and ActivityNet Captions.")
     add = parser.add_argument
     add("--num_frames", type=int, default=120, help="frames sampled per video (default 120)")
     add("--query_scoring_temp", type=float, nargs="+", default=[0.1],
@@ -83,7 +84,8 @@ def parse_args(argv=None):
         help="leave out videos that fail to decode (and their queries) instead of stopping")
     add("--bootstrap", type=int, default=0, metavar="N",
         help="N bootstrap resamples of the queries: 95%% intervals of every metric and paired "
-             "differences of query-scoring from mean pooling, with p-values (default 0: off)")
+             "differences, with p-values, of query-scoring from mean pooling (moments: from the "
+             "sliding windows); 100 to 100000 resamples, or 0: off (the default)")
     add("--seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
     add("--plot", default=None, metavar="FILE",
         help="draw R@1/5/10 against the temperatures to FILE (.png, .svg or .pdf; needs "
@@ -470,22 +472,11 @@ def check_some_decoded(content):
 
 def _write_outputs(args, content, key, path, write_cache, report):
     """After the metrics are printed: the cache (a failure only warns), then the user's files."""
-    if write_cache:
-        try:
-            embedding_cache.save_embeddings(path, content, key)
-        except OSError as e:
-            warnings.warn(f"could not write the embedding cache {path} ({e}); the results above "
-                          "are complete, only the cache is missing", stacklevel=2)
-    try:
-        if args.save_embeddings:
-            embedding_cache.save_embeddings(args.save_embeddings, content, key)
-        if args.output_json:
-            embedding_cache.write_json(args.output_json, report)
-        if args.plot:
-            save_figure(temperature_figure(report["results"], report["bootstrap"]), args.plot)
-    except OSError as e:
-        raise OutputError(f"the metrics above are complete, but an output file could not be "
-                          f"written: {e}") from e
+    plot = [lambda: save_figure(temperature_figure(report["results"], report["bootstrap"]),
+                                args.plot)] if args.plot else []
+    embedding_cache.write_run_outputs(
+        content, key, report, cache_file=path if write_cache else None,
+        embeddings_file=args.save_embeddings, report_file=args.output_json, more=plot)
 
 
 def cli(argv=None):

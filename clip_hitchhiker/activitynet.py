@@ -31,12 +31,19 @@ def download_activitynet_captions(data_root="./data", url=ACTIVITYNET_CAPTIONS_U
 
 def load_paragraphs(path):
     """returns: {video id: [sentences in timestamp order]}, in the file's order."""
+    return {video_id: paragraph_sentences(path, video_id, entry)
+            for video_id, entry in read_annotations(path).items()}
+
+
+def read_annotations(path):
+    """A split's annotation file (val_1.json...), checked: a non-empty JSON object.
+    returns: {video id: entry}, entries unchecked (see entry_sentences)."""
     try:
-        annotations = json.loads(Path(path).read_text())
+        annotations = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise DatasetError(f"missing {path}; download the ActivityNet Captions annotations "
                            "(the default) or set --data_root") from e
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatasetError(f"{path} is not JSON ({e})") from e
     if not isinstance(annotations, dict):
         raise DatasetError(f"{path} should map each video id to its timestamps and sentences "
@@ -45,13 +52,13 @@ def load_paragraphs(path):
     if not annotations:
         raise DatasetError(f"{path} lists no video: the split is empty; delete "
                            f"{Path(path).parent} and download it again (or restore the file)")
-    return {video_id: paragraph_sentences(path, video_id, entry)
-            for video_id, entry in annotations.items()}
+    return annotations
 
 
-def paragraph_sentences(path, video_id, entry):
-    """One video's sentences in timestamp order, each checked: a string with some text, as
-    many as the timestamps (zip would silently drop the extra ones)."""
+def entry_sentences(path, video_id, entry):
+    """One video's timestamps and sentences as written, checked: lists of the same length
+    (zip would silently drop the extra ones), at least one, every sentence non-empty text.
+    Sentences are numbered from 1 in messages. returns: (timestamps, sentences)."""
     try:
         timestamps, sentences = entry["timestamps"], entry["sentences"]
     except (KeyError, TypeError) as e:
@@ -63,10 +70,16 @@ def paragraph_sentences(path, video_id, entry):
                            f"{len(timestamps)} timestamp(s); each sentence needs its own")
     if not sentences:
         raise DatasetError(f"{path}: video {video_id} has no sentence")
-    for i, sentence in enumerate(sentences):
+    for number, sentence in enumerate(sentences, start=1):
         if not isinstance(sentence, str) or not sentence.strip():
-            raise DatasetError(f"{path}: video {video_id}, sentence {i} is {sentence!r}; every "
-                               "sentence must be non-empty text")
+            raise DatasetError(f"{path}: video {video_id}, sentence {number} is {sentence!r}; "
+                               "every sentence must be non-empty text")
+    return timestamps, sentences
+
+
+def paragraph_sentences(path, video_id, entry):
+    """One video's sentences (checked by entry_sentences) in timestamp order."""
+    timestamps, sentences = entry_sentences(path, video_id, entry)
     try:
         pairs = sorted(zip(timestamps, sentences), key=lambda pair: tuple(pair[0]))
     except TypeError as e:

@@ -51,8 +51,28 @@ def largest_resolution(video_paths, probe=3):
     return max(sizes, key=lambda hw: hw[0] * hw[1]) if sizes else None
 
 
+def longest_video(video_paths):
+    """(seconds, (height, width)): the longest duration and the largest resolution among the
+    readable videos, from their headers (no frame is decoded), or None if none can be read.
+    Every video is probed: decoding by time holds a whole video's frames at once."""
+    import av
+
+    from data_loader import _stream_duration
+
+    seconds, sizes = 0.0, []
+    for path in (p for p in video_paths if os.path.isfile(p)):
+        try:
+            with av.open(str(path)) as container:
+                stream = container.streams.video[0]
+                seconds = max(seconds, _stream_duration(container, stream))
+                sizes.append((stream.codec_context.height, stream.codec_context.width))
+        except Exception:  # a bad video is reported when it is decoded, not here
+            continue
+    return (seconds, max(sizes, key=lambda hw: hw[0] * hw[1])) if sizes else None
+
+
 def check_decoding_memory(needed, available, *, batch_size, num_frames, num_workers,
-                          resolution):
+                          resolution, lower="--num_frames, --batch_size or --num_workers"):
     """Raise ConfigError naming the options to lower if needed bytes exceed available ones."""
     if available is None or needed <= available:
         return
@@ -60,4 +80,4 @@ def check_decoding_memory(needed, available, *, batch_size, num_frames, num_work
     raise ConfigError(f"decoding needs about {needed / 2**30:.1f} GiB of memory ({num_workers} "
                       f"worker(s), batches of {batch_size} video(s) x {num_frames} frames of "
                       f"{width}x{height}), more than the {available / 2**30:.1f} GiB available; "
-                      "lower --num_frames, --batch_size or --num_workers")
+                      f"lower {lower}")

@@ -9,6 +9,7 @@ distributes it through a shared drive): pass it with --charades_sta_annotations 
 it at data_root/Charades-STA/charades_sta_test.txt. The videos are Charades' 480p videos
 (clip_hitchhiker.charades), data_root/Charades_v1_480/<id>.mp4.
 """
+import hashlib
 import math
 from pathlib import Path
 from urllib.parse import urlparse
@@ -23,7 +24,8 @@ _LINE_FORM = "'VIDEO START END##sentence'"
 
 def charades_sta_annotation_file(source, data_root="./data", progress=True):
     """The annotation file to read: source is a file, a URL (downloaded, resumably, into
-    data_root/Charades-STA/ unless already there) or None (the file in that folder).
+    data_root/Charades-STA/, as <name>-<digest of the URL>, unless already there) or None
+    (data_root/Charades-STA/charades_sta_test.txt).
     returns: Path."""
     folder = Path(data_root) / CHARADES_STA_FOLDER
     if source is None:
@@ -34,8 +36,11 @@ def charades_sta_annotation_file(source, data_root="./data", progress=True):
                                "--charades_sta_annotations FILE|URL")
         return path
     if urlparse(str(source)).scheme in ("http", "https"):
-        name = Path(urlparse(source).path).name or CHARADES_STA_TEST
-        path = folder / name
+        # Named for the whole URL: shared-drive links differ only in their query ("uc?id=..."),
+        # and one URL's file must never be read for another.
+        name = Path(Path(urlparse(source).path).name or CHARADES_STA_TEST)
+        digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+        path = folder / f"{name.stem}-{digest}{name.suffix}"
         if not path.is_file():
             folder.mkdir(parents=True, exist_ok=True)
             download_file(source, path, progress=progress)

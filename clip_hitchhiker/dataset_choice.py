@@ -88,7 +88,7 @@ def add_dataset_arguments(parser):
              "csv (your own; implied by --csv), charades_sta (moment localisation)")
     add("--split", default=None,
         help="the dataset's split: msrvtt jsfusion (1k-A, the default), miech, full-test; "
-             "charades test; activitynet val_1 (default), val_2")
+             "charades and charades_sta test; activitynet val_1 (default), val_2")
     add("--csv", default=None, help="a CSV (video_path, caption) of your own videos")
     add("--video_root", default=None,
         help="folder of the videos: what --csv paths are relative to (default .), or the "

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from clip_hitchhiker.errors import OutputError
+
 # 2: what was decoded of each video; 3: the task and its labels; 4: keyed by the videos only
 # (the texts of an entry are those of the run that wrote it; readers encode their own).
 CACHE_FORMAT = 4
@@ -149,3 +151,28 @@ def check_cache_content(content):
     if content["task"] == "classification" and not set(content["video_ids"]) <= set(
             content["labels"] or {}):
         raise ValueError("classification labels are missing for some videos")
+
+
+def write_run_outputs(content, key, report, *, cache_file=None, embeddings_file=None,
+                      report_file=None, more=()):
+    """A run's files, after its metrics are printed: the cache entry first (at cache_file, if
+    given; a failure only warns, the results stand), then the user's: the content at
+    embeddings_file (--save_embeddings), the report at report_file (--output_json), then each
+    callable in `more` (the plot). An OSError there is an OutputError that says the printed
+    metrics are complete."""
+    if cache_file is not None:
+        try:
+            save_embeddings(cache_file, content, key)
+        except OSError as e:
+            warnings.warn(f"could not write the embedding cache {cache_file} ({e}); the results "
+                          "above are complete, only the cache is missing", stacklevel=3)
+    try:
+        if embeddings_file:
+            save_embeddings(embeddings_file, content, key)
+        if report_file:
+            write_json(report_file, report)
+        for write in more:
+            write()
+    except OSError as e:
+        raise OutputError(f"the metrics above are complete, but an output file could not be "
+                          f"written: {e}") from e

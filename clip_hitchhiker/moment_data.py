@@ -11,7 +11,8 @@ import torch
 from torch.utils.data import Dataset
 
 from clip_hitchhiker.activitynet import (ACTIVITYNET_CAPTIONS_URL, ACTIVITYNET_SPLITS,
-                                         download_activitynet_captions, find_video)
+                                         download_activitynet_captions, entry_sentences,
+                                         find_video, read_annotations)
 from clip_hitchhiker.charades import CHARADES_VIDEOS_URL
 from clip_hitchhiker.charades_sta import (check_time, charades_sta_annotation_file,
                                           load_charades_sta)
@@ -27,27 +28,14 @@ def load_activitynet_moments(path):
     """Every sentence of an ActivityNet Captions split (val_1.json, val_2.json) as a query.
 
     returns: list of (video id, start, end, sentence): videos in the file's order, each
-    video's sentences in the annotation's order. An entry without matching timestamps and
-    sentences, or a timestamp that is not [start, end] with 0 <= start <= end, stops with an
-    error naming the video and the sentence's position.
+    video's sentences in the annotation's order. The file and each entry are checked as
+    retrieval checks them (activitynet.read_annotations, entry_sentences), and a timestamp that
+    is not [start, end] with 0 <= start <= end stops with an error naming the video and the
+    sentence's position (from 1).
     """
-    try:
-        annotations = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise DatasetError(f"missing {path}; download the ActivityNet Captions annotations "
-                           "(the default) or set --data_root") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path} is not JSON ({e})") from e
-    if not isinstance(annotations, dict) or not annotations:
-        raise DatasetError(f"{path} should map video ids to their timestamps and sentences")
     queries = []
-    for video_id, entry in annotations.items():
-        timestamps = entry.get("timestamps") if isinstance(entry, dict) else None
-        sentences = entry.get("sentences") if isinstance(entry, dict) else None
-        if not (isinstance(timestamps, list) and isinstance(sentences, list)
-                and len(timestamps) == len(sentences) > 0):
-            raise DatasetError(f"{path}: video {video_id} needs as many timestamps as "
-                               "sentences, and at least one")
+    for video_id, entry in read_annotations(path).items():
+        timestamps, sentences = entry_sentences(path, video_id, entry)
         for number, (stamp, sentence) in enumerate(zip(timestamps, sentences), start=1):
             where = f"{path}: video {video_id}, sentence {number}"
             if not (isinstance(stamp, list) and len(stamp) == 2):
@@ -55,8 +43,6 @@ def load_activitynet_moments(path):
             start, end = (check_time(value, where) for value in stamp)
             if start > end:
                 raise DatasetError(f"{where}: start {start:g} is after end {end:g}")
-            if not isinstance(sentence, str) or not sentence.strip():
-                raise DatasetError(f"{where}: the sentence is empty")
             queries.append((video_id, start, end, sentence.strip()))
     return queries
 

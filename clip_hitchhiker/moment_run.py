@@ -12,7 +12,6 @@ The moment rule gives one moment per query, so R@5 is not reported.
 import math
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +20,13 @@ from torch.utils.data import DataLoader
 
 from clip_hitchhiker import embedding_cache
 from clip_hitchhiker.backends import load_model
+from clip_hitchhiker.batch_memory import (available_memory_bytes, check_decoding_memory,
+                                          decoding_memory_bytes, longest_video)
 from clip_hitchhiker.bootstrap import bootstrap_means
 from clip_hitchhiker.clip_models import (ChunkedImageEncoder, check_embeddings, encode_captions,
                                          frame_dtype_for)
 from clip_hitchhiker.dataset_choice import dataset_folders
-from clip_hitchhiker.errors import ConfigError, OutputError, VideoDecodeError
+from clip_hitchhiker.errors import ConfigError, VideoDecodeError
 from clip_hitchhiker.moment_data import build_moment_dataset
 from clip_hitchhiker.moment_eval import (WINDOW_FRACTIONS, best_frame_window, centred_window,
                                          clip_to_video, interval_iou, moment_metrics,
@@ -43,6 +44,10 @@ SLIDING = "sliding windows (mean pooling)"
 BEST_FRAME = "best frame, mean-length window"
 WHOLE_VIDEO = "prior: whole video"
 CENTRED = "prior: mean length, centred"
+# The moment options' defaults, filled in by check_moment_arguments for a moment run only
+# (None on the command line means "not given", so that a retrieval run can refuse them).
+MOMENT_DEFAULTS = {"fps": 1.0, "max_frames": None, "moment_mass": DEFAULT_MASS,
+                   "window_fractions": list(WINDOW_FRACTIONS)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -58,20 +63,21 @@ def add_moment_arguments(parser):
     add("--task", default=None, choices=TASKS,
         help="retrieval (the default) or moments: localise each sentence in its own video "
              "(activitynet; implied by charades_sta)")
-    add("--fps", type=float, default=1.0,
+    add("--fps", type=float, default=None,
         help="moments: frames sampled per second of video, by time (default 1)")
     add("--max_frames", type=int, default=None,
         help="moments: at most this many frames per video (longer videos are sampled more "
              "sparsely, evenly; default: no cap)")
-    add("--moment_mass", type=float, default=DEFAULT_MASS,
+    add("--moment_mass", type=float, default=None,
         help="moments: the share of query-scoring's weight the moment must hold (default "
              f"{DEFAULT_MASS}, as search)")
-    add("--window_fractions", type=float, nargs="+", default=list(WINDOW_FRACTIONS),
+    add("--window_fractions", type=float, nargs="+", default=None,
         help="moments: the sliding-window baseline's lengths, as fractions of the video "
              "(default 0.1 ... 1.0 in steps of 0.1)")
     add("--charades_sta_annotations", default=None, metavar="FILE|URL",
         help="charades_sta: the test annotations (charades_sta_test.txt, from TALL); a URL is "
-             "downloaded into DATA_ROOT/Charades-STA/ (default: the file there)")
+             "downloaded once into DATA_ROOT/Charades-STA/, named for the URL (default: "
+             "DATA_ROOT/Charades-STA/charades_sta_test.txt)")
     return group
 
 
@@ -91,8 +97,15 @@ def check_moment_arguments(parser, args):
                      f"{args.dataset}")
     if args.charades_sta_annotations and args.dataset != "charades_sta":
         parser.error("--charades_sta_annotations is for --dataset charades_sta")
+    given = [f"--{name}" for name in MOMENT_DEFAULTS if getattr(args, name) is not None]
     if args.task != "moments":
+        if given:  # they would be ignored: say so rather than run the other task
+            parser.error(f"{', '.join(given)}: for moment localisation only (--dataset "
+                         f"charades_sta, or --task moments); this is a {args.task} run")
         return
+    for name, default in MOMENT_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     if args.plot or args.compare:
         parser.error("--plot and --compare are for retrieval; moments report R@1 and mIoU")
     if not (math.isfinite(args.fps) and args.fps > 0):
@@ -335,7 +348,9 @@ def run_moments(args, ctx, start, *, check_decode_failures, preprocess_id):
     report["cache"] = {"hit": cache_hit, "path": None if args.no_cache else str(path)}
     report["timings_s"] = {"load": loaded_at - start, "encode": encode_seconds,
                            "total": time.perf_counter() - start}
-    _write_outputs(args, content, key, path, write_cache and not cache_hit, report)
+    embedding_cache.write_run_outputs(
+        content, key, report, cache_file=path if write_cache and not cache_hit else None,
+        embeddings_file=args.save_embeddings, report_file=args.output_json)
     return report
 
 
@@ -358,6 +373,7 @@ def _embed(args, ctx, model, dataset, key, path, check_decode_failures, device_p
         path, key, check=check_moment_content)
     cache_hit = content is not None
     if not cache_hit:
+        _check_memory(args, dataset, device_preprocess)
         with torch.inference_mode():
             content = encode_by_time(
                 model, dataset, ctx.device, batch_size=args.batch_size,
@@ -371,6 +387,27 @@ def _embed(args, ctx, model, dataset, key, path, check_decode_failures, device_p
                                f"e.g. {reasons}")
     check_embeddings(content["text_embeds"], content["frame_embeds"][None], args.model)
     return content, cache_hit
+
+
+def _check_memory(args, dataset, device_preprocess):
+    """Before decoding: refuse settings whose batches cannot fit in this machine's memory. A
+    video decoded by time holds all its frames, so the longest one (from the headers) sets the
+    size; the DataLoader keeps its default prefetch of 2 batches a worker."""
+    longest = longest_video(dataset.video_paths)
+    if longest is None:
+        return
+    seconds, (height, width) = longest
+    frames = max(1, math.ceil(seconds * args.fps))
+    frames = min(frames, args.max_frames) if args.max_frames else frames
+    workers_preprocess = device_preprocess is None
+    settings = dict(batch_size=args.batch_size, num_frames=frames, num_workers=args.num_workers)
+    needed = decoding_memory_bytes(
+        **settings, height=height, width=width, prefetch=2,
+        crop=dataset.preprocess.crop if workers_preprocess else None,
+        itemsize=dataset.preprocess.dtype.itemsize if workers_preprocess else 1)
+    check_decoding_memory(needed, available_memory_bytes(), **settings,
+                          resolution=(height, width),
+                          lower="--fps, --max_frames, --batch_size or --num_workers")
 
 
 def _bootstrap(args, results, num_queries):
@@ -409,21 +446,3 @@ def _report(args, ctx, model, frame_preprocess, placement, dataset_id, content, 
                     "moments": {r["label"]: r["moments"].tolist() for r in results},
                     "ious": {r["label"]: r["ious"].tolist() for r in results}},
     }
-
-
-def _write_outputs(args, content, key, path, write_cache, report):
-    """After the metrics are printed: the cache (a failure only warns), then the user's files."""
-    if write_cache:
-        try:
-            embedding_cache.save_embeddings(path, content, key)
-        except OSError as e:
-            warnings.warn(f"could not write the embedding cache {path} ({e}); the results above "
-                          "are complete, only the cache is missing", stacklevel=2)
-    try:
-        if args.save_embeddings:
-            embedding_cache.save_embeddings(args.save_embeddings, content, key)
-        if args.output_json:
-            embedding_cache.write_json(args.output_json, report)
-    except OSError as e:
-        raise OutputError(f"the metrics above are complete, but an output file could not be "
-                          f"written: {e}") from e

@@ -284,19 +284,25 @@ LEARNING_COLOURS = {"red": (230, 30, 30), "green": (30, 200, 30), "blue": (30, 3
 
 def write_colour_video(path, colour, num_frames, relevant, seed, size=32):
     """Frames of random noise, except `relevant` frames (at random places) of one colour."""
-    import av
-
     rng = np.random.default_rng(seed)
     where = set(rng.choice(num_frames, size=relevant, replace=False).tolist())
+    write_noise_video(path, num_frames, {i: colour for i in where}, rng, size=size)
+
+
+def write_noise_video(path, num_frames, coloured, rng, fps=10, size=32):
+    """An H.264 video of random-noise frames (drawn from the numpy Generator rng), except the
+    frames {index: (r, g, b)} in coloured, which are that one colour."""
+    import av
+
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=10)
+        stream = container.add_stream("libx264", rate=fps)
         stream.width = stream.height = size
         stream.pix_fmt = "yuv444p"
         stream.options = {"crf": "10", "preset": "ultrafast"}
         for i in range(num_frames):
-            if i in where:
+            if i in coloured:
                 image = np.empty((size, size, 3), np.uint8)
-                image[...] = colour
+                image[...] = coloured[i]
             else:
                 image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
             for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):

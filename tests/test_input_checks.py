@@ -120,10 +120,10 @@ def test_a_folder_named_like_a_video_is_not_a_file(tmp_path):
     ([{"sentences": ["a"]}], r"should map each video id to its timestamps and sentences \(a "
                             r"JSON object\), got a list"),
     ({}, "lists no video: the split is empty"),
-    ({"v_a": {"timestamps": [[0, 1]], "sentences": [7]}}, "video v_a, sentence 0 is 7; every "
+    ({"v_a": {"timestamps": [[0, 1]], "sentences": [7]}}, "video v_a, sentence 1 is 7; every "
                                                           "sentence must be non-empty text"),
     ({"v_a": {"timestamps": [[0, 1], [1, 2]], "sentences": ["a", "  "]}},
-     "video v_a, sentence 1 is '  '; every sentence must be non-empty text"),
+     "video v_a, sentence 2 is '  '; every sentence must be non-empty text"),
     ({"v_a": {"timestamps": [[0, 1]], "sentences": ["a", "b"]}},
      r"video v_a has 2 sentence\(s\) but 1 timestamp\(s\); each sentence needs its own")])
 def test_activitynet_annotation_problems(tmp_path, annotations, message):
@@ -148,6 +148,17 @@ def test_bootstrap_options_are_checked_before_any_work(argv, message, capsys):
 
 def test_a_negative_seed_without_bootstrap_is_unused_and_allowed():
     assert cli_module.parse_args(["--seed", "-1"]).seed == -1
+
+
+def test_help_states_the_tasks_and_the_bootstrap_bounds(capsys):
+    with pytest.raises(SystemExit):
+        cli_module.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "action recognition on Charades" in text
+    assert "moment localisation on Charades-STA and ActivityNet Captions" in text
+    assert "100 to 100000 resamples, or 0: off (the default)" in text
+    assert "moments: from the sliding windows" in text
+    assert "charades and charades_sta test; activitynet val_1 (default), val_2" in text
 
 
 # ---------------------------------------------------------------- --compare

@@ -5,15 +5,16 @@ import ast
 import json
 import math
 
-import av
 import numpy as np
 import pytest
 import torch
 
 import run_msr_retrieval as evaluator
+from clip_hitchhiker.activitynet import load_paragraphs
 from clip_hitchhiker.charades_sta import charades_sta_annotation_file, load_charades_sta
 from clip_hitchhiker.downloads import COMPLETE_MARKER
-from clip_hitchhiker.errors import ConfigError, DatasetError
+from clip_hitchhiker import embedding_cache, moment_data, moment_run
+from clip_hitchhiker.errors import ConfigError, DatasetError, OutputError
 from clip_hitchhiker.moment_data import load_activitynet_moments
 from clip_hitchhiker.moments import frame_cells, moment_from_weights
 from query_scoring import similarity_meanpooling
@@ -24,21 +25,8 @@ RED = (230, 30, 30)
 
 def write_moment_video(path, num_frames, moment_frames, seed, fps=10, size=32):
     """Noise frames, except frames moment_frames[0] <= i < moment_frames[1], which are red."""
-    rng = np.random.default_rng(seed)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv444p"
-        stream.options = {"crf": "10", "preset": "ultrafast"}
-        for i in range(num_frames):
-            if moment_frames[0] <= i < moment_frames[1]:
-                image = np.full((size, size, 3), RED, np.uint8)
-            else:
-                image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    synthetic.write_noise_video(path, num_frames, dict.fromkeys(range(*moment_frames), RED),
+                                np.random.default_rng(seed), fps=fps, size=size)
 
 
 # Video id -> (frames at 10 fps, red frames); the red frames are the moment the query names.
@@ -125,10 +113,23 @@ def test_charades_sta_annotations_download_from_a_url(tmp_path):
     with synthetic.FileServer(payload) as server:
         url = server.url.replace("MSRVTT.zip", "charades_sta_test.txt")
         path = charades_sta_annotation_file(url, tmp_path / "data", progress=False)
-    assert path == tmp_path / "data" / "Charades-STA" / "charades_sta_test.txt"
+    assert path.parent == tmp_path / "data" / "Charades-STA"
+    assert path.name.startswith("charades_sta_test-") and path.suffix == ".txt"
     assert path.read_bytes() == payload and not list(path.parent.glob("*.part"))
     # Once there, it is read without the network (the server is gone).
     assert charades_sta_annotation_file(url, tmp_path / "data") == path
+
+
+def test_two_annotation_urls_with_one_file_name_are_two_files(tmp_path):
+    # Shared-drive links all end in the same name ("uc?id=..."): the second must not be read
+    # from the first one's download.
+    first, second = b"AA001 1.0 2.0##first.\n", b"AA002 0.0 1.0##second.\n"
+    paths = []
+    for payload in (first, second):
+        with synthetic.FileServer(payload) as server:
+            url = server.url.replace("MSRVTT.zip", "uc") + f"?id={len(paths)}"
+            paths.append(charades_sta_annotation_file(url, tmp_path / "data", progress=False))
+    assert [p.read_bytes() for p in paths] == [first, second]
 
 
 def test_activitynet_moments_loader(tmp_path):
@@ -142,12 +143,12 @@ def test_activitynet_moments_loader(tmp_path):
 
 
 @pytest.mark.parametrize("entry,message", [
-    ({"timestamps": [[0, 1]], "sentences": ["a", "b"]}, "video v_bad needs as many"),
+    ({"timestamps": [[0, 1]], "sentences": ["a", "b"]}, r"video v_bad has 2 sentence\(s\) but 1"),
     ({"timestamps": [[0, 1], [3]], "sentences": ["a", "b"]}, "v_bad, sentence 2: timestamp"),
     ({"timestamps": [[0, 1], [3, 2]], "sentences": ["a", "b"]}, "sentence 2: start 3 is after"),
     ({"timestamps": [[0, 1], ["x", 2]], "sentences": ["a", "b"]}, "sentence 2: 'x' is not"),
-    ({"timestamps": [[0, 1], [1, 2]], "sentences": ["a", " "]}, "sentence 2: the sentence is"),
-    ({"duration": 3.0}, "video v_bad needs as many"),
+    ({"timestamps": [[0, 1], [1, 2]], "sentences": ["a", " "]}, "sentence 2 is ' '; every"),
+    ({"duration": 3.0}, "video v_bad lacks timestamps and sentences"),
 ])
 def test_activitynet_malformed_entries_are_named(tmp_path, entry, message):
     path = tmp_path / "val_1.json"
@@ -158,6 +159,23 @@ def test_activitynet_malformed_entries_are_named(tmp_path, entry, message):
     path.write_text("{not json")
     with pytest.raises(DatasetError, match="is not JSON"):
         load_activitynet_moments(path)
+
+
+@pytest.mark.parametrize("annotations,message", [
+    ({}, "lists no video: the split is empty"),
+    ([{"sentences": ["a"]}], r"\(a JSON object\), got a list"),
+    ({"v_a": {"timestamps": [[0, 1]], "sentences": [7]}},
+     "video v_a, sentence 1 is 7; every sentence must be non-empty text"),
+    ({"v_a": {"timestamps": [[0, 1]], "sentences": ["a", "b"]}},
+     r"video v_a has 2 sentence\(s\) but 1 timestamp\(s\); each sentence needs its own"),
+])
+def test_activitynet_moments_say_what_retrieval_says(tmp_path, annotations, message):
+    # The two tasks read the same file: one set of checks, one message for each problem.
+    path = tmp_path / "val_1.json"
+    path.write_text(json.dumps(annotations))
+    for loader in (load_activitynet_moments, load_paragraphs):
+        with pytest.raises(DatasetError, match=message):
+            loader(path)
 
 
 # ---------------------------------------------------------------- end to end
@@ -266,6 +284,35 @@ def test_an_unreadable_or_retrieval_cache_entry_is_recomputed(sta, tmp_path):
         assert not run(sta_argv(sta, "--cache_dir", tmp_path / "cache"))["cache"]["hit"]
 
 
+def test_failed_writes_after_the_metrics(sta, tmp_path, monkeypatch, capsys):
+    # As retrieval: a cache that cannot be written only warns; a report that cannot be written
+    # is one OutputError that says the printed metrics are complete.
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(embedding_cache, "save_embeddings", full_disk)
+    with pytest.warns(UserWarning, match="could not write the embedding cache .*No space"):
+        run(sta_argv(sta, "--cache_dir", tmp_path / "cache"))
+    monkeypatch.setattr(embedding_cache, "write_json", full_disk)
+    with pytest.raises(OutputError, match="metrics above are complete.*No space"):
+        run(sta_argv(sta, "--no_cache", "--output_json", tmp_path / "r.json"))
+    assert "agg: sliding windows (mean pooling)" in capsys.readouterr().out
+
+
+def test_videos_that_cannot_fit_in_memory_are_refused_before_decoding(sta, tmp_path,
+                                                                       monkeypatch):
+    # The longest video (AA001, 4.0 s) at --fps 10 is 40 frames of 32x32, from its header.
+    decoded = []
+    monkeypatch.setattr(moment_data, "read_video_times", lambda *a: decoded.append(a))
+    monkeypatch.setattr(moment_run, "available_memory_bytes", lambda: 10_000)
+    with pytest.raises(ConfigError, match=r"decoding needs about .* GiB of memory \(0 "
+                                          r"worker\(s\), batches of 1 video\(s\) x 40 frames of "
+                                          r"32x32\), more than the 0.0 GiB available; lower "
+                                          r"--fps, --max_frames, --batch_size or --num_workers"):
+        run(sta_argv(sta, "--no_cache", "--fps", "10"))
+    assert decoded == []
+
+
 def test_outputs_may_not_replace_the_cache_entry(sta, tmp_path):
     first = run(sta_argv(sta, "--cache_dir", tmp_path / "cache"))
     entry = first["cache"]["path"]
@@ -303,11 +350,23 @@ def test_errors_are_one_line(sta, tmp_path, capsys):
     (["--dataset", "charades_sta", "--fps", "0"], "--fps must be a number > 0"),
     (["--dataset", "charades_sta", "--window_fractions", "0"], "--window_fractions must be"),
     (["--dataset", "charades_sta", "--task", "retrieval"], "is a moment benchmark"),
+    # A moment option without the moment task would be ignored: a retrieval run, not this one.
+    (["--dataset", "activitynet", "--fps", "2"], "--fps: for moment localisation only "
+                                                 "(--dataset charades_sta, or --task moments)"),
+    (["--max_frames", "8", "--moment_mass", "0.3"], "--max_frames, --moment_mass: for moment"),
+    (["--window_fractions", "0.5"], "--window_fractions: for moment localisation only"),
 ])
 def test_bad_moment_options(argv, message, capsys):
     with pytest.raises(SystemExit):
         evaluator.parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+def test_moment_options_default_when_the_task_is_moments():
+    args = evaluator.parse_args(["--dataset", "charades_sta"])
+    assert (args.fps, args.max_frames, args.moment_mass) == (1.0, None, 0.5)
+    assert args.window_fractions == pytest.approx([0.1 * k for k in range(1, 11)])
+    assert evaluator.parse_args(["--dataset", "activitynet"]).fps is None  # retrieval
 
 
 def test_activitynet_moments_end_to_end(sta, tmp_path, capsys):
