@@ -311,9 +311,11 @@ def _read_pyav(video_path, request, num_threads, device):
             _expand(times, unique, indices).tolist(), table)
 
 
-# A seek costs about as much as decoding this many frames (the decoder restarts and refills its
-# reorder delay; 480p H.264, measured with bench/bench_long_video.py): only longer skips seek.
-SEEK_COST_FRAMES = 8
+# Seek only past at least this many frames. A seek cost about as much as decoding 8 frames of
+# 480p H.264 here (the decoder restarts and refills its reorder delay), a figure that moved with
+# the machine's load; the margin keeps seeking from ever costing more than decoding on (fps 1 on
+# a 30 fps video decodes on, and seeks once frames lie a second or more apart).
+SEEK_COST_FRAMES = 30
 # With only key frames decoded (skip_frame NONKEY), a seek costs about this many key frames.
 SEEK_COST_KEY_FRAMES = 3
 

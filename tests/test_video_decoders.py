@@ -166,11 +166,15 @@ def test_fps_takes_the_frames_nearest_the_segment_midpoints(bframes_video, decod
 
 
 @pytest.mark.parametrize("decoder", DECODERS)
-def test_fps_equals_decoding_everything_and_picking(bframes_video, decoder):
-    # 0.4 fps: 2.5 s segments, midpoints 1.25 s (frame 12, a tie: the earlier) and 3.1 s.
-    frames, info = read_video_times(bframes_video, fps=0.4, decoder=decoder)
-    assert info["indices"] == [12, 31]
-    assert torch.equal(frames, decode_all_and_pick(bframes_video, [12, 31]))
+def test_fps_equals_decoding_everything_and_picking(tmp_path, decoder):
+    # 100 frames at 10 fps, B-frames, a key frame every 10. At 0.2 fps: segments [0, 5), [5, 10)
+    # s, midpoints 2.5 s and 7.5 s: frames 25 and 75. PyAV seeks to key frame 20, then from
+    # frame 26 past 44 frames to key frame 70 (more than SEEK_COST_FRAMES).
+    path = write_video(tmp_path / "v.mp4", 100, options={"bf": "3", "preset": "medium",
+                                                          "g": "10", "sc_threshold": "0"})
+    frames, info = read_video_times(path, fps=0.2, decoder=decoder)
+    assert info["indices"] == [25, 75]
+    assert torch.equal(frames, decode_all_and_pick(path, [25, 75]))
 
 
 @pytest.fixture(scope="module")
