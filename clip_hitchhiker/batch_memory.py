@@ -57,18 +57,24 @@ def longest_video(video_paths):
     Every video is probed: decoding by time holds a whole video's frames at once."""
     import av
 
-    from data_loader import _stream_duration
-
     seconds, sizes = 0.0, []
     for path in (p for p in video_paths if os.path.isfile(p)):
         try:
             with av.open(str(path)) as container:
                 stream = container.streams.video[0]
-                seconds = max(seconds, _stream_duration(container, stream))
+                seconds = max(seconds, _header_seconds(container, stream))
                 sizes.append((stream.codec_context.height, stream.codec_context.width))
         except Exception:  # a bad video is reported when it is decoded, not here
             continue
     return (seconds, max(sizes, key=lambda hw: hw[0] * hw[1])) if sizes else None
+
+
+def _header_seconds(container, stream):
+    """A video's duration as its header states it (the stream's, else the container's; 0 if
+    neither does): an estimate for sizing, not the decoders' frame-exact duration."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    return container.duration / 1_000_000 if container.duration is not None else 0.0
 
 
 def check_decoding_memory(needed, available, *, batch_size, num_frames, num_workers,
