@@ -165,7 +165,9 @@ def time_output_memory(count, height, width):
     """Writing count RGB frames into fresh memory, as every mode must return them: on some
     machines (this sandbox) first touching memory is slow, and a share of each mode's time."""
     start = time.perf_counter()
-    frames = np.empty((count, height, width, 3), dtype=np.uint8)
+    import torch
+
+    frames = torch.empty((count, height, width, 3), dtype=torch.uint8)  # as read_video's
     frames[:] = 1
     seconds = time.perf_counter() - start
     del frames
