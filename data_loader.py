@@ -184,7 +184,7 @@ def read_video(video_path, num_frames=None, num_threads=1, sample=sample_frame_i
     device: where torchcodec decodes ("cpu", or "cuda"/"cuda:N"); the others decode on the CPU.
     returns: (uint8 [S, 3, H, W] RGB, info: {"decoder": the one that read it, "frames": the
     frame count, "indices": [S] the decoded frame numbers, "resolution": [H, W]}, plus
-    "times" [S] presentation times in seconds and "duration" for sampling by time) - the run
+    "times" [S] seconds from the first frame and "duration" for sampling by time) - the run
     manifest's entry, which tells two decoders, builds or copies of a video apart.
     """
     if (num_frames is None) == (fps is None):
@@ -214,7 +214,7 @@ def read_video_times(video_path, fps=1.0, max_frames=None, *, decoder="pyav", ke
     frames that lie far apart, so that hours of video stay cheap and in bounded memory.
 
     returns: (uint8 [S, 3, H, W] RGB, {"decoder", "frames": the video's frame count, "indices":
-    [S] frame numbers in presentation order, "times": [S] their presentation times in seconds,
+    [S] frame numbers in presentation order, "times": [S] seconds from the first frame,
     "duration": seconds, "resolution": [H, W]}). A target rate above the video's frame rate
     gives each frame once (S can be below the segment count).
     """

@@ -208,8 +208,9 @@ def decode_frames(decoder, video_path, request, num_threads=1, device="cpu"):
 
     request: {"num_frames", "sample"} or {"fps", "max_frames", "keyframes"}.
     returns: (uint8 [S, 3, H, W] RGB on device, info: {"decoder", "frames": the frame count,
-    "indices": [S], "resolution": [H, W]}, plus "times" [S] (seconds) and "duration" for
-    time-based requests).
+    "indices": [S], "resolution": [H, W]}, plus "times" [S] and "duration" for time-based
+    requests: seconds from the first frame, as a player shows them (a stream whose first
+    timestamp is not 0, common in WebM and MPEG-TS, would otherwise shift every moment).
     """
     readers = {"decord": _read_decord, "pyav": _read_pyav, "torchcodec": _read_torchcodec}
     if decoder not in readers:
@@ -230,7 +231,7 @@ def decode_frames(decoder, video_path, request, num_threads=1, device="cpu"):
     info = {"decoder": decoder, "frames": int(count), "indices": indices,
             "resolution": [int(frames.shape[2]), int(frames.shape[3])]}
     if "fps" in request:
-        info["times"] = [float(t) for t in times]
+        info["times"] = [float(t) - table.start for t in times]
         info["duration"] = table.duration
     return frames, info
 

@@ -143,3 +143,34 @@ def test_read_video_times_picks_frames_nearest_segment_midpoints(tmp_path):
     frames, info = read_video_times(path, fps=4)
     assert info["indices"][:4] == [1, 4, 6, 9]
     assert decode_frame_indices(frames)[:4] == [1, 4, 6, 9]
+
+
+def test_times_count_from_the_first_frame_when_the_stream_starts_late(tmp_path):
+    """A stream whose first timestamp is 2 s (as WebM and MPEG-TS files often have): times and
+    duration are seconds from the first frame, so that moments match what a player shows."""
+    import av
+
+    from data_loader import read_video_times
+    from tests.synthetic import decode_frame_indices, frame_colour
+
+    path = tmp_path / "late.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"crf": "10", "preset": "ultrafast"}
+        for i in range(40):
+            image = np.empty((48, 64, 3), np.uint8)
+            image[...] = frame_colour(i)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = 20 + i  # time base 1/10: the first frame at 2.0 s
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    with av.open(str(path)) as container:
+        first = container.streams.video[0]
+        assert float(first.start_time * first.time_base) == pytest.approx(2.0)
+    frames, info = read_video_times(path, fps=1)
+    assert info["indices"] == decode_frame_indices(frames) == [5, 15, 25, 35]
+    assert info["times"] == pytest.approx([0.5, 1.5, 2.5, 3.5])
+    assert info["duration"] == pytest.approx(4.0)
