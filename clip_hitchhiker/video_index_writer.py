@@ -7,7 +7,6 @@ mtime). Each commit writes the new videos' frames and means to new files, the wh
 updated stage-1 index, then the manifest; files no manifest names are removed afterwards, and at
 the next start, by the one writer that holds the folder's lock.
 """
-import fcntl
 import hashlib
 import os
 import time
@@ -19,6 +18,7 @@ import numpy as np
 from clip_hitchhiker import candidate_index
 from clip_hitchhiker import video_index_format as fmt
 from clip_hitchhiker.errors import ConfigError, VideoIndexError
+from clip_hitchhiker.run_folder import FolderLock
 
 __all__ = ["CONFIG_KEYS", "EncodedVideo", "IndexWriter", "VIDEO_EXTENSIONS", "fingerprint",
            "list_videos", "test_pause"]
@@ -150,7 +150,7 @@ class IndexWriter:
 
     def close(self):
         if self._lock is not None:
-            self._lock.close()
+            self._lock.release()
             self._lock = None
 
     # ------------------------------------------------------------------------------------------
@@ -213,7 +213,8 @@ class IndexWriter:
         rows = {c: [] for c in fmt.TABLE_COLUMNS}
         if not encoded:
             return rows, np.zeros((0, self.config["embed_dim"]), np.float32)
-        frames_name, means_name = f"frames-{generation:06d}-r0.npy", f"means-{generation:06d}-r0.npy"
+        frames_name = f"frames-{generation:06d}-r0.npy"
+        means_name = f"means-{generation:06d}-r0.npy"
         frames = np.concatenate([v.frames for v in encoded])
         means = np.stack([v.frames.astype(np.float32).mean(0) for v in encoded])
         fmt.write_npy(self.folder / frames_name, frames, between_halves)
@@ -267,20 +268,5 @@ def refuse_other_config(folder, recorded, wanted):
                 "options, or into another --index folder")
 
 
-class _FolderLock:
-    def __init__(self, folder):
-        self.path = folder / ".lock"
-        self.file = open(self.path, "a+")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.close()
-            raise VideoIndexError(f"{folder} is being written by another index run (it holds "
-                                  f"{self.path}); wait for it to finish") from None
-
-    def close(self):
-        self.file.close()
-
-
 def _take_lock(folder):
-    return _FolderLock(folder)
+    return FolderLock(folder, option="--index").acquire()

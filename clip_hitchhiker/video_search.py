@@ -172,9 +172,15 @@ class VideoIndex:
                                          nprobe)
             scored = [self._score_rows(text_embeds[t:t + 1], self._rows(ids[t]), k, temperature,
                                        aggregate) for t in range(len(text_embeds))]
-        return [[self._hit(rank, row, score, text_embeds[t], temperature, mass)
-                 for rank, (row, score) in enumerate(scored[t], start=1)]
-                for t in range(len(text_embeds))]
+        return [self._hits(text_embeds[t], [row for row, _ in scored[t]], temperature,
+                           aggregate, mass) for t in range(len(text_embeds))]
+
+    def _hits(self, text_embed, rows, temperature, aggregate, mass):
+        """The hits of the best rows, each scored again on its own (no padding, no block), so
+        that both stages and the exhaustive search give a video the same score to the bit."""
+        hits = [self._hit(row, text_embed, temperature, aggregate, mass) for row in rows]
+        hits.sort(key=lambda h: -h["score"])  # stable: ties keep the earlier row first
+        return [{"rank": rank, **hit} for rank, hit in enumerate(hits, start=1)]
 
     def _rows(self, ids):
         return [self._row_of_id[int(i)] for i in ids if int(i) in self._row_of_id]
@@ -204,14 +210,18 @@ class VideoIndex:
         rows = np.arange(len(self))
         return [_top_k(scores[t], rows, k) for t in range(len(text_embeds))]
 
-    def _hit(self, rank, row, score, text_embed, temperature, mass):
-        frames = torch.from_numpy(self.frames(row).astype(np.float32))[None]
-        weights = queryscoring_frame_weights(text_embed[None], frames, temperature)[0, 0]
+    def _hit(self, row, text_embed, temperature, aggregate, mass):
+        frames = torch.from_numpy(self.frames(row).astype(np.float32))[None]  # [1, F, D]
+        text = text_embed[None]  # [1, D]
+        if aggregate == "mean":
+            score = similarity_meanpooling(text, frames)[0, 0]
+        else:
+            score = similarity_queryscoring(text, frames, temperature)[0, 0]
+        weights = queryscoring_frame_weights(text, frames, temperature)[0, 0].numpy()
         times, duration = self.table["frame_times"][row], float(self.table["duration"][row])
-        moment = moment_from_weights(weights.numpy(), times, duration, mass)
-        peak_frame = int(np.argmax(weights.numpy()))
-        return {"rank": rank, "video": self.table["path"][row], "score": float(score),
-                **moment, "duration": duration, "peak_frame": peak_frame}
+        moment = moment_from_weights(weights, times, duration, mass)
+        return {"video": self.table["path"][row], "score": float(score), **moment,
+                "duration": duration, "peak_frame": int(np.argmax(weights))}
 
     # ------------------------------------------------------------------------------------------
     # Reporting
