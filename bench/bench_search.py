@@ -108,13 +108,15 @@ def disk_bytes(folder):
     return sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file())
 
 
-def measure_reader(folder, num_videos, frames, num_queries, candidates, nprobe):
+def measure_reader(folder, num_videos, frames, num_queries, candidates, nprobe, threads):
     """In a fresh process: open, latencies, recall against the exhaustive search, RssAnon."""
+    import faiss
     import torch
 
     from clip_hitchhiker.video_search import VideoIndex
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
     index = VideoIndex.open(folder)
     queries = torch.from_numpy(queries_for(num_queries, num_videos, frames))
     search = lambda q, exact=False: index.search_embeddings(  # noqa: E731
@@ -164,8 +166,10 @@ def one_run(size, args, workdir):
         seconds = build(folder / "index", num_videos, frames, stage1=args.stage1)
         child = subprocess.run(
             [sys.executable, __file__, "--_reader", str(folder / "index"), size,
-             str(args.queries), str(args.candidates), str(args.nprobe)],
-            capture_output=True, text=True, check=True)
+             str(args.queries), str(args.candidates), str(args.nprobe), str(args.threads)],
+            capture_output=True, text=True)
+        if child.returncode:
+            raise RuntimeError(f"the reader failed: {child.stderr[-3000:]}")
         result = json.loads(child.stdout.strip().splitlines()[-1])
         return {"size": size, "videos": num_videos, "frames": frames,
                 "build_s": seconds, "disk_gb": disk_bytes(folder / "index") / 1e9, **result}
@@ -191,17 +195,20 @@ def main():
     parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=["10k", "100k"])
     parser.add_argument("--runs", type=int, default=3, help="fresh builds per size")
     parser.add_argument("--queries", type=int, default=100)
-    parser.add_argument("--candidates", type=int, default=200)
+    parser.add_argument("--candidates", type=int, default=50)
     parser.add_argument("--nprobe", type=int, default=64)
     parser.add_argument("--stage1", default=None, help="flat, ivfpq, hnsw (default: auto)")
     parser.add_argument("--workdir", default=tempfile.gettempdir())
     parser.add_argument("--quick", action="store_true", help="one small run")
-    parser.add_argument("--_reader", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch and FAISS threads of the reader (default 1: one query's "
+                             "work is too small to share, and the machine is shared)")
+    parser.add_argument("--_reader", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._reader:
-        folder, size, queries, candidates, nprobe = args._reader
+        folder, size, queries, candidates, nprobe, threads = args._reader
         print(json.dumps(measure_reader(folder, *SIZES[size], int(queries), int(candidates),
-                                        int(nprobe))))
+                                        int(nprobe), int(threads))))
         return
     if args.quick:
         args.sizes, args.runs, args.queries = ["quick"], 1, 20

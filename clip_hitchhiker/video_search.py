@@ -28,7 +28,7 @@ from query_scoring import (queryscoring_frame_weights, similarity_meanpooling,
 __all__ = ["AGGREGATES", "DEFAULT_CANDIDATES", "VideoIndex"]
 
 AGGREGATES = ("queryscoring", "mean")
-DEFAULT_CANDIDATES = 200
+DEFAULT_CANDIDATES = 50
 _EXACT_BLOCK_FRAMES = 1 << 16   # frames scored per block by the exhaustive search
 _OPEN_RETRIES = 5               # a writer may commit (and remove old files) while we open
 
