@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from clip_hitchhiker import video_index_writer as writer_lib
 from clip_hitchhiker.candidate_index import STAGE1_TYPES
-from clip_hitchhiker.errors import ConfigError, HitchhikerError, VideoDecodeError
+from clip_hitchhiker.errors import ConfigError, HitchhikerError, PeerFailure, VideoDecodeError
 from clip_hitchhiker.model_options import (DEVICE_PATTERN, add_encoding_arguments,
                                            add_model_arguments, check_model_arguments,
                                            decode_device, loader_workers, resolve_preprocess_on)
@@ -423,6 +423,8 @@ def format_info(info):
 def main(args):
     if args.command == "index":
         summary = run_index(args)
+        if summary is None:  # another rank than 0 under torchrun: rank 0 reports
+            return None
         capped = f"; {summary['capped']} video(s) longer than --max_frames allows were " \
                  "sampled at a lower rate to cover them evenly" if summary["capped"] else ""
         print(f"indexed {summary['encoded']} new or changed video(s) "
@@ -451,6 +453,10 @@ def cli(argv=None):
         print("interrupted: the index keeps its last commit; run the same command again to "
               "continue", file=sys.stderr)
         sys.exit(130)
+    except PeerFailure as e:
+        if int(os.environ.get("RANK", "0")) == 0:  # the failing rank prints its own cause
+            print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     except HitchhikerError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -370,3 +370,22 @@ def test_a_damaged_faiss_file_is_rebuilt_from_the_means(colour_data, tmp_path):
     assert opened.search(["a red video", "a teal video"]) == expected
     with pytest.raises(VideoIndexError, match="was altered"):
         fmt.verify_files(index, manifest)
+
+
+def test_two_torchrun_ranks_build_the_index_one_process_builds(colour_data, six_videos, tmp_path):
+    videos, clean = six_videos
+    index = tmp_path / "index"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", str(REPO / "search_videos.py"), "index", str(videos),
+               "--index", str(index), "--model", str(colour_data["model"]), "--device", "cpu",
+               "--num_workers", "0", "--commit_every", "2"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+           "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert contents(index) == clean
+    manifest = json.loads((index / fmt.MANIFEST).read_text())
+    assert any(name.endswith("-r1.npy") for name in manifest["files"])  # rank 1 wrote shards
+    assert manifest["generation"] == 2  # 6 videos, 2 ranks, 2 per rank per commit
+    assert_only_committed_files(index)
