@@ -389,3 +389,19 @@ def test_two_torchrun_ranks_build_the_index_one_process_builds(colour_data, six_
     assert any(name.endswith("-r1.npy") for name in manifest["files"])  # rank 1 wrote shards
     assert manifest["generation"] == 2  # 6 videos, 2 ranks, 2 per rank per commit
     assert_only_committed_files(index)
+
+
+@pytest.mark.parametrize("kind", ["ivfpq", "hnsw"])
+def test_other_stage1_types_are_recorded_kept_up_to_date_and_agree(colour_data, tmp_path, kind):
+    truth, model = colour_data["truth"], colour_data["model"]
+    videos = tmp_path / "videos"
+    copy_videos(truth, videos, list(truth)[:8])
+    index = tmp_path / "index"
+    run("index", videos, "--index", index, "--model", model, "--stage1", kind)
+    (videos / "red.mp4").unlink()
+    run("index", videos, "--index", index, "--model", model, "--prune")  # the type is kept
+    opened = VideoIndex.open(index)
+    assert opened.manifest["stage1"]["type"] == kind and opened.stage1.ntotal == sum(
+        -(-len(t) // 8) for t in opened.table["frame_times"])
+    queries = [f"a {name} video" for name in list(truth)[1:8]]
+    assert opened.search(queries, k=3) == opened.search(queries, k=3, exact=True)
