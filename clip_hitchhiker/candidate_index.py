@@ -119,6 +119,22 @@ def update(index, kind, remove_ids, add_means, add_ids):
     return True
 
 
+def on_gpus(index):
+    """The index on every GPU where faiss-gpu is installed and sees one; else index itself."""
+    import faiss
+
+    if not hasattr(faiss, "index_cpu_to_all_gpus") or faiss.get_num_gpus() == 0:
+        return index
+    if getattr(index, "on_gpu", False):
+        return index
+    try:
+        moved = faiss.index_cpu_to_all_gpus(index)
+    except RuntimeError:  # a type FAISS has no GPU version of (hnsw): searched on the CPU
+        return index
+    moved.on_gpu = True
+    return moved
+
+
 def serialize(index):
     import faiss
     return faiss.serialize_index(index).tobytes()
