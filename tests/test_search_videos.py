@@ -405,3 +405,14 @@ def test_other_stage1_types_are_recorded_kept_up_to_date_and_agree(colour_data, 
         -(-len(t) // 8) for t in opened.table["frame_times"])
     queries = [f"a {name} video" for name in list(truth)[1:8]]
     assert opened.search(queries, k=3) == opened.search(queries, k=3, exact=True)
+
+
+def test_max_frames_widens_the_segments_and_says_so(colour_data, tmp_path, capsys):
+    copy_videos(colour_data["truth"], tmp_path / "videos", ["red"])  # 13 s
+    summary = run("index", tmp_path / "videos", "--index", tmp_path / "index", "--model",
+                  colour_data["model"], "--fps", 1, "--max_frames", 4)
+    assert summary["capped"] == 1 and "sampled at a lower rate" in capsys.readouterr().out
+    times = VideoIndex.open(tmp_path / "index").table["frame_times"][0].tolist()
+    # Four segments of 13 / 4 s; their midpoints 1.625, 4.875, 8.125, 11.375 s, each taken by
+    # the nearest frame of the 4 fps video (ties to the earlier one).
+    assert times == [1.5, 4.75, 8.0, 11.25]
