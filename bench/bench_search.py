@@ -163,7 +163,7 @@ def one_run(size, args, workdir):
                                           "free (limit 25 GB)"}
     folder = Path(tempfile.mkdtemp(prefix=f"bench_search_{size}_", dir=workdir))
     try:
-        seconds = build(folder / "index", num_videos, frames, stage1=args.stage1)
+        seconds = build(folder / "index", num_videos, frames, args.commit_size, args.stage1)
         child = subprocess.run(
             [sys.executable, __file__, "--_reader", str(folder / "index"), size,
              str(args.queries), str(args.candidates), str(args.nprobe), str(args.threads)],
@@ -199,6 +199,7 @@ def main():
     parser.add_argument("--nprobe", type=int, default=64)
     parser.add_argument("--stage1", default=None, help="flat, ivfpq, hnsw (default: auto)")
     parser.add_argument("--workdir", default=tempfile.gettempdir())
+    parser.add_argument("--commit_size", type=int, default=5000, help="videos per commit")
     parser.add_argument("--quick", action="store_true", help="one small run")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch and FAISS threads of the reader (default 1: one query's "
