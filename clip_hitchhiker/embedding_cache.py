@@ -78,7 +78,8 @@ def write_atomically(path, write):
     own are 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=temporary_prefix(path),
+                                     delete=False) as f:
         tmp_name = f.name
     try:
         write(tmp_name)
@@ -87,6 +88,12 @@ def write_atomically(path, write):
     except BaseException:
         os.unlink(tmp_name)
         raise
+
+
+def temporary_prefix(path):
+    """How the temporary files of write_atomically(path) begin (tempfile adds 8 characters):
+    hidden, beside path, named for it, so that a killed writer's leftovers can be found."""
+    return f".{Path(path).name}."
 
 
 def current_umask():

@@ -32,3 +32,8 @@ class PeerFailure(HitchhikerError, RuntimeError):
 
 class OutputError(HitchhikerError, OSError):
     """An output file (--output_json, --save_embeddings) that could not be written."""
+
+
+class VideoIndexError(HitchhikerError, RuntimeError):
+    """A search index folder that is damaged, in use, or made with other settings; the message
+    names the file and how to repair or rebuild it."""

@@ -1,0 +1,266 @@
+"""Searching a video index (clip_hitchhiker.video_index_format) by text, in two stages:
+
+    1. candidates: the FAISS index over per-video means proposes `candidates` videos per query;
+    2. exact: query-scoring (query_scoring.similarity_queryscoring) scores each candidate over all
+       its frames, read from the memory-mapped shards; the best k are returned, each with the
+       moment that its frame weights point at (clip_hitchhiker.moments.moment_from_weights).
+
+`exact=True` skips stage 1 and scores every video: the ground truth stage 1 is measured against.
+
+    index = VideoIndex.open("my_index")
+    index.search(["a dog catches a frisbee"], k=10, temperature=0.1)
+    # -> [{"query": ..., "hits": [{"rank", "video", "score", "start", "end", "peak"}, ...]}]
+"""
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clip_hitchhiker import candidate_index
+from clip_hitchhiker import video_index_format as fmt
+from clip_hitchhiker.errors import VideoIndexError
+from clip_hitchhiker.moments import DEFAULT_MASS, moment_from_weights
+from query_scoring import (queryscoring_frame_weights, similarity_meanpooling,
+                           similarity_queryscoring)
+
+__all__ = ["AGGREGATES", "DEFAULT_CANDIDATES", "VideoIndex"]
+
+AGGREGATES = ("queryscoring", "mean")
+DEFAULT_CANDIDATES = 200
+_EXACT_BLOCK_FRAMES = 1 << 16   # frames scored per block by the exhaustive search
+_OPEN_RETRIES = 5               # a writer may commit (and remove old files) while we open
+
+
+class VideoIndex:
+    """A committed index, opened read-only: the table in RAM, frames memory-mapped."""
+
+    def __init__(self, folder, manifest, table, stage1):
+        self.folder, self.manifest, self.table, self.stage1 = Path(folder), manifest, table, stage1
+        self.config = manifest["config"]
+        self._row_of_id = {int(i): r for r, i in enumerate(table["id"])}
+        self._maps, self._model, self._model_device = {}, None, None
+
+    # ------------------------------------------------------------------------------------------
+    # Opening
+
+    @classmethod
+    def open(cls, folder):
+        """Open the last committed state of folder; VideoIndexError (one line, naming the file
+        and the repair) if it is missing, truncated or altered."""
+        folder = Path(folder)
+        if not (folder / fmt.MANIFEST).is_file():
+            raise VideoIndexError(f"{folder} holds no index ({fmt.MANIFEST} missing); build one "
+                                  "with search_videos.py index PATH... --index "
+                                  f"{folder}")
+        for attempt in range(_OPEN_RETRIES):
+            manifest = fmt.read_manifest(folder)
+            try:
+                fmt.check_files(folder, manifest)
+                return cls._load(folder, manifest)
+            except (VideoIndexError, FileNotFoundError):
+                # A file gone because a writer committed meanwhile is not damage: read again.
+                if fmt.read_manifest(folder) == manifest or attempt == _OPEN_RETRIES - 1:
+                    raise
+                time.sleep(0.05)
+
+    @classmethod
+    def _load(cls, folder, manifest):
+        table = fmt.read_table(folder, manifest)
+        index = cls(folder, manifest, table, None)
+        index.stage1 = index._load_stage1()
+        for name in manifest["files"]:
+            if name.startswith("frames-"):
+                index._maps[name] = fmt.open_npy(folder, name, np.float16)
+        return index
+
+    def _load_stage1(self):
+        stage1 = self.manifest["stage1"]
+        try:
+            data = fmt.checked_bytes(self.folder, stage1["file"], self.manifest)
+            return candidate_index.deserialize(data, stage1["params"])
+        except (VideoIndexError, RuntimeError) as e:
+            warnings.warn(f"{e}: rebuilding the stage-1 index in memory from the means files "
+                          "(run search_videos.py index again to rewrite it)", stacklevel=3)
+        means = self.video_means(np.arange(len(self.table["id"])))
+        index, _ = candidate_index.build(stage1["type"], means, self.table["id"])
+        return index
+
+    def video_means(self, rows):
+        """float32 [len(rows), D]: the stored mean frame embedding of each table row."""
+        out = np.zeros((len(rows), self.config["embed_dim"]), dtype=np.float32)
+        for i, row in enumerate(rows):
+            name = self.table["means_file"][row]
+            if name not in self._maps:
+                self._maps[name] = fmt.open_npy(self.folder, name, np.float32)
+            out[i] = self._maps[name][self.table["mean_row"][row]]
+        return out
+
+    # ------------------------------------------------------------------------------------------
+    # Reading
+
+    def __len__(self):
+        return len(self.table["id"])
+
+    def frames(self, row):
+        """float16 [F, D] frame embeddings of table row `row`, their crc32 checked."""
+        name, offset = self.table["frames_file"][row], int(self.table["offset"][row])
+        count = len(self.table["frame_times"][row])
+        rows = np.asarray(self._maps[name][offset:offset + count])
+        if len(rows) != count or fmt.frames_crc32(rows) != self.table["frames_crc32"][row]:
+            raise VideoIndexError(f"{self.folder / name} was altered (the frames of "
+                                  f"{self.table['path'][row]} fail their crc32); rebuild it: "
+                                  "move the folder aside and run search_videos.py index again")
+        return rows
+
+    def padded_frames(self, rows):
+        """(float32 [len(rows), F_max, D], bool mask [len(rows), F_max]) of table rows."""
+        counts = [len(self.table["frame_times"][r]) for r in rows]
+        frames = np.zeros((len(rows), max(counts, default=1), self.config["embed_dim"]),
+                          dtype=np.float32)
+        mask = np.zeros(frames.shape[:2], dtype=bool)
+        for i, row in enumerate(rows):
+            frames[i, :counts[i]] = self.frames(row)
+            mask[i, :counts[i]] = True
+        return torch.from_numpy(frames), torch.from_numpy(mask)
+
+    # ------------------------------------------------------------------------------------------
+    # Searching
+
+    def search(self, texts, k=10, temperature=0.1, aggregate="queryscoring", exact=False,
+               candidates=DEFAULT_CANDIDATES, device="cpu", mass=DEFAULT_MASS, nprobe=None):
+        """Search by text with the index's own model. returns: [{"query", "hits"}] per text."""
+        text_embeds = self.encode_texts(texts, device)
+        results = self.search_embeddings(text_embeds, k, temperature, aggregate, exact,
+                                         candidates, mass, nprobe)
+        return [{"query": t, "hits": hits} for t, hits in zip(texts, results)]
+
+    def encode_texts(self, texts, device="cpu"):
+        """float32 CPU [len(texts), D], by the model the index was built with."""
+        from clip_hitchhiker.backends import load_model
+        from clip_hitchhiker.clip_models import encode_captions
+
+        device = torch.device(device)
+        if self._model is None or self._model_device != device:
+            config = self.config
+            self._model = load_model(config["backend"], config["model"], device,
+                                     config["pretrained"])
+            self._model_device = device
+            if self._model.model_id != config["model_id"]:
+                raise VideoIndexError(
+                    f"the model {config['model']} is not the one {self.folder} was built with "
+                    f"({self._model.model_id} now, {config['model_id']} then); restore that "
+                    "file or rebuild the index")
+        with torch.inference_mode():
+            return encode_captions(self._model, list(texts), device)
+
+    def search_embeddings(self, text_embeds, k=10, temperature=0.1, aggregate="queryscoring",
+                          exact=False, candidates=DEFAULT_CANDIDATES, mass=DEFAULT_MASS,
+                          nprobe=None):
+        """text_embeds: [T, D]. returns: T lists of up to k hits {"rank", "video", "score",
+        "start", "end", "peak", "duration"}, best first."""
+        text_embeds = torch.as_tensor(text_embeds, dtype=torch.float32)
+        if aggregate not in AGGREGATES:
+            raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
+        if len(self) == 0:
+            return [[] for _ in text_embeds]
+        if exact:
+            scored = self._score_all(text_embeds, k, temperature, aggregate)
+        else:
+            ids = candidate_index.search(self.stage1, text_embeds.numpy(), max(candidates, k),
+                                         nprobe)
+            scored = [self._score_rows(text_embeds[t:t + 1], self._rows(ids[t]), k, temperature,
+                                       aggregate) for t in range(len(text_embeds))]
+        return [self._hits(text_embeds[t], [row for row, _ in scored[t]], temperature,
+                           aggregate, mass) for t in range(len(text_embeds))]
+
+    def _hits(self, text_embed, rows, temperature, aggregate, mass):
+        """The hits of the best rows, each scored again on its own (no padding, no block), so
+        that both stages and the exhaustive search give a video the same score to the bit."""
+        hits = [self._hit(row, text_embed, temperature, aggregate, mass) for row in rows]
+        hits.sort(key=lambda h: -h["score"])  # stable: ties keep the earlier row first
+        return [{"rank": rank, **hit} for rank, hit in enumerate(hits, start=1)]
+
+    def _rows(self, ids):
+        return [self._row_of_id[int(i)] for i in ids if int(i) in self._row_of_id]
+
+    def _scores(self, text_embeds, rows, temperature, aggregate):
+        """[T, len(rows)] scores of texts against table rows."""
+        frames, mask = self.padded_frames(rows)
+        if aggregate == "mean":
+            return similarity_meanpooling(text_embeds, frames, video_mask=mask)
+        return similarity_queryscoring(text_embeds, frames, temperature, video_mask=mask)
+
+    def _score_rows(self, text_embeds, rows, k, temperature, aggregate):
+        """[(row, score)] of the best k rows for one text (text_embeds: [1, D])."""
+        scores = self._scores(text_embeds, rows, temperature, aggregate)[0]
+        best = _top_k(scores.numpy(), np.asarray(rows), k)
+        return best
+
+    def _score_all(self, text_embeds, k, temperature, aggregate):
+        """The exhaustive search: every video, in blocks of about _EXACT_BLOCK_FRAMES frames."""
+        counts = np.array([len(t) for t in self.table["frame_times"]])
+        bounds = np.searchsorted(np.cumsum(counts), np.arange(1, counts.sum() + 1,
+                                                              _EXACT_BLOCK_FRAMES))
+        starts = sorted(set(bounds.tolist()) | {0})
+        scores = np.concatenate([
+            self._scores(text_embeds, list(range(a, b)), temperature, aggregate).numpy()
+            for a, b in zip(starts, starts[1:] + [len(self)]) if a < b], axis=1)
+        rows = np.arange(len(self))
+        return [_top_k(scores[t], rows, k) for t in range(len(text_embeds))]
+
+    def _hit(self, row, text_embed, temperature, aggregate, mass):
+        frames = torch.from_numpy(self.frames(row).astype(np.float32))[None]  # [1, F, D]
+        text = text_embed[None]  # [1, D]
+        if aggregate == "mean":
+            score = similarity_meanpooling(text, frames)[0, 0]
+        else:
+            score = similarity_queryscoring(text, frames, temperature)[0, 0]
+        weights = queryscoring_frame_weights(text, frames, temperature)[0, 0].numpy()
+        times, duration = self.table["frame_times"][row], float(self.table["duration"][row])
+        moment = moment_from_weights(weights, times, duration, mass)
+        return {"video": self.table["path"][row], "score": float(score), **moment,
+                "duration": duration, "peak_frame": int(np.argmax(weights))}
+
+    # ------------------------------------------------------------------------------------------
+    # Reporting
+
+    def info(self, with_times=True):
+        """A plain dict: model, sampling, counts, skipped videos, disk use (and frame times)."""
+        manifest = self.manifest
+        videos = [{"video": p, "duration": float(d), "frames": len(t),
+                   **({"times": [round(float(x), 3) for x in t]} if with_times else {})}
+                  for p, d, t in zip(self.table["path"], self.table["duration"],
+                                     self.table["frame_times"])]
+        return {"index": str(self.folder.resolve()), "generation": manifest["generation"],
+                "config": self.config, "stage1": manifest["stage1"],
+                "num_videos": len(self), "num_frames": int(sum(v["frames"] for v in videos)),
+                "disk_bytes": sum(r["bytes"] for r in manifest["files"].values()),
+                "skipped": manifest["skipped"], "videos": videos}
+
+
+def _top_k(scores, rows, k):
+    """[(row, score)] of the k largest scores, ties to the earlier row (a stable order)."""
+    order = np.lexsort((rows, -scores))[:k]
+    return [(int(rows[i]), float(scores[i])) for i in order]
+
+
+def write_thumbnail(video_path, time_s, out_path, frame_index=None):
+    """Write the frame of video_path nearest time_s (seconds) as a JPEG at out_path."""
+    import av
+    from PIL import Image
+
+    with av.open(str(video_path)) as container:
+        stream = container.streams.video[0]
+        best = None
+        for frame in container.decode(stream):
+            t = float(frame.pts * stream.time_base) if frame.pts is not None else frame.time
+            if best is None or abs(t - time_s) < best[0]:
+                best = (abs(t - time_s), frame.to_ndarray(format="rgb24"))
+            elif t > time_s:
+                break
+    if best is None:
+        raise VideoIndexError(f"{video_path} has no frame to show")
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(best[1]).save(out_path, "JPEG", quality=90)

@@ -1,0 +1,432 @@
+"""Search your own videos by text, and get the moment: an incremental, crash-safe index of CLIP
+frame embeddings, searched by query-scoring (Bain et al., arXiv 2205.08508).
+
+    python search_videos.py index ~/videos --index my_index
+    python search_videos.py search --index my_index "a dog catches a frisbee" -k 5
+    python search_videos.py info --index my_index --verify
+
+Stages of `index`: parse -> prepare (model, writer, which videos are new, changed or gone) ->
+decode and encode, committing every --commit_every videos -> report. Only parse_args, main and
+cli read the argparse namespace. The format: clip_hitchhiker/video_index_format.py, docs/search.md.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from clip_hitchhiker import video_index_writer as writer_lib
+from clip_hitchhiker.candidate_index import STAGE1_TYPES
+from clip_hitchhiker.errors import ConfigError, HitchhikerError, VideoDecodeError
+from clip_hitchhiker.model_options import (DEVICE_PATTERN, add_encoding_arguments,
+                                           add_model_arguments, check_model_arguments,
+                                           resolve_preprocess_on)
+from clip_hitchhiker.moments import DEFAULT_MASS
+from clip_hitchhiker.reporting import silence_third_party_notices
+from clip_hitchhiker.video_search import (AGGREGATES, DEFAULT_CANDIDATES, VideoIndex,
+                                          write_thumbnail)
+from clip_hitchhiker import video_index_format as fmt
+
+DEFAULT_COMMIT_EVERY = 100
+COMMIT_SECONDS = 120.0  # a commit at least this often, whatever --commit_every says
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Index your videos with CLIP, then search "
+                                     "them by text with query-scoring and get the moment.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _index_parser(commands.add_parser("index", help="add new or changed videos to an index"))
+    _search_parser(commands.add_parser("search", help="search an index by text"))
+    info = commands.add_parser("info", help="describe an index")
+    info.add_argument("--index", required=True, metavar="DIR")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.add_argument("--verify", action="store_true",
+                      help="also check every file's sha256 against the manifest")
+    args = parser.parse_args(argv)
+    if args.command == "index":
+        check_model_arguments(parser, args)
+        _check_sampling(parser, args)
+    if args.command == "search":
+        _check_search(parser, args)
+    return args
+
+
+def _index_parser(parser):
+    add = parser.add_argument
+    add("paths", nargs="+", metavar="PATH",
+        help="video files, folders (searched recursively) or lists (.txt/.csv) of videos")
+    add("--index", required=True, metavar="DIR", help="the index folder (made if missing)")
+    add("--fps", type=float, default=None,
+        help="frames per second: the frame nearest the middle of each 1/F-second segment "
+             "(default 1)")
+    add("--max_frames", type=int, default=None,
+        help="at most N frames per video: longer videos are covered evenly at a lower rate")
+    add("--num_frames", type=int, default=None,
+        help="instead of --fps: N frames per video by the paper's uniform rule, as "
+             "run_msr_retrieval.py samples")
+    add("--prune", action="store_true", help="drop indexed videos whose files are gone")
+    add("--stage1", choices=STAGE1_TYPES, default=None,
+        help="the FAISS candidate index: auto (flat up to 200k videos, then IVF-PQ), flat, "
+             "ivfpq or hnsw (default: what the index has, auto for a new one)")
+    add("--commit_every", type=int, default=DEFAULT_COMMIT_EVERY, metavar="N",
+        help=f"commit after every N encoded videos, and at least every {COMMIT_SECONDS:g} s "
+             f"(default {DEFAULT_COMMIT_EVERY})")
+    add_model_arguments(parser)
+    add_encoding_arguments(parser)
+
+
+def _search_parser(parser):
+    add = parser.add_argument
+    add("queries", nargs="*", metavar="QUERY", help="texts to search for")
+    add("--index", required=True, metavar="DIR")
+    add("--queries", dest="queries_file", default=None, metavar="FILE",
+        help="a file with one query per line (added to the QUERYs)")
+    add("-k", type=int, default=10, help="hits per query (default 10)")
+    add("--temperature", type=float, default=0.1,
+        help="query-scoring softmax temperature (default 0.1)")
+    add("--aggregate", choices=AGGREGATES, default="queryscoring",
+        help="queryscoring (default) or mean pooling of the frames; the moment always comes "
+             "from the query-scoring frame weights")
+    add("--exact", action="store_true",
+        help="score every video exactly (no FAISS candidates): the ground truth, slower")
+    add("--candidates", type=int, default=DEFAULT_CANDIDATES,
+        help=f"videos that stage 1 proposes per query (default {DEFAULT_CANDIDATES})")
+    add("--mass", type=float, default=DEFAULT_MASS,
+        help=f"share of the frame weight the moment holds (default {DEFAULT_MASS})")
+    add("--json", action="store_true", help="print JSON")
+    add("--thumbnails", default=None, metavar="DIR",
+        help="write each hit's peak frame as DIR/q<query>_r<rank>.jpg")
+    add("--device", default="cpu", help="where the text model runs: cpu (default), cuda, cuda:N")
+
+
+def _check_sampling(parser, args):
+    if args.num_frames is not None and (args.fps is not None or args.max_frames is not None):
+        parser.error("--num_frames is the paper's uniform rule; it takes no --fps or "
+                     "--max_frames")
+    if args.num_frames is not None and args.num_frames < 1:
+        parser.error(f"--num_frames must be >= 1, got {args.num_frames}")
+    if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
+        parser.error(f"--fps must be a number > 0, got {args.fps}")
+    if args.max_frames is not None and args.max_frames < 1:
+        parser.error(f"--max_frames must be >= 1, got {args.max_frames}")
+    if args.commit_every < 1:
+        parser.error(f"--commit_every must be >= 1, got {args.commit_every}")
+
+
+def _check_search(parser, args):
+    if args.k < 1:
+        parser.error(f"-k must be >= 1, got {args.k}")
+    if not (math.isfinite(args.temperature) and args.temperature > 0):
+        parser.error(f"--temperature must be a number > 0, got {args.temperature}")
+    if not 0 < args.mass <= 1:
+        parser.error(f"--mass must be in (0, 1], got {args.mass}")
+    if args.candidates < 1:
+        parser.error(f"--candidates must be >= 1, got {args.candidates}")
+    if not DEVICE_PATTERN.fullmatch(args.device) or args.device == "auto":
+        parser.error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+    if not args.queries and not args.queries_file:
+        parser.error("give at least one QUERY or --queries FILE")
+
+
+def sampling_of(args):
+    """The sampling rule as the manifest records it."""
+    if args.num_frames is not None:
+        return {"rule": "uniform", "num_frames": args.num_frames}
+    return {"rule": "fps", "fps": args.fps or 1.0, "max_frames": args.max_frames}
+
+
+# ----------------------------------------------------------------------------------------------
+# index
+
+
+class VideoFiles(torch.utils.data.Dataset):
+    """Decodes (and, in the workers, preprocesses) each video: {"index", "frames", "info",
+    "error"} with "error" the decode failure's message ("" when decoded)."""
+
+    def __init__(self, paths, sampling, preprocess):
+        self.paths, self.sampling, self.preprocess = paths, sampling, preprocess
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        try:
+            frames, info = decode_video(self.paths[index], self.sampling)
+        except VideoDecodeError as e:
+            return {"index": index, "frames": None, "info": None, "error": str(e)}
+        if self.preprocess is not None:
+            frames = self.preprocess(frames)
+        return {"index": index, "frames": frames, "info": info, "error": ""}
+
+
+def decode_video(path, sampling):
+    """(uint8 frames [F, 3, H, W], {"times", "indices", "duration"}) by the sampling rule."""
+    from data_loader import read_video, read_video_times
+
+    if sampling["rule"] == "fps":
+        return read_video_times(path, fps=sampling["fps"], max_frames=sampling["max_frames"])
+    frames, info = read_video(path, sampling["num_frames"])
+    times, duration = _uniform_frame_times(path, info["indices"])
+    return frames, {**info, "times": times, "duration": duration}
+
+
+def _uniform_frame_times(path, indices):
+    """Presentation times (seconds) of frame numbers, and the duration, as decord reports them."""
+    import decord
+
+    try:
+        reader = decord.VideoReader(str(path), num_threads=1)
+        stamps = reader.get_frame_timestamp(list(range(len(reader))))
+    except Exception as e:  # decord raises its own DECORDError
+        raise VideoDecodeError(f"cannot read the frame times of {path}: {e}") from e
+    return [float(stamps[i][0]) for i in indices], float(stamps[-1][1])
+
+
+def _collate(items):
+    return items
+
+
+def run_index(args):
+    """Add the new and changed videos of args.paths to the index. returns: a summary dict."""
+    from clip_hitchhiker.backends import load_model
+    from clip_hitchhiker.clip_models import frame_dtype_for
+    from data_loader import FramePreprocess
+
+    device = _device(args.device)
+    paths = writer_lib.list_videos(args.paths)
+    model = load_model(args.backend, args.model, device, args.pretrained, args.download_root)
+    preprocess = FramePreprocess(model.preprocess, frame_dtype_for(model.dtype),
+                                 antialias=args.antialias)
+    placement = resolve_preprocess_on(args.preprocess_on, device)
+    sampling = sampling_of(args)
+    config = {"backend": args.backend, "model": _model_reference(args.model),
+              "pretrained": args.pretrained, "model_id": model.model_id,
+              "embed_dim": model.embed_dim, "preprocess": preprocess.describe(),
+              "sampling": sampling, "decoder": "pyav" if sampling["rule"] == "fps" else "decord"}
+    writer = writer_lib.IndexWriter(args.index, config, args.stage1)
+    try:
+        found = {p: writer_lib.fingerprint(p) for p in paths}
+        to_encode, gone = writer.plan(found, args.prune)
+        summary = encode_and_commit(writer, model, to_encode, found, gone, sampling,
+                                    preprocess, placement, device, args)
+    finally:
+        writer.close()
+    return {**summary, "listed": len(paths), "up_to_date": len(paths) - len(to_encode),
+            "pruned": len(gone), "videos": writer.manifest["videos"],
+            "frames": writer.manifest["frames"]}
+
+
+def _model_reference(model):
+    """A checkpoint file by its absolute path (search loads it from any folder)."""
+    return str(Path(model).resolve()) if os.path.isfile(model) else model
+
+
+def _device(device_arg):
+    if device_arg == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device_arg)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device_arg}: CUDA is not available on this machine")
+    return device
+
+
+def encode_and_commit(writer, model, to_encode, found, gone, sampling, preprocess, placement,
+                      device, args):
+    """Decode and encode to_encode, committing every args.commit_every videos (and the pruned
+    paths first). returns: {"encoded", "failed", "frames_encoded", "seconds"}."""
+    dataset = VideoFiles(to_encode, sampling, preprocess if placement == "workers" else None)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size,
+                                         num_workers=args.num_workers, collate_fn=_collate)
+    pending, failed, drop = [], [], list(gone)
+    counts = {"encoded": 0, "failed": 0, "frames_encoded": 0, "capped": 0}
+    start = last_commit = time.perf_counter()
+    bar = tqdm(total=len(to_encode), unit="video", desc="indexing", disable=not to_encode,
+               file=sys.stderr)
+    for batch in loader:
+        for item in batch:
+            path = to_encode[item["index"]]
+            if item["error"]:
+                failed.append((path, found[path], item["error"]))
+                counts["failed"] += 1
+                tqdm.write(f"skipped {path}: {item['error']}", file=sys.stderr)
+            else:
+                pending.append(_encode(model, item, path, found[path], preprocess, placement,
+                                       device, args.frame_chunk))
+                counts["encoded"] += 1
+                counts["frames_encoded"] += len(pending[-1].frames)
+                counts["capped"] += _capped(item["info"], sampling)
+            bar.update(1)
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix_str(f"{counts['encoded'] / elapsed:.2f} videos/s, "
+                                f"{counts['frames_encoded'] / elapsed:.1f} frames/s")
+            writer_lib.test_pause("video")
+        if len(pending) + len(failed) >= args.commit_every or \
+                time.perf_counter() - last_commit >= COMMIT_SECONDS:
+            _commit(writer, pending, failed, drop)
+            pending, failed, drop, last_commit = [], [], [], time.perf_counter()
+    bar.close()
+    if pending or failed or drop or writer.manifest is None or writer.stage1 is None:
+        _commit(writer, pending, failed, drop)
+    return {**counts, "seconds": time.perf_counter() - start}
+
+
+def _commit(writer, pending, failed, drop):
+    writer.commit(pending, failed, drop,
+                  before_manifest=lambda tmp: writer_lib.test_pause("manifest"),
+                  between_halves=lambda: writer_lib.test_pause("shard"))
+
+
+def _capped(info, sampling):
+    """1 if --max_frames lowered this video's rate (its segments are wider than 1/fps)."""
+    if sampling["rule"] != "fps" or sampling["max_frames"] is None:
+        return 0
+    return int(math.ceil(info["duration"] * sampling["fps"] - 1e-6) > sampling["max_frames"])
+
+
+def _encode(model, item, path, fp, preprocess, placement, device, frame_chunk):
+    """One video's frames through the image encoder, in chunks of frame_chunk of its own frames
+    (never mixed with another video's, so that its embeddings do not depend on its neighbours:
+    an incremental build equals a fresh one bit for bit)."""
+    frames = item["frames"].to(device)
+    if placement == "device":
+        frames = preprocess(frames)
+    with torch.inference_mode():
+        embeds = torch.cat([model.encode_image(frames[i:i + frame_chunk]).float().cpu()
+                            for i in range(0, len(frames), frame_chunk)])
+    info = item["info"]
+    return writer_lib.EncodedVideo(path, fp, embeds.numpy().astype(np.float16),
+                                   list(info["times"]), list(info["indices"]),
+                                   float(info["duration"]))
+
+
+# ----------------------------------------------------------------------------------------------
+# search and info
+
+
+def read_queries(args):
+    queries = list(args.queries)
+    if args.queries_file:
+        try:
+            lines = Path(args.queries_file).read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"--queries {args.queries_file} cannot be read ({e})") from e
+        queries += [line.strip() for line in lines if line.strip()]
+    if not queries:
+        raise ConfigError(f"--queries {args.queries_file} holds no query")
+    return queries
+
+
+def run_search(args):
+    index = VideoIndex.open(args.index)
+    results = index.search(read_queries(args), k=args.k, temperature=args.temperature,
+                           aggregate=args.aggregate, exact=args.exact,
+                           candidates=args.candidates, device=args.device, mass=args.mass)
+    if args.thumbnails:
+        for q, result in enumerate(results, start=1):
+            for hit in result["hits"]:
+                out = Path(args.thumbnails) / f"q{q:02d}_r{hit['rank']:02d}.jpg"
+                write_thumbnail(hit["video"], hit["peak"], out)
+                hit["thumbnail"] = str(out.resolve())
+    return {"index": str(Path(args.index).resolve()), "aggregate": args.aggregate,
+            "temperature": args.temperature, "exact": args.exact, "queries": results}
+
+
+def format_hits(report):
+    """The readable table: one block per query."""
+    lines = []
+    for result in report["queries"]:
+        lines.append(f"query: {result['query']}")
+        lines.append(f"  {'rank':>4}  {'score':>7}  {'start':>8}  {'peak':>8}  {'end':>8}  video")
+        for hit in result["hits"]:
+            lines.append(f"  {hit['rank']:>4}  {hit['score']:7.4f}  {_clock(hit['start'])}  "
+                         f"{_clock(hit['peak'])}  {_clock(hit['end'])}  {hit['video']}")
+        if not result["hits"]:
+            lines.append("  (the index is empty)")
+    return "\n".join(lines)
+
+
+def _clock(seconds):
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes):>2d}:{rest:05.2f}"
+
+
+def run_info(args):
+    index = VideoIndex.open(args.index)
+    info = index.info()
+    if args.verify:
+        info["verified_bytes"] = fmt.verify_files(index.folder, index.manifest)
+    return info
+
+
+def format_info(info):
+    config, sampling = info["config"], info["config"]["sampling"]
+    rule = (f"{sampling['num_frames']} frames per video, uniform" if sampling["rule"] ==
+            "uniform" else f"{sampling['fps']:g} fps" + (f", at most {sampling['max_frames']} "
+                                                        "frames" if sampling["max_frames"]
+                                                        else ""))
+    lines = [f"index: {info['index']} (generation {info['generation']})",
+             f"model: {config['backend']} {config['model']}"
+             + (f" ({config['pretrained']})" if config["pretrained"] else "")
+             + f", {config['embed_dim']}-d; decoder {config['decoder']}",
+             f"sampling: {rule}; preprocessing: {config['preprocess']}",
+             f"videos: {info['num_videos']}, frames: {info['num_frames']}, disk: "
+             f"{info['disk_bytes'] / 1e6:.1f} MB; stage 1: {info['stage1']['type']}"]
+    if "verified_bytes" in info:
+        lines.append(f"verified: every file's sha256 matches ({info['verified_bytes']} bytes)")
+    for video in info["videos"]:
+        times = " ".join(f"{t:g}" for t in video["times"])
+        lines.append(f"  {video['video']}  {video['duration']:.2f} s, {video['frames']} frames "
+                     f"at {times}")
+    for skipped in info["skipped"]:
+        lines.append(f"skipped {skipped['path']}: {skipped['reason']}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def main(args):
+    if args.command == "index":
+        summary = run_index(args)
+        capped = f"; {summary['capped']} video(s) longer than --max_frames allows were " \
+                 "sampled at a lower rate to cover them evenly" if summary["capped"] else ""
+        print(f"indexed {summary['encoded']} new or changed video(s) "
+              f"({summary['frames_encoded']} frames) in {summary['seconds']:.1f} s; "
+              f"{summary['up_to_date']} up to date, {summary['failed']} failed, "
+              f"{summary['pruned']} pruned; the index holds {summary['videos']} videos, "
+              f"{summary['frames']} frames{capped}")
+        return summary
+    if args.command == "search":
+        report = run_search(args)
+        print(json.dumps(report, indent=1) if args.json else format_hits(report))
+        return report
+    info = run_info(args)
+    print(json.dumps(info, indent=1) if args.json else format_info(info))
+    return info
+
+
+def cli(argv=None):
+    """The command line: the project's own errors become one line on stderr and exit code 1."""
+    silence_third_party_notices()
+    warnings.filterwarnings("ignore", message="no CUDA device found")
+    args = parse_args(argv)
+    try:
+        main(args)
+    except KeyboardInterrupt:
+        print("interrupted: the index keeps its last commit; run the same command again to "
+              "continue", file=sys.stderr)
+        sys.exit(130)
+    except HitchhikerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    cli()
