@@ -10,6 +10,7 @@ Stages: parse -> build the data and the model -> evaluate (bootstrap, plot) -> s
 where the outputs are.
 """
 import argparse
+import shlex
 import shutil
 import sys
 import time
@@ -22,6 +23,8 @@ MARKER = ".hitchhiker-demo"
 NUM_FRAMES = 8           # sampled per video by the evaluator
 TEMPERATURES = ("0.01", "0.1", "1")
 BOOTSTRAP = "1000"
+SEARCH_FPS = 5           # the videos last 1.6 s: 8 frames each in the search index
+SEARCH_QUERIES = ("a red video", "a blue video")
 WARNING = ("The model's weights are random, so every figure {} is meaningless: this demo shows "
            "the machinery working, not results.")
 
@@ -106,27 +109,52 @@ def run_evaluation(argv):
     return run_msr_retrieval.main(run_msr_retrieval.parse_args(argv))
 
 
+def search_argvs(video_root, checkpoint, folder):
+    """search_videos.py's index and search command lines for the demo data."""
+    index = folder / "index"
+    index_argv = ["index", video_root, "--index", index, "--model", checkpoint, "--fps",
+                  str(SEARCH_FPS), "--device", "cpu", "--num_workers", "0"]
+    search_argv = ["search", "--index", index, *SEARCH_QUERIES, "-k", "3", "--thumbnails",
+                   folder / "thumbnails"]
+    return [str(a) for a in index_argv], [str(a) for a in search_argv]
+
+
+def run_search(index_argv, search_argv):
+    """Index the videos, then search them, as search_videos.py's command line does."""
+    import search_videos
+
+    search_videos.main(search_videos.parse_args(index_argv))
+    search_videos.main(search_videos.parse_args(search_argv))
+
+
 def main(args):
     """returns: {name: path} of the outputs."""
     started = time.perf_counter()
     print(WARNING.format("below"))
     folder = claim_output_dir(args.output_dir).resolve()
-    print(f"\n[1/3] building 12 synthetic videos and a tiny random CLIP in {folder} ...")
+    print(f"\n[1/4] building 12 synthetic videos and a tiny random CLIP in {folder} ...")
     csv, video_root, checkpoint = build_data(folder)
     plot = has_matplotlib()
     argv = evaluator_argv(csv, video_root, checkpoint, folder, plot)
-    print("\n[2/3] the evaluator, the bootstrap" + (" and the plot" if plot else "") + ":\n"
-          "python run_msr_retrieval.py " + " ".join(argv))
+    print("\n[2/4] the evaluator, the bootstrap" + (" and the plot" if plot else "") + ":\n"
+          "python run_msr_retrieval.py " + shlex.join(argv))
     run_evaluation(argv)
     if not plot:
         print("(no plot: matplotlib is not installed; pip install matplotlib)")
+    index_argv, search_argv = search_argvs(video_root, checkpoint, folder)
+    print("\n[3/4] a search index of the videos, and a search:\n"
+          + "\n".join("python search_videos.py " + shlex.join(a)
+                      for a in (index_argv, search_argv)))
+    run_search(index_argv, search_argv)
     outputs = {"videos and captions": csv, "model (random weights)": checkpoint,
                "report": folder / "report.json"}
     if plot:
         outputs["plot"] = folder / "sweep.png"
-    print(f"\n[3/3] done in {time.perf_counter() - started:.0f} s. The outputs:")
+    outputs["search index"] = folder / "index"
+    outputs["hits' peak frames"] = folder / "thumbnails"
+    print(f"\n[4/4] done in {time.perf_counter() - started:.0f} s. The outputs:")
     for name, path in outputs.items():
-        print(f"  {name + ':':24} {path}")
+        print(f"  {name + ':':25} {path}")
     print(WARNING.format("above"))
     return outputs
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import run_msr_retrieval
+import search_videos
 from clip_hitchhiker import demo
 from clip_hitchhiker.errors import ConfigError
 
@@ -39,9 +40,22 @@ def test_demo_runs_every_stage_and_says_the_figures_are_meaningless(demo_run):
     assert report["counts"]["queries"] == 12 and report["counts"]["decoded_videos"] == 12
     assert report["bootstrap"] is not None
     assert (folder / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (folder / "thumbnails").iterdir()) == [
+        f"q0{q}_r0{r}.jpg" for q in (1, 2) for r in (1, 2, 3)]  # 2 queries, 3 hits each
+    assert stdout.count("query: a ") == 2
     for path in (folder / "videos" / "clips.csv", folder / "tiny_random_clip.pt",
-                 folder / "report.json", folder / "sweep.png"):
+                 folder / "report.json", folder / "sweep.png", folder / "index",
+                 folder / "thumbnails"):
         assert f" {path}" in stdout  # printed where the outputs are
+
+
+def test_the_search_index_holds_every_demo_video_at_its_frame_rate(demo_run):
+    folder, _ = demo_run
+    info = search_videos.main(search_videos.parse_args(["info", "--index",
+                                                        str(folder / "index"), "--verify"]))
+    # 16 frames at 10 fps: 1.6 s, sampled at 5 fps -> 8 frames each.
+    assert (info["num_videos"], info["num_frames"]) == (12, 96)
+    assert all(video["frames"] == 8 for video in info["videos"])
 
 
 def test_the_printed_command_reproduces_the_demo(demo_run):
