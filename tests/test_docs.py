@@ -338,3 +338,24 @@ def test_relative_links_resolve(path):
 
 def test_readme_stays_short():
     assert len((REPO / "README.md").read_text().encode()) <= 12_500
+
+
+def test_the_readme_search_example_is_what_search_prints(tmp_path, monkeypatch, capsys):
+    """The README's example output, made again as it says: the tests' segment videos and
+    colour CLIP, indexed and searched with the README's two commands (and the model)."""
+    import search_videos
+    from tests.search_synthetic import build_segment_videos, save_colour_clip
+
+    readme = (REPO / "README.md").read_text()
+    example = readme.split("```text\nquery: a red video\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    build_segment_videos("videos")
+    save_colour_clip("colour_clip.pt")
+    search_videos.main(search_videos.parse_args(
+        ["index", "videos", "--index", "my_index", "--model", "colour_clip.pt", "--device",
+         "cpu", "--num_workers", "0"]))
+    capsys.readouterr()
+    search_videos.main(search_videos.parse_args(
+        ["search", "--index", "my_index", "a red video", "-k", "3"]))
+    printed = capsys.readouterr().out.replace(str(tmp_path.resolve()), "/tmp/search-example")
+    assert printed == "query: a red video\n" + example
