@@ -359,3 +359,22 @@ def test_the_readme_search_example_is_what_search_prints(tmp_path, monkeypatch, 
         ["search", "--index", "my_index", "a red video", "-k", "3"]))
     printed = capsys.readouterr().out.replace(str(tmp_path.resolve()), "/tmp/search-example")
     assert printed == "query: a red video\n" + example
+
+
+NUMBER_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
+                "eight": 8, "nine": 9, "ten": 10}
+
+
+def test_the_readme_install_sentence_is_what_pip_installs():
+    """`pip install .` installs what pyproject.toml lists: the README names each module and
+    command, and counts them right."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    modules = project["tool"]["setuptools"]["py-modules"]
+    commands = list(project["project"]["scripts"])
+    readme = (REPO / "README.md").read_text()
+    sentence = readme[readme.index("`pip install .`"):].split("\n\n", 1)[0]
+    named = set(re.findall(r"`([\w-]+)`", sentence))
+    assert set(modules) <= named and set(commands) <= named
+    counts = re.findall(r"\b(\w+) (?:top-level modules|commands)\b", sentence)
+    assert [NUMBER_WORDS[c] for c in counts] == [len(modules), len(commands)], sentence
