@@ -16,6 +16,7 @@ import importlib.util
 import io
 import re
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -236,6 +237,11 @@ def check_command(tokens, where, folder):
     if argv[:2] == ["-m", "pytest"]:
         check_pytest(argv[2:], where)
         return "pytest targets checked"
+    if argv[0] == "-c":  # a one-line computation: run it
+        result = subprocess.run([sys.executable, "-c", argv[1]], cwd=REPO, capture_output=True,
+                                text=True, timeout=600)
+        assert result.returncode == 0, f"{where}: {result.stderr[-1500:]}"
+        return "ran"
     if argv[0] == "-m":
         module, prog, argv = importlib.import_module(argv[1]), f"python -m {argv[1]}", argv[2:]
     else:
