@@ -1,7 +1,7 @@
 """MSR-VTT and custom video datasets: splits, frame sampling, decoding, preprocessing.
 
-Everything that reads datasets, videos (decord) and CSVs (pandas); the download and extraction
-machinery is in clip_hitchhiker.downloads.
+Everything that reads datasets, videos (read_video: decord, PyAV or torchcodec) and CSVs
+(pandas); the download and extraction machinery is in clip_hitchhiker.downloads.
 
 Layout of the release's zip (https://github.com/m-bain/frozen-in-time), extracted under data_root:
     MSRVTT/annotation/MSR_VTT.json                        COCO-style captions
@@ -19,12 +19,11 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset
-from torch.utils.dlpack import from_dlpack
 from torchvision.transforms import CenterCrop, Normalize, Resize
 
 from clip_hitchhiker.downloads import COMPLETE_MARKER, fetch_and_extract, load_restricted_pickle
+from clip_hitchhiker import video_decoders
 from clip_hitchhiker.errors import DatasetError, VideoDecodeError
-from clip_hitchhiker.sampling import fps_sample_times
 
 __all__ = ["COMPLETE_MARKER", "CSVDataset", "DatasetError", "FramePreprocess", "MSRVTTDataset",
            "MSRVTT_URL", "SPLITS", "VideoDataset", "VideoDecodeError", "center_crop",
@@ -158,111 +157,64 @@ def sample_frame_indices(num_available, num_frames):
     return [int((start + stop) // 2) for start, stop in zip(edges[:-1], edges[1:])]
 
 
-def read_video(video_path, num_frames, num_threads=1, sample=sample_frame_indices):
-    """Decode the sampled frames with decord.
+def read_video(video_path, num_frames=None, num_threads=1, sample=sample_frame_indices, *,
+               decoder="decord", fps=None, max_frames=None, keyframes=False, device="cpu"):
+    """Decode a video's sampled frames: the one place that decodes (clip_hitchhiker.video_decoders
+    holds the decoders and the rules they share).
 
-    sample(num_available, num_frames) -> indices: the rule that picks them (the release's
-    midpoints; training draws a random frame per segment).
-    returns: (uint8 [num_frames, 3, H, W] RGB, what was decoded: {"frames": the frame count
-    the decoder reports, "indices": the sampled indices, "resolution": [H, W]}) - the run
-    manifest's entry, which tells two decoder builds or two copies of a video apart.
+    By count (num_frames): sample(num_available, num_frames) -> indices picks them (the
+    release's midpoints; training draws a random frame per segment), on the frame count every
+    decoder takes the same way (the stream's packets, as decord counts them). By time (fps,
+    max_frames): the frame nearest the midpoint of each 1/fps-second segment
+    (clip_hitchhiker.sampling), each frame once; keyframes=True takes the nearest key frame
+    instead and decodes nothing else (approximate, with true times).
+    decoder: "decord" (the release's), "pyav", "torchcodec", or "auto": decord when it imports,
+    and PyAV for a video decord cannot read (recorded in the info's "fallback").
+    device: where torchcodec decodes ("cpu", or "cuda"/"cuda:N"); the others decode on the CPU.
+    returns: (uint8 [S, 3, H, W] RGB, info: {"decoder": the one that read it, "frames": the
+    frame count, "indices": [S] the decoded frame numbers, "resolution": [H, W]}, plus
+    "times" [S] presentation times in seconds and "duration" for sampling by time) - the run
+    manifest's entry, which tells two decoders, builds or copies of a video apart.
     """
-    import decord
-
-    video_path = str(video_path)
+    if (num_frames is None) == (fps is None):
+        raise ValueError(f"give num_frames or fps, one of them, got num_frames={num_frames!r} "
+                         f"and fps={fps!r}")
+    if keyframes and fps is None:
+        raise ValueError("keyframes=True samples by time: give fps (and max_frames)")
+    request = {"num_frames": num_frames, "sample": sample} if fps is None else \
+        {"fps": fps, "max_frames": max_frames, "keyframes": keyframes}
+    chosen = video_decoders.resolve_decoder(decoder)
     if not os.path.isfile(video_path):
         raise VideoDecodeError(f"video file not found: {video_path}")
     try:
-        reader = decord.VideoReader(video_path, num_threads=num_threads)
-        num_available = len(reader)
-        if num_available == 0:
-            raise VideoDecodeError(f"video has no frames: {video_path}")
-        indices = sample(num_available, num_frames)
-        batch = reader.get_batch(indices)
-    except VideoDecodeError:
-        raise
-    except Exception as e:  # decord raises its own DECORDError, or RuntimeError
-        raise VideoDecodeError(f"cannot decode {video_path}: {e}") from e
-    # DLPack hands over decord's buffer without the copy that asnumpy() makes.
-    frames = from_dlpack(batch.to_dlpack()).permute(0, 3, 1, 2)  # [F, 3, H, W]
-    decoded = {"frames": num_available, "indices": indices,
-               "resolution": [int(frames.shape[2]), int(frames.shape[3])]}
-    return frames, decoded
+        return video_decoders.decode_frames(chosen, video_path, request, num_threads, device)
+    except VideoDecodeError as decord_error:
+        if decoder != "auto" or chosen != "decord":
+            raise
+        failure = decord_error
+    # auto: PyAV reads what decord cannot (some small frame sizes); the manifest records it.
+    frames, info = video_decoders.decode_frames("pyav", video_path, request, num_threads, device)
+    return frames, {**info, "fallback": f"decord failed: {failure}"}
 
 
-def read_video_times(video_path, fps=1.0, max_frames=None):
-    """Decode the frames nearest the midpoints of 1/fps-second segments (clip_hitchhiker.sampling),
-    with PyAV, in one pass that keeps only the chosen frames (hours of video stay in bounded
-    memory).
+def read_video_times(video_path, fps=1.0, max_frames=None, *, decoder="pyav", keyframes=False,
+                     device="cpu"):
+    """read_video by time: the frames nearest the midpoints of 1/fps-second segments (at most
+    max_frames segments), or with keyframes the nearest key frames; decoders seek between
+    frames that lie far apart, so that hours of video stay cheap and in bounded memory.
 
-    returns: (uint8 [S, 3, H, W] RGB, {"decoder": "pyav", "frames": frames decoded, "indices":
+    returns: (uint8 [S, 3, H, W] RGB, {"decoder", "frames": the video's frame count, "indices":
     [S] frame numbers in presentation order, "times": [S] their presentation times in seconds,
     "duration": seconds, "resolution": [H, W]}). A target rate above the video's frame rate
     gives each frame once (S can be below the segment count).
     """
-    import av
-
-    video_path = str(video_path)
-    if not os.path.isfile(video_path):
-        raise VideoDecodeError(f"video file not found: {video_path}")
-    try:
-        with av.open(video_path) as container:
-            stream = container.streams.video[0]
-            duration = _stream_duration(container, stream)
-            targets = fps_sample_times(duration, fps, max_frames)
-            chosen, count = _nearest_frames_in_one_pass(container.decode(stream), targets,
-                                                        stream.time_base)
-    except VideoDecodeError:
-        raise
-    except Exception as e:  # av.error.FFmpegError and friends
-        raise VideoDecodeError(f"cannot decode {video_path}: {e}") from e
-    if not chosen:
-        raise VideoDecodeError(f"video has no frames: {video_path}")
-    frames = torch.from_numpy(np.stack([frame for _, _, frame in chosen])).permute(0, 3, 1, 2)
-    info = {"decoder": "pyav", "frames": count, "indices": [i for i, _, _ in chosen],
-            "times": [t for _, t, _ in chosen], "duration": duration,
-            "resolution": [int(frames.shape[2]), int(frames.shape[3])]}
-    return frames, info
+    return read_video(video_path, decoder=decoder, fps=fps, max_frames=max_frames,
+                      keyframes=keyframes, device=device)
 
 
-def _stream_duration(container, stream):
-    """The video's duration in seconds, from the stream's header, else the container's."""
-    if stream.duration is not None and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
-    if container.duration is not None:
-        return container.duration / 1_000_000  # av.time_base
-    raise VideoDecodeError(f"{container.name}: the container states no duration")
-
-
-def _nearest_frames_in_one_pass(decoded_frames, targets, time_base):
-    """For each target time (ascending), the decoded frame whose time is nearest (a tie goes to
-    the earlier one), each chosen frame once. returns: ([(index, time, HxWx3 uint8)], count)."""
-    chosen, previous, target, count = [], None, 0, 0
-    for index, frame in enumerate(decoded_frames):
-        count = index + 1
-        time = float(frame.pts * time_base) if frame.pts is not None else float(frame.time)
-        while target < len(targets) and time >= targets[target]:
-            nearer_is_previous = previous is not None and \
-                targets[target] - previous[1] <= time - targets[target]
-            _choose(chosen, previous if nearer_is_previous else (index, time, frame))
-            target += 1
-        previous = (index, time, frame)
-    if target < len(targets) and previous is not None:
-        _choose(chosen, previous)
-    return chosen, count
-
-
-def _choose(chosen, candidate):
-    """Append (index, time, RGB array) unless that frame is already the last chosen; converted
-    now, so that no decoder buffer outlives the pass."""
-    index, time, frame = candidate
-    if not chosen or chosen[-1][0] != index:
-        chosen.append((index, time, frame.to_ndarray(format="rgb24")))
-
-
-def read_video_frames(video_path, num_frames, num_threads=1):
-    """Decode the sampled frames with decord. returns: uint8 [num_frames, 3, H, W], RGB."""
-    return read_video(video_path, num_frames, num_threads)[0]
+def read_video_frames(video_path, num_frames, num_threads=1, decoder="decord"):
+    """Decode the sampled frames. returns: uint8 [num_frames, 3, H, W], RGB."""
+    return read_video(video_path, num_frames, num_threads, decoder=decoder)[0]
 
 
 def read_video_decord(video_path, num_frames, num_threads=1):
@@ -390,6 +342,8 @@ class VideoDataset(Dataset):
     """
 
     task = "retrieval"  # or "classification" (see clip_hitchhiker.charades)
+    # read_video's decoder and where it decodes; set_decoder changes them (build_dataset does).
+    decoder, decode_device = "decord", "cpu"
 
     def __init__(self, video_ids, video_paths, queries, preprocess, num_frames, on_error="raise"):
         if num_frames < 1:
@@ -407,6 +361,11 @@ class VideoDataset(Dataset):
     def __len__(self):
         return len(self.video_ids)
 
+    def set_decoder(self, decoder, decode_device="cpu"):
+        """Decode with decoder ("decord", "pyav", "torchcodec", "auto") on decode_device."""
+        video_decoders.resolve_decoder(decoder)
+        self.decoder, self.decode_device = decoder, decode_device
+
     def text_rows(self):
         """The texts to encode and the query each belongs to: (list of str, list of int). A
         query with several texts (prompts, a paragraph's sentences) is their mean unit
@@ -416,7 +375,8 @@ class VideoDataset(Dataset):
     def __getitem__(self, index):
         item = {"index": index, "video_id": self.video_ids[index], "error": "", "decoded": {}}
         try:
-            frames, item["decoded"] = read_video(self.video_paths[index], self.num_frames)
+            frames, item["decoded"] = read_video(self.video_paths[index], self.num_frames,
+                                                 decoder=self.decoder, device=self.decode_device)
             item["video"] = frames if self.preprocess is None else self.preprocess(frames)
         except VideoDecodeError as e:
             if self.on_error == "raise":

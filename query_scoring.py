@@ -64,7 +64,10 @@ def similarity_queryscoring(text_embeds, vid_embeds, temperature=0.1, eps=1e-8, 
     text_unit, frames, video_mask = _prepare(text_embeds, vid_embeds, eps, video_mask)
     num_videos, num_frames, dim = frames.shape
     budget = _CHUNK_ELEMENTS if frames.device.type == "cpu" else _CHUNK_ELEMENTS_ACCELERATOR
-    use_gram = mean == "feats" and num_frames <= dim
+    # Per video, the Gram form costs F*F*D once plus F*F per text, forming u costs F*D per
+    # text: the Gram form pays off for many texts (an evaluation), not for one query (search).
+    num_texts = text_unit.shape[0]
+    use_gram = mean == "feats" and num_frames * (dim + num_texts) < num_texts * dim
     video_scale, inv_frame_norms, gram = _frame_statistics(frames, eps, use_gram, budget)
     padding = None if bool(video_mask.all()) else ~video_mask
     # Without autograd, products can overwrite the block intermediates: fewer passes over memory.

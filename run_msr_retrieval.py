@@ -28,7 +28,8 @@ from clip_hitchhiker.dataset_choice import (add_dataset_arguments, build_dataset
 from clip_hitchhiker.errors import (ConfigError, HitchhikerError, OutputError, PeerFailure,
                                     VideoDecodeError)
 from clip_hitchhiker.model_options import (add_encoding_arguments, add_model_arguments,
-                                           check_model_arguments, resolve_preprocess_on)
+                                           check_model_arguments, decode_device, loader_workers,
+                                           resolve_preprocess_on)
 from clip_hitchhiker.output_files import cache_is_writable, check_output_files
 from clip_hitchhiker.bootstrap import bootstrap
 from clip_hitchhiker.plots import PLOT_FORMATS, require_matplotlib, save_figure, temperature_figure
@@ -38,6 +39,8 @@ from clip_hitchhiker.reporting import (compare_reports, format_bootstrap_line, i
                                        result_label, run_manifest, silence_third_party_notices)
 from clip_hitchhiker.torchrun import (DEFAULT_TIMEOUT_S, broadcast_json, collective_step,
                                       setup_context, teardown)
+from clip_hitchhiker.video_decoders import (check_decoder, decoder_id, decoder_line,
+                                            resolve_decoder)
 from data_loader import FramePreprocess
 from metrics import ranks_from_counts, ranks_to_metrics, t2v_rank_counts, v2t_ranks
 from query_scoring import similarity_meanpooling, similarity_queryscoring
@@ -108,6 +111,13 @@ def preprocess_id(frames, placement, device):
     kernels can differ from the CPU's in the last bits)."""
     runs_on = device.type if placement == "device" else "cpu"
     return f"{frames.describe()}; computed on {runs_on}"
+
+
+def decoder_report(decoder, decode_on, decoded):
+    """The report's decoder entry: asked for, chosen, and the videos that auto read with PyAV
+    because decord failed on them (each one's reason is in the manifest, "fallback")."""
+    return {"requested": decoder, "chosen": resolve_decoder(decoder), "decode_on": decode_on,
+            "fallback_videos": sorted(v for v, info in decoded.items() if "fallback" in info)}
 
 
 def check_decode_failures(skipped, skip_bad_videos, cache_file=None):
@@ -228,7 +238,8 @@ def _prepare(args, ctx, download):
         frame_preprocess if placement == "workers" else None, args.num_frames,
         dataset=args.dataset, split=args.split, csv=args.csv, video_root=args.video_root,
         data_root=args.data_root, urls=urls, prompts=args.prompt or ["{}"],
-        paragraph=args.paragraph, check_files=not args.skip_bad_videos, download=download)
+        paragraph=args.paragraph, check_files=not args.skip_bad_videos, download=download,
+        decoder=args.decoder, decode_device=decode_device(args.decode_on, ctx.device))
     return model, dataset, dataset_id, frame_preprocess, placement
 
 
@@ -258,13 +269,18 @@ def read_report(path):
 
 
 def _run(args, ctx, start):
+    check_decoder(args.decoder, args.decode_on)
+    if ctx.is_main:
+        print(decoder_line(args.decoder, args.decode_on), file=sys.stderr)  # stdout: results
     # Local rank 0 downloads weights and data first; the others then read them.
     first = collective_step(ctx, lambda: _prepare(args, ctx, download=True)
                             if ctx.local_rank == 0 else None)
     model, dataset, dataset_id, frame_preprocess, placement = collective_step(
         ctx, lambda: first if ctx.local_rank == 0 else _prepare(args, ctx, download=False))
+    decoded_by = f"; decoded by {decoder_id(args.decoder, args.decode_on)}"
     key = embedding_cache.cache_key(model.model_id, model.dtype, args.num_frames, dataset_id,
-                                    preprocess_id(frame_preprocess, placement, ctx.device))
+                                    preprocess_id(frame_preprocess, placement, ctx.device)
+                                    + decoded_by)
     path = embedding_cache.cache_path(args.cache_dir, key)
     write_cache, earlier = collective_step(ctx, lambda: _check_outputs(args, dataset)
                                            if ctx.is_main else (False, None))
@@ -307,6 +323,7 @@ def _run(args, ctx, start):
                        "description": frame_preprocess.describe()},
         "counts": {**counts, "decoded_videos": decoded, "truncated_captions": truncated,
                    "skipped": content["skipped"]},
+        "decoder": decoder_report(args.decoder, args.decode_on, content["decoded"]),
         "bootstrap": intervals, "published": published, "manifest": run_manifest(content),
         "cache": {"hit": cache_hit, "path": None if args.no_cache else str(path)},
         "timings_s": {"load": loaded_at - start, "encode": encode_seconds,
@@ -352,7 +369,8 @@ def _embed(args, ctx, model, dataset, key, path, device_preprocess):
     else:
         with torch.inference_mode():
             content, decoded = compute_embeddings(
-                model, dataset, ctx, batch_size=args.batch_size, num_workers=args.num_workers,
+                model, dataset, ctx, batch_size=args.batch_size,
+                num_workers=loader_workers(args.num_workers, args.decode_on),
                 frame_chunk=args.frame_chunk, device_preprocess=device_preprocess,
                 on_failures=lambda failed: check_decode_failures(failed, args.skip_bad_videos))
     if ctx.is_main:

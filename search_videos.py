@@ -27,9 +27,10 @@ from clip_hitchhiker.candidate_index import STAGE1_TYPES
 from clip_hitchhiker.errors import ConfigError, HitchhikerError, VideoDecodeError
 from clip_hitchhiker.model_options import (DEVICE_PATTERN, add_encoding_arguments,
                                            add_model_arguments, check_model_arguments,
-                                           resolve_preprocess_on)
+                                           decode_device, loader_workers, resolve_preprocess_on)
 from clip_hitchhiker.moments import DEFAULT_MASS
 from clip_hitchhiker.reporting import silence_third_party_notices
+from clip_hitchhiker.video_decoders import check_decoder, resolve_decoder
 from clip_hitchhiker.video_search import (AGGREGATES, DEFAULT_CANDIDATES, VideoIndex,
                                           write_thumbnail)
 from clip_hitchhiker import video_index_format as fmt
@@ -150,15 +151,17 @@ class VideoFiles(torch.utils.data.Dataset):
     """Decodes (and, in the workers, preprocesses) each video: {"index", "frames", "info",
     "error"} with "error" the decode failure's message ("" when decoded)."""
 
-    def __init__(self, paths, sampling, preprocess):
+    def __init__(self, paths, sampling, preprocess, decoder, decode_device):
         self.paths, self.sampling, self.preprocess = paths, sampling, preprocess
+        self.decoder, self.decode_device = decoder, decode_device
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, index):
         try:
-            frames, info = decode_video(self.paths[index], self.sampling)
+            frames, info = decode_video(self.paths[index], self.sampling, self.decoder,
+                                        self.decode_device)
         except VideoDecodeError as e:
             return {"index": index, "frames": None, "info": None, "error": str(e)}
         if self.preprocess is not None:
@@ -166,27 +169,22 @@ class VideoFiles(torch.utils.data.Dataset):
         return {"index": index, "frames": frames, "info": info, "error": ""}
 
 
-def decode_video(path, sampling):
-    """(uint8 frames [F, 3, H, W], {"times", "indices", "duration"}) by the sampling rule."""
-    from data_loader import read_video, read_video_times
+def decode_video(path, sampling, decoder, device="cpu"):
+    """(uint8 frames [F, 3, H, W], info with "times", "indices", "duration") by the sampling
+    rule; the uniform rule's times are the sampled frames' presentation times."""
+    from clip_hitchhiker.video_decoders import frame_table
+    from data_loader import read_video
 
     if sampling["rule"] == "fps":
-        return read_video_times(path, fps=sampling["fps"], max_frames=sampling["max_frames"])
-    frames, info = read_video(path, sampling["num_frames"])
-    times, duration = _uniform_frame_times(path, info["indices"])
-    return frames, {**info, "times": times, "duration": duration}
-
-
-def _uniform_frame_times(path, indices):
-    """Presentation times (seconds) of frame numbers, and the duration, as decord reports them."""
-    import decord
-
+        return read_video(path, fps=sampling["fps"], max_frames=sampling["max_frames"],
+                          decoder=decoder, device=device)
+    frames, info = read_video(path, sampling["num_frames"], decoder=decoder, device=device)
     try:
-        reader = decord.VideoReader(str(path), num_threads=1)
-        stamps = reader.get_frame_timestamp(list(range(len(reader))))
-    except Exception as e:  # decord raises its own DECORDError
+        table = frame_table(path)
+    except Exception as e:  # the container's own errors
         raise VideoDecodeError(f"cannot read the frame times of {path}: {e}") from e
-    return [float(stamps[i][0]) for i in indices], float(stamps[-1][1])
+    times = [float(table.times[i]) for i in info["indices"]]
+    return frames, {**info, "times": times, "duration": float(table.duration)}
 
 
 def _collate(items):
@@ -200,6 +198,7 @@ def run_index(args):
     from data_loader import FramePreprocess
 
     device = _device(args.device)
+    check_decoder(args.decoder, args.decode_on)
     paths = writer_lib.list_videos(args.paths)
     model = load_model(args.backend, args.model, device, args.pretrained, args.download_root)
     preprocess = FramePreprocess(model.preprocess, frame_dtype_for(model.dtype),
@@ -209,7 +208,7 @@ def run_index(args):
     config = {"backend": args.backend, "model": _model_reference(args.model),
               "pretrained": args.pretrained, "model_id": model.model_id,
               "embed_dim": model.embed_dim, "preprocess": preprocess.describe(),
-              "sampling": sampling, "decoder": "pyav" if sampling["rule"] == "fps" else "decord"}
+              "sampling": sampling, "decoder": resolve_decoder(args.decoder)}
     writer = writer_lib.IndexWriter(args.index, config, args.stage1)
     try:
         found = {p: writer_lib.fingerprint(p) for p in paths}
@@ -241,9 +240,12 @@ def encode_and_commit(writer, model, to_encode, found, gone, sampling, preproces
                       device, args):
     """Decode and encode to_encode, committing every args.commit_every videos (and the pruned
     paths first). returns: {"encoded", "failed", "frames_encoded", "seconds"}."""
-    dataset = VideoFiles(to_encode, sampling, preprocess if placement == "workers" else None)
+    dataset = VideoFiles(to_encode, sampling, preprocess if placement == "workers" else None,
+                         resolve_decoder(args.decoder), decode_device(args.decode_on, device))
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size,
-                                         num_workers=args.num_workers, collate_fn=_collate)
+                                         num_workers=loader_workers(args.num_workers,
+                                                                    args.decode_on),
+                                         collate_fn=_collate)
     pending, failed, drop = [], [], list(gone)
     counts = {"encoded": 0, "failed": 0, "frames_encoded": 0, "capped": 0}
     start = last_commit = time.perf_counter()
@@ -294,7 +296,7 @@ def _encode(model, item, path, fp, preprocess, placement, device, frame_chunk):
     """One video's frames through the image encoder, in chunks of frame_chunk of its own frames
     (never mixed with another video's, so that its embeddings do not depend on its neighbours:
     an incremental build equals a fresh one bit for bit)."""
-    frames = item["frames"].to(device)
+    frames = item["frames"].to(device)  # decoded on the CPU, or already there (--decode_on)
     if placement == "device":
         frames = preprocess(frames)
     with torch.inference_mode():

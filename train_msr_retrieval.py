@@ -26,8 +26,9 @@ from clip_hitchhiker.clip_models import compute_embeddings
 from clip_hitchhiker.dataset_choice import build_dataset
 from clip_hitchhiker.errors import HitchhikerError, PeerFailure
 from clip_hitchhiker.model_options import (add_model_arguments, check_model_arguments,
-                                           resolve_preprocess_on)
+                                           decode_device, loader_workers, resolve_preprocess_on)
 from clip_hitchhiker.torchrun import collective_step, setup_context, teardown
+from clip_hitchhiker.video_decoders import check_decoder, decoder_line
 from clip_hitchhiker.training import (PRECISIONS, DualEncoder, EpochSampler, Trainer,
                                       TrainingClips, append_jsonl, build_optimizer,
                                       collate_clips, enable_vision_checkpointing, load_checkpoint,
@@ -117,14 +118,16 @@ def prepare(args, ctx):
     frame_preprocess = FramePreprocess(loaded.preprocess, torch.float32,
                                        antialias=args.antialias)
     on_device = resolve_preprocess_on(args.preprocess_on, ctx.device) == "device"
+    decoding = {"decoder": args.decoder, "decode_device": decode_device(args.decode_on,
+                                                                        ctx.device)}
     ids, paths, captions = training_videos(args)
     clips = TrainingClips(ids, paths, captions, None if on_device else frame_preprocess,
-                          args.num_frames, args.seed)
+                          args.num_frames, args.seed, **decoding)
     eval_set, _ = build_dataset(frame_preprocess, args.num_frames,
                                 dataset="csv" if args.eval_csv else "msrvtt", csv=args.eval_csv,
                                 video_root=args.video_root if args.eval_csv else None,
                                 data_root=args.data_root, urls={"msrvtt": args.msrvtt_url},
-                                download=False)
+                                download=False, **decoding)
     model = DualEncoder(loaded.module, args.qs_temperature, args.learn_qs_temperature)
     if args.grad_checkpointing:
         enable_vision_checkpointing(loaded.module)
@@ -152,7 +155,9 @@ def evaluate_epoch(loaded, eval_set, ctx, args):
     loaded.module.eval()
     with torch.inference_mode():
         content, _ = compute_embeddings(loaded, eval_set, ctx, batch_size=1,
-                                        num_workers=args.num_workers, frame_chunk=256)
+                                        num_workers=loader_workers(args.num_workers,
+                                                                   args.decode_on),
+                                        frame_chunk=256)
     loaded.module.train()
     if not ctx.is_main:
         return None
@@ -176,6 +181,9 @@ def main(args):
 
 
 def _run(args, ctx):
+    check_decoder(args.decoder, args.decode_on)
+    if ctx.is_main:
+        print(decoder_line(args.decoder, args.decode_on), file=sys.stderr)  # stdout: results
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     loaded, model, clips, eval_set, device_preprocess = collective_step(
@@ -192,7 +200,8 @@ def _run(args, ctx):
         clips.set_epoch(epoch)
         sampler.set_position(epoch, batch_in_epoch)
         loader = DataLoader(clips, batch_size=args.batch_size // ctx.world_size, sampler=sampler,
-                            num_workers=args.num_workers, collate_fn=collate_clips,
+                            num_workers=loader_workers(args.num_workers, args.decode_on),
+                            collate_fn=collate_clips,
                             pin_memory=ctx.device.type == "cuda", drop_last=True)
         for batch in tqdm(loader, desc=f"epoch {epoch}", disable=not ctx.is_main):
             loss = trainer.train_step(batch, device_preprocess)

@@ -67,6 +67,41 @@ def check_decode(csv, frames, workers, sizes):
               f"workers, batch 4, no model; worker start-up included)")
 
 
+def check_gpu_decode(csv, device, sizes):
+    """torchcodec decoding on the device (--decode_on device) against torchcodec on the CPU:
+    throughput and the largest pixel difference. Nothing depends on it; a machine without
+    torchcodec or its FFmpeg libraries says so and goes on."""
+    from clip_hitchhiker.errors import ConfigError
+    from clip_hitchhiker.video_decoders import load_torchcodec
+    from data_loader import read_video
+    try:
+        load_torchcodec()
+    except ConfigError as e:
+        print(f"gpu decode: skipped ({e})")
+        return
+    paths = sorted(csv.parent.glob("*.mp4"))
+    num_frames = sizes["frames"][-1]
+    seconds, largest = {}, 0
+    for where in ("cpu", str(device)):
+        read_video(paths[0], num_frames, decoder="torchcodec", device=where)  # warm-up
+        synchronize(torch.device(where))
+        start = time.perf_counter()
+        decoded = [read_video(p, num_frames, decoder="torchcodec", device=where)[0]
+                   for p in paths]
+        synchronize(torch.device(where))
+        seconds[where] = time.perf_counter() - start
+        if where == "cpu":
+            on_cpu = decoded
+        else:
+            largest = max(int((d.cpu().int() - c.int()).abs().max())
+                          for d, c in zip(decoded, on_cpu))
+    frames = len(paths) * num_frames
+    print(f"gpu decode: {frames / seconds[str(device)]:9.1f} frames/s on {device}, "
+          f"{frames / seconds['cpu']:9.1f} frames/s on the CPU (one thread); max |pixel "
+          f"difference| {largest} levels  (torchcodec, {len(paths)} videos x {num_frames} "
+          "frames, one process, no DataLoader)")
+
+
 def check_preprocess_difference(csv, frames, device):
     """Largest difference of the device preprocessing from the CPU workers' on real frames."""
     from data_loader import read_video_frames
@@ -181,6 +216,7 @@ def main():
           f" s at 30 fps, {MSRVTT_MEAN_KBPS} kbit/s, in {time.perf_counter() - start:.1f} s")
     check_encode(model, device, sizes)
     check_decode(csv, frames, workers, sizes)
+    check_gpu_decode(csv, device, sizes)
     check_preprocess_difference(csv, frames, device)
     check_end_to_end(csv, model, frames, device, workers, sizes)
     check_similarity(device, sizes)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# GPU check: prints encode, decode, end-to-end and similarity figures, and saves them.
+# GPU check: prints encode, decode (CPU workers, and torchcodec on the GPU), end-to-end and
+# similarity figures, and saves them.
 #   bash bench/gpu_check.sh [--wheels DIR] [--out FILE] [--cpu-dry-run]
 # Uses the machine's own torch. Packages it lacks (decord, openai-clip, ftfy, av, ...) are
 # installed from DIR with no network; fill DIR beforehand with bench/fetch_gpu_wheels.sh.

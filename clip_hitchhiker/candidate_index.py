@@ -1,12 +1,14 @@
-"""Stage 1 of search: a FAISS index over each video's mean frame embedding (unit length, inner
-product), which proposes candidate videos that stage 2 scores exactly by query-scoring.
+"""Stage 1 of search: a FAISS index over segment means, the mean embedding of each run of
+SEGMENT_FRAMES consecutive frames of a video (unit length, inner product). It proposes candidate
+videos that stage 2 scores exactly by query-scoring. Segment means, not one mean per video, so
+that a video where the query fills only a minute still comes up.
 
-Types, chosen by size unless the user says otherwise (`--stage1`):
-    flat    exact inner product over every mean (fast enough up to FLAT_LIMIT videos)
-    ivfpq   inverted lists (about 4 sqrt(n) of them) with 64-byte product-quantised codes in RAM
+Types, chosen by the number of vectors unless the user says otherwise (`--stage1`):
+    flat    exact inner product over every vector (fast enough up to FLAT_LIMIT vectors)
+    ivfpq   inverted lists (about 4 sqrt(n)) with 64-byte product-quantised codes in RAM
     hnsw    a graph over the full vectors (no removal: pruning rebuilds it)
-Ids are the videos' stable ids in the table, so additions and removals update the index in
-place and a search returns ids, not rows.
+A vector's id is video id * 2^16 + its segment number, so additions and removals update the
+index in place and a search gives videos, not rows.
 """
 import math
 
@@ -17,13 +19,40 @@ __all__ = ["FLAT_LIMIT", "STAGE1_TYPES", "build", "choose_type", "deserialize", 
 
 STAGE1_TYPES = ("auto", "flat", "ivfpq", "hnsw")
 FLAT_LIMIT = 200_000
+SEGMENT_FRAMES = 8
+_SEGMENT_BITS = 16
 _PQ_BYTES = 64
 _HNSW_NEIGHBOURS = 32
 _DEFAULT_NPROBE = 64
 
 
+def segment_means(frames):
+    """frames: [F, D] (any float). returns: float32 [ceil(F / SEGMENT_FRAMES), D], the mean of
+    each run of SEGMENT_FRAMES consecutive frames (the last run may be shorter)."""
+    frames = np.asarray(frames, dtype=np.float32)
+    starts = np.arange(0, len(frames), SEGMENT_FRAMES)
+    counts = np.diff(np.append(starts, len(frames))).astype(np.float32)
+    return np.add.reduceat(frames, starts, axis=0) / counts[:, None]
+
+
+def segment_count(num_frames):
+    return -(-int(num_frames) // SEGMENT_FRAMES)
+
+
+def vector_ids(video_ids, num_frames):
+    """int64 ids of the segment vectors of videos (video_ids [n], num_frames [n]), in order."""
+    return np.concatenate([(int(v) << _SEGMENT_BITS) + np.arange(segment_count(f))
+                           for v, f in zip(video_ids, num_frames)] or [np.zeros(0, np.int64)])
+
+
+def video_ids_of(ids):
+    """The video id of each vector id (-1 stays -1)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    return np.where(ids < 0, -1, ids >> _SEGMENT_BITS)
+
+
 def choose_type(requested, num_videos):
-    """requested: one of STAGE1_TYPES; auto is flat up to FLAT_LIMIT videos, else ivfpq."""
+    """requested: one of STAGE1_TYPES; auto is flat up to FLAT_LIMIT vectors, else ivfpq."""
     if requested not in STAGE1_TYPES:
         raise ValueError(f"stage-1 type must be one of {STAGE1_TYPES}, got {requested!r}")
     if requested != "auto":
@@ -72,8 +101,9 @@ def _trained_ivfpq(means, seed):
                                 faiss.METRIC_INNER_PRODUCT)
     sample = np.random.default_rng(seed).permutation(count)[:max(256 * nlist, 100_000)]
     index.train(means[np.sort(sample)])
-    index.nprobe = min(nlist, _DEFAULT_NPROBE)
-    return index, {"nlist": nlist, "pq_bytes": pq_bytes, "nbits": nbits, "nprobe": index.nprobe}
+    faiss.extract_index_ivf(index).nprobe = min(nlist, _DEFAULT_NPROBE)
+    return index, {"nlist": nlist, "pq_bytes": pq_bytes, "nbits": nbits,
+                   "nprobe": min(nlist, _DEFAULT_NPROBE)}
 
 
 def update(index, kind, remove_ids, add_means, add_ids):
@@ -98,17 +128,24 @@ def deserialize(data, params):
     import faiss
 
     index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
-    if "nprobe" in params:
-        faiss.extract_index_ivf(index).nprobe = params["nprobe"]
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and "nprobe" in params:
+        ivf.nprobe = params["nprobe"]
     return index
 
 
 def search(index, queries, count, nprobe=None):
-    """queries: [T, D] (any scale). returns: int64 [T, count] ids, -1 where fewer exist."""
+    """queries: [T, D] (any scale). returns: T lists of up to `count` video ids, best first
+    (the videos of the best 4 * count segment vectors)."""
     import faiss
 
-    if nprobe is not None:
-        faiss.extract_index_ivf(index).nprobe = nprobe
-    count = max(1, min(count, index.ntotal))
-    _, ids = index.search(unit_rows(queries), count)
-    return ids
+    ivf = faiss.try_extract_index_ivf(index)
+    if nprobe is not None and ivf is not None:
+        ivf.nprobe = nprobe
+    wanted = max(1, min(4 * count, index.ntotal))
+    _, ids = index.search(unit_rows(queries), wanted)
+    videos = []
+    for row in video_ids_of(ids):
+        unique = dict.fromkeys(int(v) for v in row if v >= 0)
+        videos.append(list(unique)[:count])
+    return videos

@@ -32,11 +32,13 @@ def dataset_folders(dataset, data_root):
 
 def build_dataset(preprocess, num_frames, *, dataset="msrvtt", split=None, csv=None,
                   video_root=None, data_root="./data", urls=None, prompts=("{}",),
-                  paragraph="concat", check_files=True, download=True):
+                  paragraph="concat", check_files=True, download=True, decoder="decord",
+                  decode_device="cpu"):
     """The named dataset's split (downloaded when missing, where it can be).
 
     preprocess: the workers' FramePreprocess, or None for raw uint8 frames (device placement).
-    urls: {name: url} overriding DEFAULT_URLS. Items report decode failures instead of raising
+    urls: {name: url} overriding DEFAULT_URLS. decoder, decode_device: read_video's (the cache
+    key names them beside the dataset). Items report decode failures instead of raising
     (the caller decides). returns: (dataset, dataset_id: a JSON-able dict that names the data
     and the query texts, for the cache key).
     """
@@ -72,6 +74,7 @@ def build_dataset(preprocess, num_frames, *, dataset="msrvtt", split=None, csv=N
                       "video_root": str(Path(video_root).resolve())}
     else:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    built.set_decoder(decoder, decode_device)
     texts, text_queries = built.text_rows()
     queries = json.dumps([built.queries.to_numpy().tolist(), texts, text_queries]).encode()
     dataset_id["queries_sha256"] = hashlib.sha256(queries).hexdigest()

@@ -1,13 +1,16 @@
-"""The model, device and preprocessing options that the evaluator, the trainer and the search
-indexer share: declared once here, checked once here, so that the scripts cannot drift apart.
+"""The model, device, preprocessing and decoder options that the evaluator, the trainer and the
+search indexer share: declared once here, checked once here, so that the scripts cannot drift
+apart.
 """
 import os
 import re
 
 from clip_hitchhiker.backends import BACKENDS
+from clip_hitchhiker.errors import ConfigError
+from clip_hitchhiker.video_decoders import DECODE_ON, DECODERS
 
 __all__ = ["DEVICE_PATTERN", "PREPROCESS_ON", "add_encoding_arguments", "add_model_arguments",
-           "check_model_arguments", "resolve_preprocess_on"]
+           "check_model_arguments", "decode_device", "loader_workers", "resolve_preprocess_on"]
 
 PREPROCESS_ON = ("auto", "workers", "device")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -15,7 +18,7 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 def add_model_arguments(parser, *, download_root=True):
     """--backend, --model, --pretrained, (--download_root), --device, --num_workers, --antialias,
-    --preprocess_on, as one argument group."""
+    --preprocess_on, --decoder, --decode_on, as one argument group."""
     group = parser.add_argument_group("model and preprocessing")
     add = group.add_argument
     add("--backend", default="clip", choices=BACKENDS,
@@ -40,6 +43,14 @@ def add_model_arguments(parser, *, download_root=True):
         help="where frames are resized, cropped and normalised: in the DataLoader workers, or "
              "on the model's device from the decoded uint8 frames (auto: device on CUDA, "
              "workers otherwise)")
+    add("--decoder", default="decord", choices=DECODERS,
+        help="the video decoder: decord (the release's; default), pyav (FFmpeg in its wheel, "
+             "installs anywhere), torchcodec (needs FFmpeg's shared libraries), or auto "
+             "(decord when it imports, else pyav; pyav also for a video decord cannot read). "
+             "All give the same frames: see docs/decoders.md")
+    add("--decode_on", default="cpu", choices=DECODE_ON,
+        help="where videos are decoded: cpu (default) or device (--decoder torchcodec on the "
+             "CUDA --device; decoding then runs in the main process, --num_workers 0)")
     return group
 
 
@@ -64,6 +75,10 @@ def check_model_arguments(parser, args):
     if args.pretrained is not None and args.backend != "open_clip":
         parser.error("--pretrained is for --backend open_clip; with clip, --model names the "
                      "weights")
+    decode_on = getattr(args, "decode_on", "cpu")
+    if decode_on == "device" and (args.decoder != "torchcodec" or args.device == "cpu"):
+        parser.error(f"--decode_on device decodes with --decoder torchcodec on a CUDA --device, "
+                     f"got --decoder {args.decoder} --device {args.device}")
     if not DEVICE_PATTERN.fullmatch(args.device):
         parser.error(f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r} (other "
                      "accelerators such as mps are not supported)")
@@ -77,3 +92,20 @@ def resolve_preprocess_on(preprocess_on, device):
     if preprocess_on == "auto":
         return "device" if device.type == "cuda" else "workers"
     return preprocess_on
+
+
+def decode_device(decode_on, device):
+    """Where read_video decodes: "cpu", or the model's CUDA device for --decode_on device."""
+    if decode_on not in DECODE_ON:
+        raise ValueError(f"decode_on must be one of {DECODE_ON}, got {decode_on!r}")
+    if decode_on == "cpu":
+        return "cpu"
+    if device.type != "cuda":
+        raise ConfigError(f"--decode_on device decodes on CUDA, but the run's device is "
+                          f"{device}; use --decode_on cpu")
+    return str(device)
+
+
+def loader_workers(num_workers, decode_on):
+    """DataLoader workers: none when decoding on the GPU (forked workers cannot use CUDA)."""
+    return 0 if decode_on == "device" else num_workers

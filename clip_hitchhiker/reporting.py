@@ -169,7 +169,8 @@ def run_manifest(content):
 
 def compare_reports(earlier, current, earlier_name, limit=10):
     """Lines that say how current differs from an earlier report: split, versions, metrics per
-    aggregation, and the videos decoded differently (frame count, indices, resolution)."""
+    aggregation, and the videos decoded differently (decoder, frame count, indices,
+    resolution)."""
     lines = [f"compared with {earlier_name}:"]
     old_manifest, new_manifest = earlier.get("manifest", {}), current["manifest"]
     same_split = old_manifest.get("split_sha256") == new_manifest["split_sha256"]
@@ -195,8 +196,11 @@ def _video_differences(old_videos, new_videos, limit):
     changed = []
     for video_id in sorted(set(old_videos) & set(new_videos)):
         old, new = old_videos[video_id], new_videos[video_id]
+        # Reports from before the decoder was recorded were all decord's.
+        old, new = {"decoder": "decord", **old}, {"decoder": "decord", **new}
         fields = [f"{field} {_short(old[field])} -> {_short(new[field])}"
-                  for field in ("frames", "indices", "resolution") if old[field] != new[field]]
+                  for field in ("decoder", "frames", "indices", "resolution")
+                  if old[field] != new[field]]
         if fields:
             changed.append(f"  {video_id}: " + "; ".join(fields))
     only_old = sorted(set(old_videos) - set(new_videos))

@@ -50,10 +50,12 @@ class TrainingClips(Dataset):
     random frame per segment, drawn from (seed, e, i). Items: {"index", "video" [F, 3, R, R] (or
     raw uint8 frames when preprocess is None), "caption"}.
 
-    captions: {video_id: [captions]}; video_paths: {video_id: path}.
+    captions: {video_id: [captions]}; video_paths: {video_id: path}; decoder, decode_device:
+    read_video's.
     """
 
-    def __init__(self, video_ids, video_paths, captions, preprocess, num_frames, seed=0):
+    def __init__(self, video_ids, video_paths, captions, preprocess, num_frames, seed=0,
+                 decoder="decord", decode_device="cpu"):
         missing = [v for v in video_ids if not captions.get(v)]
         if missing:
             raise ConfigError(f"{len(missing)} training videos have no caption, e.g. "
@@ -61,6 +63,7 @@ class TrainingClips(Dataset):
         self.video_ids = list(video_ids)
         self.video_paths, self.captions = video_paths, captions
         self.preprocess, self.num_frames, self.seed = preprocess, num_frames, seed
+        self.decoder, self.decode_device = decoder, decode_device
         self.epoch = 0
 
     def set_epoch(self, epoch):
@@ -75,7 +78,8 @@ class TrainingClips(Dataset):
         captions = self.captions[video_id]
         caption = captions[int(rng.integers(len(captions)))]
         frames, _ = read_video(self.video_paths[video_id], self.num_frames,
-                               sample=lambda n, f: random_frame_indices(n, f, rng))
+                               sample=lambda n, f: random_frame_indices(n, f, rng),
+                               decoder=self.decoder, device=self.decode_device)
         video = frames if self.preprocess is None else self.preprocess(frames)
         return {"index": index, "video": video, "caption": caption}
 

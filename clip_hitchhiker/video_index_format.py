@@ -5,8 +5,9 @@ An index folder holds:
     manifest.json                  what is committed: written last, atomically (os.replace)
     videos-<generation>.parquet    one row per video (see TABLE_SCHEMA)
     frames-<generation>-r<rank>.npy   float16 [N, D] frame embeddings, row-major, memory-mappable
-    means-<generation>-r<rank>.npy    float32 [n, D] each video's mean frame embedding
-    stage1-<generation>.faiss      FAISS index over the per-video means (ids: the table's "id")
+    means-<generation>-r<rank>.npy    float32 [n, D] segment means: of each run of 8 frames
+    stage1-<generation>.faiss      FAISS index over the segment means (ids: the table's "id"
+                                   * 2^16 + the segment's number)
     .lock                          held by the one writer
 
 Files are never changed once written: a commit writes new files under new names, then the
@@ -51,8 +52,9 @@ TABLE_COLUMNS = {
     "frames_file": "string: the frames-*.npy file holding its frames",
     "offset": "int64: its first row in that file (its frames are rows offset..offset+F-1)",
     "frames_crc32": "int64: zlib.crc32 of its float16 frame rows' bytes",
-    "means_file": "string: the means-*.npy file holding its mean frame embedding",
-    "mean_row": "int64: its row in that file",
+    "means_file": "string: the means-*.npy file holding its segment means",
+    "mean_row": "int64: its first row there (it has ceil(F / 8) rows: the means of frames "
+                "0-7, 8-15, ...)",
 }
 _INDEX_FILE = re.compile(r"(manifest\.json|videos-\d+\.parquet|(frames|means)-\d+-r\d+\.npy|"
                          r"stage1-\d+\.faiss)")
@@ -241,6 +243,21 @@ def read_table(folder, manifest):
         else:
             columns[column] = values.to_numpy()
     return columns
+
+
+def segment_vectors(folder, table, dim, maps=None):
+    """The segment means of every video of table, float32 [N, D], and their int64 ids [N]."""
+    from clip_hitchhiker.candidate_index import segment_count, vector_ids
+
+    maps = {} if maps is None else maps
+    counts = [len(t) for t in table["frame_times"]]
+    blocks = []
+    for name, row, count in zip(table["means_file"], table["mean_row"], counts):
+        if name not in maps:
+            maps[name] = open_npy(folder, name, np.float32)
+        blocks.append(maps[name][row:row + segment_count(count)])
+    vectors = np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32)
+    return vectors, vector_ids(table["id"], counts)
 
 
 def empty_table():

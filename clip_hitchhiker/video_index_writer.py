@@ -17,6 +17,7 @@ import numpy as np
 
 from clip_hitchhiker import candidate_index
 from clip_hitchhiker import video_index_format as fmt
+from clip_hitchhiker.embedding_cache import write_atomically
 from clip_hitchhiker.errors import ConfigError, VideoIndexError
 from clip_hitchhiker.run_folder import FolderLock
 
@@ -176,8 +177,10 @@ class IndexWriter:
         generation = self.generation + 1
         replaced = set(drop) | {v.path for v in encoded} | {p for p, _, _ in failed}
         keep = [r for r, p in enumerate(self.table["path"]) if p not in replaced]
-        removed_ids = [int(self.table["id"][r]) for r in range(len(self.table["path"]))
-                       if self.table["path"][r] in replaced]
+        removed = [r for r in range(len(self.table["path"])) if self.table["path"][r] in replaced]
+        removed_ids = candidate_index.vector_ids(
+            [self.table["id"][r] for r in removed],
+            [len(self.table["frame_times"][r]) for r in removed])
         new_rows, new_means = self._write_new_videos(encoded, generation, between_halves)
         table = {c: [self.table[c][r] for r in keep] + new_rows[c] for c in fmt.TABLE_COLUMNS}
         order = sorted(range(len(table["path"])), key=lambda r: table["path"][r])
@@ -188,8 +191,9 @@ class IndexWriter:
             self.skipped[path] = {"path": path, **fp, "reason": reason}
         table_name = f"videos-{generation:06d}.parquet"
         fmt.write_table(self.folder / table_name, table)
-        stage1_name = self._write_stage1(table, generation, removed_ids, new_rows["id"],
-                                         new_means)
+        added_ids = candidate_index.vector_ids(new_rows["id"],
+                                               [len(t) for t in new_rows["frame_times"]])
+        stage1_name = self._write_stage1(table, generation, removed_ids, added_ids, new_means)
         files = {n: (self.manifest["files"][n] if self.manifest and n in self.manifest["files"]
                      else fmt.file_record(self.folder, n))
                  for n in sorted(set(table["frames_file"]) | set(table["means_file"]))}
@@ -216,46 +220,39 @@ class IndexWriter:
         frames_name = f"frames-{generation:06d}-r0.npy"
         means_name = f"means-{generation:06d}-r0.npy"
         frames = np.concatenate([v.frames for v in encoded])
-        means = np.stack([v.frames.astype(np.float32).mean(0) for v in encoded])
+        segment_means = [candidate_index.segment_means(v.frames) for v in encoded]
+        means = np.concatenate(segment_means)
         fmt.write_npy(self.folder / frames_name, frames, between_halves)
         fmt.write_npy(self.folder / means_name, means)
-        offset = 0
-        for i, video in enumerate(encoded):
+        offset, mean_row = 0, 0
+        for video, video_means in zip(encoded, segment_means):
             values = {"id": self.next_id, "path": video.path, **video.fingerprint,
                       "duration": float(video.duration),
                       "frame_times": [float(t) for t in video.times],
                       "frame_indices": [int(x) for x in video.indices],
                       "frames_file": frames_name, "offset": offset,
                       "frames_crc32": fmt.frames_crc32(video.frames),
-                      "means_file": means_name, "mean_row": i}
+                      "means_file": means_name, "mean_row": mean_row}
             for column in fmt.TABLE_COLUMNS:
                 rows[column].append(values[column])
             self.next_id += 1
             offset += len(video.frames)
+            mean_row += len(video_means)
         return rows, means
 
     def _write_stage1(self, table, generation, removed_ids, added_ids, added_means):
-        kind = candidate_index.choose_type(self.stage1_request, len(table["path"]))
+        vectors = sum(candidate_index.segment_count(len(t)) for t in table["frame_times"])
+        kind = candidate_index.choose_type(self.stage1_request, vectors)
         rebuild = (self.stage1 is None or kind != self.stage1_kind or not candidate_index.update(
             self.stage1, kind, removed_ids, added_means, added_ids))
         if rebuild:
-            means = self._all_means(table)
-            self.stage1, self.stage1_params = candidate_index.build(kind, means, table["id"])
+            means, ids = fmt.segment_vectors(self.folder, table, self.config["embed_dim"])
+            self.stage1, self.stage1_params = candidate_index.build(kind, means, ids)
             self.stage1_kind = kind
         name = f"stage1-{generation:06d}.faiss"
         data = candidate_index.serialize(self.stage1)
-        from clip_hitchhiker.embedding_cache import write_atomically
         write_atomically(self.folder / name, lambda tmp: Path(tmp).write_bytes(data))
         return name
-
-    def _all_means(self, table):
-        means = np.zeros((len(table["path"]), self.config["embed_dim"]), np.float32)
-        maps = {}
-        for r, (name, row) in enumerate(zip(table["means_file"], table["mean_row"])):
-            if name not in maps:
-                maps[name] = fmt.open_npy(self.folder, name, np.float32)
-            means[r] = maps[name][row]
-        return means
 
 
 def refuse_other_config(folder, recorded, wanted):

@@ -28,7 +28,7 @@ from query_scoring import (queryscoring_frame_weights, similarity_meanpooling,
 __all__ = ["AGGREGATES", "DEFAULT_CANDIDATES", "VideoIndex"]
 
 AGGREGATES = ("queryscoring", "mean")
-DEFAULT_CANDIDATES = 200
+DEFAULT_CANDIDATES = 50
 _EXACT_BLOCK_FRAMES = 1 << 16   # frames scored per block by the exhaustive search
 _OPEN_RETRIES = 5               # a writer may commit (and remove old files) while we open
 
@@ -83,19 +83,10 @@ class VideoIndex:
         except (VideoIndexError, RuntimeError) as e:
             warnings.warn(f"{e}: rebuilding the stage-1 index in memory from the means files "
                           "(run search_videos.py index again to rewrite it)", stacklevel=3)
-        means = self.video_means(np.arange(len(self.table["id"])))
-        index, _ = candidate_index.build(stage1["type"], means, self.table["id"])
+        vectors, ids = fmt.segment_vectors(self.folder, self.table,
+                                               self.config["embed_dim"], self._maps)
+        index, _ = candidate_index.build(stage1["type"], vectors, ids)
         return index
-
-    def video_means(self, rows):
-        """float32 [len(rows), D]: the stored mean frame embedding of each table row."""
-        out = np.zeros((len(rows), self.config["embed_dim"]), dtype=np.float32)
-        for i, row in enumerate(rows):
-            name = self.table["means_file"][row]
-            if name not in self._maps:
-                self._maps[name] = fmt.open_npy(self.folder, name, np.float32)
-            out[i] = self._maps[name][self.table["mean_row"][row]]
-        return out
 
     # ------------------------------------------------------------------------------------------
     # Reading
@@ -176,9 +167,20 @@ class VideoIndex:
                            aggregate, mass) for t in range(len(text_embeds))]
 
     def _hits(self, text_embed, rows, temperature, aggregate, mass):
-        """The hits of the best rows, each scored again on its own (no padding, no block), so
-        that both stages and the exhaustive search give a video the same score to the bit."""
-        hits = [self._hit(row, text_embed, temperature, aggregate, mass) for row in rows]
+        """The hits of the best rows, scored again together in row order, so that both stages
+        and the exhaustive search give the same hits the same scores to the bit."""
+        if not rows:
+            return []
+        rows = sorted(rows)
+        frames, mask = self.padded_frames(rows)  # [k, F, D], [k, F]
+        text = text_embed[None]  # [1, D]
+        if aggregate == "mean":
+            scores = similarity_meanpooling(text, frames, video_mask=mask)[0]
+        else:
+            scores = similarity_queryscoring(text, frames, temperature, video_mask=mask)[0]
+        weights = queryscoring_frame_weights(text, frames, temperature, video_mask=mask)[0]
+        hits = [self._hit(row, float(score), w[m].numpy(), mass)
+                for row, score, w, m in zip(rows, scores, weights, mask)]
         hits.sort(key=lambda h: -h["score"])  # stable: ties keep the earlier row first
         return [{"rank": rank, **hit} for rank, hit in enumerate(hits, start=1)]
 
@@ -210,17 +212,11 @@ class VideoIndex:
         rows = np.arange(len(self))
         return [_top_k(scores[t], rows, k) for t in range(len(text_embeds))]
 
-    def _hit(self, row, text_embed, temperature, aggregate, mass):
-        frames = torch.from_numpy(self.frames(row).astype(np.float32))[None]  # [1, F, D]
-        text = text_embed[None]  # [1, D]
-        if aggregate == "mean":
-            score = similarity_meanpooling(text, frames)[0, 0]
-        else:
-            score = similarity_queryscoring(text, frames, temperature)[0, 0]
-        weights = queryscoring_frame_weights(text, frames, temperature)[0, 0].numpy()
+    def _hit(self, row, score, weights, mass):
+        """weights: [F] the query-scoring weights of the row's frames."""
         times, duration = self.table["frame_times"][row], float(self.table["duration"][row])
         moment = moment_from_weights(weights, times, duration, mass)
-        return {"video": self.table["path"][row], "score": float(score), **moment,
+        return {"video": self.table["path"][row], "score": score, **moment,
                 "duration": duration, "peak_frame": int(np.argmax(weights))}
 
     # ------------------------------------------------------------------------------------------

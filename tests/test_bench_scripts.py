@@ -29,6 +29,9 @@ def test_gpu_check_cpu_dry_run(tmp_path):
     assert len(re.findall(r"^embeddings device vs workers preprocessing, \d+ frames: max "
                           r"\|difference\| 0\.00e\+00", text, re.M)) == 2
     assert re.search(r"^scoring: .* metrics identical: True", text, re.M)
+    # torchcodec on the "device" (the CPU here) against the CPU: the same decoder, no difference.
+    assert re.search(r"^gpu decode: +[\d.]+ frames/s on cpu, .* max \|pixel difference\| 0 "
+                     r"levels", text, re.M)
     assert re.search(r"^similarity_queryscoring torch.float32: .* \([\d.]+x\)", text, re.M)
     assert re.search(r"^similarity_queryscoring torch.bfloat16: .* \([\d.]+x\)", text, re.M)
 
@@ -53,10 +56,20 @@ def test_bench_long_video_quick(tmp_path):
                              "--quick", "--repeats", "1", "--work_dir", str(tmp_path)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    lines = re.findall(r"^(.*): +(\d+) of (\d+) frames in +[\d.]+ s; decoding all (\d+) takes",
-                       result.stdout, re.M)
-    assert [(n, total) for _, n, total, _ in lines] == [("32", "180"), ("120", "180"),
-                                                        ("32", "60"), ("120", "60")]
+    floors = re.findall(r"^([\d.]+) min, key frame every (\d+) s \((\d+) frames\): floor",
+                        result.stdout, re.M)
+    assert floors == [("0.2", "2", "360"), ("0.2", "10", "360"), ("0.4", "2", "720"),
+                      ("0.4", "10", "720")]
+    modes = re.findall(r"^0.2 min, key frame every 2 s: (\w+) +(\w+) +(\d+) frames +[\d.]+ s per "
+                       r"video-hour \([\d.]+x the floor", result.stdout, re.M)
+    # 12 s at 1 fps: 12 frames; key frames every 2 s nearest the midpoints: 6.
+    expected = [("num_frames", 120), ("fps", 12), ("keyframes", 6)]
+    assert [(d, m, int(n)) for d, m, n in modes] == (
+        [("decord", m, n) for m, n in expected] + [("pyav", m, n) for m, n in expected] +
+        [("pyav", "fps_no_seek", 12)] + [("torchcodec", m, n) for m, n in expected])
+    clips = re.findall(r"^320x240 clips: (\w+) +num_frames 16: +[\d.]+ ms per clip \(([\d.]+)x "
+                       r"decord\)", result.stdout, re.M)
+    assert [d for d, _ in clips] == ["decord", "pyav", "torchcodec"] and clips[0][1] == "1.00"
 
 
 def test_bench_pipeline_quick(tmp_path):

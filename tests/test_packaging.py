@@ -12,6 +12,8 @@ REPO = Path(__file__).resolve().parent.parent
 PUBLIC_IMPORTS = {
     "query_scoring": ["similarity_queryscoring", "similarity_meanpooling"],
     "metrics": ["t2v_metrics", "v2t_metrics"],
+    "search_videos": ["parse_args", "main", "cli"],
+    "clip_hitchhiker.video_search": ["VideoIndex"],
     "data_loader": ["sample_frame_indices", "read_video_decord", "MSRVTTDataset", "CSVDataset",
                     "download_msrvtt", "load_msrvtt_split"],
 }
@@ -49,6 +51,11 @@ def test_fresh_install_runs_from_another_directory(tmp_path):
                                text=True, timeout=120)
     assert help_text.returncode == 0, help_text.stderr[-2000:]
     assert "--num_frames" in help_text.stdout and "--skip_bad_videos" in help_text.stdout
+    search_help = subprocess.run([sys.executable, str(target / "bin" / "search-videos"), "index",
+                                  "--help"], cwd=elsewhere, env=env, capture_output=True,
+                                 text=True, timeout=120)
+    assert search_help.returncode == 0, search_help.stderr[-2000:]
+    assert "--max_frames" in search_help.stdout and "--decoder" in search_help.stdout
     imports = "; ".join(f"from {module} import {', '.join(names)}"
                         for module, names in PUBLIC_IMPORTS.items())
     check = (f"{imports}; import clip_hitchhiker.embedding_cache as c, query_scoring as q; "

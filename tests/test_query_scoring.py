@@ -54,7 +54,8 @@ def test_hand_computed_one_hot_frames():
     assert got_scores == pytest.approx(math.e / (math.e + 1), abs=1e-15)
 
 
-@pytest.mark.parametrize("F,D", [(3, 4), (6, 4), (1, 5)])  # Gram form (F <= D) and direct u (F > D)
+# 7 texts: Gram form where F (D + 7) < 7 D ((2, 8), (1, 5)), else direct u ((3, 4), (6, 4)).
+@pytest.mark.parametrize("F,D", [(3, 4), (6, 4), (1, 5), (2, 8)])
 @pytest.mark.parametrize("mean", ["feats", "scores"])
 @pytest.mark.parametrize("temperature", [1e-3, 0.1, 1.0, 1e3])
 def test_matches_direct_formula_float64(F, D, mean, temperature):
@@ -230,7 +231,7 @@ def best_frame_cosines(text, vids):
                                                (torch.float32, 1e-45), (torch.float32, 1e-39),
                                                (torch.float32, 1e-300), (torch.float32, 1e-7)])
 @pytest.mark.parametrize("mean", ["feats", "scores"])
-@pytest.mark.parametrize("F,D", [(3, 4), (6, 4)])  # Gram form and direct u
+@pytest.mark.parametrize("F,D", [(2, 8), (6, 4)])  # Gram form and direct u (7 texts)
 def test_any_positive_temperature_gives_the_best_frame_limit(dtype, temperature, mean, F, D):
     text, vids = random_inputs(7, 5, F, D, dtype=dtype)
     got = similarity_queryscoring(text, vids, temperature, mean=mean)

@@ -147,8 +147,8 @@ def test_manifest_records_what_was_decoded(tmp_path, data_root, tiny_clip_files,
     assert set(manifest["videos"]) == set(info["lists"]["jsfusion"])
     for video_id, decoded in manifest["videos"].items():
         count = info["frame_counts"][video_id]
-        assert decoded == {"frames": count, "indices": sample_frame_indices(count, 4),
-                           "resolution": [48, 64]}
+        assert decoded == {"decoder": "decord", "frames": count,
+                           "indices": sample_frame_indices(count, 4), "resolution": [48, 64]}
     ids = sorted(info["lists"]["jsfusion"])
     captions = [info["captions"][v][info["caption_index"][v]] for v in ids]
     assert manifest["split_sha256"] == hashlib.sha256(json.dumps([ids, captions]).encode()

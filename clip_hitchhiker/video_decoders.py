@@ -1,0 +1,383 @@
+"""The video decoders behind data_loader.read_video: decord (the release's), PyAV and torchcodec,
+and the rules they share, so that they return the same frames.
+
+One frame table for all: a video's frames are its stream's packets sorted by presentation time
+(decord and torchcodec's exact mode index a video this way too), so that "frame i" and the
+frame count mean the same thing to every decoder. The table is read by demuxing with PyAV (no
+decoding); decord's num_frames path keeps its own count (len(VideoReader)), which is built the
+same way.
+
+Frame choice is pure (choose_frames): by count (the release's uniform rule, on the table's
+length) or by time (clip_hitchhiker.sampling: the frame nearest each 1/fps-second segment's
+midpoint; with keyframes=True, the nearest key frame). Each decoder then only decodes a sorted
+list of frame indices, seeking where the chosen frames are far apart.
+"""
+import ctypes.util
+import functools
+import itertools
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from clip_hitchhiker.errors import ConfigError, VideoDecodeError
+from clip_hitchhiker.sampling import fps_sample_times, nearest_frame_indices
+
+__all__ = ["DECODERS", "DECODE_ON", "FFMPEG_LIBRARIES", "FrameTable", "check_decoder",
+           "choose_frames", "decode_frames", "decoder_id", "decoder_line", "frame_table",
+           "resolve_decoder"]
+
+DECODERS = ("decord", "pyav", "torchcodec", "auto")
+DECODE_ON = ("cpu", "device")
+# The FFmpeg shared libraries torchcodec loads (PyAV and decord bundle their own).
+FFMPEG_LIBRARIES = ("avutil", "avcodec", "avformat", "avdevice", "avfilter", "swscale",
+                    "swresample")
+FFMPEG_INSTALL_HINT = ("install FFmpeg's shared libraries (Debian/Ubuntu: apt-get install "
+                       "libavdevice59 or the ffmpeg package; conda: conda install ffmpeg), or "
+                       "use --decoder pyav")
+
+
+@dataclass(frozen=True)
+class FrameTable:
+    """A video stream's frames in presentation order, from its packets (nothing decoded).
+
+    pts: int64 [N] presentation timestamps in time_base units; key: bool [N] key frames;
+    start: the first frame's time and end: the last frame's end, in seconds.
+    """
+    pts: np.ndarray
+    key: np.ndarray
+    time_base: float
+    start: float
+    end: float
+
+    @property
+    def times(self):
+        """float64 [N] presentation times in seconds."""
+        return self.pts * self.time_base
+
+    @property
+    def duration(self):
+        return self.end - self.start
+
+
+# ----------------------------------------------------------------------------------------------
+# Choosing the decoder
+
+
+@functools.cache
+def decord_imports():
+    try:
+        import decord  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_decoder(decoder):
+    """The decoder that reads the videos: auto is decord when it imports, else PyAV."""
+    if decoder not in DECODERS:
+        raise ConfigError(f"--decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+    if decoder == "auto":
+        return "decord" if decord_imports() else "pyav"
+    return decoder
+
+
+def decoder_id(decoder, decode_on="cpu"):
+    """What the cache key and the report record: the decoder that reads the videos (auto's
+    choice, with its per-video fallback) and where it decodes."""
+    chosen = resolve_decoder(decoder)
+    fallback = ", pyav where decord fails" if decoder == "auto" and chosen == "decord" else ""
+    return f"{chosen}{fallback}" + (" on the device" if decode_on == "device" else "")
+
+
+def decoder_line(decoder, decode_on="cpu"):
+    """The line a run prints first: which decoder reads the videos, and why (for auto)."""
+    chosen = resolve_decoder(decoder)
+    if decoder == "auto":
+        why = ("decord imports; PyAV reads any video decord cannot" if chosen == "decord"
+               else "decord does not import here")
+        return f"decoder: {chosen} (auto: {why})"
+    return f"decoder: {chosen}" + (" on the device (CUDA)" if decode_on == "device" else "")
+
+
+def check_decoder(decoder, decode_on="cpu"):
+    """Raise ConfigError (one line, what to do) unless the decoder can run here."""
+    chosen = resolve_decoder(decoder)
+    if decode_on not in DECODE_ON:
+        raise ConfigError(f"--decode_on must be cpu or device, got {decode_on!r}")
+    if decode_on == "device" and chosen != "torchcodec":
+        raise ConfigError(f"--decode_on device needs --decoder torchcodec (got {decoder})")
+    if chosen == "decord" and not decord_imports():
+        raise ConfigError("--decoder decord: decord does not import here (its wheels are for "
+                          "x86-64 Linux and Windows); use --decoder pyav or auto")
+    if chosen == "torchcodec":
+        load_torchcodec()
+    if chosen == "pyav" or decoder == "auto":
+        _import_av()
+
+
+def load_torchcodec():
+    """torchcodec's VideoDecoder, or ConfigError naming the FFmpeg library that is missing."""
+    missing = [name for name in FFMPEG_LIBRARIES if ctypes.util.find_library(name) is None]
+    if missing:
+        raise ConfigError(f"--decoder torchcodec: FFmpeg's shared library lib{missing[0]} is "
+                          f"not installed (torchcodec loads FFmpeg from the system); "
+                          f"{FFMPEG_INSTALL_HINT}")
+    try:
+        from torchcodec.decoders import VideoDecoder
+        from torchcodec._core import ops
+        # Loads the FFmpeg-dependent libraries now (torchcodec otherwise does on first use).
+        getattr(ops, "load_core_libraries", lambda: None)()
+    except ImportError as e:
+        raise ConfigError(f"--decoder torchcodec: torchcodec is not installed ({e}); pip install "
+                          "torchcodec, or use --decoder pyav") from e
+    except (OSError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"--decoder torchcodec: torchcodec cannot load FFmpeg ({first}); the "
+                          f"installed FFmpeg may be a version it does not support; "
+                          f"{FFMPEG_INSTALL_HINT}") from e
+    return VideoDecoder
+
+
+def _import_av():
+    try:
+        import av
+    except ImportError as e:
+        raise ConfigError(f"PyAV is not installed ({e}); pip install av") from e
+    return av
+
+
+# ----------------------------------------------------------------------------------------------
+# The frame table and the choice of frames (pure)
+
+
+def frame_table(video_path):
+    """The video stream's FrameTable, by demuxing its packets with PyAV (nothing decoded)."""
+    av = _import_av()
+    with av.open(str(video_path)) as container:
+        stream = container.streams.video[0]
+        pts, key, ends = [], [], []
+        for packet in container.demux(stream):
+            stamp = packet.pts if packet.pts is not None else packet.dts
+            if stamp is None:  # the demuxer's final empty packet
+                continue
+            pts.append(stamp)
+            key.append(packet.is_keyframe)
+            ends.append(stamp + (packet.duration or 0))
+        time_base = float(stream.time_base)
+    if not pts:
+        raise VideoDecodeError(f"video has no frames: {video_path}")
+    order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
+    pts = np.asarray(pts, dtype=np.int64)[order]
+    key = np.asarray(key, dtype=bool)[order]
+    start = float(pts[0] * time_base)
+    end = float(max(ends) * time_base)
+    if end <= float(pts[-1] * time_base):  # packets without durations: one frame interval more
+        step = float(np.median(np.diff(pts))) if len(pts) > 1 else 1.0
+        end = float((pts[-1] + step) * time_base)
+    return FrameTable(pts, key, time_base, start, end)
+
+
+def choose_frames(num_available, sample=None, num_frames=None, *, table=None, fps=None,
+                  max_frames=None, keyframes=False):
+    """The frame indices to decode.
+
+    By count: sample(num_available, num_frames), as the caller's rule gives them (repeats
+    allowed). By time (fps, with a FrameTable): for each 1/fps-second segment of [start, end)
+    (at most max_frames, sampling.fps_sample_times), the frame nearest its midpoint, or with
+    keyframes the nearest key frame; each frame once, ascending.
+    returns: list of ints.
+    """
+    if fps is None:
+        return [int(i) for i in sample(num_available, num_frames)]
+    targets = table.start + fps_sample_times(table.duration, fps, max_frames)
+    candidates = np.flatnonzero(table.key) if keyframes else np.arange(len(table.pts))
+    if len(candidates) == 0:
+        candidates = np.arange(len(table.pts))[:1]  # no flagged key frame: the first frame
+    nearest = candidates[nearest_frame_indices(targets, table.times[candidates])]
+    return [int(i) for i in np.unique(nearest)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoding a list of frame indices
+
+
+def decode_frames(decoder, video_path, request, num_threads=1, device="cpu"):
+    """Decode the frames request chooses, with decoder ("decord", "pyav" or "torchcodec").
+
+    request: {"num_frames", "sample"} or {"fps", "max_frames", "keyframes"}.
+    returns: (uint8 [S, 3, H, W] RGB on device, info: {"decoder", "frames": the frame count,
+    "indices": [S], "resolution": [H, W]}, plus "times" [S] (seconds) and "duration" for
+    time-based requests).
+    """
+    readers = {"decord": _read_decord, "pyav": _read_pyav, "torchcodec": _read_torchcodec}
+    if decoder not in readers:
+        raise ConfigError(f"decoder must be one of {', '.join(readers)}, got {decoder!r}")
+    video_path = str(video_path)
+    if not os.path.isfile(video_path):
+        raise VideoDecodeError(f"video file not found: {video_path}")
+    try:
+        frames, count, indices, times, table = readers[decoder](video_path, request,
+                                                                num_threads, device)
+    except (VideoDecodeError, ConfigError):
+        raise
+    except Exception as e:  # DECORDError, av.error.FFmpegError, RuntimeError from torchcodec
+        hint = "; try --decoder pyav" if decoder == "decord" else ""
+        message = " ".join(str(e).split())[:300]
+        raise VideoDecodeError(f"cannot decode {video_path} with {decoder}: {message}"
+                               f"{hint}") from e
+    info = {"decoder": decoder, "frames": int(count), "indices": indices,
+            "resolution": [int(frames.shape[2]), int(frames.shape[3])]}
+    if "fps" in request:
+        info["times"] = [float(t) for t in times]
+        info["duration"] = table.duration
+    return frames, info
+
+
+def _chosen(video_path, request, count, table):
+    if count < 1:
+        raise VideoDecodeError(f"video has no frames: {video_path}")
+    if "fps" in request:
+        return choose_frames(count, table=table, fps=request["fps"],
+                             max_frames=request.get("max_frames"),
+                             keyframes=request.get("keyframes", False))
+    return choose_frames(count, request["sample"], request["num_frames"])
+
+
+def _expand(unique_frames, unique_indices, indices):
+    """unique_frames [U, ...] for the sorted unique_indices, repeated to follow indices (no copy
+    when indices are those: hours of frames are large)."""
+    if list(unique_indices) == list(indices):
+        return unique_frames
+    position = {index: row for row, index in enumerate(unique_indices)}
+    return unique_frames[torch.tensor([position[i] for i in indices], dtype=torch.long)]
+
+
+def _read_decord(video_path, request, num_threads, device):
+    import decord
+    from torch.utils.dlpack import from_dlpack
+
+    reader = decord.VideoReader(video_path, num_threads=num_threads)
+    table = frame_table(video_path) if "fps" in request else None
+    count = len(reader)
+    if table is not None and len(table.pts) != count:
+        raise VideoDecodeError(f"{video_path}: decord counts {count} frames, the stream has "
+                               f"{len(table.pts)} packets; use --decoder pyav")
+    indices = _chosen(video_path, request, count, table)
+    batch = reader.get_batch(indices)
+    # DLPack hands over decord's buffer without the copy that asnumpy() makes.
+    frames = from_dlpack(batch.to_dlpack()).permute(0, 3, 1, 2)  # [S, 3, H, W]
+    times = table.times[indices] if table is not None else None
+    return frames, count, indices, times, table
+
+
+def _read_torchcodec(video_path, request, num_threads, device):
+    VideoDecoder = load_torchcodec()
+    table = frame_table(video_path)
+    # Exact mode indexes the frames by scanning the packets: the same table as frame_table's.
+    reader = VideoDecoder(video_path, seek_mode="exact", num_ffmpeg_threads=num_threads,
+                          device=str(device))
+    count = reader.metadata.num_frames
+    indices = _chosen(video_path, request, count, table)
+    unique = sorted(set(indices))
+    batch = reader.get_frames_at(unique)
+    frames = _expand(batch.data, unique, indices)  # [S, 3, H, W]
+    times = _expand(batch.pts_seconds, unique, indices).tolist()
+    return frames, count, indices, times, table
+
+
+def _read_pyav(video_path, request, num_threads, device):
+    av = _import_av()
+    table = frame_table(video_path)
+    indices = _chosen(video_path, request, len(table.pts), table)
+    unique = sorted(set(indices))
+
+    def open_stream():
+        container = av.open(video_path)
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = num_threads
+        if request.get("keyframes"):
+            stream.codec_context.skip_frame = "NONKEY"
+        return container, stream
+
+    images, times = _decode_at(open_stream, table, unique, request.get("keyframes", False))
+    frames = torch.from_numpy(images).permute(0, 3, 1, 2)  # [U, 3, H, W]
+    times = torch.tensor(times, dtype=torch.float64)
+    return (_expand(frames, unique, indices), len(table.pts), indices,
+            _expand(times, unique, indices).tolist(), table)
+
+
+# A seek costs about as much as decoding this many frames (the decoder restarts and refills its
+# reorder delay; 480p H.264, measured with bench/bench_long_video.py): only longer skips seek.
+SEEK_COST_FRAMES = 8
+# With only key frames decoded (skip_frame NONKEY), a seek costs about this many key frames.
+SEEK_COST_KEY_FRAMES = 3
+
+
+def _decode_at(open_stream, table, wanted, keyframes=False):
+    """Decode the frames at the sorted indices wanted (PyAV). Seek to the key frame before a
+    wanted frame when that skips more decoding than a seek costs (SEEK_COST_FRAMES, or with
+    keyframes, where only key frames are decoded, SEEK_COST_KEY_FRAMES), otherwise decode
+    forward. A seek that does not land on the key frame
+    asked for (AVI, which indexes decode order, with B-frames) turns seeking off for the video:
+    it is then decoded from its start, so the frames equal decoding everything and picking.
+    A frame is the wanted one when its timestamp is the table's; should the decoder never show
+    that timestamp (a damaged stream), the first frame past it stands in, or the last decoded.
+    open_stream() -> (container, video stream).
+    returns: (uint8 [U, H, W, 3] RGB, [U] times in seconds), U = len(wanted).
+    """
+    key_positions = np.flatnonzero(table.key)
+    container, stream = open_stream()
+    images, times = None, []  # images: filled in place, so that no frame is held twice
+    frames, position, seekable = None, None, True  # position: the next index decoded
+    try:
+        for index in wanted:
+            before = np.searchsorted(key_positions, index, side="right") - 1
+            key_before = int(key_positions[before]) if before >= 0 else 0
+            skipped = key_before - position if frames is not None else 0
+            if keyframes and frames is not None:  # key frames in [position, key_before)
+                skipped = int(np.searchsorted(key_positions, key_before) -
+                              np.searchsorted(key_positions, position))
+            if frames is None or (seekable and (position > index or skipped >= (
+                    SEEK_COST_KEY_FRAMES if keyframes else SEEK_COST_FRAMES))):
+                container.seek(int(table.pts[key_before]), stream=stream, backward=True,
+                               any_frame=False)
+                frames = container.decode(stream)
+                landed = _first_at_or_after(frames, table.pts[key_before])
+                if landed is None or landed.pts != table.pts[key_before]:
+                    seekable = False
+                    container.close()
+                    container, stream = open_stream()
+                    frames = container.decode(stream)
+                else:
+                    frames = itertools.chain([landed], frames)
+            found = _first_at_or_after(frames, table.pts[index])
+            if found is None:  # the stream ended before this frame: the last one stands in
+                if not times:
+                    raise VideoDecodeError("no frame could be decoded")
+                images[len(times)] = images[len(times) - 1]
+                times.append(times[-1])
+                continue
+            image = found.to_ndarray(format="rgb24")
+            if images is None:
+                images = np.empty((len(wanted), *image.shape), dtype=np.uint8)
+            images[len(times)] = image
+            stamp = found.pts if found.pts is not None else table.pts[index]
+            position = int(np.searchsorted(table.pts, stamp, side="right"))
+            times.append(float(stamp * table.time_base))
+    finally:
+        container.close()
+    return images, times
+
+
+def _first_at_or_after(frames, target):
+    """The first frame from the iterator frames whose timestamp is target or later; else the
+    last frame it gives (None when none)."""
+    last = None
+    for frame in frames:
+        stamp = frame.pts if frame.pts is not None else frame.dts
+        if stamp is not None and stamp >= target:
+            return frame
+        last = frame
+    return last

@@ -1,0 +1,338 @@
+"""The decoders behind read_video: the same frames from decord, PyAV and torchcodec (pixels that
+encode the frame index), the time-based rules against hand-worked timestamps, auto's fallback,
+and the errors for an unknown decoder and a missing FFmpeg library."""
+import ctypes.util
+import fractions
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import data_loader
+from clip_hitchhiker import video_decoders
+from clip_hitchhiker.errors import ConfigError, VideoDecodeError
+from data_loader import read_video, read_video_times, sample_frame_indices
+from tests.synthetic import decode_frame_indices, frame_colour
+
+DECODERS = ("decord", "pyav", "torchcodec")
+
+
+def write_video(path, num_frames, codec="libx264", options=None, width=64, height=48, fps=10,
+                times=None, key_frames=()):
+    """Frame i has colour frame_colour(i). times: presentation times in seconds (a variable
+    frame rate), else i / fps; key_frames: frames forced to be key frames."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": "10", **(options or {})} if codec == "libx264" else \
+            (options or {})
+        if times is not None:
+            stream.codec_context.time_base = fractions.Fraction(1, 1000)
+        for i in range(num_frames):
+            image = np.empty((height, width, 3), np.uint8)
+            image[...] = frame_colour(i)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            if times is not None:
+                frame.pts, frame.time_base = round(times[i] * 1000), fractions.Fraction(1, 1000)
+            if i in key_frames:
+                frame.pict_type = av.video.frame.PictureType.I
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def decode_all_and_pick(path, indices):
+    """The oracle: PyAV decodes every frame in order; uint8 [S, 3, H, W] at the indices."""
+    import av
+
+    with av.open(str(path)) as container:
+        frames = sorted(((f.pts, f.to_ndarray(format="rgb24")) for f in
+                         container.decode(container.streams.video[0])), key=lambda p: p[0])
+    return torch.from_numpy(np.stack([frames[i][1] for i in indices])).permute(0, 3, 1, 2)
+
+
+@pytest.fixture(scope="module")
+def bframes_video(tmp_path_factory):
+    """H.264 with B-frames, 37 frames at 10 fps, a key frame every 8 frames."""
+    path = tmp_path_factory.mktemp("videos") / "bframes.mp4"
+    return write_video(path, 37, options={"bf": "3", "preset": "medium", "g": "8"})
+
+
+# ----------------------------------------------------------------------------------------------
+# The same frames
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+@pytest.mark.parametrize("num_frames", [1, 8, 37, 50])
+def test_num_frames_gives_the_releases_indices_with_every_decoder(bframes_video, decoder,
+                                                                  num_frames):
+    frames, info = read_video(bframes_video, num_frames, decoder=decoder)
+    expected = sample_frame_indices(37, num_frames)  # 50 > 37 frames: indices repeat
+    assert info["decoder"] == decoder and info["frames"] == 37
+    assert info["indices"] == expected
+    assert decode_frame_indices(frames) == expected
+    assert tuple(frames.shape) == (num_frames, 3, 48, 64) and frames.dtype == torch.uint8
+
+
+def test_decoders_give_identical_pixels(bframes_video):
+    reference, _ = read_video(bframes_video, 8, decoder="decord")
+    for decoder in ("pyav", "torchcodec"):
+        assert torch.equal(read_video(bframes_video, 8, decoder=decoder)[0], reference)
+
+
+def test_frame_count_is_the_streams_not_the_containers(tmp_path):
+    """A WebM has no frame count in its header; an audio track longer than the video makes
+    the container 5 s long. Every decoder counts the video's 37 frames (its packets)."""
+    import av
+
+    path = tmp_path / "long_audio.webm"
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libvpx-vp9", rate=10)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = container.add_stream("libopus", rate=48000)
+        for i in range(37):
+            image = np.empty((48, 64, 3), np.uint8)
+            image[...] = frame_colour(i)
+            for packet in video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+        for start in range(0, 5 * 48000, 960):
+            samples = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.float32), format="flt",
+                                                 layout="mono")
+            samples.sample_rate, samples.pts = 48000, start
+            for packet in audio.encode(samples):
+                container.mux(packet)
+        for packet in audio.encode():
+            container.mux(packet)
+    with av.open(str(path)) as container:  # what the headers say
+        assert container.streams.video[0].frames == 0 and container.duration > 4_900_000
+    for decoder in DECODERS:
+        frames, info = read_video(path, 4, decoder=decoder)
+        assert info["frames"] == 37 and decode_frame_indices(frames) == [4, 13, 22, 32]
+        frames, info = read_video_times(path, fps=1, decoder=decoder)
+        assert info["duration"] == pytest.approx(3.7)
+        assert decode_frame_indices(frames) == info["indices"] == [5, 15, 25, 33]
+
+
+@pytest.mark.parametrize("width,height", [(48, 96), (16, 16)])
+def test_sizes_decord_fails_on_decode_through_the_others(tmp_path, width, height):
+    path = write_video(tmp_path / "small.mp4", 23, width=width, height=height)
+    with pytest.raises(VideoDecodeError, match=r"small\.mp4 with decord: .*try --decoder pyav"):
+        read_video(path, 4, decoder="decord")
+    for decoder in ("pyav", "torchcodec"):
+        frames, info = read_video(path, 4, decoder=decoder)
+        assert decode_frame_indices(frames) == sample_frame_indices(23, 4)
+        assert tuple(frames.shape[2:]) == (height, width)
+    frames, info = read_video(path, 4, decoder="auto")
+    assert info["decoder"] == "pyav" and info["fallback"].startswith("decord failed: ")
+    assert decode_frame_indices(frames) == sample_frame_indices(23, 4)
+
+
+def test_mpeg4_avi_with_b_frames_equals_decoding_everything(tmp_path):
+    """AVI indexes decode order, so seeking to a B-frame video's key frame lands elsewhere:
+    PyAV notices and decodes from the start, giving exactly the frames of decoding everything
+    and picking (decord gives other frames here: docs/decoders.md)."""
+    path = write_video(tmp_path / "mpeg4.avi", 37, codec="mpeg4",
+                       options={"qscale": "2", "bf": "2"})
+    for kwargs in ({"num_frames": 8}, {"fps": 2.0}):
+        frames, info = read_video(path, decoder="pyav", **kwargs)
+        assert torch.equal(frames, decode_all_and_pick(path, info["indices"]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling by time
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_fps_takes_the_frames_nearest_the_segment_midpoints(bframes_video, decoder):
+    # 37 frames at 10 fps: 3.7 s. Segments [0, 1), [1, 2), [2, 3), [3, 3.7): midpoints 0.5, 1.5,
+    # 2.5 s are frames 5, 15, 25; 3.35 s lies halfway between frames 33 and 34: the earlier.
+    frames, info = read_video_times(bframes_video, fps=1, decoder=decoder)
+    assert info["indices"] == [5, 15, 25, 33] and decode_frame_indices(frames) == [5, 15, 25, 33]
+    assert info["times"] == pytest.approx([0.5, 1.5, 2.5, 3.3])
+    assert info["duration"] == pytest.approx(3.7) and info["decoder"] == decoder
+    # max_frames 2: segments [0, 1.85), [1.85, 3.7): midpoints 0.925 and 2.775 s.
+    frames, info = read_video_times(bframes_video, fps=1, max_frames=2, decoder=decoder)
+    assert decode_frame_indices(frames) == info["indices"] == [9, 28]
+    # Above the frame rate, each frame once: 40 segments of 0.0925 s over 37 frames.
+    frames, info = read_video_times(bframes_video, fps=20, max_frames=40, decoder=decoder)
+    assert info["indices"] == decode_frame_indices(frames) == list(range(37))
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_fps_equals_decoding_everything_and_picking(bframes_video, decoder):
+    # 0.4 fps: 2.5 s segments, midpoints 1.25 s (frame 12, a tie: the earlier) and 3.1 s.
+    frames, info = read_video_times(bframes_video, fps=0.4, decoder=decoder)
+    assert info["indices"] == [12, 31]
+    assert torch.equal(frames, decode_all_and_pick(bframes_video, [12, 31]))
+
+
+@pytest.fixture(scope="module")
+def variable_rate_video(tmp_path_factory):
+    """Nine frames at uneven times; frames 0 and 4 are the only key frames."""
+    times = [0.0, 0.1, 0.2, 0.3, 1.0, 1.05, 1.1, 2.5, 2.9]
+    path = tmp_path_factory.mktemp("vfr") / "vfr.mp4"
+    return write_video(path, len(times), options={"g": "1000", "sc_threshold": "0",
+                                                  "forced-idr": "1", "bf": "0"},
+                       times=times, key_frames=(0, 4)), times
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_variable_frame_rate_by_time(variable_rate_video, decoder):
+    path, times = variable_rate_video
+    frames, info = read_video_times(path, fps=1, decoder=decoder)
+    # Midpoints 0.5 s: 0.3 (0.2 away) beats 1.0; 1.5 s: 1.1 (0.4) beats 2.5; the last segment
+    # ends after 2.9 s, so its midpoint lies nearest 2.5.
+    assert info["indices"] == decode_frame_indices(frames) == [3, 6, 7]
+    assert info["times"] == pytest.approx([0.3, 1.1, 2.5])
+    # Key frames only: 0.5 s is as near 0.0 as 1.0 (the earlier wins); 1.5 and 2.5 s -> 1.0 s.
+    frames, info = read_video_times(path, fps=1, keyframes=True, decoder=decoder)
+    assert info["indices"] == decode_frame_indices(frames) == [0, 4]
+    assert info["times"] == pytest.approx([0.0, 1.0])
+
+
+def test_keyframes_decodes_only_key_frames(bframes_video):
+    # Key frames every 8 frames: 0, 8, 16, 24, 32 (0.0, 0.8, ... 3.2 s).
+    table = video_decoders.frame_table(bframes_video)
+    assert np.flatnonzero(table.key).tolist() == [0, 8, 16, 24, 32]
+    for decoder in DECODERS:
+        frames, info = read_video_times(bframes_video, fps=1, keyframes=True, decoder=decoder)
+        # Midpoints 0.5, 1.5, 2.5, 3.35 s -> key frames at 0.8, 1.6, 2.4, 3.2 s.
+        assert info["indices"] == decode_frame_indices(frames) == [8, 16, 24, 32]
+        assert info["times"] == pytest.approx([0.8, 1.6, 2.4, 3.2])
+
+
+def test_choose_frames_by_hand():
+    table = video_decoders.FrameTable(pts=np.array([0, 10, 20, 30, 40, 90]),
+                                      key=np.array([1, 0, 0, 1, 0, 0], bool), time_base=0.01,
+                                      start=0.0, end=1.0)
+    # Midpoints 0.25 and 0.75 s: frames at 0.2 s (index 2) and 0.9 s (index 5).
+    assert video_decoders.choose_frames(6, table=table, fps=2) == [2, 5]
+    # Key frames 0.0 and 0.3 s: 0.25 -> 0.3 s, 0.75 -> 0.3 s, once.
+    assert video_decoders.choose_frames(6, table=table, fps=2, keyframes=True) == [3]
+    assert video_decoders.choose_frames(6, sample_frame_indices, 3) == [1, 3, 5]
+
+
+# ----------------------------------------------------------------------------------------------
+# Choosing the decoder, and its errors
+
+
+def test_auto_falls_back_to_pyav_when_decord_does_not_import(bframes_video, monkeypatch):
+    monkeypatch.setitem(sys.modules, "decord", None)  # import decord now raises ImportError
+    video_decoders.decord_imports.cache_clear()
+    try:
+        assert video_decoders.resolve_decoder("auto") == "pyav"
+        assert video_decoders.decoder_line("auto") == \
+            "decoder: pyav (auto: decord does not import here)"
+        frames, info = read_video(bframes_video, 4, decoder="auto")
+        assert info["decoder"] == "pyav" and "fallback" not in info
+        assert decode_frame_indices(frames) == sample_frame_indices(37, 4)
+        with pytest.raises(ConfigError, match="--decoder decord: decord does not import here"):
+            video_decoders.check_decoder("decord")
+    finally:
+        monkeypatch.undo()
+        video_decoders.decord_imports.cache_clear()
+    assert video_decoders.resolve_decoder("auto") == "decord"
+
+
+def test_unknown_decoder_is_one_clear_error(bframes_video):
+    with pytest.raises(ConfigError, match=r"--decoder must be one of decord, pyav, torchcodec, "
+                                          r"auto, got 'ffmpeg'"):
+        read_video(bframes_video, 4, decoder="ffmpeg")
+    from run_msr_retrieval import parse_args
+    with pytest.raises(SystemExit):
+        parse_args(["--decoder", "ffmpeg"])
+
+
+def test_missing_ffmpeg_library_is_named(bframes_video, monkeypatch):
+    real = ctypes.util.find_library
+    monkeypatch.setattr(ctypes.util, "find_library",
+                        lambda name: None if name == "avdevice" else real(name))
+    message = (r"FFmpeg's shared library libavdevice is not installed.*apt-get install.*"
+               r"--decoder pyav")
+    with pytest.raises(ConfigError, match=message):
+        video_decoders.check_decoder("torchcodec")
+    with pytest.raises(ConfigError, match=message):
+        read_video(bframes_video, 4, decoder="torchcodec")
+
+
+def test_decode_on_device_needs_torchcodec_and_cuda(capsys):
+    from run_msr_retrieval import parse_args
+    with pytest.raises(SystemExit):
+        parse_args(["--decoder", "pyav", "--decode_on", "device"])
+    assert "--decode_on device decodes with --decoder torchcodec" in capsys.readouterr().err
+    from clip_hitchhiker.model_options import decode_device, loader_workers
+    with pytest.raises(ConfigError, match="--decode_on device decodes on CUDA"):
+        decode_device("device", torch.device("cpu"))
+    assert decode_device("cpu", torch.device("cpu")) == "cpu"
+    assert loader_workers(4, "device") == 0 and loader_workers(4, "cpu") == 4
+
+
+def test_read_video_needs_one_way_of_sampling(bframes_video):
+    with pytest.raises(ValueError, match="give num_frames or fps"):
+        read_video(bframes_video)
+    with pytest.raises(ValueError, match="give num_frames or fps"):
+        read_video(bframes_video, 4, fps=1.0)
+    with pytest.raises(ValueError, match="keyframes=True samples by time"):
+        read_video(bframes_video, 4, keyframes=True)
+
+
+def test_dataset_items_use_the_chosen_decoder(tmp_path, clip_preprocess):
+    write_video(tmp_path / "a.mp4", 12)
+    (tmp_path / "c.csv").write_text("video_path,caption\na.mp4,a clip\n")
+    dataset = data_loader.CSVDataset(tmp_path / "c.csv", tmp_path, None, 4)
+    dataset.set_decoder("pyav")
+    item = dataset[0]
+    assert item["decoded"]["decoder"] == "pyav"
+    assert decode_frame_indices(item["video"]) == sample_frame_indices(12, 4)
+    with pytest.raises(ConfigError):
+        dataset.set_decoder("opencv")
+
+
+# ----------------------------------------------------------------------------------------------
+# The evaluator
+
+
+def test_evaluator_auto_falls_back_per_video_and_records_it(tmp_path, tiny_clip_files, capsys):
+    """A 16x16 video, which decord cannot read: auto reads it with PyAV and says so in the
+    manifest and the report; an explicit decord stops with a line that suggests pyav."""
+    import json
+
+    import run_msr_retrieval
+    from tests import synthetic
+
+    write_video(tmp_path / "big.mp4", 12)
+    write_video(tmp_path / "tiny.mp4", 12, width=16, height=16)
+    (tmp_path / "c.csv").write_text("video_path,caption\nbig.mp4,a big clip\n"
+                                    "tiny.mp4,a tiny clip\n")
+
+    def run(*extra):
+        argv = synthetic.cli_argv(tmp_path, tmp_path, tiny_clip_files["torchscript"], "--csv",
+                                  tmp_path / "c.csv", "--video_root", tmp_path, *extra)
+        return run_msr_retrieval.main(run_msr_retrieval.parse_args(argv))
+
+    report = run("--decoder", "auto", "--output_json", tmp_path / "r.json")
+    assert capsys.readouterr().err.splitlines()[0] == \
+        "decoder: decord (auto: decord imports; PyAV reads any video decord cannot)"
+    written = json.loads((tmp_path / "r.json").read_text())
+    assert written["decoder"] == report["decoder"] == {
+        "requested": "auto", "chosen": "decord", "decode_on": "cpu",
+        "fallback_videos": ["tiny.mp4"]}
+    videos = written["manifest"]["videos"]
+    assert videos["big.mp4"]["decoder"] == "decord" and "fallback" not in videos["big.mp4"]
+    assert videos["tiny.mp4"]["decoder"] == "pyav"
+    assert "with decord" in videos["tiny.mp4"]["fallback"]
+    assert videos["tiny.mp4"]["indices"] == sample_frame_indices(12, 4)
+    with pytest.raises(VideoDecodeError, match=r"1 video\(s\) failed to decode, e.g. tiny.mp4: "
+                                               r".*with decord: .*try --decoder pyav"):
+        run("--decoder", "decord", "--no_cache")
+    # Another decoder is another cache entry: pyav decodes again (no cache hit).
+    report = run("--decoder", "pyav")
+    assert report["cache"]["hit"] is False and report["counts"]["decoded_videos"] == 2
+    assert run("--decoder", "pyav")["cache"]["hit"] is True
