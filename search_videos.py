@@ -10,6 +10,7 @@ decode and encode, committing every --commit_every videos -> report. Only parse_
 cli read the argparse namespace. The format: clip_hitchhiker/video_index_format.py, docs/search.md.
 """
 import argparse
+import itertools
 import json
 import math
 import os
@@ -24,19 +25,20 @@ from tqdm import tqdm
 
 from clip_hitchhiker import video_index_writer as writer_lib
 from clip_hitchhiker.candidate_index import STAGE1_TYPES
-from clip_hitchhiker.errors import ConfigError, HitchhikerError, VideoDecodeError
+from clip_hitchhiker.errors import ConfigError, HitchhikerError, PeerFailure, VideoDecodeError
 from clip_hitchhiker.model_options import (DEVICE_PATTERN, add_encoding_arguments,
                                            add_model_arguments, check_model_arguments,
                                            decode_device, loader_workers, resolve_preprocess_on)
 from clip_hitchhiker.moments import DEFAULT_MASS
 from clip_hitchhiker.reporting import silence_third_party_notices
+from clip_hitchhiker.torchrun import (all_gather_json, broadcast_json, collective_step,
+                                      setup_context, shard, teardown)
 from clip_hitchhiker.video_decoders import check_decoder, resolve_decoder
 from clip_hitchhiker.video_search import (AGGREGATES, DEFAULT_CANDIDATES, VideoIndex,
                                           write_thumbnail)
 from clip_hitchhiker import video_index_format as fmt
 
 DEFAULT_COMMIT_EVERY = 100
-COMMIT_SECONDS = 120.0  # a commit at least this often, whatever --commit_every says
 
 
 def parse_args(argv=None):
@@ -77,8 +79,8 @@ def _index_parser(parser):
         help="the FAISS candidate index: auto (flat up to 200k videos, then IVF-PQ), flat, "
              "ivfpq or hnsw (default: what the index has, auto for a new one)")
     add("--commit_every", type=int, default=DEFAULT_COMMIT_EVERY, metavar="N",
-        help=f"commit after every N encoded videos, and at least every {COMMIT_SECONDS:g} s "
-             f"(default {DEFAULT_COMMIT_EVERY})")
+        help="commit after every N videos (per rank under torchrun): a kill loses at most "
+             f"those (default {DEFAULT_COMMIT_EVERY})")
     add_model_arguments(parser)
     add_encoding_arguments(parser)
 
@@ -192,34 +194,51 @@ def _collate(items):
 
 
 def run_index(args):
-    """Add the new and changed videos of args.paths to the index. returns: a summary dict."""
+    """Add the new and changed videos of args.paths to the index; under torchrun, each rank
+    encodes its share and rank 0 commits. returns: a summary dict (rank 0; None elsewhere)."""
+    ctx = setup_context(args.device)
+    try:
+        return _run_index(args, ctx)
+    finally:
+        teardown(ctx)
+
+
+def _run_index(args, ctx):
     from clip_hitchhiker.backends import load_model
     from clip_hitchhiker.clip_models import frame_dtype_for
     from data_loader import FramePreprocess
 
-    device = _device(args.device)
     check_decoder(args.decoder, args.decode_on)
     paths = writer_lib.list_videos(args.paths)
-    model = load_model(args.backend, args.model, device, args.pretrained, args.download_root)
+    model = collective_step(ctx, lambda: load_model(args.backend, args.model, ctx.device,
+                                                    args.pretrained, args.download_root))
     preprocess = FramePreprocess(model.preprocess, frame_dtype_for(model.dtype),
                                  antialias=args.antialias)
-    placement = resolve_preprocess_on(args.preprocess_on, device)
     sampling = sampling_of(args)
     config = {"backend": args.backend, "model": _model_reference(args.model),
               "pretrained": args.pretrained, "model_id": model.model_id,
               "embed_dim": model.embed_dim, "preprocess": preprocess.describe(),
               "sampling": sampling, "decoder": resolve_decoder(args.decoder)}
-    writer = writer_lib.IndexWriter(args.index, config, args.stage1)
+    writer = collective_step(ctx, lambda: writer_lib.IndexWriter(args.index, config, args.stage1)
+                             if ctx.is_main else None)
     try:
-        found = {p: writer_lib.fingerprint(p) for p in paths}
-        to_encode, gone = writer.plan(found, args.prune)
-        summary = encode_and_commit(writer, model, to_encode, found, gone, sampling,
-                                    preprocess, placement, device, args)
+        plan = broadcast_json(ctx, collective_step(ctx, lambda: _plan(writer, paths, args.prune)
+                                                   if ctx.is_main else None))
+        summary = encode_and_commit(writer, model, plan, sampling, preprocess, ctx, args)
     finally:
-        writer.close()
-    return {**summary, "listed": len(paths), "up_to_date": len(paths) - len(to_encode),
-            "pruned": len(gone), "videos": writer.manifest["videos"],
+        if writer is not None:
+            writer.close()
+    if not ctx.is_main:
+        return None
+    return {**summary, "listed": len(paths), "up_to_date": len(paths) - len(plan["to_encode"]),
+            "pruned": len(plan["gone"]), "videos": writer.manifest["videos"],
             "frames": writer.manifest["frames"]}
+
+
+def _plan(writer, paths, prune):
+    found = {p: writer_lib.fingerprint(p) for p in paths}
+    to_encode, gone = writer.plan(found, prune)
+    return {"to_encode": to_encode, "found": {p: found[p] for p in to_encode}, "gone": gone}
 
 
 def _model_reference(model):
@@ -227,62 +246,69 @@ def _model_reference(model):
     return str(Path(model).resolve()) if os.path.isfile(model) else model
 
 
-def _device(device_arg):
-    if device_arg == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device_arg)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device_arg}: CUDA is not available on this machine")
-    return device
-
-
-def encode_and_commit(writer, model, to_encode, found, gone, sampling, preprocess, placement,
-                      device, args):
-    """Decode and encode to_encode, committing every args.commit_every videos (and the pruned
-    paths first). returns: {"encoded", "failed", "frames_encoded", "seconds"}."""
-    dataset = VideoFiles(to_encode, sampling, preprocess if placement == "workers" else None,
-                         resolve_decoder(args.decoder), decode_device(args.decode_on, device))
+def encode_and_commit(writer, model, plan, sampling, preprocess, ctx, args):
+    """Decode and encode this rank's share of plan["to_encode"] in rounds of args.commit_every
+    videos per rank; after each round every rank writes its files and rank 0 commits them (the
+    pruned paths with the first). returns: this run's counts, summed over the ranks."""
+    to_encode = plan["to_encode"]
+    mine = [to_encode[i] for i in shard(len(to_encode), ctx)]
+    placement = resolve_preprocess_on(args.preprocess_on, ctx.device)
+    dataset = VideoFiles(mine, sampling, preprocess if placement == "workers" else None,
+                         resolve_decoder(args.decoder), decode_device(args.decode_on, ctx.device))
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size,
                                          num_workers=loader_workers(args.num_workers,
                                                                     args.decode_on),
                                          collate_fn=_collate)
-    pending, failed, drop = [], [], list(gone)
+    items = (item for batch in loader for item in batch)
     counts = {"encoded": 0, "failed": 0, "frames_encoded": 0, "capped": 0}
-    start = last_commit = time.perf_counter()
-    bar = tqdm(total=len(to_encode), unit="video", desc="indexing", disable=not to_encode,
-               file=sys.stderr)
-    for batch in loader:
-        for item in batch:
-            path = to_encode[item["index"]]
+    start = time.perf_counter()
+    bar = tqdm(total=len(mine), unit="video", desc="indexing", file=sys.stderr,
+               disable=not (mine and ctx.is_main))
+    per_rank = math.ceil(len(to_encode) / ctx.world_size)
+    for round_number in range(max(1, math.ceil(per_rank / args.commit_every))):
+        encoded, failed = [], []
+        for item in itertools.islice(items, args.commit_every):
+            path = mine[item["index"]]
             if item["error"]:
-                failed.append((path, found[path], item["error"]))
+                failed.append((path, plan["found"][path], item["error"]))
                 counts["failed"] += 1
                 tqdm.write(f"skipped {path}: {item['error']}", file=sys.stderr)
             else:
-                pending.append(_encode(model, item, path, found[path], preprocess, placement,
-                                       device, args.frame_chunk))
+                encoded.append(_encode(model, item, path, plan["found"][path], preprocess,
+                                       placement, ctx.device, args.frame_chunk))
                 counts["encoded"] += 1
-                counts["frames_encoded"] += len(pending[-1].frames)
+                counts["frames_encoded"] += len(encoded[-1].frames)
                 counts["capped"] += _capped(item["info"], sampling)
             bar.update(1)
             elapsed = max(time.perf_counter() - start, 1e-9)
             bar.set_postfix_str(f"{counts['encoded'] / elapsed:.2f} videos/s, "
                                 f"{counts['frames_encoded'] / elapsed:.1f} frames/s")
             writer_lib.test_pause("video")
-        if len(pending) + len(failed) >= args.commit_every or \
-                time.perf_counter() - last_commit >= COMMIT_SECONDS:
-            _commit(writer, pending, failed, drop)
-            pending, failed, drop, last_commit = [], [], [], time.perf_counter()
+        drop = plan["gone"] if round_number == 0 else []
+        _commit_round(writer, args.index, encoded, failed, drop, ctx)
     bar.close()
-    if pending or failed or drop or writer.manifest is None or writer.stage1 is None:
-        _commit(writer, pending, failed, drop)
-    return {**counts, "seconds": time.perf_counter() - start}
+    totals = all_gather_json(ctx, counts)
+    return {**{k: sum(c[k] for c in totals) for k in counts},
+            "seconds": time.perf_counter() - start}
 
 
-def _commit(writer, pending, failed, drop):
-    writer.commit(pending, failed, drop,
-                  before_manifest=lambda tmp: writer_lib.test_pause("manifest"),
-                  between_halves=lambda: writer_lib.test_pause("shard"))
+def _commit_round(writer, folder, encoded, failed, drop, ctx):
+    """Every rank writes its encoded videos' files; rank 0 commits them all (collectives, so a
+    failure on any rank stops every rank)."""
+    generation = broadcast_json(ctx, writer.generation + 1 if ctx.is_main else None)
+    rows = collective_step(ctx, lambda: writer_lib.write_videos(
+        folder, encoded, generation, ctx.rank,
+        between_halves=lambda: writer_lib.test_pause("shard")))
+    gathered = all_gather_json(ctx, {"rows": rows, "failed": failed})
+    if not ctx.is_main:
+        collective_step(ctx, lambda: None)
+        return
+    written = [g["rows"] for g in gathered if g["rows"]["path"]]
+    failures = [tuple(f) for g in gathered for f in g["failed"]]
+    needed = written or failures or drop or writer.manifest is None or writer.stage1 is None
+    collective_step(ctx, lambda: writer.commit(
+        written, failures, drop, before_manifest=lambda tmp: writer_lib.test_pause("manifest"))
+        if needed else None)
 
 
 def _capped(info, sampling):
@@ -397,6 +423,8 @@ def format_info(info):
 def main(args):
     if args.command == "index":
         summary = run_index(args)
+        if summary is None:  # another rank than 0 under torchrun: rank 0 reports
+            return None
         capped = f"; {summary['capped']} video(s) longer than --max_frames allows were " \
                  "sampled at a lower rate to cover them evenly" if summary["capped"] else ""
         print(f"indexed {summary['encoded']} new or changed video(s) "
@@ -425,6 +453,10 @@ def cli(argv=None):
         print("interrupted: the index keeps its last commit; run the same command again to "
               "continue", file=sys.stderr)
         sys.exit(130)
+    except PeerFailure as e:
+        if int(os.environ.get("RANK", "0")) == 0:  # the failing rank prints its own cause
+            print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     except HitchhikerError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -83,7 +83,7 @@ def queries_for(count, num_videos, frames, seed=1):
 
 def build(folder, num_videos, frames, commit_size=5000, stage1=None):
     """Write the index through IndexWriter, as the indexer does. returns: seconds."""
-    from clip_hitchhiker.video_index_writer import EncodedVideo, IndexWriter
+    from clip_hitchhiker.video_index_writer import EncodedVideo, IndexWriter, write_videos
 
     config = {"backend": "synthetic", "model": "synthetic", "pretrained": None,
               "model_id": "synthetic", "embed_dim": DIM, "preprocess": "none",
@@ -95,10 +95,10 @@ def build(folder, num_videos, frames, commit_size=5000, stage1=None):
         for first in range(0, num_videos, commit_size):
             count = min(commit_size, num_videos - first)
             embeds, _, _ = synthetic_videos(first, count, frames)
-            writer.commit([EncodedVideo(f"/synthetic/{first + i:08d}.mp4",
-                                        {"size": 0, "mtime_ns": 0, "sha256": ""},
-                                        embeds[i], times, list(range(frames)), float(frames))
-                           for i in range(count)])
+            encoded = [EncodedVideo(f"/synthetic/{first + i:08d}.mp4",
+                                    {"size": 0, "mtime_ns": 0, "sha256": ""}, embeds[i], times,
+                                    list(range(frames)), float(frames)) for i in range(count)]
+            writer.commit([write_videos(folder, encoded, writer.generation + 1)])
     finally:
         writer.close()
     return time.perf_counter() - start

@@ -5,7 +5,7 @@ that a video where the query fills only a minute still comes up.
 
 Types, chosen by the number of vectors unless the user says otherwise (`--stage1`):
     flat    exact inner product over every vector (fast enough up to FLAT_LIMIT vectors)
-    ivfpq   inverted lists (about 4 sqrt(n)) with 64-byte product-quantised codes in RAM
+    ivfpq   inverted lists (about 2 sqrt(n)) with 64-byte product-quantised codes in RAM
     hnsw    a graph over the full vectors (no removal: pruning rebuilds it)
 A vector's id is video id * 2^16 + its segment number, so additions and removals update the
 index in place and a search gives videos, not rows.
@@ -93,13 +93,14 @@ def _trained_ivfpq(means, seed):
     import faiss
 
     count, dim = means.shape
-    # FAISS wants >= 39 training points per list; small sets get fewer lists.
-    nlist = max(1, min(int(4 * math.sqrt(max(count, 1))), count // 39))
+    # About 2 sqrt(n) lists, trained on 40 points each (FAISS wants >= 39): a minute of k-means
+    # on two cores at 250k vectors; small sets get fewer lists.
+    nlist = max(1, min(int(2 * math.sqrt(max(count, 1))), count // 40))
     pq_bytes = _PQ_BYTES if dim % _PQ_BYTES == 0 else dim // math.gcd(dim, _PQ_BYTES)
     nbits = 8 if count >= 256 * 39 else max(1, int(math.log2(max(count // 39, 2))))
     index = faiss.index_factory(dim, f"IVF{nlist},PQ{pq_bytes}x{nbits}",
                                 faiss.METRIC_INNER_PRODUCT)
-    sample = np.random.default_rng(seed).permutation(count)[:max(256 * nlist, 100_000)]
+    sample = np.random.default_rng(seed).permutation(count)[:max(40 * nlist, 256 * 40)]
     index.train(means[np.sort(sample)])
     faiss.extract_index_ivf(index).nprobe = min(nlist, _DEFAULT_NPROBE)
     return index, {"nlist": nlist, "pq_bytes": pq_bytes, "nbits": nbits,
@@ -116,6 +117,22 @@ def update(index, kind, remove_ids, add_means, add_ids):
     if len(add_ids):
         index.add_with_ids(unit_rows(add_means), np.asarray(add_ids, dtype=np.int64))
     return True
+
+
+def on_gpus(index):
+    """The index on every GPU where faiss-gpu is installed and sees one; else index itself."""
+    import faiss
+
+    if not hasattr(faiss, "index_cpu_to_all_gpus") or faiss.get_num_gpus() == 0:
+        return index
+    if getattr(index, "on_gpu", False):
+        return index
+    try:
+        moved = faiss.index_cpu_to_all_gpus(index)
+    except RuntimeError:  # a type FAISS has no GPU version of (hnsw): searched on the CPU
+        return index
+    moved.on_gpu = True
+    return moved
 
 
 def serialize(index):

@@ -22,7 +22,7 @@ from clip_hitchhiker.errors import ConfigError, VideoIndexError
 from clip_hitchhiker.run_folder import FolderLock
 
 __all__ = ["CONFIG_KEYS", "EncodedVideo", "IndexWriter", "VIDEO_EXTENSIONS", "fingerprint",
-           "list_videos", "test_pause"]
+           "list_videos", "test_pause", "write_videos"]
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv",
                     ".flv", ".ts", ".mts", ".3gp", ".ogv")
@@ -171,17 +171,24 @@ class IndexWriter:
             gone = sorted(p for p in set(indexed) | set(skipped) if not os.path.exists(p))
         return to_encode, gone
 
-    def commit(self, encoded, failed=(), drop=(), before_manifest=None, between_halves=None):
-        """Commit encoded videos (EncodedVideo), failed ones ([(path, fingerprint, reason)]) and
-        dropped paths: rows of the same paths are replaced. Atomic: the manifest comes last."""
+    def commit(self, written, failed=(), drop=(), before_manifest=None):
+        """Commit videos already written by write_videos (its rows, from every rank, for
+        generation self.generation + 1), failed ones ([(path, fingerprint, reason)]) and dropped
+        paths: rows of the same paths are replaced. Atomic: the manifest comes last."""
         generation = self.generation + 1
-        replaced = set(drop) | {v.path for v in encoded} | {p for p, _, _ in failed}
+        new_rows = {c: [] for c in fmt.TABLE_COLUMNS}
+        for rows in written:
+            for column in fmt.TABLE_COLUMNS:
+                new_rows[column] += rows[column] if column != "id" else []
+        new_rows["id"] = list(range(self.next_id, self.next_id + len(new_rows["path"])))
+        self.next_id += len(new_rows["path"])
+        replaced = set(drop) | set(new_rows["path"]) | {p for p, _, _ in failed}
         keep = [r for r, p in enumerate(self.table["path"]) if p not in replaced]
         removed = [r for r in range(len(self.table["path"])) if self.table["path"][r] in replaced]
         removed_ids = candidate_index.vector_ids(
             [self.table["id"][r] for r in removed],
             [len(self.table["frame_times"][r]) for r in removed])
-        new_rows, new_means = self._write_new_videos(encoded, generation, between_halves)
+        new_means, added_ids = fmt.segment_vectors(self.folder, new_rows, self.config["embed_dim"])
         table = {c: [self.table[c][r] for r in keep] + new_rows[c] for c in fmt.TABLE_COLUMNS}
         order = sorted(range(len(table["path"])), key=lambda r: table["path"][r])
         table = {c: [values[r] for r in order] for c, values in table.items()}
@@ -213,33 +220,6 @@ class IndexWriter:
         self.manifest, self.table, self.generation = manifest, table, generation
         fmt.remove_unnamed_files(self.folder, manifest)
 
-    def _write_new_videos(self, encoded, generation, between_halves):
-        rows = {c: [] for c in fmt.TABLE_COLUMNS}
-        if not encoded:
-            return rows, np.zeros((0, self.config["embed_dim"]), np.float32)
-        frames_name = f"frames-{generation:06d}-r0.npy"
-        means_name = f"means-{generation:06d}-r0.npy"
-        frames = np.concatenate([v.frames for v in encoded])
-        segment_means = [candidate_index.segment_means(v.frames) for v in encoded]
-        means = np.concatenate(segment_means)
-        fmt.write_npy(self.folder / frames_name, frames, between_halves)
-        fmt.write_npy(self.folder / means_name, means)
-        offset, mean_row = 0, 0
-        for video, video_means in zip(encoded, segment_means):
-            values = {"id": self.next_id, "path": video.path, **video.fingerprint,
-                      "duration": float(video.duration),
-                      "frame_times": [float(t) for t in video.times],
-                      "frame_indices": [int(x) for x in video.indices],
-                      "frames_file": frames_name, "offset": offset,
-                      "frames_crc32": fmt.frames_crc32(video.frames),
-                      "means_file": means_name, "mean_row": mean_row}
-            for column in fmt.TABLE_COLUMNS:
-                rows[column].append(values[column])
-            self.next_id += 1
-            offset += len(video.frames)
-            mean_row += len(video_means)
-        return rows, means
-
     def _write_stage1(self, table, generation, removed_ids, added_ids, added_means):
         vectors = sum(candidate_index.segment_count(len(t)) for t in table["frame_times"])
         kind = candidate_index.choose_type(self.stage1_request, vectors)
@@ -253,6 +233,35 @@ class IndexWriter:
         data = candidate_index.serialize(self.stage1)
         write_atomically(self.folder / name, lambda tmp: Path(tmp).write_bytes(data))
         return name
+
+
+def write_videos(folder, encoded, generation, rank=0, between_halves=None):
+    """Write encoded videos' frames and segment means to this rank's files of generation
+    (nothing when encoded is empty). returns: their table rows ({column: list}, JSON-able, "id"
+    left to the commit)."""
+    rows = {c: [] for c in fmt.TABLE_COLUMNS if c != "id"}
+    if not encoded:
+        return rows
+    folder = Path(folder)
+    frames_name = f"frames-{generation:06d}-r{rank}.npy"
+    means_name = f"means-{generation:06d}-r{rank}.npy"
+    segment_means = [candidate_index.segment_means(v.frames) for v in encoded]
+    fmt.write_npy(folder / frames_name, np.concatenate([v.frames for v in encoded]),
+                  between_halves)
+    fmt.write_npy(folder / means_name, np.concatenate(segment_means))
+    offset, mean_row = 0, 0
+    for video, video_means in zip(encoded, segment_means):
+        values = {"path": video.path, **video.fingerprint, "duration": float(video.duration),
+                  "frame_times": [float(t) for t in video.times],
+                  "frame_indices": [int(x) for x in video.indices],
+                  "frames_file": frames_name, "offset": offset,
+                  "frames_crc32": int(fmt.frames_crc32(video.frames)),
+                  "means_file": means_name, "mean_row": mean_row}
+        for column in rows:
+            rows[column].append(values[column])
+        offset += len(video.frames)
+        mean_row += len(video_means)
+    return rows
 
 
 def refuse_other_config(folder, recorded, wanted):

@@ -123,6 +123,8 @@ class VideoIndex:
                candidates=DEFAULT_CANDIDATES, device="cpu", mass=DEFAULT_MASS, nprobe=None):
         """Search by text with the index's own model. returns: [{"query", "hits"}] per text."""
         text_embeds = self.encode_texts(texts, device)
+        if torch.device(device).type == "cuda":
+            self.stage1 = candidate_index.on_gpus(self.stage1)
         results = self.search_embeddings(text_embeds, k, temperature, aggregate, exact,
                                          candidates, mass, nprobe)
         return [{"query": t, "hits": hits} for t, hits in zip(texts, results)]
@@ -242,13 +244,16 @@ def _top_k(scores, rows, k):
     return [(int(rows[i]), float(scores[i])) for i in order]
 
 
-def write_thumbnail(video_path, time_s, out_path, frame_index=None):
+def write_thumbnail(video_path, time_s, out_path):
     """Write the frame of video_path nearest time_s (seconds) as a JPEG at out_path."""
     import av
     from PIL import Image
 
     with av.open(str(video_path)) as container:
         stream = container.streams.video[0]
+        if time_s > 2 and stream.time_base:
+            # To the key frame before (time - 2 s), so that a long video is not decoded whole.
+            container.seek(int((time_s - 2) / stream.time_base), stream=stream)
         best = None
         for frame in container.decode(stream):
             t = float(frame.pts * stream.time_base) if frame.pts is not None else frame.time

@@ -133,3 +133,13 @@ def test_bench_bootstrap_quick():
     difference = re.search(r"max \|difference\| from the bootstrap's values (\S+)$",
                            result.stdout, re.M)
     assert float(difference.group(1)) < 1e-9
+
+
+def test_bench_search_quick(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "bench_search.py"), "--quick",
+                             "--workdir", str(tmp_path)], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"^quick \(2000 videos x 20 frames, stage 1 flat\): build \d+ s, .* "
+                     r"recall@10 [01]\.\d{3}; exhaustive \d+ ms", result.stdout, re.M)
+    assert list(tmp_path.iterdir()) == []  # the bench deletes what it wrote

@@ -370,3 +370,49 @@ def test_a_damaged_faiss_file_is_rebuilt_from_the_means(colour_data, tmp_path):
     assert opened.search(["a red video", "a teal video"]) == expected
     with pytest.raises(VideoIndexError, match="was altered"):
         fmt.verify_files(index, manifest)
+
+
+def test_two_torchrun_ranks_build_the_index_one_process_builds(colour_data, six_videos, tmp_path):
+    videos, clean = six_videos
+    index = tmp_path / "index"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", str(REPO / "search_videos.py"), "index", str(videos),
+               "--index", str(index), "--model", str(colour_data["model"]), "--device", "cpu",
+               "--num_workers", "0", "--commit_every", "2"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+           "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert contents(index) == clean
+    manifest = json.loads((index / fmt.MANIFEST).read_text())
+    assert any(name.endswith("-r1.npy") for name in manifest["files"])  # rank 1 wrote shards
+    assert manifest["generation"] == 2  # 6 videos, 2 ranks, 2 per rank per commit
+    assert_only_committed_files(index)
+
+
+@pytest.mark.parametrize("kind", ["ivfpq", "hnsw"])
+def test_other_stage1_types_are_recorded_kept_up_to_date_and_agree(colour_data, tmp_path, kind):
+    truth, model = colour_data["truth"], colour_data["model"]
+    videos = tmp_path / "videos"
+    copy_videos(truth, videos, list(truth)[:8])
+    index = tmp_path / "index"
+    run("index", videos, "--index", index, "--model", model, "--stage1", kind)
+    (videos / "red.mp4").unlink()
+    run("index", videos, "--index", index, "--model", model, "--prune")  # the type is kept
+    opened = VideoIndex.open(index)
+    assert opened.manifest["stage1"]["type"] == kind and opened.stage1.ntotal == sum(
+        -(-len(t) // 8) for t in opened.table["frame_times"])
+    queries = [f"a {name} video" for name in list(truth)[1:8]]
+    assert opened.search(queries, k=3) == opened.search(queries, k=3, exact=True)
+
+
+def test_max_frames_widens_the_segments_and_says_so(colour_data, tmp_path, capsys):
+    copy_videos(colour_data["truth"], tmp_path / "videos", ["red"])  # 13 s
+    summary = run("index", tmp_path / "videos", "--index", tmp_path / "index", "--model",
+                  colour_data["model"], "--fps", 1, "--max_frames", 4)
+    assert summary["capped"] == 1 and "sampled at a lower rate" in capsys.readouterr().out
+    times = VideoIndex.open(tmp_path / "index").table["frame_times"][0].tolist()
+    # Four segments of 13 / 4 s; their midpoints 1.625, 4.875, 8.125, 11.375 s, each taken by
+    # the nearest frame of the 4 fps video (ties to the earlier one).
+    assert times == [1.5, 4.75, 8.0, 11.25]
