@@ -97,6 +97,18 @@ def inline_commands(path):
     return found
 
 
+# In a block with no language (or text), a line that starts with "$ " is a command, and so is
+# one that starts like a command of this project; the other lines are its output.
+UNTAGGED_COMMAND = re.compile(r"^(\$ |(python3?|torchrun|search-videos|run-msr-retrieval|"
+                              r"train-msr-retrieval) )")
+
+
+def untagged_commands(code):
+    """returns: the command lines of an untagged block (continuations joined)."""
+    lines = code.replace("\\\n", " ").splitlines()
+    return "\n".join(line for line in lines if UNTAGGED_COMMAND.match(line))
+
+
 def documented_commands():
     """returns: [(file name, line, tokens)] of every shell command in the documentation."""
     found = []
@@ -105,6 +117,9 @@ def documented_commands():
         for language, code, line in fenced_blocks(path):
             if language in SHELL_LANGUAGES:
                 found += [(name, line, tokens) for tokens in shell_commands(code)]
+            elif language in ("", "text"):
+                found += [(name, line, tokens)
+                          for tokens in shell_commands(untagged_commands(code))]
         found += [(name, line, tokens) for line, command in inline_commands(path)
                   for tokens in shell_commands(command)]
     return found
