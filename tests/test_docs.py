@@ -400,3 +400,12 @@ def test_the_readme_install_sentence_is_what_pip_installs():
     assert set(modules) <= named and set(commands) <= named
     counts = re.findall(r"\b(\w+) (?:top-level modules|commands)\b", sentence)
     assert [NUMBER_WORDS[c] for c in counts] == [len(modules), len(commands)], sentence
+
+
+@pytest.mark.parametrize("path", DOCS, ids=[p.name for p in DOCS])
+def test_no_placeholder_is_left_for_a_figure(path):
+    """A line that is only an UPPER_CASE token (SPEED_TABLE, BENCH_FIGURES) is a figure that was
+    never filled in."""
+    left = [line for line in path.read_text().splitlines()
+            if re.fullmatch(r"[A-Z][A-Z0-9]*(_[A-Z0-9]+)+", line.strip())]
+    assert not left, f"{path.name} still holds {left}: fill in the measured figures"
