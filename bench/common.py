@@ -9,25 +9,7 @@ import pandas as pd
 import torch
 
 from clip_hitchhiker.embedding_cache import write_atomically
-
-# clip.model.CLIP arguments; clip's build_model infers heads as width // 64.
-CLIP_SHAPES = {
-    "tiny": dict(embed_dim=32, image_resolution=32, vision_layers=1, vision_width=64,
-                 vision_patch_size=16, context_length=77, vocab_size=49408,
-                 transformer_width=64, transformer_heads=1, transformer_layers=1),
-    "ViT-B/16": dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768,
-                     vision_patch_size=16, context_length=77, vocab_size=49408,
-                     transformer_width=512, transformer_heads=8, transformer_layers=12),
-}
-
-
-def random_clip(shape="ViT-B/16", seed=0):
-    """A clip.model.CLIP of the named shape with seeded random weights, in eval mode."""
-    from clip.model import CLIP
-
-    torch.manual_seed(seed)
-    return CLIP(**CLIP_SHAPES[shape]).eval()
-
+from clip_hitchhiker.synthetic_data import random_clip
 
 def random_clip_checkpoint(path, shape="ViT-B/16"):
     """random_clip(shape) saved as a state dict that load_clip_model reads. returns: path."""

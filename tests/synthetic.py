@@ -11,6 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+# The tiny CLIP and the colour videos ship with the package (the demo uses them); the tests
+# reach them through this module as before.
+from clip_hitchhiker.synthetic_data import (LEARNING_COLOURS, build_colour_videos,  # noqa: F401
+                                            save_tiny_clip, tiny_clip, write_colour_video,
+                                            write_noise_video)
+
 # Frame i is uniform colour: red encodes i % 16, green i // 16, in steps of 16 (up to 256
 # frames); steps that wide survive lossy compression and YUV conversion. Gray videos are stored in
 # limited range (16..235), decoded as (v - 16) * 255 / 219: their levels stay inside it.
@@ -179,29 +185,6 @@ class FileServer:
         self.httpd.server_close()
 
 
-def tiny_clip(seed=0):
-    """A small clip.model.CLIP (embedding width 32, 32 px images), seeded."""
-    from bench.common import random_clip
-    return random_clip("tiny", seed)
-
-
-def save_tiny_clip(path, kind="torchscript", **kwargs):
-    """Save a tiny CLIP as the official checkpoints are (TorchScript) or as a plain state dict."""
-    import clip
-    import torch
-
-    model = tiny_clip(**kwargs)
-    if kind == "state_dict":
-        torch.save(model.state_dict(), path)
-        return path
-    resolution = model.visual.input_resolution
-    example = (torch.zeros(1, 3, resolution, resolution), clip.tokenize(["a photo"]))
-    with torch.no_grad():
-        traced = torch.jit.trace(model, example, check_trace=False)
-    traced.save(str(path))
-    return path
-
-
 def zip_bytes(folder):
     buffer = io.BytesIO()
     zip_folder(folder, buffer)
@@ -274,55 +257,3 @@ def zip_contents(folder):
         for path in sorted(Path(folder).rglob("*")):
             archive.write(path, path.relative_to(folder).as_posix())
     return buffer.getvalue()
-
-
-LEARNING_COLOURS = {"red": (230, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 230),
-                    "yellow": (230, 230, 30), "purple": (150, 30, 200), "cyan": (30, 220, 220),
-                    "orange": (250, 140, 20), "pink": (250, 120, 190), "white": (245, 245, 245),
-                    "black": (10, 10, 10), "brown": (120, 70, 20), "olive": (120, 120, 20)}
-
-
-def write_colour_video(path, colour, num_frames, relevant, seed, size=32):
-    """Frames of random noise, except `relevant` frames (at random places) of one colour."""
-    rng = np.random.default_rng(seed)
-    where = set(rng.choice(num_frames, size=relevant, replace=False).tolist())
-    write_noise_video(path, num_frames, {i: colour for i in where}, rng, size=size)
-
-
-def write_noise_video(path, num_frames, coloured, rng, fps=10, size=32):
-    """An H.264 video of random-noise frames (drawn from the numpy Generator rng), except the
-    frames {index: (r, g, b)} in coloured, which are that one colour."""
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv444p"
-        stream.options = {"crf": "10", "preset": "ultrafast"}
-        for i in range(num_frames):
-            if i in coloured:
-                image = np.empty((size, size, 3), np.uint8)
-                image[...] = coloured[i]
-            else:
-                image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
-def build_colour_videos(root, videos_per_colour, num_frames=8, relevant=2, seed=0,
-                        name="train"):
-    """A CSV (video_path, caption) of colour videos under root; the caption names the colour
-    of the few relevant frames. returns: the CSV path."""
-    root = Path(root)
-    (root / name).mkdir(parents=True, exist_ok=True)
-    rows = ["video_path,caption"]
-    for c, (colour_name, colour) in enumerate(LEARNING_COLOURS.items()):
-        for k in range(videos_per_colour):
-            path = f"{name}/{colour_name}_{k}.mp4"
-            write_colour_video(root / path, colour, num_frames, relevant,
-                               seed=seed * 100_000 + c * 1000 + k)
-            rows.append(f"{path},a {colour_name} video")
-    (root / f"{name}.csv").write_text("\n".join(rows) + "\n")
-    return root / f"{name}.csv"
