@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clip_hitchhiker.synthetic_data import write_noise_video
+
 # Colours far apart once CLIP normalises them, and far from the grey that noise averages to.
 SEARCH_COLOURS = {"red": (230, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 230),
                   "yellow": (230, 230, 30), "purple": (150, 30, 200), "teal": (30, 220, 220),
@@ -17,24 +19,10 @@ VIDEO_FPS = 4
 def write_segment_video(path, colour, seconds, segment, seed, size=32):
     """Noise frames at VIDEO_FPS, except those whose time lies in segment = (start, end)
     seconds, which are uniformly `colour`."""
-    import av
-
-    rng = np.random.default_rng(seed)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=VIDEO_FPS)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv444p"
-        stream.options = {"crf": "10", "preset": "ultrafast"}
-        for i in range(int(seconds * VIDEO_FPS)):
-            if segment[0] <= i / VIDEO_FPS < segment[1]:
-                image = np.empty((size, size, 3), np.uint8)
-                image[...] = colour
-            else:
-                image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    num_frames = int(seconds * VIDEO_FPS)
+    coloured = {i: colour for i in range(num_frames) if segment[0] <= i / VIDEO_FPS < segment[1]}
+    write_noise_video(path, num_frames, coloured, np.random.default_rng(seed), fps=VIDEO_FPS,
+                      size=size)
 
 
 def build_segment_videos(folder, colours=tuple(SEARCH_COLOURS), seed=0):
