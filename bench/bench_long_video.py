@@ -31,7 +31,7 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
-from bench.common import MSRVTT_MEAN_KBPS, make_videos  # noqa: E402
+from bench.common import MSRVTT_MEAN_KBPS, encode_drifting_texture, make_videos  # noqa: E402
 from clip_hitchhiker.embedding_cache import write_atomically  # noqa: E402
 
 DECODERS = ("decord", "pyav", "torchcodec")
@@ -59,14 +59,7 @@ def write_textured_long_video(path, seconds, gop_seconds, size, fps, kbps, seed=
             gop = str(gop_seconds * fps)
             stream.options = {"preset": "ultrafast", "g": gop, "keyint_min": gop,
                               "sc_threshold": "0", "bf": "2"}
-            for i in range(int(seconds * fps)):
-                dy, dx = (i * 2) % height, (i * 3) % width
-                image = av.VideoFrame.from_ndarray(texture[dy:dy + height, dx:dx + width],
-                                                   "rgb24")
-                for packet in stream.encode(image):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
+            encode_drifting_texture(container, stream, texture, int(seconds * fps))
 
     write_atomically(path, write)
 

@@ -25,6 +25,22 @@ def random_clip_checkpoint(path, shape="ViT-B/16"):
 MSRVTT_MEAN_KBPS = 320
 
 
+def encode_drifting_texture(container, stream, texture, num_frames):
+    """Encode num_frames views of texture ([2H, 2W, 3] uint8) through a stream.height x
+    stream.width window that drifts 2 px down and 3 px right a frame, then flush the encoder:
+    motion that decodes like footage, unlike flat colour."""
+    import av
+
+    height, width = stream.height, stream.width
+    for i in range(num_frames):
+        dy, dx = (i * 2) % height, (i * 3) % width
+        frame = av.VideoFrame.from_ndarray(texture[dy:dy + height, dx:dx + width], "rgb24")
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+
+
 def write_textured_video(path, seconds, width=320, height=240, fps=30, seed=0, kbps=None):
     """H.264 video of a drifting random texture: decodes like real footage, unlike flat colour.
     kbps: the average bitrate; None encodes at constant quality (crf 23), which gives this
@@ -43,13 +59,7 @@ def write_textured_video(path, seconds, width=320, height=240, fps=30, seed=0, k
             stream.options = {"preset": "veryfast", **({"crf": "23"} if kbps is None else {})}
             if kbps is not None:
                 stream.bit_rate = int(kbps * 1000)
-            for i in range(int(seconds * fps)):
-                dy, dx = (i * 2) % height, (i * 3) % width
-                frame = av.VideoFrame.from_ndarray(texture[dy:dy + height, dx:dx + width], "rgb24")
-                for packet in stream.encode(frame):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
+            encode_drifting_texture(container, stream, texture, int(seconds * fps))
 
     write_atomically(path, write)
 

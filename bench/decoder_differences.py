@@ -18,6 +18,8 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench.common import encode_drifting_texture  # noqa: E402
+
 DECODERS = ("decord", "pyav", "torchcodec")
 # name: (file suffix, encoder, encoder options)
 CODECS = {"H.264 with B-frames": (".mp4", "libx264", {"crf": "23", "bf": "3",
@@ -36,13 +38,7 @@ def write_texture_video(path, encoder, options, seconds=4, width=320, height=240
         stream = container.add_stream(encoder, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = options
-        for i in range(int(seconds * fps)):
-            dy, dx = (i * 2) % height, (i * 3) % width
-            image = av.VideoFrame.from_ndarray(texture[dy:dy + height, dx:dx + width], "rgb24")
-            for packet in stream.encode(image):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+        encode_drifting_texture(container, stream, texture, int(seconds * fps))
 
 
 def decode_all_and_pick(path, indices):
