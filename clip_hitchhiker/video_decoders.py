@@ -118,21 +118,26 @@ def check_decoder(decoder, decode_on="cpu"):
 
 
 def load_torchcodec():
-    """torchcodec's VideoDecoder, or ConfigError naming the FFmpeg library that is missing."""
-    missing = [name for name in FFMPEG_LIBRARIES if ctypes.util.find_library(name) is None]
-    if missing:
-        raise ConfigError(f"--decoder torchcodec: FFmpeg's shared library lib{missing[0]} is "
-                          f"not installed (torchcodec loads FFmpeg from the system); "
-                          f"{FFMPEG_INSTALL_HINT}")
+    """torchcodec's VideoDecoder, or ConfigError naming the FFmpeg library that is missing.
+
+    Loading is the test: FFmpeg may sit where ctypes.util.find_library does not look
+    (LD_LIBRARY_PATH without `ld` on the machine), so the libraries are looked up only to
+    explain a failed load."""
     try:
         from torchcodec.decoders import VideoDecoder
         from torchcodec._core import ops
-        # Loads the FFmpeg-dependent libraries now (torchcodec otherwise does on first use).
-        getattr(ops, "load_core_libraries", lambda: None)()
     except ImportError as e:
         raise ConfigError(f"--decoder torchcodec: torchcodec is not installed ({e}); pip install "
                           "torchcodec, or use --decoder pyav") from e
+    try:
+        # Loads the FFmpeg-dependent libraries now (torchcodec otherwise does on first use).
+        getattr(ops, "load_core_libraries", lambda: None)()
     except (OSError, RuntimeError) as e:
+        missing = [name for name in FFMPEG_LIBRARIES if ctypes.util.find_library(name) is None]
+        if missing:
+            raise ConfigError(f"--decoder torchcodec: FFmpeg's shared library lib{missing[0]} is "
+                              f"not installed (torchcodec loads FFmpeg from the system); "
+                              f"{FFMPEG_INSTALL_HINT}") from e
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"--decoder torchcodec: torchcodec cannot load FFmpeg ({first}); the "
                           f"installed FFmpeg may be a version it does not support; "

@@ -255,6 +255,12 @@ def test_unknown_decoder_is_one_clear_error(bframes_video):
 
 
 def test_missing_ffmpeg_library_is_named(bframes_video, monkeypatch):
+    # As on a machine without libavdevice: torchcodec's load fails, and the lookup names it.
+    from torchcodec._core import ops
+
+    def fail_to_load():
+        raise RuntimeError("Could not load libtorchcodec. Likely causes: FFmpeg is not installed")
+    monkeypatch.setattr(ops, "load_core_libraries", fail_to_load)
     real = ctypes.util.find_library
     monkeypatch.setattr(ctypes.util, "find_library",
                         lambda name: None if name == "avdevice" else real(name))
@@ -264,6 +270,26 @@ def test_missing_ffmpeg_library_is_named(bframes_video, monkeypatch):
         video_decoders.check_decoder("torchcodec")
     with pytest.raises(ConfigError, match=message):
         read_video(bframes_video, 4, decoder="torchcodec")
+
+
+def test_torchcodec_loads_when_the_lookup_misses_its_ffmpeg(bframes_video, monkeypatch):
+    # FFmpeg on LD_LIBRARY_PATH only: find_library misses it, but the load is what counts.
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
+    video_decoders.check_decoder("torchcodec")
+    frames, info = read_video(bframes_video, 4, decoder="torchcodec")
+    assert info["decoder"] == "torchcodec" and frames.shape[0] == 4
+
+
+def test_unloadable_ffmpeg_with_every_library_present_says_so(monkeypatch):
+    from torchcodec._core import ops
+
+    def fail_to_load():
+        raise OSError("libavcodec.so.62: version `LIBAVCODEC_62' not found\nmore detail")
+    monkeypatch.setattr(ops, "load_core_libraries", fail_to_load)
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: f"lib{name}.so")
+    with pytest.raises(ConfigError, match=r"torchcodec cannot load FFmpeg \(libavcodec.so.62: "
+                                          r"version `LIBAVCODEC_62' not found\); .*--decoder pyav"):
+        video_decoders.check_decoder("torchcodec")
 
 
 def test_decode_on_device_needs_torchcodec_and_cuda(capsys):
