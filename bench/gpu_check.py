@@ -149,6 +149,15 @@ def check_end_to_end(csv, model, frames, device, workers, sizes):
               f"{float(difference):.2e} ({model.dtype} model)")
 
 
+def same_results(first, second):
+    """Whether two evaluate() results are equal, entry by entry (ranks are arrays)."""
+    import numpy as np
+    return len(first) == len(second) and all(
+        a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) if isinstance(a[k], np.ndarray)
+                                     else a[k] == b[k] for k in a)
+        for a, b in zip(first, second))
+
+
 def check_scoring(device, sizes):
     """evaluate() on the device against the CPU: the metrics must be identical."""
     from run_msr_retrieval import evaluate
@@ -164,7 +173,7 @@ def check_scoring(device, sizes):
         start = time.perf_counter()
         results = evaluate(content, [0.01, 0.1, 1.0], torch.device(where))
         timings[where] = (time.perf_counter() - start, results)
-    same = timings["cpu"][1] == timings[device.type][1]
+    same = same_results(timings["cpu"][1], timings[device.type][1])
     print(f"scoring: evaluate on {device.type} {timings[device.type][0]:.2f} s, on cpu "
           f"{timings['cpu'][0]:.2f} s; metrics identical: {same}  (T,V,F,D = {T},{V},{F},{D}, "
           "mean pooling and 3 temperatures, t2v and v2t)")
