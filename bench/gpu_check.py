@@ -150,12 +150,17 @@ def check_end_to_end(csv, model, frames, device, workers, sizes):
 
 
 def same_results(first, second):
-    """Whether two evaluate() results are equal, entry by entry (ranks are arrays)."""
+    """Whether two evaluate() results are equal all the way down (ranks are arrays in dicts)."""
     import numpy as np
-    return len(first) == len(second) and all(
-        a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) if isinstance(a[k], np.ndarray)
-                                     else a[k] == b[k] for k in a)
-        for a, b in zip(first, second))
+    if isinstance(first, dict):
+        return (isinstance(second, dict) and first.keys() == second.keys()
+                and all(same_results(first[k], second[k]) for k in first))
+    if isinstance(first, (list, tuple)):
+        return (len(first) == len(second)
+                and all(same_results(a, b) for a, b in zip(first, second)))
+    if isinstance(first, np.ndarray):
+        return np.array_equal(first, second)
+    return first == second
 
 
 def check_scoring(device, sizes):
