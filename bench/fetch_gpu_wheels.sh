@@ -8,5 +8,5 @@ mkdir -p "$dir"
 python3 -m pip wheel -q --no-deps -w "$dir" openai-clip   # published as an sdist only
 python3 -m pip download -q --only-binary=:all: --python-version "$pyver" \
   --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
-  -d "$dir" decord av ftfy regex 'setuptools<81' pandas tqdm
+  -d "$dir" decord av ftfy wcwidth regex 'setuptools<81' pandas tqdm torchcodec
 ls "$dir"

@@ -30,5 +30,19 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "installing from $wheels: ${missing[*]}"
   "$python" -m pip install -q --no-index --find-links "$wheels" "${missing[@]/setuptools/setuptools<81}"
 fi
+# torchcodec loads FFmpeg from the system. A machine without it can lend torchcodec the FFmpeg
+# libraries in PyAV's wheel, linked under their plain names (libavcodec.so.62, ...).
+if ! "$python" -c "from torchcodec._core import ops; assert ops.ffmpeg_major_version" 2>/dev/null; then
+  avlibs=$("$python" -c "import av, pathlib; print(pathlib.Path(av.__file__).parent.parent / 'av.libs')" 2>/dev/null || true)
+  if [ -n "$avlibs" ] && [ -d "$avlibs" ]; then
+    links=$(mktemp -d)
+    for f in "$avlibs"/*.so*; do
+      b=${f##*/} n=${b%%-*} r=${b#*.so.}
+      ln -sf "$f" "$links/$b"; ln -sf "$f" "$links/$n.so.${r%%.*}"
+    done
+    export LD_LIBRARY_PATH="$links${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    echo "torchcodec: no system FFmpeg; using PyAV's ($avlibs)"
+  fi
+fi
 mkdir -p "$(dirname "$out")"
 PYTHONUNBUFFERED=1 "$python" bench/gpu_check.py "${dry[@]}" 2> >(grep -v -e "it/s" -e "batch/s" >&2) | tee "$out"
