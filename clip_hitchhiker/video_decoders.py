@@ -310,7 +310,7 @@ def _read_pyav(video_path, request, num_threads, device):
             stream.codec_context.skip_frame = "NONKEY"
         return container, stream
 
-    images, times = _decode_at(open_stream, table, unique, request.get("keyframes", False))
+    images, times, _ = _decode_at(open_stream, table, unique, request.get("keyframes", False))
     frames = torch.from_numpy(images).permute(0, 3, 1, 2)  # [U, 3, H, W]
     times = torch.tensor(times, dtype=torch.float64)
     return (_expand(frames, unique, indices), len(table.pts), indices,
@@ -330,15 +330,18 @@ def _decode_at(open_stream, table, wanted, keyframes=False):
     """Decode the frames at the sorted indices wanted (PyAV). Seek to the key frame before a
     wanted frame when that skips more decoding than a seek costs (SEEK_COST_FRAMES, or with
     keyframes, where only key frames are decoded, SEEK_COST_KEY_FRAMES), otherwise decode
-    forward. A seek that does not land on the key frame
-    asked for (AVI, which indexes decode order, with B-frames) turns seeking off for the video:
-    it is then decoded from its start, so the frames equal decoding everything and picking.
+    forward; between wanted frames, frames that no other frame refers to are not decoded at all
+    (_decoded_frames). A seek that does not land on the key frame asked for (AVI, which indexes
+    decode order, with B-frames) turns seeking off for the video: it is then decoded from its
+    start, so the frames equal decoding everything and picking.
     A frame is the wanted one when its timestamp is the table's; should the decoder never show
     that timestamp (a damaged stream), the first frame past it stands in, or the last decoded.
     open_stream() -> (container, video stream).
-    returns: (uint8 [U, H, W, 3] RGB, [U] times in seconds), U = len(wanted).
+    returns: (uint8 [U, H, W, 3] RGB, [U] times in seconds, frames decoded), U = len(wanted).
     """
     key_positions = np.flatnonzero(table.key)
+    keep = {int(table.pts[i]) for i in wanted}
+    decoded = [0]  # frames the decoder output, for the caller's report
     container, stream = open_stream()
     images, times = None, []  # images: filled in place, so that no frame is held twice
     frames, position, seekable = None, None, True  # position: the next index decoded
@@ -351,18 +354,18 @@ def _decode_at(open_stream, table, wanted, keyframes=False):
                 skipped = int(np.searchsorted(key_positions, key_before) -
                               np.searchsorted(key_positions, position))
             if frames is None and key_before == 0:  # from the start: no seek needed
-                frames = container.decode(stream)
+                frames = _decoded_frames(container, stream, keep, keyframes, decoded)
             elif frames is None or (seekable and (position > index or skipped >= (
                     SEEK_COST_KEY_FRAMES if keyframes else SEEK_COST_FRAMES))):
                 container.seek(int(table.pts[key_before]), stream=stream, backward=True,
                                any_frame=False)
-                frames = container.decode(stream)
+                frames = _decoded_frames(container, stream, keep, keyframes, decoded)
                 landed = _first_at_or_after(frames, table.pts[key_before])
                 if landed is None or landed.pts != table.pts[key_before]:
                     seekable = False
                     container.close()
                     container, stream = open_stream()
-                    frames = container.decode(stream)
+                    frames = _decoded_frames(container, stream, keep, keyframes, decoded)
                 else:
                     frames = itertools.chain([landed], frames)
             found = _first_at_or_after(frames, table.pts[index])
@@ -383,7 +386,29 @@ def _decode_at(open_stream, table, wanted, keyframes=False):
             times.append(float(stamp * table.time_base))
     finally:
         container.close()
-    return images, times
+    return images, times, decoded[0]
+
+
+def _decoded_frames(container, stream, keep, keyframes, decoded):
+    """The frames of stream from the container's position, in presentation order.
+
+    A packet whose timestamp is in keep is decoded in full. Any other is decoded only as far as
+    later frames need it: with skip_frame NONREF the decoder drops a frame that no other frame
+    refers to (H.264/HEVC non-reference pictures, MPEG-4 B-frames), so the frames kept are
+    bit for bit those of decoding everything. With keyframes (skip_frame NONKEY, set by the
+    caller) only key packets are sent at all. decoded: [count], increased per frame output.
+    """
+    context = stream.codec_context
+    for packet in container.demux(stream):
+        if keyframes:
+            if packet.size and not packet.is_keyframe:
+                continue
+        else:
+            wanted = packet.pts is None or packet.pts in keep
+            context.skip_frame = "DEFAULT" if wanted else "NONREF"
+        for frame in context.decode(packet):  # the demuxer's last, empty packet flushes
+            decoded[0] += 1
+            yield frame
 
 
 def _first_at_or_after(frames, target):

@@ -177,6 +177,83 @@ def test_fps_equals_decoding_everything_and_picking(tmp_path, decoder):
     assert torch.equal(frames, decode_all_and_pick(path, [25, 75]))
 
 
+def write_moving_texture(path, num_frames, codec, options, fps=10, width=96, height=64):
+    """A noise texture drifting 2 px down and 3 px right a frame: frames that decode from their
+    references (a skipped reference would show in the pixels), unlike flat colours."""
+    import av
+
+    from bench.common import encode_drifting_texture
+
+    texture = np.random.default_rng(3).integers(0, 256, (2 * height, 2 * width, 3), np.uint8)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = options
+        encode_drifting_texture(container, stream, texture, num_frames)
+    return path
+
+
+def picture_types(path):
+    """Every frame's picture type ("I", "P", "B"), in presentation order (PyAV, all decoded)."""
+    import av
+
+    with av.open(str(path)) as container:
+        frames = sorted((f.pts, av.video.frame.PictureType(f.pict_type).name) for f in
+                        container.decode(container.streams.video[0]))
+    return [kind for _, kind in frames]
+
+
+def decode_at(path, wanted):
+    """video_decoders._decode_at as _read_pyav calls it. returns: (uint8 [S, 3, H, W], frames
+    the decoder output)."""
+    import av
+
+    def open_stream():
+        container = av.open(str(path))
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1
+        return container, stream
+
+    images, _, decoded = video_decoders._decode_at(open_stream, video_decoders.frame_table(path),
+                                                    wanted)
+    return torch.from_numpy(images).permute(0, 3, 1, 2), decoded
+
+
+def test_frames_nothing_refers_to_are_skipped_and_the_rest_are_exact(tmp_path):
+    # x264 with a fixed pattern and no B-pyramid: every B-frame is a non-reference picture.
+    # Each 30-frame GOP is I, (B B P) x 9, B P: 19 B-frames. Frames 2, 7, ..., 57 are wanted
+    # (5 apart, far under SEEK_COST_FRAMES: no seek); 8 of them are B-frames.
+    path = write_moving_texture(tmp_path / "b.mp4", 60, "libx264", {
+        "crf": "18", "x264-params": "bframes=2:b-adapt=0:b-pyramid=none:keyint=30:"
+                                    "min-keyint=30:scenecut=0"})
+    kinds = picture_types(path)
+    assert "".join(kind[0] for kind in kinds[:30]) == "I" + "BBP" * 9 + "BP"
+    wanted = list(range(2, 60, 5))
+    b_frames = {i for i, kind in enumerate(kinds) if kind == "B"}
+    assert len(b_frames) == 38 and sorted(b_frames & set(wanted)) == [2, 7, 17, 22, 32, 37, 47,
+                                                                      52]
+    frames, decoded = decode_at(path, wanted)
+    assert torch.equal(frames, decode_all_and_pick(path, wanted))
+    # Reading stops at frame 57 (a P-frame): frames 0-57 hold 37 B-frames, 29 of them unwanted
+    # and never decoded, so the decoder output 58 - 29 frames.
+    assert decoded == 29
+
+
+@pytest.mark.parametrize("codec, options", [
+    ("libx264", {"bf": "3", "b-pyramid": "normal", "g": "24", "sc_threshold": "0"}),
+    ("libx265", {"x265-params": "bframes=3:b-pyramid=1:keyint=24:min-keyint=24:log-level=none"}),
+    ("mpeg4", {"qscale": "3", "bf": "2", "g": "24"}),
+    ("libvpx-vp9", {"g": "24", "auto-alt-ref": "1", "lag-in-frames": "16", "crf": "30",
+                    "b:v": "0"}),
+], ids=["h264-b-pyramid", "hevc", "mpeg4", "vp9-alt-ref"])
+def test_skipping_unreferenced_frames_is_exact_per_codec(tmp_path, codec, options):
+    suffix = ".webm" if "vpx" in codec else ".mp4"
+    path = write_moving_texture(tmp_path / f"v{suffix}", 72, codec, options)
+    for wanted in (list(range(1, 72, 4)), list(range(3, 72, 7)), [0, 71]):
+        frames, decoded = decode_at(path, wanted)
+        assert torch.equal(frames, decode_all_and_pick(path, wanted)), (codec, wanted)
+
+
 @pytest.fixture(scope="module")
 def variable_rate_video(tmp_path_factory):
     """Nine frames at uneven times; frames 0 and 4 are the only key frames."""
