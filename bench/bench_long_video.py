@@ -1,22 +1,29 @@
 """How fast each decoder samples frames from long videos, per sampling mode, against the floor of
 decoding every frame; and the decoders on MSR-VTT-like clips.
 
-Long videos: synthetic 854x480 H.264 at 30 fps and a realistic bitrate (1 Mbit/s, a drifting
-texture that decodes like footage), with a key frame every 2 s or 10 s, 10 minutes and 1 hour
-long (the hour is the 10 minutes six times over, remuxed, so it costs no extra encoding). Modes:
+Long videos: synthetic 854x480 H.264 at 30 fps and a realistic bitrate (1 Mbit/s), with a key
+frame every 2 s or 10 s, 10 minutes and 1 hour long (the hour is the 10 minutes six times over,
+remuxed, so it costs no extra encoding). Content (--content):
+    footage          two natural-statistics textures moving apart and cross-fading, through x264's
+                     default preset (medium): every frame carries new detail, as in footage
+    noise            a drifting uniform-noise texture through x264 ultrafast: the worst case for
+                     key frames (incompressible) against the other frames (near free)
+Each video's line gives the share of its bytes in key frames. Modes:
     num_frames 120   the evaluator's uniform rule (seeks between far-apart frames)
     fps 1            the frame nearest each second's midpoint (seeks when a key frame lies
-                     between one chosen frame and the next)
+                     between one chosen frame and the next; frames nothing refers to are skipped)
     keyframes        the key frame nearest each second's midpoint: only key frames decoded
-    fps_no_seek      fps 1 by decoding every frame and converting the chosen ones (PyAV, the
-                     first read_video_times): what seeking is measured against, with the same
-                     output to write (on this sandbox, first touching output memory is slow)
+    fps_no_seek      fps 1 by decoding every frame and converting the chosen ones: what the
+                     skipping and seeking are measured against, with the same output to write
+                     (on this sandbox, first touching output memory is slow)
 The floor: PyAV decoding every frame on one thread, with no colour conversion (the least any
-decoder that does not seek pays). Figures are seconds per hour of video, on one decoding thread.
+decoder that decodes every frame pays). Figures are seconds per hour of video, on one decoding
+thread.
 
     python bench/bench_long_video.py                       # everything (long: hours of decoding)
     python bench/bench_long_video.py --lengths 600 --gops 2 10
     python bench/bench_long_video.py --lengths 3600 --gops 2 --decoders pyav --modes keyframes
+    python bench/bench_long_video.py --content noise --lengths 600 --gops 2
     python bench/bench_long_video.py --quick                # a smoke run on tiny videos
 """
 import argparse
@@ -42,14 +49,52 @@ QUICK = {"size": (160, 96), "fps": 30, "kbps": 200, "lengths": (12, 24), "base":
          "clips": 2, "clip_seconds": (2, 3)}
 
 
-def write_textured_long_video(path, seconds, gop_seconds, size, fps, kbps, seed=0):
-    """H.264 (x264 ultrafast, 2 B-frames, a key frame every gop_seconds exactly) of a drifting
-    random texture at kbps; written beside path and moved into place."""
+def natural_texture(height, width, seed):
+    """uint8 [height, width, 3]: noise with a 1/f amplitude spectrum, the statistics of natural
+    images (detail at every scale, neighbouring pixels alike), unlike uniform noise."""
+    rng = np.random.default_rng(seed)
+    fy = np.fft.fftfreq(height)[:, None]
+    fx = np.fft.rfftfreq(width)[None, :]
+    amplitude = 1 / np.maximum(np.hypot(fy, fx), 1 / max(height, width))
+    image = np.stack([np.fft.irfft2(amplitude * (rng.standard_normal(amplitude.shape) + 1j *
+                                                 rng.standard_normal(amplitude.shape)),
+                                    s=(height, width)) for _ in range(3)], axis=-1)
+    image = (image - image.mean()) / image.std() * 50 + 128
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def encode_footage(container, stream, num_frames, fps, seed=0):
+    """Encode num_frames of two natural-texture layers that drift in different directions and
+    cross-fade over 2.3 s, then flush the encoder. No single motion predicts a frame, so every
+    frame carries new detail, as in footage: at 480p, 1 Mbit/s and 2 s key frame intervals, key
+    frames carry about a fifth of the bytes (a drifting single texture gives them over half)."""
+    import av
+
+    height, width = stream.height, stream.width
+    first = natural_texture(2 * height, 2 * width, seed).astype(np.float32)
+    second = natural_texture(2 * height, 2 * width, seed + 1).astype(np.float32)
+    for i in range(num_frames):
+        y1, x1 = (i * 2) % height, (i * 3) % width
+        y2, x2 = (height - 1) - i % height, (i * 2) % width
+        alpha = 0.5 + 0.4 * np.sin(2 * np.pi * i / (2.3 * fps))
+        image = (alpha * first[y1:y1 + height, x1:x1 + width] +
+                 (1 - alpha) * second[y2:y2 + height, x2:x2 + width])
+        frame = av.VideoFrame.from_ndarray(image.astype(np.uint8), "rgb24")
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+
+
+def write_long_video(path, seconds, gop_seconds, size, fps, kbps, content, seed=0):
+    """H.264 at kbps with 2 B-frames and a key frame every gop_seconds exactly; written beside
+    path and moved into place. content "footage": encode_footage through x264's default preset
+    (medium: CABAC, deblocking, as cameras and sites encode); "noise": a drifting uniform-noise
+    texture through x264 ultrafast (CAVLC, no deblocking), the worst case for key frames: they
+    hold incompressible noise while the other frames are near free."""
     import av
 
     width, height = size
-    texture = np.random.default_rng(seed).integers(0, 256, (height * 2, width * 2, 3),
-                                                   dtype=np.uint8)
 
     def write(tmp):
         with av.open(tmp, "w", format="mp4") as container:
@@ -57,11 +102,28 @@ def write_textured_long_video(path, seconds, gop_seconds, size, fps, kbps, seed=
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             stream.bit_rate = kbps * 1000
             gop = str(gop_seconds * fps)
-            stream.options = {"preset": "ultrafast", "g": gop, "keyint_min": gop,
-                              "sc_threshold": "0", "bf": "2"}
-            encode_drifting_texture(container, stream, texture, int(seconds * fps))
+            stream.options = {"preset": "medium" if content == "footage" else "ultrafast",
+                              "g": gop, "keyint_min": gop, "sc_threshold": "0", "bf": "2"}
+            if content == "footage":
+                encode_footage(container, stream, int(seconds * fps), fps, seed)
+            else:
+                texture = np.random.default_rng(seed).integers(0, 256, (height * 2, width * 2, 3),
+                                                               dtype=np.uint8)
+                encode_drifting_texture(container, stream, texture, int(seconds * fps))
 
     write_atomically(path, write)
+
+
+def key_frame_share(path):
+    """The share of the video stream's bytes in key frames (demuxed, nothing decoded)."""
+    import av
+
+    total = key = 0
+    with av.open(str(path)) as container:
+        for packet in container.demux(container.streams.video[0]):
+            total += packet.size
+            key += packet.size if packet.is_keyframe else 0
+    return key / max(total, 1)
 
 
 def repeat_video(source, path, copies):
@@ -89,14 +151,14 @@ def repeat_video(source, path, copies):
     write_atomically(path, write)
 
 
-def long_video(work, seconds, gop_seconds, sizes):
+def long_video(work, seconds, gop_seconds, sizes, content):
     """The synthetic long video (made once, kept in work)."""
     width, height = sizes["size"]
-    name = f"{width}x{height}_{sizes['kbps']}kbps_gop{gop_seconds}s"
+    name = f"{content}_{width}x{height}_{sizes['kbps']}kbps_gop{gop_seconds}s"
     base = work / f"{name}_{sizes['base']}s.mp4"
     if not base.is_file():
-        write_textured_long_video(base, sizes["base"], gop_seconds, sizes["size"], sizes["fps"],
-                                  sizes["kbps"])
+        write_long_video(base, sizes["base"], gop_seconds, sizes["size"], sizes["fps"],
+                         sizes["kbps"], content)
     if seconds == sizes["base"]:
         return base
     path = work / f"{name}_{seconds}s.mp4"
@@ -170,8 +232,9 @@ def time_output_memory(count, height, width):
 def bench_long(path, seconds, gop_seconds, decoders, modes, size):
     floor, total = time_floor(path)
     per_hour = 3600 / seconds
-    print(f"{seconds / 60:g} min, key frame every {gop_seconds} s ({total} frames): floor "
-          f"(PyAV, every frame, no conversion) {floor * per_hour:7.1f} s per video-hour")
+    print(f"{seconds / 60:g} min, key frame every {gop_seconds} s ({total} frames, "
+          f"{key_frame_share(path):.0%} of the bytes in key frames): floor (PyAV, every frame, "
+          f"no conversion) {floor * per_hour:7.1f} s per video-hour")
     for count in sorted({120, int(seconds), int(seconds) // gop_seconds}):
         memory = time_output_memory(count, size[1], size[0])
         print(f"{seconds / 60:g} min: writing {count} frames into fresh memory (part of every "
@@ -219,6 +282,10 @@ def main():
                         help="key frame intervals in seconds (default 2 10)")
     parser.add_argument("--decoders", nargs="+", default=list(DECODERS), choices=DECODERS)
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--content", nargs="+", default=["footage"], choices=("footage", "noise"),
+                        help="footage (default): two natural textures moving apart, x264 "
+                             "medium; noise: a drifting noise texture, x264 ultrafast (the worst "
+                             "case for key frames)")
     parser.add_argument("--no_clips", action="store_true", help="skip the 320x240 clips")
     parser.add_argument("--repeats", type=int, default=3, help="clip timings: best of (3)")
     parser.add_argument("--quick", action="store_true", help="tiny videos: a smoke run")
@@ -235,10 +302,12 @@ def main():
     print(f"{sizes['size'][0]}x{sizes['size'][1]} H.264, {sizes['fps']} fps, {sizes['kbps']} "
           f"kbit/s; one decoding thread; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} "
           f"on {os.cpu_count()} CPUs")
-    for seconds in lengths:
-        for gop in args.gops:
-            bench_long(long_video(work, seconds, gop, sizes), seconds, gop, args.decoders,
-                       args.modes, sizes["size"])
+    for content in args.content:
+        print(f"content: {content}")
+        for seconds in lengths:
+            for gop in args.gops:
+                bench_long(long_video(work, seconds, gop, sizes, content), seconds, gop,
+                           args.decoders, args.modes, sizes["size"])
     if not args.no_clips:
         csv = make_videos(work / "clips", sizes["clips"], sizes["clip_seconds"],
                           kbps=MSRVTT_MEAN_KBPS)

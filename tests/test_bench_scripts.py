@@ -56,8 +56,8 @@ def test_bench_long_video_quick(tmp_path):
                              "--quick", "--repeats", "1", "--work_dir", str(tmp_path)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    floors = re.findall(r"^([\d.]+) min, key frame every (\d+) s \((\d+) frames\): floor",
-                        result.stdout, re.M)
+    floors = re.findall(r"^([\d.]+) min, key frame every (\d+) s \((\d+) frames, \d+% of the "
+                        r"bytes in key frames\): floor", result.stdout, re.M)
     assert floors == [("0.2", "2", "360"), ("0.2", "10", "360"), ("0.4", "2", "720"),
                       ("0.4", "10", "720")]
     modes = re.findall(r"^0.2 min, key frame every 2 s: (\w+) +(\w+) +(\d+) frames +[\d.]+ s per "
