@@ -289,6 +289,54 @@ def test_keyframes_decodes_only_key_frames(bframes_video):
         assert info["times"] == pytest.approx([0.8, 1.6, 2.4, 3.2])
 
 
+def key_frames_in_one_pass(path, fps):
+    """video_decoders._key_frames_in_one_pass as _read_pyav calls it. returns: (FrameTable,
+    sorted times of the key frames it decoded)."""
+    import av
+
+    def open_stream():
+        container = av.open(str(path))
+        container.streams.video[0].codec_context.skip_frame = "NONKEY"
+        return container, container.streams.video[0]
+
+    table, decoded = video_decoders._key_frames_in_one_pass(
+        open_stream, {"fps": fps, "keyframes": True}, str(path))
+    return table, sorted(time for _, time in decoded.values())
+
+
+def test_keyframes_reads_the_table_and_decodes_the_chosen_key_frames_in_one_pass(bframes_video):
+    # Declared duration 3.7 s (the container's), key frames at 0, 0.8, ..., 3.2 s. fps 1:
+    # midpoints 0.5, 1.5, 2.5, 3.35 s choose 0.8, 1.6, 2.4, 3.2 s; key frame 0 is not decoded.
+    table, decoded = key_frames_in_one_pass(bframes_video, 1.0)
+    assert decoded == pytest.approx([0.8, 1.6, 2.4, 3.2])
+    alone = video_decoders.frame_table(bframes_video)
+    assert np.array_equal(table.pts, alone.pts) and np.array_equal(table.key, alone.key)
+    assert (table.time_base, table.start, table.end) == (alone.time_base, alone.start, alone.end)
+    # fps 0.5: segments [0, 2) and [2, 3.7) s, midpoints 1.0 (nearest 0.8) and 2.85 (nearest
+    # 3.2, 0.35 s away against 2.4's 0.45).
+    assert key_frames_in_one_pass(bframes_video, 0.5)[1] == pytest.approx([0.8, 3.2])
+
+
+@pytest.mark.parametrize("declared", ["wrong", "absent"])
+def test_keyframes_with_a_wrong_or_absent_declared_duration_gives_the_same_frames(
+        bframes_video, monkeypatch, declared):
+    expected, expected_info = read_video_times(bframes_video, fps=0.5, keyframes=True,
+                                               decoder="pyav")
+    # Wrong: every target at 0 s, so only key frame 0 is decoded in the pass and the chosen
+    # ones (0.8 and 3.2 s) by seeking after it. Absent: every key frame is decoded.
+    fake = {"wrong": lambda container, stream, request: np.zeros(1),
+            "absent": lambda container, stream, request: None}[declared]
+    monkeypatch.setattr(video_decoders, "_declared_targets", fake)
+    decoded = key_frames_in_one_pass(bframes_video, 0.5)[1]
+    assert decoded == pytest.approx({"wrong": [0.0], "absent": [0.0, 0.8, 1.6, 2.4, 3.2]}[
+        declared])
+    frames, info = read_video_times(bframes_video, fps=0.5, keyframes=True, decoder="pyav")
+    assert info["indices"] == expected_info["indices"] == [8, 32]
+    assert info["times"] == pytest.approx([0.8, 3.2])
+    assert torch.equal(frames, expected)
+    assert torch.equal(frames, decode_all_and_pick(bframes_video, [8, 32]))
+
+
 def test_choose_frames_by_hand():
     table = video_decoders.FrameTable(pts=np.array([0, 10, 20, 30, 40, 90]),
                                       key=np.array([1, 0, 0, 1, 0, 0], bool), time_base=0.01,
