@@ -416,3 +416,30 @@ def test_max_frames_widens_the_segments_and_says_so(colour_data, tmp_path, capsy
     # Four segments of 13 / 4 s; their midpoints 1.625, 4.875, 8.125, 11.375 s, each taken by
     # the nearest frame of the 4 fps video (ties to the earlier one).
     assert times == [1.5, 4.75, 8.0, 11.25]
+
+
+def test_keyframes_indexes_the_nearest_key_frames_at_their_true_times(colour_data, tmp_path,
+                                                                      capsys):
+    from tests.test_video_decoders import write_video
+
+    # 10 s at 4 fps, a key frame every 8 frames: 0, 2, 4, 6, 8 s. Midpoints 0.5, 1.5, ..., 9.5 s
+    # take the nearest key frame (ties to the earlier): 0, 2, 2, 4, 4, 6, 6, 8, 8, 8 s.
+    (tmp_path / "videos").mkdir()
+    write_video(tmp_path / "videos" / "keys.mp4", 40, fps=4,
+                options={"g": "8", "keyint_min": "8", "sc_threshold": "0", "bf": "2"})
+    base = ["index", tmp_path / "videos", "--index", tmp_path / "index", "--model",
+            colour_data["model"]]
+    run(*base, "--keyframes", "--decoder", "pyav")
+    index = VideoIndex.open(tmp_path / "index")
+    assert index.table["frame_times"][0].tolist() == [0.0, 2.0, 4.0, 6.0, 8.0]
+    assert index.table["frame_indices"][0].tolist() == [0, 8, 16, 24, 32]
+    assert index.info()["config"]["sampling"] == {"rule": "fps", "fps": 1.0, "max_frames": None,
+                                                  "keyframes": True}
+    capsys.readouterr()
+    search_videos.main(search_videos.parse_args(["info", "--index", str(tmp_path / "index")]))
+    assert "1 fps, key frames only" in capsys.readouterr().out
+    # Adding with every frame's sampling is another sampling: refused in one line.
+    code, err = cli_error(capsys, *base, "--device", "cpu", "--num_workers", "0")
+    assert code == 1 and err.count("\n") == 1 and "sampling" in err
+    code, err = cli_error(capsys, *base, "--keyframes", "--num_frames", 4)
+    assert code == 2 and "--keyframes samples by time (--fps); it takes no --num_frames" in err
