@@ -11,7 +11,9 @@ Types, chosen by the number of vectors unless the user says otherwise (`--stage1
             ivfsq8, and less exact: the auto choice beyond SQ8_LIMIT)
     hnsw    a graph over the full vectors (no removal: pruning rebuilds it)
 A vector's id is video id * 2^16 + its segment number, so additions and removals update the
-index in place and a search gives videos, not rows.
+index in place and a search gives videos, not rows. The inverted lists of ivfsq8 and ivfpq are
+trained on the vectors there are when the type is chosen; once the index holds RETRAIN_GROWTH
+times as many, the writer trains them again (`outgrown`), so that lists stay short.
 
 Measured on bench/bench_search.py's 100k videos x 60 frames (800 000 segment means), the share
 of the exact top 10 among the 100 proposed videos: flat 0.998 (25 ms a query), ivfsq8 with 979
@@ -23,7 +25,7 @@ import math
 import numpy as np
 
 __all__ = ["FLAT_LIMIT", "SQ8_LIMIT", "STAGE1_TYPES", "build", "choose_type", "deserialize",
-           "search", "serialize", "update"]
+           "outgrown", "search", "serialize", "update"]
 
 STAGE1_TYPES = ("auto", "flat", "ivfsq8", "ivfpq", "hnsw")
 FLAT_LIMIT = 200_000
@@ -37,6 +39,7 @@ _PQ_BYTES = 64
 _HNSW_NEIGHBOURS = 32
 _DEFAULT_NPROBE = {"ivfsq8": 16, "ivfpq": 64}
 _KMEANS_ROUNDS = 10
+RETRAIN_GROWTH = 4
 
 
 def segment_means(frames):
@@ -112,7 +115,7 @@ def _trained_ivf(kind, means, seed):
     # About 2 sqrt(n) lists, trained on 40 points each (FAISS wants >= 39): a minute of k-means
     # on two cores at 250k vectors; small sets get fewer lists.
     nlist = max(1, min(int(2 * math.sqrt(max(count, 1))), count // 40))
-    params = {"nlist": nlist}
+    params = {"nlist": nlist, "trained_on": count}
     if kind == "ivfsq8":
         codes = "SQ8"
     else:
@@ -133,6 +136,12 @@ def _trained_ivf(kind, means, seed):
     params["nprobe"] = min(nlist, _DEFAULT_NPROBE[kind])
     ivf.nprobe = params["nprobe"]
     return index, params
+
+
+def outgrown(params, num_vectors):
+    """Whether an index built with params (the manifest's) should be trained again for
+    num_vectors: its lists were trained on fewer than num_vectors / RETRAIN_GROWTH vectors."""
+    return "trained_on" in params and num_vectors > RETRAIN_GROWTH * params["trained_on"]
 
 
 def update(index, kind, remove_ids, add_means, add_ids):

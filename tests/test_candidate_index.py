@@ -55,7 +55,7 @@ def test_a_tiny_ivfsq8_with_every_list_probed_proposes_what_flat_does():
     flat, flat_params = ci.build("flat", means, ids)
     ivf, params = ci.build("ivfsq8", means, ids)
     # 80 vectors: min(2 sqrt(80), 80 // 40) = 2 lists, and the default probes are capped by it.
-    assert flat_params == {} and params == {"nlist": 2, "nprobe": 2}
+    assert flat_params == {} and params == {"nlist": 2, "trained_on": 80, "nprobe": 2}
     queries = np.stack([basis(t) for t in range(TOPICS)])
     expected = [[t + TOPICS * r for r in range(5)] for t in range(TOPICS)]
     assert ci.search(flat, queries, 5) == expected
@@ -72,6 +72,35 @@ def test_ivfsq8_is_updated_in_place_and_survives_serialisation():
     restored = ci.deserialize(ci.serialize(ivf), params)
     # Video 41 (cosine 1) comes first, video 4 is gone, video 8 moves up.
     assert ci.search(restored, basis(0)[None], 4) == [[41, 0, 8, 12]]
+
+
+def test_an_ivf_index_is_trained_again_once_it_holds_four_times_its_training_set(tmp_path):
+    from clip_hitchhiker import video_index_format as fmt
+    from clip_hitchhiker.video_index_writer import EncodedVideo, IndexWriter, write_videos
+
+    assert not ci.outgrown({}, 10 ** 9)  # flat and hnsw (and older manifests) record none
+    assert not ci.outgrown({"trained_on": 4}, 16) and ci.outgrown({"trained_on": 4}, 17)
+    config = {"backend": "synthetic", "model": "synthetic", "pretrained": None,
+              "model_id": "synthetic", "embed_dim": DIM, "preprocess": "none",
+              "sampling": {"rule": "fps", "fps": 1.0, "max_frames": None}, "decoder": "none"}
+    generator = np.random.default_rng(0)
+    writer = IndexWriter(tmp_path / "index", config, "ivfsq8")
+    trained_on = []
+    try:
+        # 16 frames: 2 segment vectors a video; 2 videos, then 3 more (10 <= 4 x 4 vectors:
+        # updated in place), then 7 more (24 > 16: trained again on all 24).
+        for first, count in [(0, 2), (2, 3), (5, 7)]:
+            encoded = [EncodedVideo(f"/synthetic/{v}.mp4", {"size": 0, "mtime_ns": 0,
+                                                            "sha256": ""},
+                                    generator.standard_normal((16, DIM)).astype(np.float16),
+                                    [i + 0.5 for i in range(16)], list(range(16)), 16.0)
+                       for v in range(first, first + count)]
+            writer.commit([write_videos(tmp_path / "index", encoded, writer.generation + 1)])
+            stage1 = fmt.read_manifest(tmp_path / "index")["stage1"]
+            trained_on.append((stage1["type"], stage1["params"]["trained_on"]))
+    finally:
+        writer.close()
+    assert trained_on == [("ivfsq8", 4), ("ivfsq8", 4), ("ivfsq8", 24)]
 
 
 def test_a_video_whose_every_segment_matches_does_not_hide_the_next_ones():
