@@ -80,8 +80,9 @@ def _index_parser(parser):
              "its true time). Fastest with --decoder pyav")
     add("--prune", action="store_true", help="drop indexed videos whose files are gone")
     add("--stage1", choices=STAGE1_TYPES, default=None,
-        help="the FAISS candidate index: auto (flat up to 200k videos, then IVF-PQ), flat, "
-             "ivfpq or hnsw (default: what the index has, auto for a new one)")
+        help="the FAISS candidate index over segment means: auto (flat up to 200k vectors, "
+             "IVF-SQ8 up to 4M, then IVF-PQ), flat, ivfsq8, ivfpq or hnsw (default: what the "
+             "index has, auto for a new one)")
     add("--commit_every", type=int, default=DEFAULT_COMMIT_EVERY, metavar="N",
         help="commit after every N videos (per rank under torchrun): a kill loses at most "
              f"those (default {DEFAULT_COMMIT_EVERY})")

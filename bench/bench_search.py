@@ -11,6 +11,8 @@ exhaustive search (--exact), and the exhaustive search's latency: the floor the 
     python bench/bench_search.py --sizes 10k 100k --runs 3
     python bench/bench_search.py --sizes 1M --runs 1      # ~16 GB of disk; deleted after
     python bench/bench_search.py --quick                  # a smoke run
+    python bench/bench_search.py --sizes 100k --runs 1 --keep /tmp/i100k   # build, keep it
+    python bench/bench_search.py --sizes 100k --runs 3 --reuse /tmp/i100k  # fresh readers only
 """
 import argparse
 import json
@@ -26,6 +28,9 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from clip_hitchhiker.candidate_index import STAGE1_TYPES  # noqa: E402
+from clip_hitchhiker.video_search import DEFAULT_CANDIDATES  # noqa: E402
 
 SIZES = {"quick": (2_000, 20), "10k": (10_000, 60), "100k": (100_000, 60),
          "1M": (1_000_000, 16)}
@@ -155,34 +160,45 @@ def _status_kb(field):
 
 
 def one_run(size, args, workdir):
+    """Build an index of `size` (or take --reuse's), then measure it in a fresh reader process.
+    What it built is deleted unless --keep names a folder for it."""
     num_videos, frames = SIZES[size]
+    if args.reuse:
+        return {"size": size, "videos": num_videos, "frames": frames, "build_s": None,
+                "disk_gb": disk_bytes(args.reuse) / 1e9, **measure_in_child(args.reuse, size, args)}
     needed = num_videos * frames * DIM * 2 * 1.15
     free = shutil.disk_usage(workdir).free
     if needed > min(DISK_LIMIT, free - 5e9):
         return {"size": size, "skipped": f"needs ~{needed / 1e9:.0f} GB, {free / 1e9:.0f} GB "
                                           "free (limit 25 GB)"}
     folder = Path(tempfile.mkdtemp(prefix=f"bench_search_{size}_", dir=workdir))
+    index = Path(args.keep) if args.keep else folder / "index"
     try:
-        seconds = build(folder / "index", num_videos, frames, args.commit_size, args.stage1)
-        child = subprocess.run(
-            [sys.executable, __file__, "--_reader", str(folder / "index"), size,
-             str(args.queries), str(args.candidates), str(args.nprobe), str(args.threads)],
-            capture_output=True, text=True)
-        if child.returncode:
-            raise RuntimeError(f"the reader failed: {child.stderr[-3000:]}")
-        result = json.loads(child.stdout.strip().splitlines()[-1])
+        seconds = build(index, num_videos, frames, args.commit_size, args.stage1)
         return {"size": size, "videos": num_videos, "frames": frames,
-                "build_s": seconds, "disk_gb": disk_bytes(folder / "index") / 1e9, **result}
+                "build_s": seconds, "disk_gb": disk_bytes(index) / 1e9,
+                **measure_in_child(index, size, args)}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def measure_in_child(index, size, args):
+    child = subprocess.run(
+        [sys.executable, __file__, "--_reader", str(index), size, str(args.queries),
+         str(args.candidates), str(args.nprobe), str(args.threads)],
+        capture_output=True, text=True)
+    if child.returncode:
+        raise RuntimeError(f"the reader failed: {child.stderr[-3000:]}")
+    return json.loads(child.stdout.strip().splitlines()[-1])
 
 
 def print_result(r, load):
     if "skipped" in r:
         print(f"{r['size']}: skipped ({r['skipped']})")
         return
+    built = "reused" if r["build_s"] is None else f"build {r['build_s']:.0f} s"
     print(f"{r['size']} ({r['videos']} videos x {r['frames']} frames, stage 1 {r['stage1']}): "
-          f"build {r['build_s']:.0f} s, disk {r['disk_gb']:.2f} GB, reader RAM beyond mmaps "
+          f"{built}, disk {r['disk_gb']:.2f} GB, reader RAM beyond mmaps "
           f"{r['rss_anon_mb']:.0f} MB; one query p50 {r['p50_ms']:.1f} ms, p95 "
           f"{r['p95_ms']:.1f} ms; batch of {BATCH} {r['batch_ms_per_query']:.1f} ms/query; "
           f"recall@10 {r['recall_at_10']:.3f}; exhaustive {r['exact_ms_single']:.0f} ms for "
@@ -195,9 +211,16 @@ def main():
     parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=["10k", "100k"])
     parser.add_argument("--runs", type=int, default=3, help="fresh builds per size")
     parser.add_argument("--queries", type=int, default=100)
-    parser.add_argument("--candidates", type=int, default=50)
-    parser.add_argument("--nprobe", type=int, default=64)
-    parser.add_argument("--stage1", default=None, help="flat, ivfpq, hnsw (default: auto)")
+    parser.add_argument("--candidates", type=int, default=DEFAULT_CANDIDATES)
+    parser.add_argument("--nprobe", type=int, default=0,
+                        help="inverted lists probed (default 0: the index's own choice)")
+    parser.add_argument("--stage1", default=None, choices=STAGE1_TYPES,
+                        help="the stage-1 index type (default: auto)")
+    parser.add_argument("--keep", default=None,
+                        help="build the index into this folder and keep it (one run, one size)")
+    parser.add_argument("--reuse", default=None,
+                        help="measure this index (built by --keep for the same size) in fresh "
+                             "readers instead of building one")
     parser.add_argument("--workdir", default=tempfile.gettempdir())
     parser.add_argument("--commit_size", type=int, default=5000, help="videos per commit")
     parser.add_argument("--quick", action="store_true", help="one small run")
@@ -209,10 +232,16 @@ def main():
     if args._reader:
         folder, size, queries, candidates, nprobe, threads = args._reader
         print(json.dumps(measure_reader(folder, *SIZES[size], int(queries), int(candidates),
-                                        int(nprobe), int(threads))))
+                                        int(nprobe) or None, int(threads))))
         return
     if args.quick:
         args.sizes, args.runs, args.queries = ["quick"], 1, 20
+    if (args.keep or args.reuse) and len(args.sizes) != 1 or (args.keep and args.runs != 1):
+        parser.error("--keep takes one size and one run, --reuse one size")
+    if args.keep and Path(args.keep).exists():
+        parser.error(f"--keep {args.keep} exists; name a new folder")
+    if args.reuse and not (Path(args.reuse) / "manifest.json").is_file():
+        parser.error(f"--reuse {args.reuse} holds no index; build one with --keep")
     for size in args.sizes:
         for _ in range(args.runs):
             print_result(one_run(size, args, args.workdir),

@@ -223,8 +223,10 @@ class IndexWriter:
     def _write_stage1(self, table, generation, removed_ids, added_ids, added_means):
         vectors = sum(candidate_index.segment_count(len(t)) for t in table["frame_times"])
         kind = candidate_index.choose_type(self.stage1_request, vectors)
-        rebuild = (self.stage1 is None or kind != self.stage1_kind or not candidate_index.update(
-            self.stage1, kind, removed_ids, added_means, added_ids))
+        rebuild = (self.stage1 is None or kind != self.stage1_kind
+                   or candidate_index.outgrown(self.stage1_params, vectors)
+                   or not candidate_index.update(self.stage1, kind, removed_ids, added_means,
+                                                 added_ids))
         if rebuild:
             means, ids = fmt.segment_vectors(self.folder, table, self.config["embed_dim"])
             self.stage1, self.stage1_params = candidate_index.build(kind, means, ids)

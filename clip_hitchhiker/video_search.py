@@ -1,9 +1,12 @@
 """Searching a video index (clip_hitchhiker.video_index_format) by text, in two stages:
 
-    1. candidates: the FAISS index over per-video means proposes `candidates` videos per query;
-    2. exact: query-scoring (query_scoring.similarity_queryscoring) scores each candidate over all
-       its frames, read from the memory-mapped shards; the best k are returned, each with the
-       moment that its frame weights point at (clip_hitchhiker.moments.moment_from_weights).
+    1. candidates: the FAISS index over segment means (clip_hitchhiker.candidate_index) proposes
+       `candidates` videos per query;
+    2. exact: query-scoring scores each candidate over all its frames, read from the
+       memory-mapped shards in one gather (candidate_scores, equal to
+       query_scoring.similarity_queryscoring to float32 rounding); the best k are scored again by
+       similarity_queryscoring and returned, each with the moment that its frame weights point
+       at (clip_hitchhiker.moments.moment_from_weights).
 
 `exact=True` skips stage 1 and scores every video: the ground truth stage 1 is measured against.
 
@@ -25,10 +28,10 @@ from clip_hitchhiker.moments import DEFAULT_MASS, moment_from_weights
 from query_scoring import (queryscoring_frame_weights, similarity_meanpooling,
                            similarity_queryscoring)
 
-__all__ = ["AGGREGATES", "DEFAULT_CANDIDATES", "VideoIndex"]
+__all__ = ["AGGREGATES", "DEFAULT_CANDIDATES", "VideoIndex", "candidate_scores"]
 
 AGGREGATES = ("queryscoring", "mean")
-DEFAULT_CANDIDATES = 50
+DEFAULT_CANDIDATES = 100
 _EXACT_BLOCK_FRAMES = 1 << 16   # frames scored per block by the exhaustive search
 _OPEN_RETRIES = 5               # a writer may commit (and remove old files) while we open
 
@@ -106,15 +109,18 @@ class VideoIndex:
         return rows
 
     def padded_frames(self, rows):
-        """(float32 [len(rows), F_max, D], bool mask [len(rows), F_max]) of table rows."""
+        """(float32 [len(rows), F_max, D], bool mask [len(rows), F_max]) of table rows, padded
+        with zeros."""
         counts = [len(self.table["frame_times"][r]) for r in rows]
         frames = np.zeros((len(rows), max(counts, default=1), self.config["embed_dim"]),
-                          dtype=np.float32)
+                          dtype=np.float16)
         mask = np.zeros(frames.shape[:2], dtype=bool)
         for i, row in enumerate(rows):
             frames[i, :counts[i]] = self.frames(row)
             mask[i, :counts[i]] = True
-        return torch.from_numpy(frames), torch.from_numpy(mask)
+        # Gathered as float16, converted by torch: numpy (2.x) converts float16 element by
+        # element, ~15 times slower, and that conversion was most of a query's stage 2.
+        return torch.from_numpy(frames).float(), torch.from_numpy(mask)
 
     # ------------------------------------------------------------------------------------------
     # Searching
@@ -198,9 +204,9 @@ class VideoIndex:
 
     def _score_rows(self, text_embeds, rows, k, temperature, aggregate):
         """[(row, score)] of the best k rows for one text (text_embeds: [1, D])."""
-        scores = self._scores(text_embeds, rows, temperature, aggregate)[0]
-        best = _top_k(scores.numpy(), np.asarray(rows), k)
-        return best
+        frames, mask = self.padded_frames(rows)
+        scores = candidate_scores(text_embeds[0], frames, mask, temperature, aggregate)
+        return _top_k(scores.numpy(), np.asarray(rows), k)
 
     def _score_all(self, text_embeds, k, temperature, aggregate):
         """The exhaustive search: every video, in blocks of about _EXACT_BLOCK_FRAMES frames."""
@@ -236,6 +242,33 @@ class VideoIndex:
                 "num_videos": len(self), "num_frames": int(sum(v["frames"] for v in videos)),
                 "disk_bytes": sum(r["bytes"] for r in manifest["files"].values()),
                 "skipped": manifest["skipped"], "videos": videos}
+
+
+def candidate_scores(text_embed, frames, mask, temperature, aggregate="queryscoring", eps=1e-8):
+    """Stage 2's scores of one text against candidate videos: similarity_queryscoring's (or
+    similarity_meanpooling's) to float32 rounding, in three passes over the frames, not seven.
+    They only choose the k best, which _hits scores again by query_scoring's own functions.
+
+    text_embed: [D]; frames: float32 [C, F, D] read from float16 shards (so no square of them
+        overflows or underflows, and query_scoring's rescaling is not needed), padding zero;
+        mask: [C, F] bool, each video with at least one True frame. returns: float32 [C].
+    """
+    text_embed = text_embed.to(frames.dtype)
+    text_unit = text_embed / text_embed.norm().clamp_min(eps)
+    if aggregate == "mean":
+        pooled = frames.sum(1) / mask.sum(1, keepdim=True)  # [C, D]
+        return pooled @ text_unit / pooled.norm(dim=1).clamp_min(eps)
+    num_videos, num_frames, dim = frames.shape
+    flat = frames.view(num_videos * num_frames, dim)
+    text_dot_frames = (flat @ text_unit).view(num_videos, num_frames)  # t^ . v_f
+    cosines = text_dot_frames / torch.linalg.vector_norm(flat, dim=1).view(
+        num_videos, num_frames).clamp_min(eps)
+    cosines.masked_fill_(~mask, float("-inf"))
+    # The best cosine subtracted first, so that any positive temperature works (the softmax
+    # does not change).
+    weights = torch.softmax((cosines - cosines.amax(1, keepdim=True)) / temperature, dim=1)
+    pooled = torch.bmm(weights[:, None], frames)[:, 0]  # u = sum_f w_f v_f, [C, D]
+    return (weights * text_dot_frames).sum(1) / pooled.norm(dim=1).clamp_min(eps)
 
 
 def _top_k(scores, rows, k):

@@ -143,3 +143,23 @@ def test_bench_search_quick(tmp_path):
     assert re.search(r"^quick \(2000 videos x 20 frames, stage 1 flat\): build \d+ s, .* "
                      r"recall@10 [01]\.\d{3}; exhaustive \d+ ms", result.stdout, re.M)
     assert list(tmp_path.iterdir()) == []  # the bench deletes what it wrote
+
+
+def test_bench_search_keeps_an_index_then_measures_it_again_with_ivfsq8(tmp_path):
+    bench = [sys.executable, str(REPO / "bench" / "bench_search.py"), "--quick"]
+    work, kept = tmp_path / "work", tmp_path / "kept"
+    work.mkdir()
+    built = subprocess.run(bench + ["--workdir", str(work), "--keep", str(kept), "--stage1",
+                                    "ivfsq8"], capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert re.search(r"^quick \(2000 videos x 20 frames, stage 1 ivfsq8\): build \d+ s",
+                     built.stdout, re.M)
+    assert list(work.iterdir()) == [] and (kept / "manifest.json").is_file()
+    reused = subprocess.run(bench + ["--reuse", str(kept)], capture_output=True, text=True,
+                            timeout=600)
+    assert reused.returncode == 0, reused.stderr[-3000:]
+    assert re.search(r"^quick \(2000 videos x 20 frames, stage 1 ivfsq8\): reused, disk .* "
+                     r"recall@10 [01]\.\d{3}", reused.stdout, re.M)
+    refused = subprocess.run(bench + ["--keep", str(kept)], capture_output=True, text=True,
+                             timeout=60)
+    assert refused.returncode == 2 and f"--keep {kept} exists" in refused.stderr

@@ -391,7 +391,7 @@ def test_two_torchrun_ranks_build_the_index_one_process_builds(colour_data, six_
     assert_only_committed_files(index)
 
 
-@pytest.mark.parametrize("kind", ["ivfpq", "hnsw"])
+@pytest.mark.parametrize("kind", ["ivfsq8", "ivfpq", "hnsw"])
 def test_other_stage1_types_are_recorded_kept_up_to_date_and_agree(colour_data, tmp_path, kind):
     truth, model = colour_data["truth"], colour_data["model"]
     videos = tmp_path / "videos"

@@ -1,0 +1,158 @@
+"""Stage 1 (clip_hitchhiker.candidate_index) and stage 2's one-query scorer
+(video_search.candidate_scores): exact expectations on small built-by-hand sets."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from clip_hitchhiker import candidate_index as ci
+from clip_hitchhiker.video_search import candidate_scores
+from query_scoring import similarity_meanpooling, similarity_queryscoring
+
+DIM = 64
+TOPICS = 4
+
+
+def test_auto_is_flat_then_ivfsq8_then_ivfpq_at_the_documented_sizes():
+    assert (ci.FLAT_LIMIT, ci.SQ8_LIMIT) == (200_000, 4_000_000)
+    assert ci.choose_type("auto", 1) == "flat"
+    assert ci.choose_type("auto", 200_000) == "flat"
+    assert ci.choose_type("auto", 200_001) == "ivfsq8"
+    assert ci.choose_type("auto", 800_000) == "ivfsq8"  # the bench's 100k videos x 60 frames
+    assert ci.choose_type("auto", 4_000_000) == "ivfsq8"
+    assert ci.choose_type("auto", 4_000_001) == "ivfpq"
+    for kind in ("flat", "ivfsq8", "ivfpq", "hnsw"):
+        assert ci.choose_type(kind, 10 ** 7) == kind
+    with pytest.raises(ValueError, match="ivfsq4"):
+        ci.choose_type("ivfsq4", 10)
+
+
+def basis(i):
+    vector = np.zeros(DIM, np.float32)
+    vector[i] = 1
+    return vector
+
+
+def clustered_means(num_videos=40):
+    """Two segment vectors per video: video v is about topic v % 4 (basis vector e_t), with
+    cosine 0.9 - 0.08 (v // 4) at its first segment and 0.04 less at its second; the rest of
+    each vector is a basis direction of its own, orthogonal to every topic. So a query e_t
+    ranks the videos of topic t by v // 4, 0.04 or more apart (far above 8-bit rounding), and
+    every other vector scores exactly 0."""
+    means, ids = [], []
+    for video in range(num_videos):
+        for segment in range(2):
+            cosine = 0.9 - 0.08 * (video // TOPICS) - 0.04 * segment
+            own = basis(TOPICS + (2 * video + segment) % (DIM - TOPICS))
+            means.append(cosine * basis(video % TOPICS) + math.sqrt(1 - cosine ** 2) * own)
+            ids.append((video << 16) + segment)
+    return np.stack(means), np.array(ids, dtype=np.int64)
+
+
+def test_a_tiny_ivfsq8_with_every_list_probed_proposes_what_flat_does():
+    means, ids = clustered_means()
+    flat, flat_params = ci.build("flat", means, ids)
+    ivf, params = ci.build("ivfsq8", means, ids)
+    # 80 vectors: min(2 sqrt(80), 80 // 40) = 2 lists, and the default probes are capped by it.
+    assert flat_params == {} and params == {"nlist": 2, "trained_on": 80, "nprobe": 2}
+    queries = np.stack([basis(t) for t in range(TOPICS)])
+    expected = [[t + TOPICS * r for r in range(5)] for t in range(TOPICS)]
+    assert ci.search(flat, queries, 5) == expected
+    assert ci.search(ivf, queries, 5, nprobe=params["nlist"]) == expected
+
+
+def test_ivfsq8_is_updated_in_place_and_survives_serialisation():
+    means, ids = clustered_means()
+    ivf, params = ci.build("ivfsq8", means, ids)
+    video_4 = ci.video_ids_of(ids) == 4
+    new_means = 2 * basis(0)[None].repeat(2, 0)  # any scale: made unit inside
+    assert ci.update(ivf, "ivfsq8", ids[video_4], new_means, np.array([41 << 16, (41 << 16) + 1]))
+    assert ivf.ntotal == len(ids)
+    restored = ci.deserialize(ci.serialize(ivf), params)
+    # Video 41 (cosine 1) comes first, video 4 is gone, video 8 moves up.
+    assert ci.search(restored, basis(0)[None], 4) == [[41, 0, 8, 12]]
+
+
+def test_an_ivf_index_is_trained_again_once_it_holds_four_times_its_training_set(tmp_path):
+    from clip_hitchhiker import video_index_format as fmt
+    from clip_hitchhiker.video_index_writer import EncodedVideo, IndexWriter, write_videos
+
+    assert not ci.outgrown({}, 10 ** 9)  # flat and hnsw (and older manifests) record none
+    assert not ci.outgrown({"trained_on": 4}, 16) and ci.outgrown({"trained_on": 4}, 17)
+    config = {"backend": "synthetic", "model": "synthetic", "pretrained": None,
+              "model_id": "synthetic", "embed_dim": DIM, "preprocess": "none",
+              "sampling": {"rule": "fps", "fps": 1.0, "max_frames": None}, "decoder": "none"}
+    generator = np.random.default_rng(0)
+    writer = IndexWriter(tmp_path / "index", config, "ivfsq8")
+    trained_on = []
+    try:
+        # 16 frames: 2 segment vectors a video; 2 videos, then 3 more (10 <= 4 x 4 vectors:
+        # updated in place), then 7 more (24 > 16: trained again on all 24).
+        for first, count in [(0, 2), (2, 3), (5, 7)]:
+            encoded = [EncodedVideo(f"/synthetic/{v}.mp4", {"size": 0, "mtime_ns": 0,
+                                                            "sha256": ""},
+                                    generator.standard_normal((16, DIM)).astype(np.float16),
+                                    [i + 0.5 for i in range(16)], list(range(16)), 16.0)
+                       for v in range(first, first + count)]
+            writer.commit([write_videos(tmp_path / "index", encoded, writer.generation + 1)])
+            stage1 = fmt.read_manifest(tmp_path / "index")["stage1"]
+            trained_on.append((stage1["type"], stage1["params"]["trained_on"]))
+    finally:
+        writer.close()
+    assert trained_on == [("ivfsq8", 4), ("ivfsq8", 4), ("ivfsq8", 24)]
+
+
+def test_a_video_whose_every_segment_matches_does_not_hide_the_next_ones():
+    """8 segment vectors are searched per proposed video: video 0's 8 segments all outrank
+    video 1's, and video 1 must still be proposed (with 4 per video it was not)."""
+    cosines = {0: [0.9] * 8, 1: [0.8] * 8, 2: [0.7]}
+    means, ids = [], []
+    for video, values in cosines.items():
+        for segment, cosine in enumerate(values):
+            own = basis(TOPICS + len(ids))
+            means.append(cosine * basis(0) + math.sqrt(1 - cosine ** 2) * own)
+            ids.append((video << 16) + segment)
+    flat, _ = ci.build("flat", np.stack(means), np.array(ids, dtype=np.int64))
+    assert ci.SEGMENTS_PER_CANDIDATE == 8
+    assert ci.search(flat, basis(0)[None], 2) == [[0, 1]]
+    assert ci.search(flat, basis(0)[None], 3) == [[0, 1, 2]]
+
+
+def padded_candidates(generator, counts, dim=16):
+    """Frames rounded to float16 (as the shards store them), zero padding, and the mask."""
+    frames = torch.randn(len(counts), max(counts), dim, generator=generator).half().float()
+    mask = torch.arange(max(counts))[None] < torch.tensor(counts)[:, None]
+    return frames * mask[..., None], mask
+
+
+@pytest.mark.parametrize("temperature", [0.1, 1.0, 1e-30])
+def test_candidate_scores_equal_similarity_queryscoring(temperature):
+    generator = torch.Generator().manual_seed(0)
+    frames, mask = padded_candidates(generator, [7, 3, 1, 5, 7])
+    text = torch.randn(1, 16, generator=generator) * 3
+    expected = similarity_queryscoring(text, frames, temperature, video_mask=mask)[0]
+    torch.testing.assert_close(candidate_scores(text[0], frames, mask, temperature), expected,
+                               rtol=0, atol=1e-6)
+
+
+def test_candidate_scores_of_a_query_equal_to_a_frame():
+    """The style guide's hand value: a query equal to frame e1 against frames e1 and e2 scores
+    e / sqrt(e^2 + 1) at temperature 1, and 1 / sqrt(2) by mean pooling."""
+    frames = torch.eye(2)[None]  # [1, 2, 2]
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    text = torch.tensor([1.0, 0.0])
+    e = math.e
+    torch.testing.assert_close(candidate_scores(text, frames, mask, 1.0),
+                               torch.tensor([e / math.sqrt(e ** 2 + 1)]))
+    torch.testing.assert_close(candidate_scores(text, frames, mask, 1.0, "mean"),
+                               torch.tensor([1 / math.sqrt(2)]))
+
+
+def test_candidate_scores_by_mean_equal_similarity_meanpooling():
+    generator = torch.Generator().manual_seed(1)
+    frames, mask = padded_candidates(generator, [2, 6, 4])
+    text = torch.randn(1, 16, generator=generator)
+    expected = similarity_meanpooling(text, frames, video_mask=mask)[0]
+    torch.testing.assert_close(candidate_scores(text[0], frames, mask, 0.1, "mean"), expected,
+                               rtol=0, atol=1e-6)
