@@ -343,9 +343,7 @@ def _read_pyav(video_path, request, num_threads, device):
 
 def _stacked(images):
     """uint8 [U, H, W, 3] from U arrays or PyAV frames (converted to RGB here), in memory that
-    torch's allocator gives (see _decode_at); a [U, H, W, 3] array passes through."""
-    if isinstance(images, np.ndarray):
-        return images
+    torch's allocator gives (see _decode_at)."""
     reformatter = _rgb_reformatter()
     out = None
     for row, image in enumerate(images):
