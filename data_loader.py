@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import CenterCrop, Normalize, Resize
 
 from clip_hitchhiker.downloads import COMPLETE_MARKER, fetch_and_extract, load_restricted_pickle
-from clip_hitchhiker import video_decoders
+from clip_hitchhiker.video import decoders as video_decoders
 from clip_hitchhiker.errors import DatasetError, VideoDecodeError
 
 __all__ = ["COMPLETE_MARKER", "CSVDataset", "DatasetError", "FramePreprocess", "MSRVTTDataset",
@@ -170,14 +170,14 @@ def check_video_file(video_path):
 
 def read_video(video_path, num_frames=None, num_threads=1, sample=sample_frame_indices, *,
                decoder="decord", fps=None, max_frames=None, keyframes=False, device="cpu"):
-    """Decode a video's sampled frames: the one place that decodes (clip_hitchhiker.video_decoders
+    """Decode a video's sampled frames: the one place that decodes (clip_hitchhiker.video.decoders
     holds the decoders and the rules they share).
 
     By count (num_frames): sample(num_available, num_frames) -> indices picks them (the
     release's midpoints; training draws a random frame per segment), on the frame count every
     decoder takes the same way (the stream's packets, as decord counts them). By time (fps,
     max_frames): the frame nearest the midpoint of each 1/fps-second segment
-    (clip_hitchhiker.sampling), each frame once; keyframes=True takes the nearest key frame
+    (clip_hitchhiker.video.sampling), each frame once; keyframes=True takes the nearest key frame
     instead and decodes nothing else (approximate, with true times).
     decoder: "decord" (the release's), "pyav", "torchcodec", or "auto": decord when it imports,
     and PyAV for a video decord cannot read (recorded in the info's "fallback").
@@ -351,7 +351,7 @@ class VideoDataset(Dataset):
         that the caller decides for the whole run (the CLI does, in one place).
     """
 
-    task = "retrieval"  # or "classification" (see clip_hitchhiker.charades)
+    task = "retrieval"  # or "classification" (see clip_hitchhiker.datasets.charades)
     # read_video's decoder and where it decodes; set_decoder changes them (build_dataset does).
     decoder, decode_device = "decord", "cpu"
 

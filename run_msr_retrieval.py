@@ -19,22 +19,22 @@ import numpy as np
 import torch
 
 from clip_hitchhiker import embedding_cache
-from clip_hitchhiker.backends import list_models, load_model
-from clip_hitchhiker.clip_models import (check_embeddings, compute_embeddings,
+from clip_hitchhiker.models.backends import list_models, load_model
+from clip_hitchhiker.models.clip_models import (check_embeddings, compute_embeddings,
                                          compute_text_fields, frame_dtype_for,
                                          prefetch_factor)
-from clip_hitchhiker.charades import charades_map
-from clip_hitchhiker.dataset_choice import (add_dataset_arguments, build_dataset,
+from clip_hitchhiker.datasets.charades import charades_map
+from clip_hitchhiker.datasets.choice import (add_dataset_arguments, build_dataset,
                                             check_dataset_arguments, dataset_folders)
 from clip_hitchhiker.errors import (ConfigError, DatasetError, HitchhikerError, PeerFailure,
                                     VideoDecodeError)
-from clip_hitchhiker.model_options import (add_encoding_arguments, add_model_arguments,
+from clip_hitchhiker.models.options import (add_encoding_arguments, add_model_arguments,
                                            check_model_arguments, decode_device, loader_workers,
                                            resolve_preprocess_on)
-from clip_hitchhiker.moment_run import (add_moment_arguments, check_moment_arguments,
+from clip_hitchhiker.moments.run import (add_moment_arguments, check_moment_arguments,
                                         is_moment_run, run_moments)
 from clip_hitchhiker.output_files import cache_is_writable, check_output_files
-from clip_hitchhiker.batch_memory import (available_memory_bytes, check_decoding_memory,
+from clip_hitchhiker.video.batch_memory import (available_memory_bytes, check_decoding_memory,
                                           decoding_memory_bytes, largest_resolution)
 from clip_hitchhiker.bootstrap import MAX_RESAMPLES, MIN_RESAMPLES, bootstrap
 from clip_hitchhiker.plots import PLOT_FORMATS, require_matplotlib, save_figure, temperature_figure
@@ -44,7 +44,7 @@ from clip_hitchhiker.reporting import (compare_reports, format_bootstrap_line, i
                                        result_label, run_manifest, silence_third_party_notices)
 from clip_hitchhiker.torchrun import (DEFAULT_TIMEOUT_S, broadcast_json, collective_step,
                                       setup_context, teardown)
-from clip_hitchhiker.video_decoders import (check_decoder, decoder_id, decoder_line,
+from clip_hitchhiker.video.decoders import (check_decoder, decoder_id, decoder_line,
                                             resolve_decoder)
 from data_loader import FramePreprocess
 from metrics import ranks_from_counts, ranks_to_metrics, t2v_rank_counts, v2t_ranks

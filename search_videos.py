@@ -7,7 +7,7 @@ frame embeddings, searched by query-scoring (Bain et al., arXiv 2205.08508).
 
 Stages of `index`: parse -> prepare (model, writer, which videos are new, changed or gone) ->
 decode and encode, committing every --commit_every videos -> report. Only parse_args, main and
-cli read the argparse namespace. The format: clip_hitchhiker/video_index_format.py, docs/search.md.
+cli read the argparse namespace. The format: clip_hitchhiker/search/index_format.py, docs/search.md.
 """
 import argparse
 import itertools
@@ -23,20 +23,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from clip_hitchhiker import video_index_writer as writer_lib
-from clip_hitchhiker.candidate_index import STAGE1_TYPES
+from clip_hitchhiker.search import index_writer as writer_lib
+from clip_hitchhiker.search.candidate_index import STAGE1_TYPES
 from clip_hitchhiker.errors import ConfigError, HitchhikerError, PeerFailure, VideoDecodeError
-from clip_hitchhiker.model_options import (DEVICE_PATTERN, add_encoding_arguments,
+from clip_hitchhiker.models.options import (DEVICE_PATTERN, add_encoding_arguments,
                                            add_model_arguments, check_model_arguments,
                                            decode_device, loader_workers, resolve_preprocess_on)
-from clip_hitchhiker.moments import DEFAULT_MASS
+from clip_hitchhiker.moments.rule import DEFAULT_MASS
 from clip_hitchhiker.reporting import silence_third_party_notices
 from clip_hitchhiker.torchrun import (all_gather_json, broadcast_json, collective_step,
                                       setup_context, shard, teardown)
-from clip_hitchhiker.video_decoders import check_decoder, resolve_decoder
-from clip_hitchhiker.video_search import (AGGREGATES, DEFAULT_CANDIDATES, VideoIndex,
+from clip_hitchhiker.video.decoders import check_decoder, resolve_decoder
+from clip_hitchhiker.search.video_index import (AGGREGATES, DEFAULT_CANDIDATES, VideoIndex,
                                           write_thumbnail)
-from clip_hitchhiker import video_index_format as fmt
+from clip_hitchhiker.search import index_format as fmt
 
 DEFAULT_COMMIT_EVERY = 100
 
@@ -183,7 +183,7 @@ class VideoFiles(torch.utils.data.Dataset):
 def decode_video(path, sampling, decoder, device="cpu"):
     """(uint8 frames [F, 3, H, W], info with "times", "indices", "duration") by the sampling
     rule; the uniform rule's times are the sampled frames' presentation times."""
-    from clip_hitchhiker.video_decoders import frame_table
+    from clip_hitchhiker.video.decoders import frame_table
     from data_loader import read_video
 
     if sampling["rule"] == "fps":
@@ -214,8 +214,8 @@ def run_index(args):
 
 
 def _run_index(args, ctx):
-    from clip_hitchhiker.backends import load_model
-    from clip_hitchhiker.clip_models import frame_dtype_for
+    from clip_hitchhiker.models.backends import load_model
+    from clip_hitchhiker.models.clip_models import frame_dtype_for
     from data_loader import FramePreprocess
 
     check_decoder(args.decoder, args.decode_on)

@@ -26,16 +26,16 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import data_loader
-from clip_hitchhiker.backends import load_model
-from clip_hitchhiker.clip_models import compute_embeddings
-from clip_hitchhiker.dataset_choice import build_dataset
+from clip_hitchhiker.models.backends import load_model
+from clip_hitchhiker.models.clip_models import compute_embeddings
+from clip_hitchhiker.datasets.choice import build_dataset
 from clip_hitchhiker.errors import ConfigError, DatasetError, HitchhikerError, PeerFailure
-from clip_hitchhiker.model_options import (add_model_arguments, check_model_arguments,
+from clip_hitchhiker.models.options import (add_model_arguments, check_model_arguments,
                                            decode_device, loader_workers, resolve_preprocess_on)
 from clip_hitchhiker.output_files import folder_problem
 from clip_hitchhiker.run_folder import FolderLock, move_aside, remove_stale_temporaries
 from clip_hitchhiker.torchrun import broadcast_json, collective_step, setup_context, teardown
-from clip_hitchhiker.video_decoders import check_decoder, decoder_line
+from clip_hitchhiker.video.decoders import check_decoder, decoder_line
 from clip_hitchhiker.training import (PRECISIONS, DualEncoder, EpochSampler, Trainer,
                                       TrainingClips, TrainingDiverged, append_jsonl,
                                       build_optimizer, collate_clips,

@@ -184,7 +184,7 @@ def time_no_seek(path):
     returns: (seconds, frames returned)."""
     import av
 
-    from clip_hitchhiker.video_decoders import choose_frames, frame_table
+    from clip_hitchhiker.video.decoders import choose_frames, frame_table
 
     start = time.perf_counter()
     table = frame_table(path)

@@ -79,7 +79,7 @@ def time_encoding(model, frames, total_frames, chunk, device):
 def report_worker_throughput(frame_preprocess, work, sizes):
     """Prints one worker's frames/s in both modes at 16 and 120 frames, on videos at MSR-VTT's
     mean bitrate and on videos at crf 23 (about 3.5x that bitrate)."""
-    from clip_hitchhiker.dataset_choice import build_dataset
+    from clip_hitchhiker.datasets.choice import build_dataset
     for kbps in (MSRVTT_MEAN_KBPS, None):
         csv = make_videos(work, sizes["worker_videos"] + 1, sizes["seconds"], kbps=kbps)
         actual = mean_kbps(csv)
@@ -97,8 +97,8 @@ def report_worker_throughput(frame_preprocess, work, sizes):
 
 def report_pipeline(model, frame_preprocess, csv, device, sizes, args):
     """Prints decoding alone, encoding alone and compute_embeddings, and their ratios."""
-    from clip_hitchhiker.clip_models import compute_embeddings
-    from clip_hitchhiker.dataset_choice import build_dataset
+    from clip_hitchhiker.models.clip_models import compute_embeddings
+    from clip_hitchhiker.datasets.choice import build_dataset
     from clip_hitchhiker.torchrun import Context
     dataset, _ = build_dataset(frame_preprocess, args.num_frames, dataset="csv", csv=csv,
                                video_root=csv.parent)
@@ -137,8 +137,8 @@ def main():
     args = parser.parse_args()
 
     from bench.common import random_clip_checkpoint
-    from clip_hitchhiker.backends import load_model
-    from clip_hitchhiker.clip_models import frame_dtype_for
+    from clip_hitchhiker.models.backends import load_model
+    from clip_hitchhiker.models.clip_models import frame_dtype_for
     from data_loader import FramePreprocess
 
     sizes = ({"videos": 3, "seconds": (1, 2), "worker_videos": 2, "frame_chunk": 4,

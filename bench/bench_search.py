@@ -29,8 +29,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from clip_hitchhiker.candidate_index import STAGE1_TYPES  # noqa: E402
-from clip_hitchhiker.video_search import DEFAULT_CANDIDATES  # noqa: E402
+from clip_hitchhiker.search.candidate_index import STAGE1_TYPES  # noqa: E402
+from clip_hitchhiker.search.video_index import DEFAULT_CANDIDATES  # noqa: E402
 
 SIZES = {"quick": (2_000, 20), "10k": (10_000, 60), "100k": (100_000, 60),
          "1M": (1_000_000, 16)}
@@ -88,7 +88,7 @@ def queries_for(count, num_videos, frames, seed=1):
 
 def build(folder, num_videos, frames, commit_size=5000, stage1=None):
     """Write the index through IndexWriter, as the indexer does. returns: seconds."""
-    from clip_hitchhiker.video_index_writer import EncodedVideo, IndexWriter, write_videos
+    from clip_hitchhiker.search.index_writer import EncodedVideo, IndexWriter, write_videos
 
     config = {"backend": "synthetic", "model": "synthetic", "pretrained": None,
               "model_id": "synthetic", "embed_dim": DIM, "preprocess": "none",
@@ -118,7 +118,7 @@ def measure_reader(folder, num_videos, frames, num_queries, candidates, nprobe, 
     import faiss
     import torch
 
-    from clip_hitchhiker.video_search import VideoIndex
+    from clip_hitchhiker.search.video_index import VideoIndex
 
     torch.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)

@@ -72,7 +72,7 @@ def check_gpu_decode(csv, device, sizes):
     throughput and the largest pixel difference. Nothing depends on it; a machine without
     torchcodec or its FFmpeg libraries says so and goes on."""
     from clip_hitchhiker.errors import ConfigError
-    from clip_hitchhiker.video_decoders import load_torchcodec
+    from clip_hitchhiker.video.decoders import load_torchcodec
     from data_loader import read_video
     try:
         load_torchcodec()
@@ -125,8 +125,8 @@ def check_end_to_end(csv, model, frames, device, workers, sizes):
     """compute_embeddings as the CLI runs it, with the workers preprocessing and with the device
     preprocessing; the largest difference between the two runs' embeddings."""
     from clip_hitchhiker.torchrun import Context
-    from clip_hitchhiker.clip_models import compute_embeddings
-    from clip_hitchhiker.dataset_choice import build_dataset
+    from clip_hitchhiker.models.clip_models import compute_embeddings
+    from clip_hitchhiker.datasets.choice import build_dataset
     for num_frames in sizes["frames"]:
         embeddings = {}
         for placement in ("workers", "device"):
@@ -246,8 +246,8 @@ def main():
     print(f"GPU: {name}; torch {torch.__version__}, CUDA {torch.version.cuda}, "
           f"{os.cpu_count()} CPUs")
 
-    from clip_hitchhiker.backends import load_model
-    from clip_hitchhiker.clip_models import frame_dtype_for
+    from clip_hitchhiker.models.backends import load_model
+    from clip_hitchhiker.models.clip_models import frame_dtype_for
     from data_loader import FramePreprocess
     shape = "tiny" if args.cpu_dry_run else "ViT-B/16"
     checkpoint = random_clip_checkpoint(work / f"{shape.replace('/', '-')}_random.pt", shape)

@@ -7,7 +7,7 @@ import torch
 from torch.testing import assert_close
 
 import run_msr_retrieval as cli_module
-from clip_hitchhiker.backends import list_models, load_model
+from clip_hitchhiker.models.backends import list_models, load_model
 from clip_hitchhiker.errors import ConfigError, ModelLoadError
 from data_loader import FramePreprocess
 from tests import synthetic

@@ -1,4 +1,4 @@
-"""Stage 1 (clip_hitchhiker.candidate_index) and stage 2's one-query scorer
+"""Stage 1 (clip_hitchhiker.search.candidate_index) and stage 2's one-query scorer
 (video_search.candidate_scores): exact expectations on small built-by-hand sets."""
 import math
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from clip_hitchhiker import candidate_index as ci
-from clip_hitchhiker.video_search import candidate_scores
+from clip_hitchhiker.search import candidate_index as ci
+from clip_hitchhiker.search.video_index import candidate_scores
 from query_scoring import similarity_meanpooling, similarity_queryscoring
 
 DIM = 64
@@ -75,8 +75,8 @@ def test_ivfsq8_is_updated_in_place_and_survives_serialisation():
 
 
 def test_an_ivf_index_is_trained_again_once_it_holds_four_times_its_training_set(tmp_path):
-    from clip_hitchhiker import video_index_format as fmt
-    from clip_hitchhiker.video_index_writer import EncodedVideo, IndexWriter, write_videos
+    from clip_hitchhiker.search import index_format as fmt
+    from clip_hitchhiker.search.index_writer import EncodedVideo, IndexWriter, write_videos
 
     assert not ci.outgrown({}, 10 ** 9)  # flat and hnsw (and older manifests) record none
     assert not ci.outgrown({"trained_on": 4}, 16) and ci.outgrown({"trained_on": 4}, 17)

@@ -8,9 +8,9 @@ import torch
 
 import run_msr_retrieval as cli_module
 from clip_hitchhiker import reporting
-from clip_hitchhiker.activitynet import load_paragraphs
-from clip_hitchhiker.batch_memory import decoding_memory_bytes
-from clip_hitchhiker.charades import load_charades_classes, load_charades_split
+from clip_hitchhiker.datasets.activitynet import load_paragraphs
+from clip_hitchhiker.video.batch_memory import decoding_memory_bytes
+from clip_hitchhiker.datasets.charades import load_charades_classes, load_charades_split
 from clip_hitchhiker.errors import ConfigError, DatasetError, ModelLoadError, VideoDecodeError
 from tests import synthetic
 
@@ -223,7 +223,7 @@ def test_compare_refuses_what_is_not_a_report(tmp_path, data_root, tiny_clip_fil
 
 def test_open_clip_weights_of_another_architecture(tiny_clip_files):
     pytest.importorskip("open_clip")
-    from clip_hitchhiker.backends import load_model
+    from clip_hitchhiker.models.backends import load_model
     with pytest.raises(ModelLoadError, match=r"--pretrained .*tiny_sd.pt cannot be loaded into "
                                              r"open_clip's ViT-B-32 \(AssertionError: .*\); is "
                                              r"it that architecture's weights\?"):

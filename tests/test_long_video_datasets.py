@@ -9,8 +9,8 @@ import torch
 from torch.testing import assert_close
 
 import run_msr_retrieval as cli_module
-from clip_hitchhiker.backends import load_model
-from clip_hitchhiker.charades import charades_map
+from clip_hitchhiker.models.backends import load_model
+from clip_hitchhiker.datasets.charades import charades_map
 from clip_hitchhiker.errors import DatasetError
 from query_scoring import similarity_meanpooling, similarity_queryscoring
 from tests import synthetic

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from clip_hitchhiker.bootstrap import bootstrap_means, resample_counts
-from clip_hitchhiker.moment_eval import (best_frame_window, centred_window, clip_to_video,
+from clip_hitchhiker.moments.evaluation import (best_frame_window, centred_window, clip_to_video,
                                          interval_iou, moment_metrics, sliding_window_moments)
-from clip_hitchhiker.moment_run import (BEST_FRAME, CENTRED, SLIDING, WHOLE_VIDEO, localise,
+from clip_hitchhiker.moments.run import (BEST_FRAME, CENTRED, SLIDING, WHOLE_VIDEO, localise,
                                         moment_content)
-from clip_hitchhiker.moments import frame_cells
+from clip_hitchhiker.moments.rule import frame_cells
 from query_scoring import similarity_meanpooling
 
 

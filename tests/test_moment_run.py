@@ -10,13 +10,15 @@ import pytest
 import torch
 
 import run_msr_retrieval as evaluator
-from clip_hitchhiker.activitynet import load_paragraphs
-from clip_hitchhiker.charades_sta import charades_sta_annotation_file, load_charades_sta
+from clip_hitchhiker.datasets.activitynet import load_paragraphs
+from clip_hitchhiker.datasets.charades_sta import charades_sta_annotation_file, load_charades_sta
 from clip_hitchhiker.downloads import COMPLETE_MARKER
-from clip_hitchhiker import embedding_cache, moment_data, moment_run
+from clip_hitchhiker import embedding_cache
+from clip_hitchhiker.datasets import moment_data
+from clip_hitchhiker.moments import run as moment_run
 from clip_hitchhiker.errors import ConfigError, DatasetError, OutputError
-from clip_hitchhiker.moment_data import load_activitynet_moments
-from clip_hitchhiker.moments import frame_cells, moment_from_weights
+from clip_hitchhiker.datasets.moment_data import load_activitynet_moments
+from clip_hitchhiker.moments.rule import frame_cells, moment_from_weights
 from query_scoring import similarity_meanpooling
 from tests import synthetic
 

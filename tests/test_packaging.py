@@ -13,7 +13,7 @@ PUBLIC_IMPORTS = {
     "query_scoring": ["similarity_queryscoring", "similarity_meanpooling"],
     "metrics": ["t2v_metrics", "v2t_metrics"],
     "search_videos": ["parse_args", "main", "cli"],
-    "clip_hitchhiker.video_search": ["VideoIndex"],
+    "clip_hitchhiker.search.video_index": ["VideoIndex"],
     "data_loader": ["sample_frame_indices", "read_video_decord", "MSRVTTDataset", "CSVDataset",
                     "download_msrvtt", "load_msrvtt_split"],
 }
@@ -26,9 +26,12 @@ def setuptools_config():
 def test_listed_modules_are_exactly_the_top_level_modules():
     config = setuptools_config()
     assert sorted(config["py-modules"]) == sorted(p.stem for p in REPO.glob("*.py"))
-    packages = sorted(p.parent.name for p in REPO.glob("*/__init__.py")
-                      if p.parent.name not in ("tests", "bench"))
-    assert sorted(config["packages"]) == packages == ["clip_hitchhiker"]
+    packages = sorted(".".join(p.parent.relative_to(REPO).parts)
+                      for p in REPO.glob("**/__init__.py")
+                      if p.parent.relative_to(REPO).parts[0] not in ("tests", "bench"))
+    assert sorted(config["packages"]) == packages
+    assert packages[0] == "clip_hitchhiker" and all(p.startswith("clip_hitchhiker.")
+                                                    for p in packages[1:])
 
 
 def test_fresh_install_runs_from_another_directory(tmp_path):

@@ -8,7 +8,7 @@ from torch.testing import assert_close
 
 import data_loader
 import run_msr_retrieval as cli_module
-from clip_hitchhiker.clip_models import load_clip_model
+from clip_hitchhiker.models.clip_models import load_clip_model
 from clip_hitchhiker.errors import ModelLoadError, VideoDecodeError
 from data_loader import FramePreprocess, read_video_frames
 from metrics import t2v_metrics, v2t_metrics

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from clip_hitchhiker.moments import frame_cells, moment_from_weights
-from clip_hitchhiker.sampling import (fps_sample_times, fps_segment_edges,
+from clip_hitchhiker.moments.rule import frame_cells, moment_from_weights
+from clip_hitchhiker.video.sampling import (fps_sample_times, fps_segment_edges,
                                       nearest_frame_indices)
 from query_scoring import queryscoring_frame_weights, similarity_queryscoring
 

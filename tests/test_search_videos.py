@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 import search_videos
-from clip_hitchhiker import video_index_format as fmt
+from clip_hitchhiker.search import index_format as fmt
 from clip_hitchhiker.errors import VideoIndexError
-from clip_hitchhiker.video_index_writer import IndexWriter, fingerprint, list_videos
-from clip_hitchhiker.video_search import VideoIndex
+from clip_hitchhiker.search.index_writer import IndexWriter, fingerprint, list_videos
+from clip_hitchhiker.search.video_index import VideoIndex
 from tests import search_synthetic
 
 REPO = Path(__file__).resolve().parent.parent

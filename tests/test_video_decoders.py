@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import data_loader
-from clip_hitchhiker import video_decoders
+from clip_hitchhiker.video import decoders as video_decoders
 from clip_hitchhiker.errors import ConfigError, VideoDecodeError
 from data_loader import read_video, read_video_times, sample_frame_indices
 from tests.synthetic import decode_frame_indices, frame_colour
@@ -422,7 +422,7 @@ def test_decode_on_device_needs_torchcodec_and_cuda(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--decoder", "pyav", "--decode_on", "device"])
     assert "--decode_on device decodes with --decoder torchcodec" in capsys.readouterr().err
-    from clip_hitchhiker.model_options import decode_device, loader_workers
+    from clip_hitchhiker.models.options import decode_device, loader_workers
     with pytest.raises(ConfigError, match="--decode_on device decodes on CUDA"):
         decode_device("device", torch.device("cpu"))
     assert decode_device("cpu", torch.device("cpu")) == "cpu"

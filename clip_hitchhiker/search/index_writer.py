@@ -1,5 +1,5 @@
 """Writing a video index: which videos are new, changed or gone, and commits that a SIGKILL at
-any moment leaves usable (see clip_hitchhiker.video_index_format for the files).
+any moment leaves usable (see clip_hitchhiker.search.index_format for the files).
 
 A video is up to date when its size, mtime and content sha256 all equal the recorded ones
 (hashing a file costs far less than decoding it, and catches a same-size edit that kept the old
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clip_hitchhiker import candidate_index
-from clip_hitchhiker import video_index_format as fmt
+from clip_hitchhiker.search import candidate_index
+from clip_hitchhiker.search import index_format as fmt
 from clip_hitchhiker.embedding_cache import write_atomically
 from clip_hitchhiker.errors import ConfigError, VideoIndexError
 from clip_hitchhiker.run_folder import FolderLock

@@ -1,12 +1,12 @@
-"""Searching a video index (clip_hitchhiker.video_index_format) by text, in two stages:
+"""Searching a video index (clip_hitchhiker.search.index_format) by text, in two stages:
 
-    1. candidates: the FAISS index over segment means (clip_hitchhiker.candidate_index) proposes
+    1. candidates: the FAISS index over segment means (clip_hitchhiker.search.candidate_index) proposes
        `candidates` videos per query;
     2. exact: query-scoring scores each candidate over all its frames, read from the
        memory-mapped shards in one gather (candidate_scores, equal to
        query_scoring.similarity_queryscoring to float32 rounding); the best k are scored again by
        similarity_queryscoring and returned, each with the moment that its frame weights point
-       at (clip_hitchhiker.moments.moment_from_weights).
+       at (clip_hitchhiker.moments.rule.moment_from_weights).
 
 `exact=True` skips stage 1 and scores every video: the ground truth stage 1 is measured against.
 
@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clip_hitchhiker import candidate_index
-from clip_hitchhiker import video_index_format as fmt
+from clip_hitchhiker.search import candidate_index
+from clip_hitchhiker.search import index_format as fmt
 from clip_hitchhiker.errors import VideoIndexError
-from clip_hitchhiker.moments import DEFAULT_MASS, moment_from_weights
+from clip_hitchhiker.moments.rule import DEFAULT_MASS, moment_from_weights
 from query_scoring import (queryscoring_frame_weights, similarity_meanpooling,
                            similarity_queryscoring)
 
@@ -137,8 +137,8 @@ class VideoIndex:
 
     def encode_texts(self, texts, device="cpu"):
         """float32 CPU [len(texts), D], by the model the index was built with."""
-        from clip_hitchhiker.backends import load_model
-        from clip_hitchhiker.clip_models import encode_captions
+        from clip_hitchhiker.models.backends import load_model
+        from clip_hitchhiker.models.clip_models import encode_captions
 
         device = torch.device(device)
         if self._model is None or self._model_device != device:

@@ -8,7 +8,7 @@ decoding); decord's num_frames path keeps its own count (len(VideoReader)), whic
 same way.
 
 Frame choice is pure (choose_frames): by count (the release's uniform rule, on the table's
-length) or by time (clip_hitchhiker.sampling: the frame nearest each 1/fps-second segment's
+length) or by time (clip_hitchhiker.video.sampling: the frame nearest each 1/fps-second segment's
 midpoint; with keyframes=True, the nearest key frame). Each decoder then only decodes a sorted
 list of frame indices, seeking where the chosen frames are far apart.
 """
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from clip_hitchhiker.errors import ConfigError, VideoDecodeError
-from clip_hitchhiker.sampling import fps_sample_times, nearest_frame_indices
+from clip_hitchhiker.video.sampling import fps_sample_times, nearest_frame_indices
 
 __all__ = ["DECODERS", "DECODE_ON", "FFMPEG_LIBRARIES", "FrameTable", "check_decoder",
            "choose_frames", "decode_frames", "decoder_id", "decoder_line", "frame_table",

@@ -22,7 +22,7 @@ R@1 and mIoU are percentages over the queries.
 """
 import numpy as np
 
-from clip_hitchhiker.moments import frame_cells
+from clip_hitchhiker.moments.rule import frame_cells
 
 __all__ = ["IOU_THRESHOLDS", "WINDOW_FRACTIONS", "best_frame_window", "centred_window",
            "clip_to_video", "interval_iou", "moment_metrics", "per_query_columns",

@@ -7,7 +7,7 @@ The annotation file, charades_sta_test.txt, has one query a line:
 (video id, start and end in seconds, '##', the sentence). It has no stable direct download (TALL
 distributes it through a shared drive): pass it with --charades_sta_annotations FILE|URL, or put
 it at data_root/Charades-STA/charades_sta_test.txt. The videos are Charades' 480p videos
-(clip_hitchhiker.charades), data_root/Charades_v1_480/<id>.mp4.
+(clip_hitchhiker.datasets.charades), data_root/Charades_v1_480/<id>.mp4.
 """
 import hashlib
 import math

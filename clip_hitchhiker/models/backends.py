@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from clip_hitchhiker.clip_models import _is_torchscript, load_clip_model
+from clip_hitchhiker.models.clip_models import _is_torchscript, load_clip_model
 from clip_hitchhiker.downloads import sha256_file
 from clip_hitchhiker.errors import ConfigError, ModelLoadError
 

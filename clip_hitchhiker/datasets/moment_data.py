@@ -1,5 +1,5 @@
 """The moment-localisation datasets: Charades-STA and ActivityNet Captions' sentences, each a
-query with its moment, and their videos decoded by time (clip_hitchhiker.sampling: the frame
+query with its moment, and their videos decoded by time (clip_hitchhiker.video.sampling: the frame
 nearest the middle of each 1/fps-second segment, with its presentation time)."""
 import hashlib
 import json
@@ -10,11 +10,11 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from clip_hitchhiker.activitynet import (ACTIVITYNET_CAPTIONS_URL, ACTIVITYNET_SPLITS,
+from clip_hitchhiker.datasets.activitynet import (ACTIVITYNET_CAPTIONS_URL, ACTIVITYNET_SPLITS,
                                          download_activitynet_captions, entry_sentences,
                                          find_video, read_annotations)
-from clip_hitchhiker.charades import CHARADES_VIDEOS_URL
-from clip_hitchhiker.charades_sta import (check_time, charades_sta_annotation_file,
+from clip_hitchhiker.datasets.charades import CHARADES_VIDEOS_URL
+from clip_hitchhiker.datasets.charades_sta import (check_time, charades_sta_annotation_file,
                                           load_charades_sta)
 from clip_hitchhiker.downloads import fetch_and_extract, sha256_file
 from clip_hitchhiker.embedding_cache import fingerprint_files

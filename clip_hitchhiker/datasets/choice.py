@@ -5,9 +5,9 @@ and preprocessing are the same for all."""
 from pathlib import Path
 
 import data_loader
-from clip_hitchhiker.activitynet import (ACTIVITYNET_CAPTIONS_URL, ACTIVITYNET_SPLITS,
+from clip_hitchhiker.datasets.activitynet import (ACTIVITYNET_CAPTIONS_URL, ACTIVITYNET_SPLITS,
                                          PARAGRAPH_MODES, ActivityNetCaptionsDataset)
-from clip_hitchhiker.charades import (CHARADES_ANNOTATIONS_URL, CHARADES_SPLITS,
+from clip_hitchhiker.datasets.charades import (CHARADES_ANNOTATIONS_URL, CHARADES_SPLITS,
                                       CHARADES_VIDEOS_URL, CharadesDataset,
                                       prompt_template_problem)
 from clip_hitchhiker.embedding_cache import fingerprint_files

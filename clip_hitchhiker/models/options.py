@@ -5,9 +5,9 @@ apart.
 import os
 import re
 
-from clip_hitchhiker.backends import BACKENDS
+from clip_hitchhiker.models.backends import BACKENDS
 from clip_hitchhiker.errors import ConfigError
-from clip_hitchhiker.video_decoders import DECODE_ON, DECODERS
+from clip_hitchhiker.video.decoders import DECODE_ON, DECODERS
 
 __all__ = ["DEVICE_PATTERN", "PREPROCESS_ON", "add_encoding_arguments", "add_model_arguments",
            "check_model_arguments", "decode_device", "loader_workers", "resolve_preprocess_on"]

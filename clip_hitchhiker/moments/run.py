@@ -4,8 +4,8 @@ describes in its own video?
 
 Stages: prepare (model, queries, videos) -> frames sampled by time (--fps) and encoded, or
 loaded from the cache -> localise each query in its video (query-scoring's weights through the
-moment rule of clip_hitchhiker.moments, and the baselines on the same frames) -> R@1 at IoU
-0.3/0.5/0.7 and mIoU (clip_hitchhiker.moment_eval) -> bootstrap -> report.
+moment rule of clip_hitchhiker.moments.rule, and the baselines on the same frames) -> R@1 at IoU
+0.3/0.5/0.7 and mIoU (clip_hitchhiker.moments.evaluation) -> bootstrap -> report.
 
 The moment rule gives one moment per query, so R@5 is not reported.
 """
@@ -19,20 +19,20 @@ import torch
 from torch.utils.data import DataLoader
 
 from clip_hitchhiker import embedding_cache
-from clip_hitchhiker.backends import load_model
-from clip_hitchhiker.batch_memory import (available_memory_bytes, check_decoding_memory,
+from clip_hitchhiker.models.backends import load_model
+from clip_hitchhiker.video.batch_memory import (available_memory_bytes, check_decoding_memory,
                                           decoding_memory_bytes, longest_video)
 from clip_hitchhiker.bootstrap import bootstrap_means
-from clip_hitchhiker.clip_models import (ChunkedImageEncoder, check_embeddings, encode_captions,
+from clip_hitchhiker.models.clip_models import (ChunkedImageEncoder, check_embeddings, encode_captions,
                                          frame_dtype_for)
-from clip_hitchhiker.dataset_choice import dataset_folders
+from clip_hitchhiker.datasets.choice import dataset_folders
 from clip_hitchhiker.errors import ConfigError, VideoDecodeError
-from clip_hitchhiker.moment_data import build_moment_dataset
-from clip_hitchhiker.moment_eval import (WINDOW_FRACTIONS, best_frame_window, centred_window,
+from clip_hitchhiker.datasets.moment_data import build_moment_dataset
+from clip_hitchhiker.moments.evaluation import (WINDOW_FRACTIONS, best_frame_window, centred_window,
                                          clip_to_video, interval_iou, moment_metrics,
                                          per_query_columns, sliding_window_moments)
-from clip_hitchhiker.moments import DEFAULT_MASS, moment_from_weights
-from clip_hitchhiker.model_options import resolve_preprocess_on
+from clip_hitchhiker.moments.rule import DEFAULT_MASS, moment_from_weights
+from clip_hitchhiker.models.options import resolve_preprocess_on
 from clip_hitchhiker.output_files import cache_is_writable, check_output_files
 from clip_hitchhiker.reporting import package_versions
 from data_loader import FramePreprocess, collate_videos

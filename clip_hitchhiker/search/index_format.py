@@ -247,7 +247,7 @@ def read_table(folder, manifest):
 
 def segment_vectors(folder, table, dim, maps=None):
     """The segment means of every video of table, float32 [N, D], and their int64 ids [N]."""
-    from clip_hitchhiker.candidate_index import segment_count, vector_ids
+    from clip_hitchhiker.search.candidate_index import segment_count, vector_ids
 
     maps = {} if maps is None else maps
     counts = [len(t) for t in table["frame_times"]]
