@@ -1,5 +1,5 @@
-"""Stage 1 (clip_hitchhiker.search.candidate_index) and stage 2's one-query scorer
-(video_search.candidate_scores): exact expectations on small built-by-hand sets."""
+"""Stage 1 (clip_hitchhiker.search.candidate_index): exact expectations on small built-by-hand
+sets."""
 import math
 
 import numpy as np
@@ -7,21 +7,20 @@ import pytest
 import torch
 
 from clip_hitchhiker.search import candidate_index as ci
-from clip_hitchhiker.search.video_index import candidate_scores
-from query_scoring import similarity_meanpooling, similarity_queryscoring
 
 DIM = 64
 TOPICS = 4
 
 
 def test_auto_is_flat_then_ivfsq8_then_ivfpq_at_the_documented_sizes():
-    assert (ci.FLAT_LIMIT, ci.SQ8_LIMIT) == (200_000, 4_000_000)
+    assert (ci.FLAT_LIMIT, ci.SQ8_LIMIT) == (200_000, 1_000_000)
     assert ci.choose_type("auto", 1) == "flat"
     assert ci.choose_type("auto", 200_000) == "flat"
     assert ci.choose_type("auto", 200_001) == "ivfsq8"
     assert ci.choose_type("auto", 800_000) == "ivfsq8"  # the bench's 100k videos x 60 frames
-    assert ci.choose_type("auto", 4_000_000) == "ivfsq8"
-    assert ci.choose_type("auto", 4_000_001) == "ivfpq"
+    assert ci.choose_type("auto", 1_000_000) == "ivfsq8"
+    assert ci.choose_type("auto", 1_000_001) == "ivfpq"
+    assert ci.choose_type("auto", 2_000_000) == "ivfpq"  # the bench's 1M videos x 16 frames
     for kind in ("flat", "ivfsq8", "ivfpq", "hnsw"):
         assert ci.choose_type(kind, 10 ** 7) == kind
     with pytest.raises(ValueError, match="ivfsq4"):
@@ -46,7 +45,7 @@ def clustered_means(num_videos=40):
             cosine = 0.9 - 0.08 * (video // TOPICS) - 0.04 * segment
             own = basis(TOPICS + (2 * video + segment) % (DIM - TOPICS))
             means.append(cosine * basis(video % TOPICS) + math.sqrt(1 - cosine ** 2) * own)
-            ids.append((video << 16) + segment)
+            ids.append((video << 32) + segment)
     return np.stack(means), np.array(ids, dtype=np.int64)
 
 
@@ -67,7 +66,7 @@ def test_ivfsq8_is_updated_in_place_and_survives_serialisation():
     ivf, params = ci.build("ivfsq8", means, ids)
     video_4 = ci.video_ids_of(ids) == 4
     new_means = 2 * basis(0)[None].repeat(2, 0)  # any scale: made unit inside
-    assert ci.update(ivf, "ivfsq8", ids[video_4], new_means, np.array([41 << 16, (41 << 16) + 1]))
+    assert ci.update(ivf, "ivfsq8", ids[video_4], new_means, np.array([41 << 32, (41 << 32) + 1]))
     assert ivf.ntotal == len(ids)
     restored = ci.deserialize(ci.serialize(ivf), params)
     # Video 41 (cosine 1) comes first, video 4 is gone, video 8 moves up.
@@ -112,47 +111,27 @@ def test_a_video_whose_every_segment_matches_does_not_hide_the_next_ones():
         for segment, cosine in enumerate(values):
             own = basis(TOPICS + len(ids))
             means.append(cosine * basis(0) + math.sqrt(1 - cosine ** 2) * own)
-            ids.append((video << 16) + segment)
+            ids.append((video << 32) + segment)
     flat, _ = ci.build("flat", np.stack(means), np.array(ids, dtype=np.int64))
     assert ci.SEGMENTS_PER_CANDIDATE == 8
     assert ci.search(flat, basis(0)[None], 2) == [[0, 1]]
     assert ci.search(flat, basis(0)[None], 3) == [[0, 1, 2]]
 
 
-def padded_candidates(generator, counts, dim=16):
-    """Frames rounded to float16 (as the shards store them), zero padding, and the mask."""
-    frames = torch.randn(len(counts), max(counts), dim, generator=generator).half().float()
-    mask = torch.arange(max(counts))[None] < torch.tensor(counts)[:, None]
-    return frames * mask[..., None], mask
+def test_candidate_count_is_100_then_one_video_in_1000():
+    assert [ci.candidate_count(n) for n in (0, 1, 100_000, 100_001, 1_000_000, 10 ** 7)] == [
+        100, 100, 100, 101, 1000, 10_000]
 
 
-@pytest.mark.parametrize("temperature", [0.1, 1.0, 1e-30])
-def test_candidate_scores_equal_similarity_queryscoring(temperature):
-    generator = torch.Generator().manual_seed(0)
-    frames, mask = padded_candidates(generator, [7, 3, 1, 5, 7])
-    text = torch.randn(1, 16, generator=generator) * 3
-    expected = similarity_queryscoring(text, frames, temperature, video_mask=mask)[0]
-    torch.testing.assert_close(candidate_scores(text[0], frames, mask, temperature), expected,
-                               rtol=0, atol=1e-6)
-
-
-def test_candidate_scores_of_a_query_equal_to_a_frame():
-    """The style guide's hand value: a query equal to frame e1 against frames e1 and e2 scores
-    e / sqrt(e^2 + 1) at temperature 1, and 1 / sqrt(2) by mean pooling."""
-    frames = torch.eye(2)[None]  # [1, 2, 2]
-    mask = torch.ones(1, 2, dtype=torch.bool)
-    text = torch.tensor([1.0, 0.0])
-    e = math.e
-    torch.testing.assert_close(candidate_scores(text, frames, mask, 1.0),
-                               torch.tensor([e / math.sqrt(e ** 2 + 1)]))
-    torch.testing.assert_close(candidate_scores(text, frames, mask, 1.0, "mean"),
-                               torch.tensor([1 / math.sqrt(2)]))
-
-
-def test_candidate_scores_by_mean_equal_similarity_meanpooling():
-    generator = torch.Generator().manual_seed(1)
-    frames, mask = padded_candidates(generator, [2, 6, 4])
-    text = torch.randn(1, 16, generator=generator)
-    expected = similarity_meanpooling(text, frames, video_mask=mask)[0]
-    torch.testing.assert_close(candidate_scores(text[0], frames, mask, 0.1, "mean"), expected,
-                               rtol=0, atol=1e-6)
+def test_segment_ids_cannot_reach_the_next_video():
+    """Version 1's ids (video << 16 | segment) gave segment 65 536 of video 0 the id of video
+    1's first segment; with 32 segment bits a video may have 2^32 segments (2^35 frames)."""
+    frames = [65_536 * 8 + 1, 1]  # 524 289 frames: 65 537 segments, then a one-frame video
+    ids = ci.vector_ids([0, 1], frames)
+    assert ids[65_536] == 65_536 and ci.video_ids_of(ids).tolist() == [0] * 65_537 + [1]
+    with pytest.raises(ValueError, match="does not fit"):  # version 1's ids overflowed here
+        ci.vector_ids([0, 1], frames, segment_bits=16)
+    with pytest.raises(ValueError, match="does not fit"):
+        ci.vector_ids([0], [(1 << 32) * 8 + 1])
+    with pytest.raises(ValueError, match="does not fit"):
+        ci.vector_ids([1 << 31], [1])

@@ -8,10 +8,12 @@ Types, chosen by the number of vectors unless the user says otherwise (`--stage1
     ivfsq8  inverted lists (about 2 sqrt(n)) with 8-bit scalar-quantised vectors in RAM (D bytes
             each), 16 lists probed: the auto choice beyond FLAT_LIMIT, up to SQ8_LIMIT vectors
     ivfpq   inverted lists with 64-byte product-quantised codes in RAM (D / 8 times smaller than
-            ivfsq8, and less exact: the auto choice beyond SQ8_LIMIT)
+            ivfsq8, and less exact: the auto choice beyond SQ8_LIMIT, where stage 2's codes rank
+            its proposals)
     hnsw    a graph over the full vectors (no removal: pruning rebuilds it)
-A vector's id is video id * 2^16 + its segment number, so additions and removals update the
-index in place and a search gives videos, not rows. The inverted lists of ivfsq8 and ivfpq are
+A vector's id is video id * 2^32 + its segment number (SEGMENT_BITS; indexes of format version
+1 used 2^16, which a video of more than 524,288 frames overflowed into the next video's ids), so
+additions and removals update the index in place and a search gives videos, not rows. The inverted lists of ivfsq8 and ivfpq are
 trained on the vectors there are when the type is chosen; once the index holds RETRAIN_GROWTH
 times as many, the writer trains them again (`outgrown`), so that lists stay short.
 
@@ -24,22 +26,39 @@ import math
 
 import numpy as np
 
-__all__ = ["FLAT_LIMIT", "SQ8_LIMIT", "STAGE1_TYPES", "build", "choose_type", "deserialize",
-           "outgrown", "search", "serialize", "update"]
+__all__ = ["FLAT_LIMIT", "SQ8_LIMIT", "STAGE1_TYPES", "build", "candidate_count",
+           "choose_type", "deserialize", "outgrown", "search", "serialize", "update"]
 
 STAGE1_TYPES = ("auto", "flat", "ivfsq8", "ivfpq", "hnsw")
 FLAT_LIMIT = 200_000
-SQ8_LIMIT = 4_000_000   # 2 GB of 8-bit codes at 512-d
+# 512 MB of 8-bit codes at 512-d: past it, ivfpq's 72 bytes a vector leave room in a reader's
+# 2 GB at a million videos for stage 2's codes (frame_codes), which rank what stage 1 proposes.
+SQ8_LIMIT = 1_000_000
 SEGMENT_FRAMES = 8
 # Segment vectors searched per proposed video: a video whose every segment matches (8 of them
 # at 60 frames) can take 8 places of the ranking, and the videos behind it must still come up.
 SEGMENTS_PER_CANDIDATE = 8
-_SEGMENT_BITS = 16
+# A vector id is video id << SEGMENT_BITS | segment: 2^31 videos of up to 2^32 segments each fit
+# an int64. Format version 1 used 16 bits (see VideoIndex: its manifests record none).
+SEGMENT_BITS = 32
 _PQ_BYTES = 64
 _HNSW_NEIGHBOURS = 32
 _DEFAULT_NPROBE = {"ivfsq8": 16, "ivfpq": 64}
 _KMEANS_ROUNDS = 10
 RETRAIN_GROWTH = 4
+
+
+# Videos proposed per query: at least MIN_CANDIDATES, and one in CANDIDATE_SHARE of the index.
+MIN_CANDIDATES = 100
+CANDIDATE_SHARE = 1000
+
+
+def candidate_count(num_videos):
+    """How many videos stage 1 proposes per query in an index of num_videos: a fixed share of the
+    index, not a fixed number, because the videos that look alike to a query grow with the
+    index, and the exact top 10 hides among them (docs/search.md: at 1M videos 300 candidates
+    held 0.986 of it, 1000 all)."""
+    return max(MIN_CANDIDATES, -(-int(num_videos) // CANDIDATE_SHARE))
 
 
 def segment_means(frames):
@@ -55,16 +74,23 @@ def segment_count(num_frames):
     return -(-int(num_frames) // SEGMENT_FRAMES)
 
 
-def vector_ids(video_ids, num_frames):
-    """int64 ids of the segment vectors of videos (video_ids [n], num_frames [n]), in order."""
-    return np.concatenate([(int(v) << _SEGMENT_BITS) + np.arange(segment_count(f))
-                           for v, f in zip(video_ids, num_frames)] or [np.zeros(0, np.int64)])
+def vector_ids(video_ids, num_frames, segment_bits=SEGMENT_BITS):
+    """int64 ids of the segment vectors of videos (video_ids [n], num_frames [n]), in order:
+    video id << segment_bits | segment number. ValueError where an id would not fit."""
+    blocks = []
+    for video, frames in zip(video_ids, num_frames):
+        segments = segment_count(frames)
+        if not 0 <= int(video) < (1 << (63 - segment_bits)) or segments > (1 << segment_bits):
+            raise ValueError(f"video id {video} with {segments} segments does not fit a stage-1 "
+                             f"vector id of {segment_bits} segment bits")
+        blocks.append((int(video) << segment_bits) + np.arange(segments, dtype=np.int64))
+    return np.concatenate(blocks or [np.zeros(0, np.int64)])
 
 
-def video_ids_of(ids):
+def video_ids_of(ids, segment_bits=SEGMENT_BITS):
     """The video id of each vector id (-1 stays -1)."""
     ids = np.asarray(ids, dtype=np.int64)
-    return np.where(ids < 0, -1, ids >> _SEGMENT_BITS)
+    return np.where(ids < 0, -1, ids >> segment_bits)
 
 
 def choose_type(requested, num_vectors):
@@ -188,7 +214,7 @@ def deserialize(data, params):
     return index
 
 
-def search(index, queries, count, nprobe=None):
+def search(index, queries, count, nprobe=None, segment_bits=SEGMENT_BITS):
     """queries: [T, D] (any scale). returns: T lists of up to `count` video ids, best first
     (the videos of the best SEGMENTS_PER_CANDIDATE * count segment vectors)."""
     import faiss
@@ -199,7 +225,8 @@ def search(index, queries, count, nprobe=None):
     wanted = max(1, min(SEGMENTS_PER_CANDIDATE * count, index.ntotal))
     _, ids = index.search(unit_rows(queries), wanted)
     videos = []
-    for row in video_ids_of(ids):
-        unique = dict.fromkeys(int(v) for v in row if v >= 0)
-        videos.append(list(unique)[:count])
+    for row in video_ids_of(ids, segment_bits):
+        row = row[row >= 0]
+        _, first = np.unique(row, return_index=True)  # each video at its best segment's place
+        videos.append(row[np.sort(first)][:count].tolist())
     return videos
