@@ -1,0 +1,153 @@
+"""A compressed copy of every frame embedding, held in memory for stage 2 of search.
+
+Frame f of a video belongs to segment s = f // SEGMENT_FRAMES, whose mean m_s the index already
+stores (float32, for stage 1). The copy is two codes:
+
+    the segment mean, 4-bit scalar-quantised per dimension d:
+        code c_d in 0..15,  m~_d = low_d + (c_d + 0.5) * step_d
+        (two dimensions a byte: dimension 2j in the low nibble, 2j + 1 in the high one)
+    the frame's residual r_f = v_f - m_s, product-quantised: its M sub-vectors of D / M
+    dimensions each replaced by the nearest of 256 centroids, one byte each
+        r~_f = concat_j centroids[j, code_fj]
+
+    v~_f = m~_s + r~_f
+
+At 512-d that is 32 bytes a frame plus 256 bytes a segment (64 bytes a frame with 8-frame
+segments), against 1024 bytes of float16. Residuals against the video's own segment mean, not
+against global centroids (PLAID's choice): the frames of a segment are alike, so its residuals
+are small, and the mean carries what tells near-identical videos apart (measured in
+docs/search.md). The codec's arrays are plain .npy files (index_format); this module is pure
+computation: numpy in, numpy or torch out.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["CENTROIDS", "LEVELS", "MIN_TRAINING_FRAMES", "Codec", "decode_frames",
+           "decode_means", "encode_frames", "encode_means", "subquantizers", "train"]
+
+LEVELS = 16                # 4-bit codes of the segment means
+CENTROIDS = 256            # one byte per residual sub-vector
+# Fewer frames than this give no codes (stage 2 reads every candidate's frames, which at that
+# size costs little): 16 training points per centroid.
+MIN_TRAINING_FRAMES = 16 * CENTROIDS
+TRAINING_SAMPLE = 1 << 15
+_SUBVECTOR_DIMS = 16
+_KMEANS_ROUNDS = 10
+_ENCODE_BLOCK = 1 << 16   # frames coded together
+
+
+@dataclass
+class Codec:
+    """low, step: float32 [D], the segment means' quantiser; centroids: float32 [M, 256, D / M],
+    the residuals' product quantiser."""
+    low: np.ndarray
+    step: np.ndarray
+    centroids: np.ndarray
+
+    @property
+    def dim(self):
+        return len(self.low)
+
+    def mean_range(self):
+        """float32 [2, D]: low and step, as the index stores them."""
+        return np.stack([self.low, self.step]).astype(np.float32)
+
+    @classmethod
+    def from_arrays(cls, mean_range, centroids):
+        return cls(np.asarray(mean_range[0], np.float32), np.asarray(mean_range[1], np.float32),
+                   np.asarray(centroids, np.float32))
+
+    def on(self, device):
+        """The codec with its arrays as float32 torch tensors on device (for decoding there)."""
+        move = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
+        return Codec(move(self.low), move(self.step), move(self.centroids))
+
+
+def subquantizers(dim):
+    """M: sub-vectors of _SUBVECTOR_DIMS dimensions (or the largest divisor of dim below it)."""
+    width = max(w for w in range(1, _SUBVECTOR_DIMS + 1) if dim % w == 0)
+    return dim // width
+
+
+def train(frames, frame_means, means, seed=0):
+    """The codec for frames like these.
+
+    frames: float32 [n, D], n >= MIN_TRAINING_FRAMES; frame_means: [n, D] each frame's segment
+    mean; means: [m, D] segment means. Deterministic for the same inputs and seed.
+    """
+    import faiss
+
+    frames, frame_means = np.asarray(frames, np.float32), np.asarray(frame_means, np.float32)
+    if len(frames) < MIN_TRAINING_FRAMES:
+        raise ValueError(f"the codec needs >= {MIN_TRAINING_FRAMES} frames, got {len(frames)}")
+    means = np.asarray(means, np.float32)
+    low, high = means.min(0), means.max(0)
+    step = np.maximum(high - low, 1e-12) / LEVELS
+    dim = frames.shape[1]
+    quantizer = faiss.ProductQuantizer(dim, subquantizers(dim), 8)
+    quantizer.cp.niter = _KMEANS_ROUNDS
+    quantizer.cp.seed = seed
+    quantizer.cp.max_points_per_centroid = TRAINING_SAMPLE // CENTROIDS
+    quantizer.cp.min_points_per_centroid = MIN_TRAINING_FRAMES // CENTROIDS
+    quantizer.train(np.ascontiguousarray(frames - frame_means))
+    centroids = faiss.vector_to_array(quantizer.centroids).reshape(
+        quantizer.M, quantizer.ksub, quantizer.dsub)
+    return Codec(low.astype(np.float32), step.astype(np.float32), centroids.astype(np.float32))
+
+
+def encode_means(codec, means):
+    """means: [m, D]. returns: uint8 [m, ceil(D / 2)], two 4-bit codes a byte."""
+    means = np.asarray(means, np.float32)
+    codes = np.clip(np.floor((means - codec.low) / codec.step), 0, LEVELS - 1).astype(np.uint8)
+    if codes.shape[1] % 2:
+        codes = np.pad(codes, ((0, 0), (0, 1)))
+    return np.ascontiguousarray(codes[:, 0::2] | (codes[:, 1::2] << 4))
+
+
+def encode_frames(codec, frames, frame_means):
+    """frames, frame_means: [n, D] (each frame's segment mean). returns: uint8 [n, M], each
+    residual sub-vector's nearest centroid (by FAISS's exhaustive search, one sub-vector at a
+    time: BLAS products, 2.5 times faster here than its product quantiser's own encoder)."""
+    import faiss
+
+    subvectors, _, width = codec.centroids.shape
+    searchers = []
+    for centroids in codec.centroids:
+        searcher = faiss.IndexFlatL2(width)
+        searcher.add(np.ascontiguousarray(centroids, np.float32))
+        searchers.append(searcher)
+    codes = np.empty((len(frames), subvectors), np.uint8)
+    for start in range(0, len(frames), _ENCODE_BLOCK):
+        residuals = (np.asarray(frames[start:start + _ENCODE_BLOCK], np.float32)
+                     - np.asarray(frame_means[start:start + _ENCODE_BLOCK], np.float32))
+        for j, searcher in enumerate(searchers):
+            _, nearest = searcher.search(np.ascontiguousarray(
+                residuals[:, j * width:(j + 1) * width]), 1)
+            codes[start:start + len(residuals), j] = nearest[:, 0]
+    return codes
+
+
+def decode_means(codec, codes):
+    """codes: uint8 [m, ceil(D / 2)] (numpy or torch, on any device). returns: float32 torch
+    [m, D] on the codes' device, the means' cell centres."""
+    codes = torch.as_tensor(codes)
+    low, step = (torch.as_tensor(a, device=codes.device) for a in (codec.low, codec.step))
+    levels = torch.stack([codes & 15, codes >> 4], dim=2).view(len(codes), -1)[:, :len(low)]
+    return low + (levels.float() + 0.5) * step
+
+
+def decode_frames(codec, mean_codes, frame_codes, segment_of_frame):
+    """v~ of n frames: mean_codes uint8 [m, ceil(D / 2)] of their segments, frame_codes uint8
+    [n, M], segment_of_frame int [n] (rows of mean_codes). returns: float32 torch [n, D], on
+    the codes' device."""
+    codes = torch.as_tensor(frame_codes)
+    centroids = torch.as_tensor(codec.centroids, device=codes.device)
+    subvectors, count, width = centroids.shape
+    # One gather from the [M * 256, W] table: row j * 256 + code of sub-vector j.
+    table_rows = codes.long() + count * torch.arange(subvectors, device=codes.device)
+    residuals = centroids.view(subvectors * count, width).index_select(0, table_rows.view(-1))
+    means = decode_means(codec, mean_codes)
+    segments = torch.as_tensor(segment_of_frame, device=codes.device).long()
+    return means.index_select(0, segments) + residuals.view(len(codes), -1)
