@@ -34,8 +34,7 @@ from clip_hitchhiker.reporting import silence_third_party_notices
 from clip_hitchhiker.torchrun import (all_gather_json, broadcast_json, collective_step,
                                       setup_context, shard, teardown)
 from clip_hitchhiker.video.decoders import check_decoder, resolve_decoder
-from clip_hitchhiker.search.video_index import (AGGREGATES, DEFAULT_CANDIDATES, VideoIndex,
-                                          write_thumbnail)
+from clip_hitchhiker.search.video_index import AGGREGATES, VideoIndex, write_thumbnail
 from clip_hitchhiker.search import index_format as fmt
 
 DEFAULT_COMMIT_EVERY = 100
@@ -104,8 +103,9 @@ def _search_parser(parser):
              "from the query-scoring frame weights")
     add("--exact", action="store_true",
         help="score every video exactly (no FAISS candidates): the ground truth, slower")
-    add("--candidates", type=int, default=DEFAULT_CANDIDATES,
-        help=f"videos that stage 1 proposes per query (default {DEFAULT_CANDIDATES})")
+    add("--candidates", type=int, default=None,
+        help="videos that stage 1 proposes per query (default: 100, or one in 1000 of the "
+             "index's videos when that is more)")
     add("--mass", type=float, default=DEFAULT_MASS,
         help=f"share of the frame weight the moment holds (default {DEFAULT_MASS})")
     add("--json", action="store_true", help="print JSON")
@@ -137,7 +137,7 @@ def _check_search(parser, args):
         parser.error(f"--temperature must be a number > 0, got {args.temperature}")
     if not 0 < args.mass <= 1:
         parser.error(f"--mass must be in (0, 1], got {args.mass}")
-    if args.candidates < 1:
+    if args.candidates is not None and args.candidates < 1:
         parser.error(f"--candidates must be >= 1, got {args.candidates}")
     if not DEVICE_PATTERN.fullmatch(args.device) or args.device == "auto":
         parser.error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
@@ -315,7 +315,8 @@ def _commit_round(writer, folder, encoded, failed, drop, ctx):
         return
     written = [g["rows"] for g in gathered if g["rows"]["path"]]
     failures = [tuple(f) for g in gathered for f in g["failed"]]
-    needed = written or failures or drop or writer.manifest is None or writer.stage1 is None
+    needed = (written or failures or drop or writer.manifest is None or writer.stage1 is None
+              or writer.upgrade_pending)
     collective_step(ctx, lambda: writer.commit(
         written, failures, drop, before_manifest=lambda tmp: writer_lib.test_pause("manifest"))
         if needed else None)

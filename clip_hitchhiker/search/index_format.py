@@ -7,8 +7,17 @@ An index folder holds:
     frames-<generation>-r<rank>.npy   float16 [N, D] frame embeddings, row-major, memory-mappable
     means-<generation>-r<rank>.npy    float32 [n, D] segment means: of each run of 8 frames
     stage1-<generation>.faiss      FAISS index over the segment means (ids: the table's "id"
-                                   * 2^16 + the segment's number)
+                                   * 2^32 + the segment's number; 2^16 in version 1)
+    codes-<generation>[-r<rank>].npy      uint8 [N, M + 1] the frames' codes (frame_codes.py)
+    meancodes-<generation>[-r<rank>].npy  uint8 [n, ceil(D / 2)] the segment means' codes
+    codebook-<generation>.npy      float32 [M, 256, D / M] the residuals' product quantiser
+    meanrange-<generation>.npy     float32 [2, D] the segment means' quantiser (low, step)
     .lock                          held by the one writer
+
+The codes (version 2) are a compressed copy of every frame, held in memory by readers for
+stage 2; the manifest's "codes" entry says which rows of which codes file hold the codes of each
+frames file (and means file). Version 1 indexes have none: readers score their candidates from
+the frames, and the writer upgrades them (`upgrade_v1`, in index_writer) at its next commit.
 
 Files are never changed once written: a commit writes new files under new names, then the
 manifest that names them, then removes what no manifest names any more. A reader that reads the
@@ -32,12 +41,15 @@ import numpy as np
 from clip_hitchhiker.embedding_cache import write_atomically
 from clip_hitchhiker.errors import VideoIndexError
 
-__all__ = ["FORMAT", "VERSION", "MANIFEST", "TABLE_COLUMNS", "check_files", "file_record",
-           "frames_crc32", "index_file_pattern", "read_manifest", "read_table", "verify_files",
-           "write_manifest", "write_npy", "write_table"]
+__all__ = ["FORMAT", "VERSION", "MANIFEST", "TABLE_COLUMNS", "FrameFiles", "RaggedColumn",
+           "check_files", "file_record", "frames_crc32", "index_file_pattern", "read_codes",
+           "read_manifest", "read_table", "verify_files", "write_manifest", "write_npy",
+           "write_table"]
 
 FORMAT = "clip-hitchhiker-video-index"
-VERSION = 1
+VERSION = 2
+# Versions this code reads: 1 (no codes, 16-bit segment ids) is upgraded by the next commit.
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 # The table's columns, in order, and what each holds.
 TABLE_COLUMNS = {
@@ -57,7 +69,8 @@ TABLE_COLUMNS = {
                 "0-7, 8-15, ...)",
 }
 _INDEX_FILE = re.compile(r"(manifest\.json|videos-\d+\.parquet|(frames|means)-\d+-r\d+\.npy|"
-                         r"stage1-\d+\.faiss)")
+                         r"stage1-\d+\.faiss|(codes|meancodes)-\d+(-r\d+)?\.npy|"
+                         r"(codebook|meanrange)-\d+\.npy)")
 _REPAIR = ("rebuild it: move the folder aside and run search_videos.py index again with the same "
            "options")
 
@@ -121,9 +134,9 @@ def read_manifest(folder):
         raise VideoIndexError(f"{path} is unreadable ({type(e).__name__}); {_REPAIR}") from e
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise VideoIndexError(f"{path} is not a {FORMAT} manifest; is --index the right folder?")
-    if manifest.get("version") != VERSION:
+    if manifest.get("version") not in READABLE_VERSIONS:
         raise VideoIndexError(f"{path} has format version {manifest.get('version')!r}; this "
-                              f"program reads version {VERSION}; {_REPAIR}")
+                              f"program reads versions {READABLE_VERSIONS}; {_REPAIR}")
     if manifest.get("checksum") != _manifest_checksum(manifest):
         raise VideoIndexError(f"{path} was altered (its checksum does not match its content); "
                               f"{_REPAIR}")
@@ -202,6 +215,163 @@ def open_npy(folder, name, dtype):
     return array
 
 
+class FrameFiles:
+    """Reads the frames of chosen videos from the frames-*.npy files: one pread per video (its
+    rows are contiguous), the kernel asked to read them all ahead first, so that a cold page
+    cache costs one round of parallel disk reads, not a page fault per 4 kB. No memory maps:
+    nothing of the shards stays mapped into the reader."""
+
+    def __init__(self, folder, names, dim):
+        self.folder, self.dim = Path(folder), dim
+        self._files = {}  # name: (fd, first byte of the data, rows)
+        for name in names:
+            self._files[name] = self._open(name)
+
+    def _open(self, name):
+        path = self.folder / name
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as e:
+            raise VideoIndexError(f"{path} cannot be opened ({e}); {_REPAIR}") from e
+        try:
+            with os.fdopen(os.dup(fd), "rb") as f:
+                shape, fortran, dtype, start = _read_npy_header(f)
+        except (OSError, ValueError) as e:
+            os.close(fd)
+            raise VideoIndexError(f"{path} is unreadable ({e}); {_REPAIR}") from e
+        if dtype != np.float16 or len(shape) != 2 or shape[1] != self.dim or fortran:
+            os.close(fd)
+            raise VideoIndexError(f"{path} holds {dtype} {shape}, not float16 [N, {self.dim}]; "
+                                  f"{_REPAIR}")
+        return fd, start, shape[0]
+
+    def names(self):
+        return list(self._files)
+
+    def read(self, spans):
+        """spans: [(name, first row, rows)]. returns: float16 [sum of rows, D], the spans one
+        after the other."""
+        row_bytes = 2 * self.dim
+        total = sum(count for _, _, count in spans)
+        out = np.empty((total, self.dim), dtype=np.float16)
+        placed = []
+        for name, first, count in spans:
+            fd, start, rows = self._files[name]
+            if first < 0 or first + count > rows:
+                raise VideoIndexError(f"{self.folder / name} has {rows} rows; the table names "
+                                      f"rows {first}..{first + count - 1}; {_REPAIR}")
+            placed.append((fd, start + first * row_bytes, count * row_bytes))
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(fd, placed[-1][1], placed[-1][2], os.POSIX_FADV_WILLNEED)
+        buffer, position = memoryview(out.view(np.uint8).reshape(-1)), 0
+        for fd, offset, size in placed:
+            got = os.preadv(fd, [buffer[position:position + size]], offset)
+            if got != size:
+                raise VideoIndexError(f"a frames file of {self.folder} ended early ({got} of "
+                                      f"{size} bytes at {offset}); {_REPAIR}")
+            position += size
+        return out
+
+    def drop_cached(self):
+        """Ask the kernel to drop these files' clean pages from the page cache (a cold start,
+        for benchmarks: /proc/sys/vm/drop_caches needs root)."""
+        for fd, _, _ in self._files.values():
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+    def close(self):
+        for fd, _, _ in self._files.values():
+            os.close(fd)
+        self._files = {}
+
+
+def _read_npy_header(f):
+    """(shape, fortran order, dtype, first byte of the data) of the .npy file open as f."""
+    version = np.lib.format.read_magic(f)
+    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+            else np.lib.format.read_array_header_2_0)
+    shape, fortran, dtype = read(f)
+    return shape, fortran, dtype, f.tell()
+
+
+def read_codes(folder, manifest):
+    """The codes of a version 2 index, read whole into memory and checked against their sha256:
+    {"codec": frame_codes.Codec, "error_step": float, "frames": uint8 [N, M + 1] every frame's
+    codes, "means": uint8 [n, ceil(D / 2)] every segment mean's, "frame_base": {frames file:
+    its first row in "frames"}, "mean_base": {means file: its first row in "means"}}; None for
+    an index without codes."""
+    from clip_hitchhiker.search.frame_codes import Codec
+
+    entry = manifest.get("codes")
+    if not entry:
+        return None
+    codec = Codec.from_arrays(_checked_npy(folder, entry["mean_range"], manifest),
+                              _checked_npy(folder, entry["codebook"], manifest))
+    frames, frame_base = _stacked_codes(folder, manifest, entry["frames"])
+    means, mean_base = _stacked_codes(folder, manifest, entry["means"])
+    return {"codec": codec, "error_step": float(entry["error_step"]), "frames": frames,
+            "means": means, "frame_base": frame_base, "mean_base": mean_base}
+
+
+def _stacked_codes(folder, manifest, placement):
+    """placement: {data file: [codes file, first row]}. returns: (uint8 [rows, width], the
+    codes files one after the other, read into one array; {data file: its first row there})."""
+    files = sorted({codes for codes, _ in placement.values()})
+    headers = {name: _npy_header(Path(folder) / name) for name in files}
+    widths = {shape[1] for _, shape in headers.values()}
+    if len(widths) > 1:
+        raise VideoIndexError(f"the codes files of {folder} have widths {sorted(widths)}; "
+                              f"{_REPAIR}")
+    total = sum(shape[0] for _, shape in headers.values())
+    stacked = np.empty((total, widths.pop() if widths else 0), dtype=np.uint8)
+    first, row = {}, 0
+    for name in files:
+        start, shape = headers[name]
+        _read_checked_into(Path(folder) / name, start, stacked[row:row + shape[0]], manifest)
+        first[name], row = row, row + shape[0]
+    return stacked, {data: first[codes] + int(offset) for data, (codes, offset) in
+                     placement.items()}
+
+
+def _npy_header(path):
+    """(first byte of the data, shape) of a uint8 2-d .npy file."""
+    try:
+        with open(path, "rb") as f:
+            shape, fortran, dtype, start = _read_npy_header(f)
+    except (OSError, ValueError) as e:
+        raise VideoIndexError(f"{path} is unreadable ({e}); {_REPAIR}") from e
+    if dtype != np.uint8 or len(shape) != 2 or fortran:
+        raise VideoIndexError(f"{path} holds {dtype} {shape}, not 2-d uint8; {_REPAIR}")
+    return start, shape
+
+
+def _read_checked_into(path, start, out, manifest):
+    """Read path's data (from byte start) into out, checking the whole file's sha256."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        digest.update(f.read(start))
+        view = memoryview(out.reshape(-1))
+        if f.readinto(view) != len(view) or f.read(1):
+            raise VideoIndexError(f"{path} has another size than its header says; {_REPAIR}")
+    digest.update(view)
+    if digest.hexdigest() != manifest["files"][path.name]["sha256"]:
+        raise VideoIndexError(f"{path} was altered (sha256 differs from {MANIFEST}); {_REPAIR}")
+
+
+def _checked_npy(folder, name, manifest):
+    """A small float32 .npy file the manifest names, checked against its sha256."""
+    import io
+
+    data = checked_bytes(folder, name, manifest)
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as e:
+        raise VideoIndexError(f"{Path(folder) / name} is unreadable ({e}); {_REPAIR}") from e
+    if array.dtype != np.float32:
+        raise VideoIndexError(f"{Path(folder) / name} holds {array.dtype}, not float32; "
+                              f"{_REPAIR}")
+    return array
+
+
 # ----------------------------------------------------------------------------------------------
 # Table
 
@@ -221,8 +391,50 @@ def write_table(path, columns):
     write_atomically(path, lambda tmp: pq.write_table(table, tmp))
 
 
-def read_table(folder, manifest):
-    """The committed videos table as {column: list or numpy array}, checked against its sha256."""
+class RaggedColumn:
+    """A list<...> column held as two arrays, values [total] and offsets [rows + 1], not as one
+    numpy array per row (a million rows of those took 500 MB). Indexing a row gives a view."""
+
+    def __init__(self, values, offsets):
+        self.values, self.offsets = values, np.asarray(offsets, dtype=np.int64)
+
+    def __len__(self):
+        return len(self.offsets) - 1
+
+    def __getitem__(self, row):
+        if not -len(self) <= row < len(self):
+            raise IndexError(f"row {row} of {len(self)}")
+        row %= len(self)
+        return self.values[self.offsets[row]:self.offsets[row + 1]]
+
+    def __iter__(self):
+        return (self[r] for r in range(len(self)))
+
+    def lengths(self):
+        """int64 [rows]: each row's number of values."""
+        return np.diff(self.offsets)
+
+
+class StringColumn:
+    """A string column kept as Arrow's one buffer (a million paths as Python strings took
+    100 MB more); indexing a row gives a str."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def __len__(self):
+        return len(self.array)
+
+    def __getitem__(self, row):
+        return self.array[row].as_py()
+
+    def __iter__(self):
+        return iter(self.array.to_pylist())
+
+
+def read_table(folder, manifest, compact=False):
+    """The committed videos table as {column: list, numpy array or RaggedColumn}, checked
+    against its sha256. compact: string columns as StringColumn, not lists (readers)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -236,18 +448,23 @@ def read_table(folder, manifest):
     for column in TABLE_COLUMNS:
         values = table.column(column)
         if column in ("frame_times", "frame_indices"):
-            columns[column] = [np.asarray(v, dtype=np.float64 if column == "frame_times"
-                                          else np.int64) for v in values.to_pylist()]
+            flat = values.combine_chunks()
+            dtype = np.float64 if column == "frame_times" else np.int64
+            columns[column] = RaggedColumn(
+                flat.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False),
+                flat.offsets.to_numpy(zero_copy_only=False) - flat.offsets[0].as_py())
         elif column in ("path", "sha256", "frames_file", "means_file"):
-            columns[column] = values.to_pylist()
+            columns[column] = (StringColumn(values.combine_chunks()) if compact
+                               else values.to_pylist())
         else:
             columns[column] = values.to_numpy()
     return columns
 
 
-def segment_vectors(folder, table, dim, maps=None):
-    """The segment means of every video of table, float32 [N, D], and their int64 ids [N]."""
-    from clip_hitchhiker.search.candidate_index import segment_count, vector_ids
+def segment_vectors(folder, table, dim, maps=None, segment_bits=None):
+    """The segment means of every video of table, float32 [N, D], and their int64 ids [N]
+    (segment_bits: of the ids, candidate_index.SEGMENT_BITS by default)."""
+    from clip_hitchhiker.search.candidate_index import SEGMENT_BITS, segment_count, vector_ids
 
     maps = {} if maps is None else maps
     counts = [len(t) for t in table["frame_times"]]
@@ -257,7 +474,7 @@ def segment_vectors(folder, table, dim, maps=None):
             maps[name] = open_npy(folder, name, np.float32)
         blocks.append(maps[name][row:row + segment_count(count)])
     vectors = np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32)
-    return vectors, vector_ids(table["id"], counts)
+    return vectors, vector_ids(table["id"], counts, segment_bits or SEGMENT_BITS)
 
 
 def empty_table():

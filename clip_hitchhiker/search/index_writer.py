@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clip_hitchhiker.search import candidate_index
+from clip_hitchhiker.search import candidate_index, index_codes
 from clip_hitchhiker.search import index_format as fmt
 from clip_hitchhiker.embedding_cache import write_atomically
 from clip_hitchhiker.errors import ConfigError, VideoIndexError
@@ -36,7 +36,7 @@ _pause_counts = {}
 
 def test_pause(point):
     """A test hook: with CLIP_HITCHHIKER_INDEX_PAUSE=<point>[:<n>], the n-th time (default the
-    first) the indexer reaches `point` ("video", "shard", "manifest"), it writes the file named
+    first) the indexer reaches `point` ("video", "shard", "codes", "manifest"), it writes the file named
     by CLIP_HITCHHIKER_INDEX_PAUSED and sleeps, for a test to kill -9 it there."""
     wanted = os.environ.get(_PAUSE_ENV)
     if not wanted:
@@ -141,6 +141,7 @@ class IndexWriter:
         recorded = manifest["stage1"] if manifest else {"requested": "auto", "type": None}
         self.stage1_request = stage1_request or recorded["requested"]
         self.stage1_kind, self.stage1 = recorded["type"], None
+        self._open_v2_parts(manifest)
         if manifest is not None:
             try:
                 data = fmt.checked_bytes(self.folder, recorded["file"], manifest)
@@ -148,6 +149,20 @@ class IndexWriter:
             except (VideoIndexError, RuntimeError):
                 self.stage1 = None  # damaged: rebuilt from the means at the next commit
         self.stage1_params = recorded.get("params", {})
+
+    def _open_v2_parts(self, manifest):
+        """What format version 2 added: the codes, and 32-bit segment ids in stage 1 (a
+        version 1 index has neither; the next commit upgrades it: upgrade_pending)."""
+        old = manifest is not None and manifest["version"] < 2
+        self.codes = None if manifest is None or old else manifest["codes"]
+        self.segment_bits = (16 if old else manifest["stage1"]["params"]["segment_bits"]
+                             if manifest else candidate_index.SEGMENT_BITS)
+
+    @property
+    def upgrade_pending(self):
+        """Whether the index is of an older format version: the next commit (even with nothing
+        new) rewrites what differs, crash-safely like any commit."""
+        return self.manifest is not None and self.manifest["version"] < fmt.VERSION
 
     def close(self):
         if self._lock is not None:
@@ -187,8 +202,8 @@ class IndexWriter:
         removed = [r for r in range(len(self.table["path"])) if self.table["path"][r] in replaced]
         removed_ids = candidate_index.vector_ids(
             [self.table["id"][r] for r in removed],
-            [len(self.table["frame_times"][r]) for r in removed])
-        new_means, added_ids = fmt.segment_vectors(self.folder, new_rows, self.config["embed_dim"])
+            [len(self.table["frame_times"][r]) for r in removed], self.segment_bits)
+        new_means, _ = fmt.segment_vectors(self.folder, new_rows, self.config["embed_dim"])
         table = {c: [self.table[c][r] for r in keep] + new_rows[c] for c in fmt.TABLE_COLUMNS}
         order = sorted(range(len(table["path"])), key=lambda r: table["path"][r])
         table = {c: [values[r] for r in order] for c, values in table.items()}
@@ -200,16 +215,22 @@ class IndexWriter:
         fmt.write_table(self.folder / table_name, table)
         added_ids = candidate_index.vector_ids(new_rows["id"],
                                                [len(t) for t in new_rows["frame_times"]])
+        code_files = self._write_codes(table, new_rows, generation)
+        test_pause("codes")
         stage1_name = self._write_stage1(table, generation, removed_ids, added_ids, new_means)
         files = {n: (self.manifest["files"][n] if self.manifest and n in self.manifest["files"]
                      else fmt.file_record(self.folder, n))
-                 for n in sorted(set(table["frames_file"]) | set(table["means_file"]))}
+                 for n in sorted(set(table["frames_file"]) | set(table["means_file"])
+                                 | set(code_files))}
         files[table_name] = fmt.file_record(self.folder, table_name)
         files[stage1_name] = fmt.file_record(self.folder, stage1_name)
         manifest = {"format": fmt.FORMAT, "version": fmt.VERSION, "generation": generation,
                     "config": self.config, "table": table_name,
                     "stage1": {"file": stage1_name, "type": self.stage1_kind,
-                               "requested": self.stage1_request, "params": self.stage1_params},
+                               "requested": self.stage1_request,
+                               "params": {**self.stage1_params,
+                                          "segment_bits": self.segment_bits}},
+                    "codes": self.codes,
                     "videos": len(table["path"]),
                     "frames": int(sum(len(t) for t in table["frame_times"])),
                     "next_id": self.next_id,
@@ -220,17 +241,27 @@ class IndexWriter:
         self.manifest, self.table, self.generation = manifest, table, generation
         fmt.remove_unnamed_files(self.folder, manifest)
 
+    def _write_codes(self, table, new_rows, generation):
+        """The codes of this commit's new frames files (or of all, with a codec trained again):
+        index_codes. returns: the codes files the manifest names."""
+        new_files = sorted(set(zip(new_rows["frames_file"], new_rows["means_file"])))
+        self.codes, names = index_codes.commit_codes(
+            self.folder, table, None if self.upgrade_pending else self.codes, new_files,
+            generation)
+        return names
+
     def _write_stage1(self, table, generation, removed_ids, added_ids, added_means):
         vectors = sum(candidate_index.segment_count(len(t)) for t in table["frame_times"])
         kind = candidate_index.choose_type(self.stage1_request, vectors)
         rebuild = (self.stage1 is None or kind != self.stage1_kind
+                   or self.segment_bits != candidate_index.SEGMENT_BITS
                    or candidate_index.outgrown(self.stage1_params, vectors)
                    or not candidate_index.update(self.stage1, kind, removed_ids, added_means,
                                                  added_ids))
         if rebuild:
             means, ids = fmt.segment_vectors(self.folder, table, self.config["embed_dim"])
             self.stage1, self.stage1_params = candidate_index.build(kind, means, ids)
-            self.stage1_kind = kind
+            self.stage1_kind, self.segment_bits = kind, candidate_index.SEGMENT_BITS
         name = f"stage1-{generation:06d}.faiss"
         data = candidate_index.serialize(self.stage1)
         write_atomically(self.folder / name, lambda tmp: Path(tmp).write_bytes(data))
