@@ -1,14 +1,21 @@
 """Searching a video index (clip_hitchhiker.search.index_format) by text, in two stages:
 
-    1. candidates: the FAISS index over segment means (clip_hitchhiker.search.candidate_index) proposes
-       `candidates` videos per query;
-    2. exact: query-scoring scores each candidate over all its frames, read from the
-       memory-mapped shards in one gather (candidate_scores, equal to
-       query_scoring.similarity_queryscoring to float32 rounding); the best k are scored again by
-       similarity_queryscoring and returned, each with the moment that its frame weights point
-       at (clip_hitchhiker.moments.rule.moment_from_weights).
+    1. candidates: the FAISS index over segment means (candidate_index) proposes `candidates`
+       videos per query (by default a number that grows with the index: candidate_count);
+    2. scoring: each candidate is scored approximately from the codes held in memory
+       (frame_codes: 64 bytes a frame at 512-d), with an upper bound on its exact score
+       (ragged_scoring.approximate_scores); the candidates are then scored exactly from their
+       float16 frames in the order of their bounds, until no bound left can reach the k-th
+       exact score: the finalists, read with one pread each (index_format.FrameFiles). The best
+       k are scored once more, each by query_scoring.similarity_queryscoring on its own frames,
+       so that a hit's score does not depend on the other videos scored with it (both stages
+       and the exhaustive search print the same scores to the bit), and each gets the moment
+       its frame weights point at (clip_hitchhiker.moments.rule.moment_from_weights).
 
 `exact=True` skips stage 1 and scores every video: the ground truth stage 1 is measured against.
+An index of format version 1 (no codes) scores every candidate from its frames.
+Memory: videos are scored in blocks of similar lengths (or one at a time), so that what
+scoring holds is a constant plus the scored videos' own frames, whatever the longest video.
 
     index = VideoIndex.open("my_index")
     index.search(["a dog catches a frisbee"], k=10, temperature=0.1)
@@ -21,29 +28,53 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clip_hitchhiker.search import candidate_index
+from clip_hitchhiker.search import candidate_index, frame_codes, index_codes
 from clip_hitchhiker.search import index_format as fmt
+from clip_hitchhiker.search.ragged_scoring import (AGGREGATES, approximate_scores,
+                                                   ragged_scores, unit_text, video_score)
 from clip_hitchhiker.errors import VideoIndexError
 from clip_hitchhiker.moments.rule import DEFAULT_MASS, moment_from_weights
-from query_scoring import (queryscoring_frame_weights, similarity_meanpooling,
-                           similarity_queryscoring)
+from query_scoring import similarity_meanpooling, similarity_queryscoring
 
-__all__ = ["AGGREGATES", "DEFAULT_CANDIDATES", "VideoIndex", "candidate_scores"]
+__all__ = ["AGGREGATES", "VideoIndex"]
 
-AGGREGATES = ("queryscoring", "mean")
-DEFAULT_CANDIDATES = 100
-_EXACT_BLOCK_FRAMES = 1 << 16   # frames scored per block by the exhaustive search
+_EXACT_BLOCK_FRAMES = 1 << 16   # padded frames scored per block by the exhaustive search
 _OPEN_RETRIES = 5               # a writer may commit (and remove old files) while we open
+# Finalists are scored exactly in rounds of at least this many (and 2k), best bound first.
+_FINALIST_ROUND = 16
+# Stage 2's bound on a score: its estimate with each frame's error leaning towards the text by
+# this many typical lengths (or the certain bound, when lower): ragged_scoring.approximate_scores
+# and docs/search.md.
+BOUND_SPREAD = 2.0
+# The default candidates double at most this many times over: from 100 to 1600.
+DEEPEN_LIMIT = 16
 
 
 class VideoIndex:
-    """A committed index, opened read-only: the table in RAM, frames memory-mapped."""
+    """A committed index, opened read-only: the table and the codes in RAM, the frames read
+    from their files when scored."""
 
-    def __init__(self, folder, manifest, table, stage1):
+    def __init__(self, folder, manifest, table, stage1, codes=None):
         self.folder, self.manifest, self.table, self.stage1 = Path(folder), manifest, table, stage1
         self.config = manifest["config"]
-        self._row_of_id = {int(i): r for r, i in enumerate(table["id"])}
-        self._maps, self._model, self._model_device = {}, None, None
+        # Version 1 indexes numbered segments with 16 bits.
+        self.segment_bits = manifest["stage1"]["params"].get("segment_bits", 16)
+        ids = np.asarray(table["id"], dtype=np.int64)
+        self._id_order = np.argsort(ids, kind="stable")
+        self._sorted_ids = ids[self._id_order]
+        times = table["frame_times"]
+        self._lengths = (times.lengths() if hasattr(times, "lengths")
+                         else np.array([len(t) for t in times], dtype=np.int64))
+        self._codes = codes
+        if codes is not None:
+            self._code_rows = _row_bases(table["frames_file"], codes["frame_base"]) + np.asarray(
+                table["offset"], dtype=np.int64)
+            self._mean_code_rows = _row_bases(table["means_file"], codes["mean_base"]) + \
+                np.asarray(table["mean_row"], dtype=np.int64)
+        self._files = fmt.FrameFiles(folder, [n for n in manifest["files"]
+                                              if n.startswith("frames-")],
+                                     self.config["embed_dim"])
+        self._model, self._model_device, self._device_codecs = None, None, {}
 
     # ------------------------------------------------------------------------------------------
     # Opening
@@ -70,12 +101,9 @@ class VideoIndex:
 
     @classmethod
     def _load(cls, folder, manifest):
-        table = fmt.read_table(folder, manifest)
-        index = cls(folder, manifest, table, None)
+        table = fmt.read_table(folder, manifest, compact=True)
+        index = cls(folder, manifest, table, None, fmt.read_codes(folder, manifest))
         index.stage1 = index._load_stage1()
-        for name in manifest["files"]:
-            if name.startswith("frames-"):
-                index._maps[name] = fmt.open_npy(folder, name, np.float16)
         return index
 
     def _load_stage1(self):
@@ -86,53 +114,73 @@ class VideoIndex:
         except (VideoIndexError, RuntimeError) as e:
             warnings.warn(f"{e}: rebuilding the stage-1 index in memory from the means files "
                           "(run search_videos.py index again to rewrite it)", stacklevel=3)
-        vectors, ids = fmt.segment_vectors(self.folder, self.table,
-                                               self.config["embed_dim"], self._maps)
+        vectors, ids = fmt.segment_vectors(self.folder, self.table, self.config["embed_dim"],
+                                           segment_bits=self.segment_bits)
         index, _ = candidate_index.build(stage1["type"], vectors, ids)
         return index
+
+    def close(self):
+        """Close the frames files (the index is unusable after)."""
+        self._files.close()
 
     # ------------------------------------------------------------------------------------------
     # Reading
 
     def __len__(self):
-        return len(self.table["id"])
+        return len(self._lengths)
 
     def frames(self, row):
         """float16 [F, D] frame embeddings of table row `row`, their crc32 checked."""
-        name, offset = self.table["frames_file"][row], int(self.table["offset"][row])
-        count = len(self.table["frame_times"][row])
-        rows = np.asarray(self._maps[name][offset:offset + count])
-        if len(rows) != count or fmt.frames_crc32(rows) != self.table["frames_crc32"][row]:
-            raise VideoIndexError(f"{self.folder / name} was altered (the frames of "
-                                  f"{self.table['path'][row]} fail their crc32); rebuild it: "
-                                  "move the folder aside and run search_videos.py index again")
-        return rows
+        return self._read_frames([row])[0]
+
+    def _read_frames(self, rows):
+        """The frames of table rows (one pread each), each video's crc32 checked.
+        returns: [float16 [F_r, D] per row], views into one buffer."""
+        rows = [int(r) for r in rows]
+        data = self._files.read([(self.table["frames_file"][r], int(self.table["offset"][r]),
+                                  int(self._lengths[r])) for r in rows])
+        out, position = [], 0
+        for row in rows:
+            frames = data[position:position + self._lengths[row]]
+            position += self._lengths[row]
+            if fmt.frames_crc32(frames) != self.table["frames_crc32"][row]:
+                name = self.table["frames_file"][row]
+                raise VideoIndexError(f"{self.folder / name} was altered (the frames of "
+                                      f"{self.table['path'][row]} fail their crc32); rebuild it: "
+                                      "move the folder aside and run search_videos.py index again")
+            out.append(frames)
+        return out
+
+    def _ragged_frames(self, rows, device="cpu"):
+        """(float32 [N, D], lengths [len(rows)]) of table rows, their frames one after the
+        other (converted by torch: numpy converts float16 element by element, 15x slower)."""
+        frames = np.concatenate(self._read_frames(rows)) if len(rows) else np.zeros(
+            (0, self.config["embed_dim"]), np.float16)
+        return (torch.from_numpy(frames).to(device).float(),
+                torch.as_tensor(self._lengths[np.asarray(rows, dtype=np.int64)]))
 
     def padded_frames(self, rows):
         """(float32 [len(rows), F_max, D], bool mask [len(rows), F_max]) of table rows, padded
-        with zeros."""
-        counts = [len(self.table["frame_times"][r]) for r in rows]
+        with zeros: memory len(rows) x the longest of them; for a few videos of like lengths."""
+        counts = self._lengths[np.asarray(rows, dtype=np.int64)]
         frames = np.zeros((len(rows), max(counts, default=1), self.config["embed_dim"]),
                           dtype=np.float16)
         mask = np.zeros(frames.shape[:2], dtype=bool)
-        for i, row in enumerate(rows):
-            frames[i, :counts[i]] = self.frames(row)
+        for i, video in enumerate(self._read_frames(rows)):
+            frames[i, :counts[i]] = video
             mask[i, :counts[i]] = True
-        # Gathered as float16, converted by torch: numpy (2.x) converts float16 element by
-        # element, ~15 times slower, and that conversion was most of a query's stage 2.
         return torch.from_numpy(frames).float(), torch.from_numpy(mask)
 
     # ------------------------------------------------------------------------------------------
     # Searching
 
     def search(self, texts, k=10, temperature=0.1, aggregate="queryscoring", exact=False,
-               candidates=DEFAULT_CANDIDATES, device="cpu", mass=DEFAULT_MASS, nprobe=None):
-        """Search by text with the index's own model. returns: [{"query", "hits"}] per text."""
+               candidates=None, device="cpu", mass=DEFAULT_MASS, nprobe=None):
+        """Search by text with the index's own model (on `device`, where stage 2 runs too when it
+        is a GPU). returns: [{"query", "hits"}] per text."""
         text_embeds = self.encode_texts(texts, device)
-        if torch.device(device).type == "cuda":
-            self.stage1 = candidate_index.on_gpus(self.stage1)
         results = self.search_embeddings(text_embeds, k, temperature, aggregate, exact,
-                                         candidates, mass, nprobe)
+                                         candidates, mass, nprobe, device)
         return [{"query": t, "hits": hits} for t, hits in zip(texts, results)]
 
     def encode_texts(self, texts, device="cpu"):
@@ -155,70 +203,112 @@ class VideoIndex:
             return encode_captions(self._model, list(texts), device)
 
     def search_embeddings(self, text_embeds, k=10, temperature=0.1, aggregate="queryscoring",
-                          exact=False, candidates=DEFAULT_CANDIDATES, mass=DEFAULT_MASS,
-                          nprobe=None):
+                          exact=False, candidates=None, mass=DEFAULT_MASS, nprobe=None,
+                          device="cpu", stats=None):
         """text_embeds: [T, D]. returns: T lists of up to k hits {"rank", "video", "score",
-        "start", "end", "peak", "duration"}, best first."""
+        "start", "end", "peak", "duration", "peak_frame"}, best first.
+
+        candidates: videos stage 1 proposes per query. None (the default): first
+        candidate_index.candidate_count of the index's size, then twice as many while the
+        lower half of those proposed holds a video whose bound reaches the k-th exact score (up
+        to DEEPEN_LIMIT times as many): the proposals go as deep as the query's look-alikes do.
+        device: where stage 2 scores; the hits' own scores are always computed on the CPU.
+        stats: a list, to which each query's {"candidates", "finalists"} (videos stage 2 scored
+        from codes, and from their frames) is appended (diagnostics: bench_search.py)."""
         text_embeds = torch.as_tensor(text_embeds, dtype=torch.float32)
         if aggregate not in AGGREGATES:
             raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
         if len(self) == 0:
             return [[] for _ in text_embeds]
         if exact:
-            scored = self._score_all(text_embeds, k, temperature, aggregate)
+            best = self._exhaustive(text_embeds, k, temperature, aggregate)
         else:
-            ids = candidate_index.search(self.stage1, text_embeds.numpy(), max(candidates, k),
-                                         nprobe)
-            scored = [self._score_rows(text_embeds[t:t + 1], self._rows(ids[t]), k, temperature,
-                                       aggregate) for t in range(len(text_embeds))]
-        return [self._hits(text_embeds[t], [row for row, _ in scored[t]], temperature,
-                           aggregate, mass) for t in range(len(text_embeds))]
-
-    def _hits(self, text_embed, rows, temperature, aggregate, mass):
-        """The hits of the best rows, scored again together in row order, so that both stages
-        and the exhaustive search give the same hits the same scores to the bit."""
-        if not rows:
-            return []
-        rows = sorted(rows)
-        frames, mask = self.padded_frames(rows)  # [k, F, D], [k, F]
-        text = text_embed[None]  # [1, D]
-        if aggregate == "mean":
-            scores = similarity_meanpooling(text, frames, video_mask=mask)[0]
-        else:
-            scores = similarity_queryscoring(text, frames, temperature, video_mask=mask)[0]
-        weights = queryscoring_frame_weights(text, frames, temperature, video_mask=mask)[0]
-        hits = [self._hit(row, float(score), w[m].numpy(), mass)
-                for row, score, w, m in zip(rows, scores, weights, mask)]
-        hits.sort(key=lambda h: -h["score"])  # stable: ties keep the earlier row first
-        return [{"rank": rank, **hit} for rank, hit in enumerate(hits, start=1)]
+            start = max(candidates or candidate_index.candidate_count(len(self)), k)
+            limit = start if candidates else start * DEEPEN_LIMIT
+            ids = candidate_index.search(self.stage1, text_embeds.numpy(), limit, nprobe,
+                                         self.segment_bits)
+            best = []
+            for t in range(len(text_embeds)):
+                stage2 = _Stage2(self, text_embeds[t], k, temperature, aggregate,
+                                 torch.device(device))
+                best.append(stage2.best(self._rows(ids[t]), start))
+                if stats is not None:
+                    stats.append({"candidates": max(len(stage2.rows), len(stage2.scored)),
+                                  "finalists": len(stage2.scored)})
+        return [self._hits(text_embeds[t], rows, temperature, aggregate, mass)
+                for t, rows in enumerate(best)]
 
     def _rows(self, ids):
-        return [self._row_of_id[int(i)] for i in ids if int(i) in self._row_of_id]
+        """Table rows of video ids (ids no longer in the table are skipped)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        places = np.searchsorted(self._sorted_ids, ids).clip(max=len(self._sorted_ids) - 1)
+        found = self._sorted_ids[places] == ids
+        return self._id_order[places[found]]
 
-    def _scores(self, text_embeds, rows, temperature, aggregate):
-        """[T, len(rows)] scores of texts against table rows."""
-        frames, mask = self.padded_frames(rows)
-        if aggregate == "mean":
-            return similarity_meanpooling(text_embeds, frames, video_mask=mask)
-        return similarity_queryscoring(text_embeds, frames, temperature, video_mask=mask)
+    def _decoded(self, rows, device):
+        """Stage 2's approximate frames of table rows: (float32 [N, D] v~, float32 [N] error
+        bounds, lengths [len(rows)]), on device."""
+        codes, lengths = self._codes, torch.as_tensor(self._lengths[rows])
+        segments = (self._lengths[rows] + candidate_index.SEGMENT_FRAMES - 1) \
+            // candidate_index.SEGMENT_FRAMES
+        frame_rows = _ranges(self._code_rows[rows], self._lengths[rows])
+        mean_rows = _ranges(self._mean_code_rows[rows], segments)
+        # Each frame's segment among the gathered means: its video's first + frame // 8.
+        within = np.arange(len(frame_rows)) - np.repeat(np.cumsum(self._lengths[rows])
+                                                        - self._lengths[rows], self._lengths[rows])
+        segment_of_frame = np.repeat(np.cumsum(segments) - segments, self._lengths[rows]) + \
+            within // candidate_index.SEGMENT_FRAMES
+        frame_codes_rows = codes["frames"][frame_rows]
+        decoded = frame_codes.decode_frames(
+            self._codec_on(device), torch.from_numpy(codes["means"][mean_rows]).to(device),
+            torch.from_numpy(frame_codes_rows[:, :-1]).to(device),
+            torch.from_numpy(segment_of_frame).to(device))
+        errors = index_codes.error_norms(torch.from_numpy(frame_codes_rows[:, -1]).to(device),
+                                         codes["error_step"])
+        return decoded, errors, lengths.to(device)
 
-    def _score_rows(self, text_embeds, rows, k, temperature, aggregate):
-        """[(row, score)] of the best k rows for one text (text_embeds: [1, D])."""
-        frames, mask = self.padded_frames(rows)
-        scores = candidate_scores(text_embeds[0], frames, mask, temperature, aggregate)
-        return _top_k(scores.numpy(), np.asarray(rows), k)
+    def _codec_on(self, device):
+        """The codec with its arrays on device (kept there: a few hundred kB)."""
+        if device not in self._device_codecs:
+            self._device_codecs[device] = self._codes["codec"].on(device)
+        return self._device_codecs[device]
 
-    def _score_all(self, text_embeds, k, temperature, aggregate):
-        """The exhaustive search: every video, in blocks of about _EXACT_BLOCK_FRAMES frames."""
-        counts = np.array([len(t) for t in self.table["frame_times"]])
-        bounds = np.searchsorted(np.cumsum(counts), np.arange(1, counts.sum() + 1,
-                                                              _EXACT_BLOCK_FRAMES))
-        starts = sorted(set(bounds.tolist()) | {0})
-        scores = np.concatenate([
-            self._scores(text_embeds, list(range(a, b)), temperature, aggregate).numpy()
-            for a, b in zip(starts, starts[1:] + [len(self)]) if a < b], axis=1)
-        rows = np.arange(len(self))
-        return [_top_k(scores[t], rows, k) for t in range(len(text_embeds))]
+    def _exhaustive(self, text_embeds, k, temperature, aggregate):
+        """Every video scored (by query_scoring's own functions), in blocks of videos of like
+        lengths of at most _EXACT_BLOCK_FRAMES padded frames (or one video): [[row] per text]."""
+        best = [(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in text_embeds]
+        for block in _length_blocks(self._lengths, self._file_order(), _EXACT_BLOCK_FRAMES):
+            frames, mask = self.padded_frames(block)
+            if aggregate == "mean":
+                scores = similarity_meanpooling(text_embeds, frames, video_mask=mask)
+            else:
+                scores = similarity_queryscoring(text_embeds, frames, temperature,
+                                                 video_mask=mask)
+            for t, row_scores in enumerate(scores.numpy()):
+                kept = _top_k(np.concatenate([best[t][0], row_scores]),
+                              np.concatenate([best[t][1], block]), k)
+                best[t] = (np.array([s for _, s in kept], np.float32),
+                           np.array([r for r, _ in kept], np.int64))
+        return [list(rows) for _, rows in best]
+
+    def _file_order(self):
+        """Table rows in the order of their frames in the files (sequential reads)."""
+        names = np.asarray(_row_bases(self.table["frames_file"], None))
+        return np.lexsort((np.asarray(self.table["offset"]), names))
+
+    def _hits(self, text_embed, rows, temperature, aggregate, mass):
+        """The hits of the best rows, each scored again on its own frames alone (never with
+        other videos, whose presence could change the rounding), so that both stages and the
+        exhaustive search give a hit the same score to the bit; ties keep the earlier row
+        first. The frame weights (query-scoring's, whatever the aggregate) give the moment."""
+        text = unit_text(text_embed)
+        hits = []
+        for row in sorted(int(r) for r in rows):
+            frames = torch.from_numpy(self.frames(row)).float()
+            score, weights = video_score(text, frames, temperature, aggregate)
+            hits.append(self._hit(row, score, weights.numpy(), mass))
+        hits.sort(key=lambda h: -h["score"])  # stable: ties keep the earlier row first
+        return [{"rank": rank, **hit} for rank, hit in enumerate(hits, start=1)]
 
     def _hit(self, row, score, weights, mass):
         """weights: [F] the query-scoring weights of the row's frames."""
@@ -244,37 +334,125 @@ class VideoIndex:
                 "skipped": manifest["skipped"], "videos": videos}
 
 
-def candidate_scores(text_embed, frames, mask, temperature, aggregate="queryscoring", eps=1e-8):
-    """Stage 2's scores of one text against candidate videos: similarity_queryscoring's (or
-    similarity_meanpooling's) to float32 rounding, in three passes over the frames, not seven.
-    They only choose the k best, which _hits scores again by query_scoring's own functions.
+class _Stage2:
+    """Stage 2 for one query: candidates (table rows, best first by stage 1) scored from their
+    codes, then exactly, in the order of their bounds, until no bound left reaches the k-th
+    exact score (the threshold rule); an index without codes scores them all exactly."""
 
-    text_embed: [D]; frames: float32 [C, F, D] read from float16 shards (so no square of them
-        overflows or underflows, and query_scoring's rescaling is not needed), padding zero;
-        mask: [C, F] bool, each video with at least one True frame. returns: float32 [C].
-    """
-    text_embed = text_embed.to(frames.dtype)
-    text_unit = text_embed / text_embed.norm().clamp_min(eps)
-    if aggregate == "mean":
-        pooled = frames.sum(1) / mask.sum(1, keepdim=True)  # [C, D]
-        return pooled @ text_unit / pooled.norm(dim=1).clamp_min(eps)
-    num_videos, num_frames, dim = frames.shape
-    flat = frames.view(num_videos * num_frames, dim)
-    text_dot_frames = (flat @ text_unit).view(num_videos, num_frames)  # t^ . v_f
-    cosines = text_dot_frames / torch.linalg.vector_norm(flat, dim=1).view(
-        num_videos, num_frames).clamp_min(eps)
-    cosines.masked_fill_(~mask, float("-inf"))
-    # The best cosine subtracted first, so that any positive temperature works (the softmax
-    # does not change).
-    weights = torch.softmax((cosines - cosines.amax(1, keepdim=True)) / temperature, dim=1)
-    pooled = torch.bmm(weights[:, None], frames)[:, 0]  # u = sum_f w_f v_f, [C, D]
-    return (weights * text_dot_frames).sum(1) / pooled.norm(dim=1).clamp_min(eps)
+    def __init__(self, index, text_embed, k, temperature, aggregate, device):
+        self.index, self.k, self.device = index, k, device
+        self.temperature, self.aggregate = temperature, aggregate
+        self.text = unit_text(text_embed).to(device)
+        self.rows, self.upper = np.zeros(0, np.int64), np.zeros(0, np.float32)
+        self.scored = {}  # row: exact score
+        self.threshold = -np.inf  # the k-th best exact score so far
+
+    def best(self, ranked, start):
+        """ranked: candidate rows, best first; start: how many to take first. Twice as many are
+        taken while the lower half of those taken holds a contender (a bound, or without codes
+        an exact score, that reaches the k-th best exact score). returns: [row] of the best k,
+        best first."""
+        count, done = min(start, len(ranked)), 0
+        while True:
+            if self.index._codes is None or count <= max(2 * self.k, _FINALIST_ROUND):
+                self._score_exactly(ranked[done:count], bound=True)
+            else:
+                self._bound(ranked[done:count])
+                self._finalists()
+            # The lower half of stage 1's proposals still holds a contender: look deeper.
+            if count >= len(ranked) or not (self.upper[count // 2:count] >= self.threshold).any():
+                return self._top()
+            done, count = count, min(2 * count, len(ranked))
+
+    def _bound(self, rows):
+        """Add rows with the upper bounds of their scores from the codes."""
+        frames, errors, lengths = self.index._decoded(rows, self.device)
+        _, upper = approximate_scores(self.text, frames, errors, lengths, self.temperature,
+                                      self.aggregate, BOUND_SPREAD)
+        self.rows = np.concatenate([self.rows, rows])
+        self.upper = np.concatenate([self.upper, upper.cpu().numpy()])
+
+    def _finalists(self):
+        """Score the unscored rows exactly, best bound first, in rounds (each twice the last),
+        while a bound reaches the k-th best exact score."""
+        size = max(2 * self.k, _FINALIST_ROUND)
+        while True:
+            waiting = np.array([r not in self.scored for r in self.rows.tolist()], dtype=bool)
+            waiting &= self.upper >= self.threshold
+            if not waiting.any():
+                return
+            order = np.flatnonzero(waiting)[np.argsort(-self.upper[waiting], kind="stable")]
+            self._score_exactly(self.rows[order[:size]])
+            size *= 2
+
+    def _score_exactly(self, rows, bound=False):
+        """Score rows from their frames (bound: they are new candidates, whose exact scores are
+        their bounds)."""
+        frames, lengths = self.index._ragged_frames(rows, self.device)
+        scores = ragged_scores(self.text, frames, lengths.to(self.device), self.temperature,
+                               self.aggregate).cpu().numpy()
+        self.scored.update(zip(np.asarray(rows).tolist(), scores.tolist()))
+        if bound:
+            self.rows = np.concatenate([self.rows, rows])
+            self.upper = np.concatenate([self.upper, scores])
+        if len(self.scored) >= self.k:
+            self.threshold = sorted(self.scored.values(), reverse=True)[self.k - 1]
+
+    def _top(self):
+        rows = np.fromiter(self.scored, dtype=np.int64, count=len(self.scored))
+        scores = np.fromiter(self.scored.values(), dtype=np.float64, count=len(self.scored))
+        return _best_rows(scores, rows, self.k)
+
+
+def _row_bases(names, base):
+    """int64 [rows]: base[name] of each row's file name (base None: the name's number in sorted
+    order). names: a table column of file names, with few distinct ones."""
+    if hasattr(names, "array"):  # an Arrow column: encoded once, not a str per row
+        encoded = names.array.dictionary_encode()
+        distinct, which = encoded.dictionary.to_pylist(), encoded.indices.to_numpy()
+    else:
+        distinct = sorted(set(names))
+        position = {n: i for i, n in enumerate(distinct)}
+        which = np.array([position[n] for n in names], dtype=np.int64)
+    order = sorted(range(len(distinct)), key=lambda i: distinct[i])
+    values = (np.argsort(order) if base is None
+              else np.array([base[n] for n in distinct], dtype=np.int64))
+    return np.asarray(values, dtype=np.int64)[which] if len(distinct) else np.zeros(0, np.int64)
+
+
+def _ranges(starts, counts):
+    """int64 [sum(counts)]: starts[0] .. starts[0] + counts[0] - 1, then the next range, ..."""
+    counts = np.asarray(counts, dtype=np.int64)
+    firsts = np.repeat(np.asarray(starts, dtype=np.int64) - (np.cumsum(counts) - counts), counts)
+    return firsts + np.arange(int(counts.sum()))
+
+
+def _length_blocks(lengths, order, budget):
+    """Blocks of rows (from `order`, grouped by lengths within a factor 2) whose padded frames,
+    count x longest, stay within budget (a longer video alone). Yields int64 arrays."""
+    buckets = {}
+    for row in order:
+        buckets.setdefault(int(lengths[row]).bit_length(), []).append(row)
+    for _, rows in sorted(buckets.items()):
+        block, longest = [], 0
+        for row in rows:
+            if block and (len(block) + 1) * max(longest, lengths[row]) > budget:
+                yield np.array(block, dtype=np.int64)
+                block, longest = [], 0
+            block.append(row)
+            longest = max(longest, int(lengths[row]))
+        if block:
+            yield np.array(block, dtype=np.int64)
 
 
 def _top_k(scores, rows, k):
     """[(row, score)] of the k largest scores, ties to the earlier row (a stable order)."""
     order = np.lexsort((rows, -scores))[:k]
     return [(int(rows[i]), float(scores[i])) for i in order]
+
+
+def _best_rows(scores, rows, k):
+    return [row for row, _ in _top_k(np.asarray(scores), np.asarray(rows), k)]
 
 
 def write_thumbnail(video_path, time_s, out_path):
