@@ -1,18 +1,28 @@
-"""The two-stage search (FAISS candidates, then exact query-scoring) against the exhaustive search,
-on synthetic 512-d frame embeddings with cluster structure, written as a real index.
+"""The two-stage search (FAISS candidates, codes in memory, exact finalists) against the
+exhaustive search, on synthetic 512-d frame embeddings with cluster structure, written as a real
+index.
 
 Each video has a main topic (most frames) and a secondary topic (a segment of ~20 % of its
 frames); frames are topic + a per-video offset + noise, plus a direction all embeddings share
-(as CLIP's do). Half the queries name a video's main topic, half a secondary one. Reported per
-size: build time, disk, the reader's RAM beyond memory-mapped files (RssAnon), latency p50/p95
-for one query and per query in batches of 100, recall@10 of the two stages against the
-exhaustive search (--exact), and the exhaustive search's latency: the floor the stages beat.
+(as CLIP's do). Half the queries name a video's main topic, half a secondary one. With 2000
+topics, a 1M index holds ~500 videos per topic that a query finds nearly alike: the exact top 10
+hides among them (--topics sets how many; fewer topics at a small size mimic a larger index).
+
+Reported per size, each measured in a fresh reader process: build time, disk, the reader's RAM
+beyond its memory maps (RssAnon: the codes, stage 1, the table, torch; the frames are read with
+pread, not mapped), one-query latency p50/p95/p99 cold (each query after the frame files' pages
+are dropped from the page cache with posix_fadvise(DONTNEED), checked with fincore) and warm (the
+same queries again), per query in batches of 100, candidates and exactly scored finalists per
+query, recall@10 and recall@1 of the two stages against the exhaustive search (--exact), and the
+exhaustive search's latency: the floor the stages beat. Size "long": 500 one-minute videos and one
+10-hour video (36 000 frames), with the reader's peak RAM during a query and --exact.
 
     python bench/bench_search.py --sizes 10k 100k --runs 3
-    python bench/bench_search.py --sizes 1M --runs 1      # ~16 GB of disk; deleted after
+    python bench/bench_search.py --sizes 1M --runs 1      # ~21 GB of disk; deleted after
     python bench/bench_search.py --quick                  # a smoke run
     python bench/bench_search.py --sizes 100k --runs 1 --keep /tmp/i100k   # build, keep it
     python bench/bench_search.py --sizes 100k --runs 3 --reuse /tmp/i100k  # fresh readers only
+    python bench/bench_search.py --model results.jsonl    # the 10M model from saved runs
 """
 import argparse
 import json
@@ -30,16 +40,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from clip_hitchhiker.search.candidate_index import STAGE1_TYPES  # noqa: E402
-from clip_hitchhiker.search.video_index import DEFAULT_CANDIDATES  # noqa: E402
 
 SIZES = {"quick": (2_000, 20), "10k": (10_000, 60), "100k": (100_000, 60),
-         "1M": (1_000_000, 16)}
+         "1M": (1_000_000, 16), "long": (500, 60)}
+LONG_FRAMES = 36_000   # the "long" size's extra video: 10 hours at 1 frame a second
 DIM, TOPICS, SECONDARY_SHARE = 512, 2000, 0.2
 BATCH = 100
 DISK_LIMIT = 25e9
 
 
-def synthetic_videos(first, count, frames, seed=0):
+def synthetic_videos(first, count, frames, seed=0, topics_count=TOPICS):
     """Videos first..first+count-1: (float16 [count, frames, DIM], main topics, second topics).
     Deterministic per video range (each batch has its own generator)."""
     import torch
@@ -47,8 +57,8 @@ def synthetic_videos(first, count, frames, seed=0):
     rng = np.random.default_rng([seed, first])
     generator = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
     topics = torch.from_numpy(_topics(seed))
-    main = rng.integers(0, TOPICS, count)
-    second = rng.integers(0, TOPICS, count)
+    main = rng.integers(0, topics_count, count)
+    second = rng.integers(0, topics_count, count)
     segment = max(1, int(frames * SECONDARY_SHARE))
     start = rng.integers(0, frames - segment + 1, count)
     which = np.where((np.arange(frames)[None] >= start[:, None]) &
@@ -73,21 +83,23 @@ def _shared(seed):
     return 0.5 * shared / np.linalg.norm(shared)
 
 
-def queries_for(count, num_videos, frames, seed=1):
+def queries_for(count, num_videos, frames, seed=1, topics_count=TOPICS):
     """Half of them a video's main topic, half a video's secondary topic, plus noise."""
     rng = np.random.default_rng(seed)
     topics = _topics(0)
     picks = rng.integers(0, num_videos, count)
     chosen = []
     for i, v in enumerate(picks):
-        _, main, second = synthetic_videos(int(v), 1, frames)
+        _, main, second = synthetic_videos(int(v), 1, frames, topics_count=topics_count)
         chosen.append((main if i % 2 else second)[0])
     noise = rng.standard_normal((count, DIM), dtype=np.float32) * (0.6 / np.sqrt(DIM))
     return topics[chosen] + noise + _shared(0)
 
 
-def build(folder, num_videos, frames, commit_size=5000, stage1=None):
-    """Write the index through IndexWriter, as the indexer does. returns: seconds."""
+def build(folder, num_videos, frames, commit_size=5000, stage1=None, topics=TOPICS,
+          long_frames=0):
+    """Write the index through IndexWriter, as the indexer does (and a video of long_frames
+    frames after the others, when > 0). returns: seconds."""
     from clip_hitchhiker.search.index_writer import EncodedVideo, IndexWriter, write_videos
 
     config = {"backend": "synthetic", "model": "synthetic", "pretrained": None,
@@ -95,61 +107,122 @@ def build(folder, num_videos, frames, commit_size=5000, stage1=None):
               "sampling": {"rule": "fps", "fps": 1.0, "max_frames": None}, "decoder": "none"}
     start = time.perf_counter()
     writer = IndexWriter(folder, config, stage1)
-    times = [i + 0.5 for i in range(frames)]
     try:
         for first in range(0, num_videos, commit_size):
             count = min(commit_size, num_videos - first)
-            embeds, _, _ = synthetic_videos(first, count, frames)
-            encoded = [EncodedVideo(f"/synthetic/{first + i:08d}.mp4",
-                                    {"size": 0, "mtime_ns": 0, "sha256": ""}, embeds[i], times,
-                                    list(range(frames)), float(frames)) for i in range(count)]
+            embeds, _, _ = synthetic_videos(first, count, frames, topics_count=topics)
+            encoded = [_encoded(first + i, embeds[i]) for i in range(count)]
             writer.commit([write_videos(folder, encoded, writer.generation + 1)])
+        if long_frames:
+            embeds, _, _ = synthetic_videos(num_videos, 1, long_frames, topics_count=topics)
+            writer.commit([write_videos(folder, [_encoded(num_videos, embeds[0])],
+                                        writer.generation + 1)])
     finally:
         writer.close()
     return time.perf_counter() - start
+
+
+def _encoded(number, frames):
+    from clip_hitchhiker.search.index_writer import EncodedVideo
+
+    count = len(frames)
+    return EncodedVideo(f"/synthetic/{number:08d}.mp4", {"size": 0, "mtime_ns": 0, "sha256": ""},
+                        frames, [i + 0.5 for i in range(count)], list(range(count)), float(count))
 
 
 def disk_bytes(folder):
     return sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file())
 
 
-def measure_reader(folder, num_videos, frames, num_queries, candidates, nprobe, threads):
-    """In a fresh process: open, latencies, recall against the exhaustive search, RssAnon."""
+def measure_reader(folder, size, num_queries, candidates, nprobe, threads, topics, device):
+    """In a fresh process: open, latencies cold and warm, recall against the exhaustive search,
+    RAM beyond the maps."""
     import faiss
     import torch
 
     from clip_hitchhiker.search.video_index import VideoIndex
 
+    num_videos, frames = SIZES[size]
     torch.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)
+    start = time.perf_counter()
     index = VideoIndex.open(folder)
-    queries = torch.from_numpy(queries_for(num_queries, num_videos, frames))
-    search = lambda q, exact=False: index.search_embeddings(  # noqa: E731
-        q, k=10, exact=exact, candidates=candidates, nprobe=nprobe)
-    search(queries[:1])  # warm-up: page in what one query touches
-    single = []
+    opened = {"open_s": time.perf_counter() - start, "rss_open_mb": _status_kb("RssAnon") / 1024}
+    _reset_peak()
+    queries = torch.from_numpy(queries_for(num_queries, num_videos, frames, topics_count=topics))
+    stats = []
+    search = lambda q, exact=False, stats=None: index.search_embeddings(  # noqa: E731
+        q, k=10, exact=exact, candidates=candidates, nprobe=nprobe, stats=stats, device=device)
+    search(queries[:1])  # warm-up: the first call's one-time costs
+    cold, resident = [], []
     two_stage = []
     for q in range(num_queries):
+        index._files.drop_cached()
+        resident.append(_resident_bytes(folder))
         start = time.perf_counter()
-        two_stage += search(queries[q:q + 1])
-        single.append(time.perf_counter() - start)
+        two_stage += search(queries[q:q + 1], stats=stats)
+        cold.append(time.perf_counter() - start)
+    warm = []
+    for q in range(num_queries):
+        start = time.perf_counter()
+        search(queries[q:q + 1])
+        warm.append(time.perf_counter() - start)
     start = time.perf_counter()
     search(queries[:BATCH])
     batch = (time.perf_counter() - start) / min(BATCH, num_queries)
+    serving_rss = _status_kb("RssAnon") / 1024
+    peak_before_exact = _status_kb("VmHWM") / 1024
+    _reset_peak()
     start = time.perf_counter()
     exact = search(queries, exact=True)
     exact_seconds = (time.perf_counter() - start) / num_queries
     start = time.perf_counter()
     search(queries[:1], exact=True)
     exact_single = time.perf_counter() - start
-    recall = np.mean([len({h["video"] for h in a} & {h["video"] for h in b}) / 10
-                      for a, b in zip(two_stage, exact)])
-    return {"p50_ms": 1000 * float(np.percentile(single, 50)),
-            "p95_ms": 1000 * float(np.percentile(single, 95)),
-            "batch_ms_per_query": 1000 * batch, "recall_at_10": float(recall),
+    return {**opened, **_latencies("cold", cold), **_latencies("warm", warm),
+            "batch_ms_per_query": 1000 * batch,
+            "recall_at_10": _recall(two_stage, exact, 10), "recall_at_1": _recall(two_stage,
+                                                                                  exact, 1),
+            "candidates": float(np.mean([s["candidates"] for s in stats])),
+            "finalists": float(np.mean([s["finalists"] for s in stats])),
+            "finalists_p95": float(np.percentile([s["finalists"] for s in stats], 95)),
+            "frames_resident_mb": float(np.max(resident)) / 2 ** 20 if resident else 0.0,
             "exact_ms_per_query_batched": 1000 * exact_seconds,
-            "exact_ms_single": 1000 * exact_single, "rss_anon_mb": _status_kb("RssAnon") / 1024,
-            "stage1": index.manifest["stage1"]["type"]}
+            "exact_ms_single": 1000 * exact_single, "rss_anon_mb": serving_rss,
+            "peak_rss_queries_mb": peak_before_exact,
+            "peak_rss_exact_mb": _status_kb("VmHWM") / 1024,
+            "stage1": index.manifest["stage1"]["type"], "codes": bool(index.manifest.get(
+                "codes")), "device": device}
+
+
+def _latencies(kind, seconds):
+    return {f"{kind}_p{p}_ms": 1000 * float(np.percentile(seconds, p)) for p in (50, 95, 99)}
+
+
+def _recall(found, truth, k):
+    """The share of the true top k (of the exhaustive search) that the two stages returned."""
+    return float(np.mean([len({h["video"] for h in a[:k]} & {h["video"] for h in b[:k]}) / k
+                          for a, b in zip(found, truth)]))
+
+
+def _resident_bytes(folder):
+    """Bytes of the index's frame files in the page cache, by fincore (util-linux); -1 without
+    it."""
+    names = sorted(str(p) for p in Path(folder).glob("frames-*.npy"))
+    try:
+        out = subprocess.run(["fincore", "--bytes", "--noheadings", "--raw", "--output", "RES",
+                              *names], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return -1
+    return sum(int(x) for x in out.split())
+
+
+def _reset_peak():
+    """Start VmHWM (the peak resident size) again from the present size (Linux >= 4.0)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
 
 
 def _status_kb(field):
@@ -163,10 +236,13 @@ def one_run(size, args, workdir):
     """Build an index of `size` (or take --reuse's), then measure it in a fresh reader process.
     What it built is deleted unless --keep names a folder for it."""
     num_videos, frames = SIZES[size]
+    topics = _topics_of(size, args)
+    described = {"size": size, "videos": num_videos, "frames": frames, "topics": topics,
+                 "long_frames": LONG_FRAMES if size == "long" else 0}
     if args.reuse:
-        return {"size": size, "videos": num_videos, "frames": frames, "build_s": None,
-                "disk_gb": disk_bytes(args.reuse) / 1e9, **measure_in_child(args.reuse, size, args)}
-    needed = num_videos * frames * DIM * 2 * 1.15
+        return {**described, "build_s": None, "disk_gb": disk_bytes(args.reuse) / 1e9,
+                **_file_sizes(args.reuse), **measure_in_child(args.reuse, size, args)}
+    needed = (num_videos * frames + described["long_frames"]) * DIM * 2 * 1.35
     free = shutil.disk_usage(workdir).free
     if needed > min(DISK_LIMIT, free - 5e9):
         return {"size": size, "skipped": f"needs ~{needed / 1e9:.0f} GB, {free / 1e9:.0f} GB "
@@ -174,19 +250,36 @@ def one_run(size, args, workdir):
     folder = Path(tempfile.mkdtemp(prefix=f"bench_search_{size}_", dir=workdir))
     index = Path(args.keep) if args.keep else folder / "index"
     try:
-        seconds = build(index, num_videos, frames, args.commit_size, args.stage1)
-        return {"size": size, "videos": num_videos, "frames": frames,
-                "build_s": seconds, "disk_gb": disk_bytes(index) / 1e9,
-                **measure_in_child(index, size, args)}
+        seconds = build(index, num_videos, frames, args.commit_size, args.stage1, topics,
+                        described["long_frames"])
+        return {**described, "build_s": seconds, "disk_gb": disk_bytes(index) / 1e9,
+                **_file_sizes(index), **measure_in_child(index, size, args)}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _topics_of(size, args):
+    """The long-video run draws from 10 topics, so that many queries find the long video; the
+    quick one from 200, so that a query's top 10 holds its topic's videos (with 2000 topics for
+    2000 videos it would be mostly videos of other topics, at nearly equal scores)."""
+    return args.topics or {"long": 10, "quick": 200}.get(size, TOPICS)
+
+
+def _file_sizes(folder):
+    """Bytes on disk by kind of file (frames, means, codes, stage1, table)."""
+    kinds = {"frames": "frames-", "means": "means-", "codes": ("codes-", "meancodes-",
+                                                                 "codebook-", "meanrange-"),
+             "stage1": "stage1-", "table": "videos-"}
+    files = [f for f in Path(folder).iterdir() if f.is_file()]
+    return {f"{kind}_bytes": sum(f.stat().st_size for f in files if f.name.startswith(prefix))
+            for kind, prefix in kinds.items()}
 
 
 def measure_in_child(index, size, args):
     child = subprocess.run(
         [sys.executable, __file__, "--_reader", str(index), size, str(args.queries),
-         str(args.candidates), str(args.nprobe), str(args.threads)],
-        capture_output=True, text=True)
+         str(args.candidates or 0), str(args.nprobe), str(args.threads),
+         str(_topics_of(size, args)), args.device], capture_output=True, text=True)
     if child.returncode:
         raise RuntimeError(f"the reader failed: {child.stderr[-3000:]}")
     return json.loads(child.stdout.strip().splitlines()[-1])
@@ -197,13 +290,60 @@ def print_result(r, load):
         print(f"{r['size']}: skipped ({r['skipped']})")
         return
     built = "reused" if r["build_s"] is None else f"build {r['build_s']:.0f} s"
-    print(f"{r['size']} ({r['videos']} videos x {r['frames']} frames, stage 1 {r['stage1']}): "
-          f"{built}, disk {r['disk_gb']:.2f} GB, reader RAM beyond mmaps "
-          f"{r['rss_anon_mb']:.0f} MB; one query p50 {r['p50_ms']:.1f} ms, p95 "
-          f"{r['p95_ms']:.1f} ms; batch of {BATCH} {r['batch_ms_per_query']:.1f} ms/query; "
-          f"recall@10 {r['recall_at_10']:.3f}; exhaustive {r['exact_ms_single']:.0f} ms for "
-          f"one query, {r['exact_ms_per_query_batched']:.1f} ms/query batched "
-          f"({r['exact_ms_single'] / r['p50_ms']:.0f}x the two stages' p50); load {load}")
+    long = (f" + one of {r['long_frames']}" if r["long_frames"] else "")
+    print(f"{r['size']} ({r['videos']} videos x {r['frames']} frames{long}, {r['topics']} topics, "
+          f"stage 1 {r['stage1']}, codes {'yes' if r['codes'] else 'no'}, stage 2 on "
+          f"{r['device']}): {built}, disk "
+          f"{r['disk_gb']:.2f} GB, reader RAM beyond maps {r['rss_anon_mb']:.0f} MB (at open "
+          f"{r['rss_open_mb']:.0f} MB, opened in {r['open_s']:.1f} s); one query cold p50 "
+          f"{r['cold_p50_ms']:.1f} / p95 {r['cold_p95_ms']:.1f} / p99 {r['cold_p99_ms']:.1f} ms "
+          f"(frame files in the page cache at most {r['frames_resident_mb']:.1f} MB before "
+          f"each), warm p50 {r['warm_p50_ms']:.1f} / p95 {r['warm_p95_ms']:.1f} / p99 "
+          f"{r['warm_p99_ms']:.1f} ms; batch of {BATCH} {r['batch_ms_per_query']:.1f} ms/query; "
+          f"{r['candidates']:.0f} candidates and {r['finalists']:.0f} finalists a query (p95 "
+          f"{r['finalists_p95']:.0f}); recall@10 {r['recall_at_10']:.3f}, recall@1 "
+          f"{r['recall_at_1']:.3f}; exhaustive {r['exact_ms_single']:.0f} ms for one query, "
+          f"{r['exact_ms_per_query_batched']:.1f} ms/query batched "
+          f"({r['exact_ms_single'] / r['cold_p50_ms']:.0f}x the two stages' cold p50); load {load}")
+    if r["long_frames"]:
+        padded = 100 * r["long_frames"] * DIM * 4 / 1e9
+        print(f"long: peak resident size while querying {r['peak_rss_queries_mb']:.0f} MB, while "
+              f"searching exhaustively {r['peak_rss_exact_mb']:.0f} MB, for a reader of "
+              f"{r['rss_open_mb']:.0f} MB (anonymous) at open (100 candidates padded to the "
+              f"long video's frames would take {padded:.1f} GB)")
+
+
+def model_10m(results):
+    """A model of one 10M x 16 index fitted to a 100k and a 1M run, and the sharded layout that
+    serves it. returns: lines to print."""
+    small = next(r for r in results if r["size"] == "100k")
+    large = next(r for r in results if r["size"] == "1M")
+    scale = 10  # 10M x 16 is ten times 1M x 16, file by file
+    mapped = lambda r: (r["codes_bytes"] + r["stage1_bytes"]) / 2 ** 20  # noqa: E731 (in RAM)
+    # RAM beyond the codes and stage 1 (the table, torch): a base plus a cost per video.
+    per_video = ((large["rss_anon_mb"] - mapped(large)) - (small["rss_anon_mb"] - mapped(small))
+                 ) / (large["videos"] - small["videos"])
+    base = small["rss_anon_mb"] - mapped(small) - per_video * small["videos"]
+    ram = base + per_video * scale * large["videos"] + scale * mapped(large)
+    # Latency: a fixed part plus a part per frame scored from codes (candidates x frames).
+    work = lambda r: r["candidates"] * r["frames"]  # noqa: E731
+    slope = (large["cold_p50_ms"] - small["cold_p50_ms"]) / (work(large) - work(small))
+    fixed = small["cold_p50_ms"] - slope * work(small)
+    latency = fixed + slope * scale * work(large)
+    shard_ram = large["rss_anon_mb"]
+    return [f"10M x 16 (model from the 100k and 1M runs): one index would need "
+            f"{ram / 1024:.1f} GB of RAM beyond maps (codes {scale * large['codes_bytes'] / 2**30:.1f}"
+            f" GB, stage 1 {scale * large['stage1_bytes'] / 2**30:.1f} GB), "
+            f"{scale * large['disk_gb']:.0f} GB of disk, one query cold p50 ~{latency:.0f} ms "
+            f"(fixed {fixed:.0f} ms + {slope * 1000:.2f} ms per 1000 frames scored from codes, "
+            f"{scale * large['candidates']:.0f} candidates x 16 frames); build "
+            f"~{scale * large['build_s'] / 60:.0f} min",
+            f"10M served as 10 shards of 1M (one index per disk of >= {large['disk_gb'] + 2:.0f}"
+            f" GB, a reader process per shard, each query fanned out to all and the 10 top-10 "
+            f"lists merged by their exact scores): RAM 10 x {shard_ram / 1024:.1f} GB, a query "
+            f"~{large['cold_p50_ms']:.0f} ms cold p50 with a core per shard (5 x that on 2 "
+            f"cores); recall as at 1M ({large['recall_at_10']:.3f}: each shard's top 10 holds "
+            f"every global top-10 hit it has)"]
 
 
 def main():
@@ -211,11 +351,16 @@ def main():
     parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=["10k", "100k"])
     parser.add_argument("--runs", type=int, default=3, help="fresh builds per size")
     parser.add_argument("--queries", type=int, default=100)
-    parser.add_argument("--candidates", type=int, default=DEFAULT_CANDIDATES)
+    parser.add_argument("--candidates", type=int, default=None,
+                        help="videos stage 1 proposes per query (default: the index's own "
+                             "rule, candidate_index.candidate_count, deepened as needed)")
     parser.add_argument("--nprobe", type=int, default=0,
                         help="inverted lists probed (default 0: the index's own choice)")
     parser.add_argument("--stage1", default=None, choices=STAGE1_TYPES,
                         help="the stage-1 index type (default: auto)")
+    parser.add_argument("--topics", type=int, default=None,
+                        help=f"topics the videos are drawn from (default {TOPICS}; 10 for "
+                             "the long video's run)")
     parser.add_argument("--keep", default=None,
                         help="build the index into this folder and keep it (one run, one size)")
     parser.add_argument("--reuse", default=None,
@@ -227,12 +372,22 @@ def main():
     parser.add_argument("--threads", type=int, default=1,
                         help="torch and FAISS threads of the reader (default 1: one query's "
                              "work is too small to share, and the machine is shared)")
-    parser.add_argument("--_reader", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--save", default=None, metavar="FILE",
+                        help="append each run's figures to FILE as a JSON line")
+    parser.add_argument("--model", default=None, metavar="FILE",
+                        help="print the 10M model from the last 100k and 1M runs saved in FILE")
+    parser.add_argument("--device", default="cpu",
+                        help="where stage 2 scores: cpu (default) or cuda")
+    parser.add_argument("--_reader", nargs=8, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._reader:
-        folder, size, queries, candidates, nprobe, threads = args._reader
-        print(json.dumps(measure_reader(folder, *SIZES[size], int(queries), int(candidates),
-                                        int(nprobe) or None, int(threads))))
+        folder, size, queries, candidates, nprobe, threads, topics, device = args._reader
+        print(json.dumps(measure_reader(folder, size, int(queries), int(candidates) or None,
+                                        int(nprobe) or None, int(threads), int(topics), device)))
+        return
+    if args.model:
+        saved = [json.loads(line) for line in Path(args.model).read_text().splitlines() if line]
+        print("\n".join(model_10m(saved[::-1])))
         return
     if args.quick:
         args.sizes, args.runs, args.queries = ["quick"], 1, 20
@@ -242,11 +397,19 @@ def main():
         parser.error(f"--keep {args.keep} exists; name a new folder")
     if args.reuse and not (Path(args.reuse) / "manifest.json").is_file():
         parser.error(f"--reuse {args.reuse} holds no index; build one with --keep")
+    results = []
     for size in args.sizes:
         for _ in range(args.runs):
-            print_result(one_run(size, args, args.workdir),
-                         " ".join(f"{x:.2f}" for x in os.getloadavg()))
+            result = one_run(size, args, args.workdir)
+            print_result(result, " ".join(f"{x:.2f}" for x in os.getloadavg()))
+            results.append(result)
+            if args.save and "skipped" not in result:
+                with open(args.save, "a") as f:
+                    f.write(json.dumps(result) + "\n")
             sys.stdout.flush()
+    measured = {r["size"] for r in results if "skipped" not in r and r.get("build_s")}
+    if {"100k", "1M"} <= measured:
+        print("\n".join(model_10m(results)))
 
 
 if __name__ == "__main__":

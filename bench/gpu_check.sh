@@ -46,3 +46,7 @@ if ! "$python" -c "from torchcodec._core import ops; assert ops.ffmpeg_major_ver
 fi
 mkdir -p "$(dirname "$out")"
 PYTHONUNBUFFERED=1 "$python" bench/gpu_check.py "${dry[@]}" 2> >(grep -v -e "it/s" -e "batch/s" >&2) | tee "$out"
+# Search at a million videos with stage 2 on the GPU: one built index (~21 GB under TMPDIR, deleted
+# after), 50 queries, p50 and recall against the exhaustive search (the dry run: 2000 videos, CPU).
+if [ ${#dry[@]} -gt 0 ]; then search=(--quick --device cpu); else search=(--sizes 1M --runs 1 --queries 50 --device cuda --threads 4); fi
+PYTHONUNBUFFERED=1 "$python" bench/bench_search.py "${search[@]}" | tee -a "$out"

@@ -34,6 +34,9 @@ def test_gpu_check_cpu_dry_run(tmp_path):
                      r"levels", text, re.M)
     assert re.search(r"^similarity_queryscoring torch.float32: .* \([\d.]+x\)", text, re.M)
     assert re.search(r"^similarity_queryscoring torch.bfloat16: .* \([\d.]+x\)", text, re.M)
+    # The search line (at 1M on a GPU; 2000 videos on the CPU here): p50 and recall.
+    assert re.search(r"^quick \(2000 videos .* stage 2 on cpu\): .* cold p50 [\d.]+ .* "
+                     r"recall@10 [01]\.\d{3}", text, re.M)
 
 
 def test_gpu_check_refuses_unknown_arguments():
@@ -140,8 +143,10 @@ def test_bench_search_quick(tmp_path):
                              "--workdir", str(tmp_path)], capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert re.search(r"^quick \(2000 videos x 20 frames, stage 1 flat\): build \d+ s, .* "
-                     r"recall@10 [01]\.\d{3}; exhaustive \d+ ms", result.stdout, re.M)
+    assert re.search(r"^quick \(2000 videos x 20 frames, 200 topics, stage 1 flat, codes yes, "
+                     r"stage 2 on cpu\): build \d+ s, .* one query cold p50 [\d.]+ / p95 [\d.]+ / "
+                     r"p99 [\d.]+ ms .* warm p50 .* recall@10 [01]\.\d{3}, recall@1 [01]\.\d{3}; "
+                     r"exhaustive \d+ ms", result.stdout, re.M)
     assert list(tmp_path.iterdir()) == []  # the bench deletes what it wrote
 
 
@@ -152,14 +157,15 @@ def test_bench_search_keeps_an_index_then_measures_it_again_with_ivfsq8(tmp_path
     built = subprocess.run(bench + ["--workdir", str(work), "--keep", str(kept), "--stage1",
                                     "ivfsq8"], capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stderr[-3000:]
-    assert re.search(r"^quick \(2000 videos x 20 frames, stage 1 ivfsq8\): build \d+ s",
-                     built.stdout, re.M)
+    assert re.search(r"^quick \(2000 videos x 20 frames, 200 topics, stage 1 ivfsq8, codes yes, "
+                     r"stage 2 on cpu\): build \d+ s", built.stdout, re.M)
     assert list(work.iterdir()) == [] and (kept / "manifest.json").is_file()
     reused = subprocess.run(bench + ["--reuse", str(kept)], capture_output=True, text=True,
                             timeout=600)
     assert reused.returncode == 0, reused.stderr[-3000:]
-    assert re.search(r"^quick \(2000 videos x 20 frames, stage 1 ivfsq8\): reused, disk .* "
-                     r"recall@10 [01]\.\d{3}", reused.stdout, re.M)
+    assert re.search(r"^quick \(2000 videos x 20 frames, 200 topics, stage 1 ivfsq8, codes yes, "
+                     r"stage 2 on cpu\): reused, disk .* recall@10 [01]\.\d{3}", reused.stdout,
+                     re.M)
     refused = subprocess.run(bench + ["--keep", str(kept)], capture_output=True, text=True,
                              timeout=60)
     assert refused.returncode == 2 and f"--keep {kept} exists" in refused.stderr
