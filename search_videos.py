@@ -417,7 +417,9 @@ def format_info(info):
              + f", {config['embed_dim']}-d; decoder {config['decoder']}",
              f"sampling: {rule}; preprocessing: {config['preprocess']}",
              f"videos: {info['num_videos']}, frames: {info['num_frames']}, disk: "
-             f"{info['disk_bytes'] / 1e6:.1f} MB; stage 1: {info['stage1']['type']}"]
+             f"{info['disk_bytes'] / 1e6:.1f} MB; stage 1: {info['stage1']['type']}; codes: "
+             + (f"trained on {info['codes']['trained_on']} frames" if info["codes"] else
+                "none (fewer than 4096 frames, or format version 1: run index to add them)")]
     if "verified_bytes" in info:
         lines.append(f"verified: every file's sha256 matches ({info['verified_bytes']} bytes)")
     for video in info["videos"]:

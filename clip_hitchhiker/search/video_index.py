@@ -329,6 +329,8 @@ class VideoIndex:
                                      self.table["frame_times"])]
         return {"index": str(self.folder.resolve()), "generation": manifest["generation"],
                 "config": self.config, "stage1": manifest["stage1"],
+                "version": manifest["version"], "codes": manifest.get("codes") and {
+                    k: manifest["codes"][k] for k in ("trained_on", "error_step")},
                 "num_videos": len(self), "num_frames": int(sum(v["frames"] for v in videos)),
                 "disk_bytes": sum(r["bytes"] for r in manifest["files"].values()),
                 "skipped": manifest["skipped"], "videos": videos}
