@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.system_libraries import needs_ffmpeg
+
 REPO = Path(__file__).resolve().parent.parent
 
 
+@needs_ffmpeg  # it decodes with torchcodec on the "device"
 def test_gpu_check_cpu_dry_run(tmp_path):
     out = tmp_path / "results" / "gpu_check.txt"
     env = {**os.environ, "PYTHON": sys.executable, "TMPDIR": str(tmp_path)}
@@ -51,6 +54,7 @@ def test_bench_query_scoring_quick():
     assert re.search(r"speed-up \d+\.\dx", result.stdout)
 
 
+@needs_ffmpeg  # it measures torchcodec too
 def test_bench_long_video_quick(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "bench" / "bench_long_video.py"),
                              "--quick", "--repeats", "1", "--work_dir", str(tmp_path)],
