@@ -14,6 +14,7 @@ import itertools
 import json
 import math
 import os
+import signal
 import sys
 import time
 import warnings
@@ -32,10 +33,11 @@ from clip_hitchhiker.models.options import (DEVICE_PATTERN, add_encoding_argumen
 from clip_hitchhiker.moments.rule import DEFAULT_MASS
 from clip_hitchhiker.reporting import silence_third_party_notices
 from clip_hitchhiker.torchrun import (all_gather_json, broadcast_json, collective_step,
-                                      setup_context, shard, teardown)
+                                      explicit_device, setup_context, shard, teardown)
 from clip_hitchhiker.video.decoders import check_decoder, resolve_decoder
-from clip_hitchhiker.search.video_index import (AGGREGATES, DEFAULT_CANDIDATES, VideoIndex,
-                                          write_thumbnail)
+from clip_hitchhiker.search.index_model import index_run_model
+from clip_hitchhiker.search.thumbnails import ThumbnailFolder, hit_frame
+from clip_hitchhiker.search.video_index import AGGREGATES, DEFAULT_CANDIDATES, VideoIndex
 from clip_hitchhiker.search import index_format as fmt
 
 DEFAULT_COMMIT_EVERY = 100
@@ -86,7 +88,7 @@ def _index_parser(parser):
     add("--commit_every", type=int, default=DEFAULT_COMMIT_EVERY, metavar="N",
         help="commit after every N videos (per rank under torchrun): a kill loses at most "
              f"those (default {DEFAULT_COMMIT_EVERY})")
-    add_model_arguments(parser)
+    add_model_arguments(parser, index_defaults=True)
     add_encoding_arguments(parser)
 
 
@@ -112,6 +114,9 @@ def _search_parser(parser):
     add("--thumbnails", default=None, metavar="DIR",
         help="write each hit's peak frame as DIR/q<query>_r<rank>.jpg")
     add("--device", default="cpu", help="where the text model runs: cpu (default), cuda, cuda:N")
+    add("--model", default=None, metavar="FILE",
+        help="the index's weights file where it is now, if it moved (a clip checkpoint, or an "
+             "open_clip index's --pretrained file); it must have the sha256 the index records")
 
 
 def _check_sampling(parser, args):
@@ -220,13 +225,17 @@ def _run_index(args, ctx):
 
     check_decoder(args.decoder, args.decode_on)
     paths = writer_lib.list_videos(args.paths)
-    model = collective_step(ctx, lambda: load_model(args.backend, args.model, ctx.device,
-                                                    args.pretrained, args.download_root))
+    manifest = fmt.read_manifest(args.index)
+    backend, model_name, pretrained, model_id = index_run_model(
+        args.index, manifest and manifest["config"], args.backend, args.model, args.pretrained)
+    model = collective_step(ctx, lambda: load_model(backend, model_name, ctx.device, pretrained,
+                                                    args.download_root))
     preprocess = FramePreprocess(model.preprocess, frame_dtype_for(model.dtype),
                                  antialias=args.antialias)
     sampling = sampling_of(args)
-    config = {"backend": args.backend, "model": _model_reference(args.model),
-              "pretrained": args.pretrained, "model_id": model.model_id,
+    config = {"backend": backend, "model": _model_reference(model_name),
+              "pretrained": pretrained and _model_reference(pretrained),
+              "model_id": model_id or model.model_id,
               "embed_dim": model.embed_dim, "preprocess": preprocess.describe(),
               "sampling": sampling, "decoder": resolve_decoder(args.decoder)}
     writer = collective_step(ctx, lambda: writer_lib.IndexWriter(args.index, config, args.stage1)
@@ -252,7 +261,7 @@ def _plan(writer, paths, prune):
 
 
 def _model_reference(model):
-    """A checkpoint file by its absolute path (search loads it from any folder)."""
+    """A weights file by its absolute path (search loads it from any folder)."""
     return str(Path(model).resolve()) if os.path.isfile(model) else model
 
 
@@ -362,18 +371,38 @@ def read_queries(args):
 
 
 def run_search(args):
+    """The search; with --thumbnails, its folder is claimed first, before any search work.
+    returns: (the report, and None or a function that writes the hits' thumbnails, adding each
+    hit's "thumbnail" path or "thumbnail_error", and returns how many it wrote), so that the
+    results can be printed before any thumbnail is decoded."""
+    explicit_device(args.device)
+    queries = read_queries(args)
+    thumbnails = (ThumbnailFolder.claim(args.thumbnails, len(queries), args.k)
+                  if args.thumbnails else None)
     index = VideoIndex.open(args.index)
-    results = index.search(read_queries(args), k=args.k, temperature=args.temperature,
+    results = index.search(queries, k=args.k, temperature=args.temperature,
                            aggregate=args.aggregate, exact=args.exact,
-                           candidates=args.candidates, device=args.device, mass=args.mass)
-    if args.thumbnails:
-        for q, result in enumerate(results, start=1):
-            for hit in result["hits"]:
-                out = Path(args.thumbnails) / f"q{q:02d}_r{hit['rank']:02d}.jpg"
-                write_thumbnail(hit["video"], hit["peak"], out)
-                hit["thumbnail"] = str(out.resolve())
-    return {"index": str(Path(args.index).resolve()), "aggregate": args.aggregate,
-            "temperature": args.temperature, "exact": args.exact, "queries": results}
+                           candidates=args.candidates, device=args.device, mass=args.mass,
+                           model_file=args.model)
+    report = {"index": str(Path(args.index).resolve()), "aggregate": args.aggregate,
+              "temperature": args.temperature, "exact": args.exact, "queries": results}
+    if thumbnails is None:
+        return report, None
+    return report, lambda: write_thumbnails(thumbnails, index, results)
+
+
+def write_thumbnails(thumbnails, index, results):
+    """Each hit's thumbnail; a failed one is one line on stderr. returns: how many were
+    written."""
+    outcomes = thumbnails.write(results,
+                                lambda hit: hit_frame(hit, index.recorded_file(hit["video"])))
+    for q, hit, path, reason in outcomes:
+        if path is None:
+            hit["thumbnail_error"] = reason
+            print(f"no thumbnail for query {q}, rank {hit['rank']}: {reason}", file=sys.stderr)
+        else:
+            hit["thumbnail"] = str(path.resolve())
+    return sum(path is not None for _, _, path, _ in outcomes)
 
 
 def format_hits(report):
@@ -445,8 +474,17 @@ def main(args):
               f"{summary['frames']} frames{capped}")
         return summary
     if args.command == "search":
-        report = run_search(args)
-        print(json.dumps(report, indent=1) if args.json else format_hits(report))
+        report, write_thumbnails_of_hits = run_search(args)
+        if not args.json:
+            print(format_hits(report), flush=True)
+        if write_thumbnails_of_hits is not None:
+            written = write_thumbnails_of_hits()
+            if not args.json:
+                hits = sum(len(result["hits"]) for result in report["queries"])
+                print(f"thumbnails: {written} of {hits} written to "
+                      f"{Path(args.thumbnails).resolve()} as q<query>_r<rank>.jpg")
+        if args.json:
+            print(json.dumps(report, indent=1))
         return report
     info = run_info(args)
     print(json.dumps(info, indent=1) if args.json else format_info(info))
@@ -460,6 +498,12 @@ def cli(argv=None):
     args = parse_args(argv)
     try:
         main(args)
+        sys.stdout.flush()  # here, so that a closed pipe is met below, not at exit
+    except BrokenPipeError:
+        # The reader went away (search ... | head -1): what it read is all it wanted. Quiet, as
+        # cat and grep are; the status is the shell's for a command killed by SIGPIPE.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(128 + signal.SIGPIPE)
     except KeyboardInterrupt:
         print("interrupted: the index keeps its last commit; run the same command again to "
               "continue", file=sys.stderr)

@@ -5,6 +5,7 @@
     load_restricted_pickle  plain data only: containers, numbers, strings, numpy arrays
 """
 import collections
+import functools
 import hashlib
 import http.client
 import itertools
@@ -37,6 +38,19 @@ def sha256_file(path):
         for block in iter(lambda: f.read(_DOWNLOAD_BLOCK), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_file_once(path):
+    """sha256_file, read once per process while the file is unchanged (a model's weights are
+    hashed to compare them with an index's before loading, and again by the loader)."""
+    version = os.stat(path)
+    return _sha256_of_version(os.path.realpath(path), version.st_size, version.st_mtime_ns,
+                              version.st_ino)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_of_version(path, size, mtime_ns, inode):
+    return sha256_file(path)
 
 
 # ----------------------------------------------------------------------------------------------

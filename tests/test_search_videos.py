@@ -239,7 +239,8 @@ def test_other_sampling_or_model_is_refused_in_one_line(colour_data, tmp_path, c
     with open(other, "ab") as f:
         f.write(b"\0")  # another file: another model id
     code, err = cli_error(capsys, *base, "--model", other)
-    assert code == 1 and err.count("\n") == 1 and "model_id" in err
+    assert code == 1 and err.count("\n") == 1 and f"this run has {other} (sha256:" in err
+    assert f"built with the model {colour_data['model']} (sha256:" in err
 
 
 # ----------------------------------------------------------------------------------------------

@@ -27,9 +27,9 @@ __all__ = ["CONFIG_KEYS", "EncodedVideo", "IndexWriter", "VIDEO_EXTENSIONS", "fi
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv",
                     ".flv", ".ts", ".mts", ".3gp", ".ogv")
 LIST_EXTENSIONS = (".txt", ".csv", ".lst")
-# What the embeddings depend on: an index refuses additions that differ in any of these.
-CONFIG_KEYS = ("backend", "model_id", "pretrained", "embed_dim", "preprocess", "sampling",
-               "decoder")
+# What the embeddings depend on: an index refuses additions that differ in any of these. (The
+# weights are model_id's, by content: not "model" or "pretrained", the paths they were read from.)
+CONFIG_KEYS = ("backend", "model_id", "embed_dim", "preprocess", "sampling", "decoder")
 _PAUSE_ENV, _PAUSE_SIGNAL_ENV = "CLIP_HITCHHIKER_INDEX_PAUSE", "CLIP_HITCHHIKER_INDEX_PAUSED"
 _pause_counts = {}
 

@@ -44,6 +44,7 @@ class VideoIndex:
         self.config = manifest["config"]
         self._row_of_id = {int(i): r for r, i in enumerate(table["id"])}
         self._maps, self._model, self._model_device = {}, None, None
+        self._row_of_path = None  # built when first asked (thumbnails only)
 
     # ------------------------------------------------------------------------------------------
     # Opening
@@ -108,6 +109,13 @@ class VideoIndex:
                                   "move the folder aside and run search_videos.py index again")
         return rows
 
+    def recorded_file(self, path):
+        """{"size", "mtime_ns"} of the video file `path` as it was when indexed."""
+        if self._row_of_path is None:
+            self._row_of_path = {p: r for r, p in enumerate(self.table["path"])}
+        row = self._row_of_path[path]
+        return {"size": int(self.table["size"][row]), "mtime_ns": int(self.table["mtime_ns"][row])}
+
     def padded_frames(self, rows):
         """(float32 [len(rows), F_max, D], bool mask [len(rows), F_max]) of table rows, padded
         with zeros."""
@@ -126,29 +134,34 @@ class VideoIndex:
     # Searching
 
     def search(self, texts, k=10, temperature=0.1, aggregate="queryscoring", exact=False,
-               candidates=DEFAULT_CANDIDATES, device="cpu", mass=DEFAULT_MASS, nprobe=None):
-        """Search by text with the index's own model. returns: [{"query", "hits"}] per text."""
-        text_embeds = self.encode_texts(texts, device)
+               candidates=DEFAULT_CANDIDATES, device="cpu", mass=DEFAULT_MASS, nprobe=None,
+               model_file=None):
+        """Search by text with the index's own model (model_file: its weights file where it is
+        now, if it moved). returns: [{"query", "hits"}] per text."""
+        text_embeds = self.encode_texts(texts, device, model_file)
         if torch.device(device).type == "cuda":
             self.stage1 = candidate_index.on_gpus(self.stage1)
         results = self.search_embeddings(text_embeds, k, temperature, aggregate, exact,
                                          candidates, mass, nprobe)
         return [{"query": t, "hits": hits} for t, hits in zip(texts, results)]
 
-    def encode_texts(self, texts, device="cpu"):
-        """float32 CPU [len(texts), D], by the model the index was built with."""
-        from clip_hitchhiker.models.backends import load_model
+    def encode_texts(self, texts, device="cpu", model_file=None):
+        """float32 CPU [len(texts), D], by the model the index was built with, read from
+        model_file where its weights file has moved (it must hold the same weights)."""
+        from clip_hitchhiker.models.backends import content_id, load_model
         from clip_hitchhiker.models.clip_models import encode_captions
+        from clip_hitchhiker.search.index_model import search_model
+        from clip_hitchhiker.torchrun import explicit_device
 
-        device = torch.device(device)
-        if self._model is None or self._model_device != device:
+        device = explicit_device(str(device))
+        if self._model is None or self._model_device != (device, model_file):
             config = self.config
-            self._model = load_model(config["backend"], config["model"], device,
-                                     config["pretrained"])
-            self._model_device = device
-            if self._model.model_id != config["model_id"]:
+            backend, model, pretrained = search_model(self.folder, config, model_file)
+            self._model = load_model(backend, model, device, pretrained)
+            self._model_device = (device, model_file)
+            if content_id(self._model.model_id) != content_id(config["model_id"]):
                 raise VideoIndexError(
-                    f"the model {config['model']} is not the one {self.folder} was built with "
+                    f"the model {model} is not the one {self.folder} was built with "
                     f"({self._model.model_id} now, {config['model_id']} then); restore that "
                     "file or rebuild the index")
         with torch.inference_mode():
@@ -275,26 +288,3 @@ def _top_k(scores, rows, k):
     """[(row, score)] of the k largest scores, ties to the earlier row (a stable order)."""
     order = np.lexsort((rows, -scores))[:k]
     return [(int(rows[i]), float(scores[i])) for i in order]
-
-
-def write_thumbnail(video_path, time_s, out_path):
-    """Write the frame of video_path nearest time_s (seconds) as a JPEG at out_path."""
-    import av
-    from PIL import Image
-
-    with av.open(str(video_path)) as container:
-        stream = container.streams.video[0]
-        if time_s > 2 and stream.time_base:
-            # To the key frame before (time - 2 s), so that a long video is not decoded whole.
-            container.seek(int((time_s - 2) / stream.time_base), stream=stream)
-        best = None
-        for frame in container.decode(stream):
-            t = float(frame.pts * stream.time_base) if frame.pts is not None else frame.time
-            if best is None or abs(t - time_s) < best[0]:
-                best = (abs(t - time_s), frame.to_ndarray(format="rgb24"))
-            elif t > time_s:
-                break
-    if best is None:
-        raise VideoIndexError(f"{video_path} has no frame to show")
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(best[1]).save(out_path, "JPEG", quality=90)
