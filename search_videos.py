@@ -112,7 +112,9 @@ def _search_parser(parser):
         help=f"share of the frame weight the moment holds (default {DEFAULT_MASS})")
     add("--json", action="store_true", help="print JSON")
     add("--thumbnails", default=None, metavar="DIR",
-        help="write each hit's peak frame as DIR/q<query>_r<rank>.jpg")
+        help="write each hit's peak frame as DIR/q<query>_r<rank>.jpg, after the results; "
+             "search replaces only the thumbnails it wrote there, and refuses to start if a "
+             "file it did not write has one of those names")
     add("--device", default="cpu", help="where the text model runs: cpu (default), cuda, cuda:N")
     add("--model", default=None, metavar="FILE",
         help="the index's weights file where it is now, if it moved (a clip checkpoint, or an "
