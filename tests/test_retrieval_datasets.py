@@ -318,3 +318,16 @@ def test_video_root_given_for_a_dataset_without_videos_of_its_own(tmp_path):
     with pytest.raises(DatasetError, match=re.escape("LSMDC videos have no public host: ") +
                        ".*then pass --video_root"):
         build_dataset(None, 4, dataset="lsmdc", data_root=tmp_path / "data")
+
+
+def test_activitynet_reads_its_default_video_folder(tmp_path):
+    """Without --video_root, ActivityNet's videos are read from DATA_ROOT/ActivityNet/videos
+    (where the suite reads them); the cache key names the folder."""
+    data_root = tmp_path / "data"
+    synthetic.build_activitynet(tmp_path / "captions", data_root / "ActivityNet" / "videos")
+    with synthetic.FileServer(synthetic.zip_contents(tmp_path / "captions")) as server:
+        built, dataset_id = build_dataset(None, 4, dataset="activitynet", data_root=data_root,
+                                          urls={"activitynet": server.url}, check_files=False)
+    assert built.video_ids == ["v_aaa", "v_bbb", "v_ccc", "v_ddd"]
+    assert built.missing == ["v_ddd"]
+    assert dataset_id["video_root"] == str((data_root / "ActivityNet" / "videos").resolve())
