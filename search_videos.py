@@ -34,6 +34,7 @@ from clip_hitchhiker.reporting import silence_third_party_notices
 from clip_hitchhiker.torchrun import (all_gather_json, broadcast_json, collective_step,
                                       setup_context, shard, teardown)
 from clip_hitchhiker.video.decoders import check_decoder, resolve_decoder
+from clip_hitchhiker.search.queries import check_queries
 from clip_hitchhiker.search.video_index import (AGGREGATES, DEFAULT_CANDIDATES, VideoIndex,
                                           write_thumbnail)
 from clip_hitchhiker.search import index_format as fmt
@@ -231,6 +232,7 @@ def _run_index(args, ctx):
               "sampling": sampling, "decoder": resolve_decoder(args.decoder)}
     writer = collective_step(ctx, lambda: writer_lib.IndexWriter(args.index, config, args.stage1)
                              if ctx.is_main else None)
+    stage1_before = writer.manifest["stage1"]["type"] if writer and writer.manifest else None
     try:
         plan = broadcast_json(ctx, collective_step(ctx, lambda: _plan(writer, paths, args.prune)
                                                    if ctx.is_main else None))
@@ -242,7 +244,8 @@ def _run_index(args, ctx):
         return None
     return {**summary, "listed": len(paths), "up_to_date": len(paths) - len(plan["to_encode"]),
             "pruned": len(plan["gone"]), "videos": writer.manifest["videos"],
-            "frames": writer.manifest["frames"]}
+            "frames": writer.manifest["frames"], "stage1_before": stage1_before,
+            "stage1": writer.manifest["stage1"]["type"]}
 
 
 def _plan(writer, paths, prune):
@@ -315,10 +318,17 @@ def _commit_round(writer, folder, encoded, failed, drop, ctx):
         return
     written = [g["rows"] for g in gathered if g["rows"]["path"]]
     failures = [tuple(f) for g in gathered for f in g["failed"]]
-    needed = written or failures or drop or writer.manifest is None or writer.stage1 is None
+    needed = (written or failures or drop or writer.manifest is None or writer.stage1 is None
+              or _stage1_change_asked(writer))
     collective_step(ctx, lambda: writer.commit(
         written, failures, drop, before_manifest=lambda tmp: writer_lib.test_pause("manifest"))
         if needed else None)
+
+
+def _stage1_change_asked(writer):
+    """--stage1 asks for another stage-1 index than the committed one records: commit (and
+    rebuild it) even when no video changed."""
+    return writer.stage1_request != writer.manifest["stage1"]["requested"]
 
 
 def _capped(info, sampling):
@@ -349,6 +359,8 @@ def _encode(model, item, path, fp, preprocess, placement, device, frame_chunk):
 
 
 def read_queries(args):
+    """The QUERYs, then the lines of --queries FILE (blank lines there separate, and are
+    skipped). QueryError for an empty or whitespace-only QUERY."""
     queries = list(args.queries)
     if args.queries_file:
         try:
@@ -358,12 +370,13 @@ def read_queries(args):
         queries += [line.strip() for line in lines if line.strip()]
     if not queries:
         raise ConfigError(f"--queries {args.queries_file} holds no query")
-    return queries
+    return check_queries(queries)
 
 
 def run_search(args):
+    queries = read_queries(args)  # refused before the index and the model are loaded
     index = VideoIndex.open(args.index)
-    results = index.search(read_queries(args), k=args.k, temperature=args.temperature,
+    results = index.search(queries, k=args.k, temperature=args.temperature,
                            aggregate=args.aggregate, exact=args.exact,
                            candidates=args.candidates, device=args.device, mass=args.mass)
     if args.thumbnails:
@@ -438,11 +451,13 @@ def main(args):
             return None
         capped = f"; {summary['capped']} video(s) longer than --max_frames allows were " \
                  "sampled at a lower rate to cover them evenly" if summary["capped"] else ""
+        rebuilt = (f"; stage 1 rebuilt as {summary['stage1']} (was {summary['stage1_before']})"
+                   if summary["stage1_before"] not in (None, summary["stage1"]) else "")
         print(f"indexed {summary['encoded']} new or changed video(s) "
               f"({summary['frames_encoded']} frames) in {summary['seconds']:.1f} s; "
               f"{summary['up_to_date']} up to date, {summary['failed']} failed, "
               f"{summary['pruned']} pruned; the index holds {summary['videos']} videos, "
-              f"{summary['frames']} frames{capped}")
+              f"{summary['frames']} frames{capped}{rebuilt}")
         return summary
     if args.command == "search":
         report = run_search(args)
