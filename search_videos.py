@@ -50,7 +50,10 @@ def parse_args(argv=None):
     _search_parser(commands.add_parser("search", help="search an index by text"))
     info = commands.add_parser("info", help="describe an index")
     info.add_argument("--index", required=True, metavar="DIR")
-    info.add_argument("--json", action="store_true", help="print JSON")
+    info.add_argument("--json", action="store_true",
+                      help="print JSON (seconds to the millisecond)")
+    info.add_argument("--times", action="store_true",
+                      help="also list every video's frame times (in the JSON too)")
     info.add_argument("--verify", action="store_true",
                       help="also check every file's sha256 against the manifest")
     args = parser.parse_args(argv)
@@ -109,7 +112,8 @@ def _search_parser(parser):
         help=f"videos that stage 1 proposes per query (default {DEFAULT_CANDIDATES})")
     add("--mass", type=float, default=DEFAULT_MASS,
         help=f"share of the frame weight the moment holds (default {DEFAULT_MASS})")
-    add("--json", action="store_true", help="print JSON")
+    add("--json", action="store_true",
+        help="print JSON (seconds to the millisecond, scores to 6 decimals)")
     add("--thumbnails", default=None, metavar="DIR",
         help="write each hit's peak frame as DIR/q<query>_r<rank>.jpg")
     add("--device", default="cpu", help="where the text model runs: cpu (default), cuda, cuda:N")
@@ -403,6 +407,29 @@ def format_hits(report):
     return "\n".join(lines)
 
 
+SECONDS_KEYS = ("start", "end", "peak", "duration", "times")
+
+
+def rounded_for_print(report):
+    """A copy of a search or info report with every value under SECONDS_KEYS rounded to the
+    millisecond and every "score" to 6 decimals, for printing: the digits past those are float
+    noise (47.980000000000004), finer than frame times or score differences mean. The Python API
+    keeps full precision."""
+    if isinstance(report, list):
+        return [rounded_for_print(item) for item in report]
+    if not isinstance(report, dict):
+        return report
+    return {key: _rounded(value, 3) if key in SECONDS_KEYS else
+            _rounded(value, 6) if key == "score" else rounded_for_print(value)
+            for key, value in report.items()}
+
+
+def _rounded(value, decimals):
+    if isinstance(value, list):
+        return [_rounded(v, decimals) for v in value]
+    return round(value, decimals) if isinstance(value, float) else value
+
+
 def _clock(seconds):
     minutes, rest = divmod(seconds, 60)
     return f"{int(minutes):>2d}:{rest:05.2f}"
@@ -410,7 +437,7 @@ def _clock(seconds):
 
 def run_info(args):
     index = VideoIndex.open(args.index)
-    info = index.info()
+    info = index.info(with_times=args.times)
     if args.verify:
         info["verified_bytes"] = fmt.verify_files(index.folder, index.manifest)
     return info
@@ -433,9 +460,9 @@ def format_info(info):
     if "verified_bytes" in info:
         lines.append(f"verified: every file's sha256 matches ({info['verified_bytes']} bytes)")
     for video in info["videos"]:
-        times = " ".join(f"{t:g}" for t in video["times"])
-        lines.append(f"  {video['video']}  {video['duration']:.2f} s, {video['frames']} frames "
-                     f"at {times}")
+        times = " ".join(f"{t:.3f}".rstrip("0").rstrip(".") for t in video.get("times", []))
+        lines.append(f"  {video['video']}  {video['duration']:.2f} s, {video['frames']} frames"
+                     + (f" at {times}" if "times" in video else ""))
     for skipped in info["skipped"]:
         lines.append(f"skipped {skipped['path']}: {skipped['reason']}")
     return "\n".join(lines)
@@ -461,10 +488,11 @@ def main(args):
         return summary
     if args.command == "search":
         report = run_search(args)
-        print(json.dumps(report, indent=1) if args.json else format_hits(report))
+        print(json.dumps(rounded_for_print(report), indent=1) if args.json
+              else format_hits(report))
         return report
     info = run_info(args)
-    print(json.dumps(info, indent=1) if args.json else format_info(info))
+    print(json.dumps(rounded_for_print(info), indent=1) if args.json else format_info(info))
     return info
 
 

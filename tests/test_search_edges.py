@@ -1,6 +1,6 @@
 """search_videos.py and VideoIndex at their edges: queries and settings refused in one line
 before anything is loaded, embeddings of the wrong width or not finite, `--stage1` on an index
-that is up to date."""
+that is up to date, and the printed JSON's rounding (the API keeps full precision)."""
 import json
 import shutil
 
@@ -168,3 +168,50 @@ def test_stage1_asked_of_an_up_to_date_index_is_rebuilt_and_committed(thirds, tm
     assert json.loads((index / fmt.MANIFEST).read_text())["generation"] == \
         after.manifest["generation"]
     assert "stage 1" not in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------
+# Printed JSON and info
+
+
+def test_printed_json_rounds_times_and_scores_and_the_api_keeps_full_precision(thirds, capsys):
+    capsys.readouterr()
+    report = run("search", "--index", thirds["index"], "a red video", "a blue video", "-k", 2,
+                 "--json")
+    printed = json.loads(capsys.readouterr().out)
+    api = VideoIndex.open(thirds["index"]).search(["a red video", "a blue video"], k=2)
+    assert report["queries"] == api  # main returns what the API gives, unrounded
+    best = api[0]["hits"][0]
+    assert best["duration"] != round(best["duration"], 3)
+    assert best["score"] != round(best["score"], 6)
+    for printed_query, query in zip(printed["queries"], api):
+        for printed_hit, hit in zip(printed_query["hits"], query["hits"], strict=True):
+            assert printed_hit == {**hit, "score": round(hit["score"], 6),
+                                   **{key: round(hit[key], 3)
+                                      for key in ("start", "end", "peak", "duration")}}
+    red = printed["queries"][0]["hits"][0]
+    # Of the sampled frames only 5/3 s is red: it holds nearly all the weight, so the moment is
+    # its cell, from the midpoint with 2/3 s to the midpoint with 8/3 s.
+    assert (red["start"], red["peak"], red["end"], red["duration"]) == (1.167, 1.667, 2.167,
+                                                                        3.333)
+    assert red["video"].endswith("red.mp4") and red["score"] == round(best["score"], 6)
+
+
+def test_info_lists_frame_times_only_when_asked(thirds, capsys):
+    capsys.readouterr()
+    info = run("info", "--index", thirds["index"], "--json")
+    printed = json.loads(capsys.readouterr().out)
+    assert "times" not in printed["videos"][0] and "times" not in info["videos"][0]
+    assert printed["videos"][0]["duration"] == 3.333
+    run("info", "--index", thirds["index"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2:] == [f"  {thirds['root'].resolve() / 'videos' / name}.mp4  3.33 s, "
+                          "4 frames" for name in ("blue", "red")]
+    info = run("info", "--index", thirds["index"], "--json", "--times")
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["videos"][0]["times"] == [0.667, 1.667, 2.667, 3.0]
+    # Full precision in Python: the stored times.
+    stored = VideoIndex.open(thirds["index"]).table["frame_times"][0].tolist()
+    assert info["videos"][0]["times"] == stored != printed["videos"][0]["times"]
+    run("info", "--index", thirds["index"], "--times")
+    assert capsys.readouterr().out.splitlines()[-1].endswith("4 frames at 0.667 1.667 2.667 3")

@@ -238,10 +238,11 @@ class VideoIndex:
     # Reporting
 
     def info(self, with_times=True):
-        """A plain dict: model, sampling, counts, skipped videos, disk use (and frame times)."""
+        """A plain dict: model, sampling, counts, skipped videos, disk use (and frame times,
+        full precision, in seconds)."""
         manifest = self.manifest
         videos = [{"video": p, "duration": float(d), "frames": len(t),
-                   **({"times": [round(float(x), 3) for x in t]} if with_times else {})}
+                   **({"times": [float(x) for x in t]} if with_times else {})}
                   for p, d, t in zip(self.table["path"], self.table["duration"],
                                      self.table["frame_times"])]
         return {"index": str(self.folder.resolve()), "generation": manifest["generation"],
