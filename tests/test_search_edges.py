@@ -7,12 +7,12 @@ import shutil
 import numpy as np
 import pytest
 
-import search_videos
 from clip_hitchhiker.errors import QueryError
 from clip_hitchhiker.search import index_format as fmt
 from clip_hitchhiker.search.video_index import VideoIndex
 from clip_hitchhiker.synthetic_data import write_noise_video
 from tests import search_synthetic
+from tests.test_search_videos import cli_error, run
 
 VIDEO_FPS = 3  # frame times 1/3 s apart: float noise (0.3333333333333333) in every time
 
@@ -31,18 +31,6 @@ def thirds(tmp_path_factory):
     index = root / "index"
     run("index", root / "videos", "--index", index, "--model", model)
     return {"root": root, "model": model, "index": index}
-
-
-def run(*argv):
-    extra = ["--device", "cpu", "--num_workers", "0"] if argv[0] == "index" else []
-    return search_videos.main(search_videos.parse_args([str(a) for a in argv] + extra))
-
-
-def cli_error(capsys, *argv):
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        search_videos.cli([str(a) for a in argv])
-    return exit_info.value.code, capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------------
