@@ -7,6 +7,7 @@
     load_restricted_pickle  plain data only: containers, numbers, strings, numpy arrays
 """
 import collections
+import contextlib
 import hashlib
 import http.client
 import itertools
@@ -207,9 +208,8 @@ def extract_zip_safely(zip_path, dest_root, top_folder, progress=True, target_na
     """
     zip_path, dest_root = Path(zip_path), Path(dest_root)
     target_name = target_name or top_folder
-    staging = dest_root / f".{target_name}.extracting"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+    damaged = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError)
+    with _staging(zip_path, dest_root, target_name, damaged) as staging:
         with zipfile.ZipFile(zip_path) as archive:
             members = archive.infolist()
             for member in members:
@@ -220,15 +220,6 @@ def extract_zip_safely(zip_path, dest_root, top_folder, progress=True, target_na
                 for member in members:
                     _extract_member(archive, member, staging)
                     bar.update(member.file_size)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError) as e:
-        shutil.rmtree(staging, ignore_errors=True)
-        corrupt = zip_path.with_name(zip_path.name + ".corrupt")
-        os.replace(zip_path, corrupt)
-        raise DatasetError(f"{zip_path} is corrupt ({e}); it was moved to {corrupt}. Run again to "
-                           "download it afresh, or place a good copy at that path") from e
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return _move_into_place(staging, zip_path, dest_root, top_folder, target_name)
 
 
@@ -239,24 +230,34 @@ def extract_tar_safely(tar_path, dest_root, top_folder, target_name=None):
     marked complete. A truncated or damaged tar is renamed to '<tar>.corrupt'."""
     tar_path, dest_root = Path(tar_path), Path(dest_root)
     target_name = target_name or top_folder
-    staging = dest_root / f".{target_name}.extracting"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+    damaged = (tarfile.ReadError, tarfile.CompressionError, EOFError, zlib.error)
+    with _staging(tar_path, dest_root, target_name, damaged) as staging:
         with tarfile.open(tar_path) as archive:
             members = archive.getmembers()
             for member in members:
                 _check_tar_member(member, tar_path)
             archive.extractall(staging, members=members, filter="data")
-    except (tarfile.ReadError, tarfile.CompressionError, EOFError, zlib.error) as e:
+    return _move_into_place(staging, tar_path, dest_root, top_folder, target_name)
+
+
+@contextlib.contextmanager
+def _staging(archive_path, dest_root, target_name, damaged):
+    """The staging folder an archive is extracted into (emptied first). On an exception it is
+    removed; on one of `damaged` the archive is renamed to '<name>.corrupt', so that it is never
+    taken for a good download, and a DatasetError says so."""
+    staging = dest_root / f".{target_name}.extracting"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        yield staging
+    except damaged as e:
         shutil.rmtree(staging, ignore_errors=True)
-        corrupt = tar_path.with_name(tar_path.name + ".corrupt")
-        os.replace(tar_path, corrupt)
-        raise DatasetError(f"{tar_path} is corrupt ({e}); it was moved to {corrupt}. Run again to "
-                           "download it afresh, or place a good copy at that path") from e
+        corrupt = archive_path.with_name(archive_path.name + ".corrupt")
+        os.replace(archive_path, corrupt)
+        raise DatasetError(f"{archive_path} is corrupt ({e}); it was moved to {corrupt}. Run "
+                           "again to download it afresh, or place a good copy at that path") from e
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return _move_into_place(staging, tar_path, dest_root, top_folder, target_name)
 
 
 def _check_tar_member(member, tar_path):

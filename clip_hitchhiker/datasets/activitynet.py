@@ -5,14 +5,13 @@ The captions come from the public annotation zip (val_1.json: video id -> durati
 sentences). The videos have no stable public host: pass --video_root, a folder of
 v_<id>.mp4 / .mkv / .webm files.
 """
-import json
 import os
 from pathlib import Path
 
 import pandas as pd
 
 from clip_hitchhiker.datasets import DatasetEntry, UrlOption, register
-from clip_hitchhiker.datasets.video_folders import videos_missing
+from clip_hitchhiker.datasets.local_files import read_json, videos_dataset_id, videos_missing
 from clip_hitchhiker.downloads import COMPLETE_MARKER, fetch_and_extract
 from clip_hitchhiker.errors import DatasetError
 from data_loader import VideoDataset
@@ -40,13 +39,8 @@ def load_paragraphs(path):
 def read_annotations(path):
     """A split's annotation file (val_1.json...), checked: a non-empty JSON object.
     returns: {video id: entry}, entries unchecked (see entry_sentences)."""
-    try:
-        annotations = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise DatasetError(f"missing {path}; download the ActivityNet Captions annotations "
-                           "(the default) or set --data_root") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path} is not JSON ({e})") from e
+    annotations = read_json(path, "download the ActivityNet Captions annotations (the default) "
+                                  "or set --data_root")
     if not isinstance(annotations, dict):
         raise DatasetError(f"{path} should map each video id to its timestamps and sentences "
                            f"(a JSON object), got a {type(annotations).__name__}; is it the "
@@ -166,8 +160,7 @@ def build_activitynet(preprocess, num_frames, request):
         preprocess, num_frames, request.video_root, split=split, data_root=request.data_root,
         paragraph=request.paragraph, download=request.download, url=request.urls["activitynet"],
         check_files=request.check_files, on_error="report", progress=request.download)
-    return built, {"dataset": "activitynet", "split": split,
-                   "video_root": str(Path(request.video_root).resolve())}
+    return built, videos_dataset_id("activitynet", split, request.video_root)
 
 
 def activitynet_missing(data_root, video_root=None):

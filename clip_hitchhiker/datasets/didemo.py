@@ -16,14 +16,14 @@ for retrieval. The videos come from Flickr through the release's download script
 gone: the ones missing from --video_root are counted, named and, with --skip_bad_videos, left
 out (the result is marked partial; CLIP4Clip drops them silently).
 """
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from clip_hitchhiker.datasets import DatasetEntry, UrlOption, register
 from clip_hitchhiker.datasets.activitynet import ParagraphQueries
-from clip_hitchhiker.datasets.video_folders import locate_videos, videos_missing
+from clip_hitchhiker.datasets.local_files import (annotations_missing, locate_videos, read_json,
+                                                  videos_dataset_id, videos_missing)
 from clip_hitchhiker.downloads import fetch_checked_file
 from clip_hitchhiker.errors import DatasetError
 from data_loader import VideoDataset
@@ -39,13 +39,7 @@ _GET_VIDEOS = ("fetch them with LocalizingMoments' download script "
 def load_didemo_paragraphs(path):
     """returns: {video: [descriptions in the file's order]}, videos in order of first
     appearance. Entries are checked: a dict with a non-empty "description" and a "video"."""
-    try:
-        entries = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise DatasetError(f"missing {path}; download DiDeMo's annotations (the default) or "
-                           "set --data_root") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path} is not JSON ({e})") from e
+    entries = read_json(path, "download DiDeMo's annotations (the default) or set --data_root")
     if not isinstance(entries, list) or not entries:
         raise DatasetError(f"{path} should be a non-empty JSON list of descriptions "
                            "(LocalizingMoments' test_data.json)")
@@ -99,17 +93,14 @@ def build_didemo(preprocess, num_frames, request):
     built = DiDeMoDataset(preprocess, num_frames, request.video_root, annotation_file,
                           paragraph=request.paragraph, on_error="report",
                           check_files=request.check_files)
-    return built, {"dataset": "didemo", "split": "test",
-                   "video_root": str(Path(request.video_root).resolve())}
+    return built, videos_dataset_id("didemo", "test", request.video_root)
 
 
 def didemo_missing(data_root, video_root=None):
     """What the suite must fetch before it can run DiDeMo, or None when it is on disk."""
-    if not (Path(data_root) / DIDEMO_FOLDER / "test_data.json").is_file():
-        return (f"DiDeMo's annotations are not in {Path(data_root) / DIDEMO_FOLDER}: run `python "
-                f"run_msr_retrieval.py --dataset didemo --data_root {data_root} --video_root "
-                "VIDEOS` once to download them")
-    return videos_missing("DiDeMo", video_root, DIDEMO_VIDEO_FOLDER, data_root, _GET_VIDEOS)
+    annotations = Path(data_root) / DIDEMO_FOLDER / "test_data.json"
+    return (annotations_missing("DiDeMo", annotations, "didemo", data_root)
+            or videos_missing("DiDeMo", video_root, DIDEMO_VIDEO_FOLDER, data_root, _GET_VIDEOS))
 
 
 register(DatasetEntry(

@@ -31,7 +31,8 @@ import pandas as pd
 
 from clip_hitchhiker.datasets import DatasetEntry, UrlOption, register
 from clip_hitchhiker.datasets.charades import ClassNameQueries, check_prompts
-from clip_hitchhiker.datasets.video_folders import locate_videos, videos_missing
+from clip_hitchhiker.datasets.local_files import (annotations_missing, locate_videos,
+                                                  videos_dataset_id, videos_missing)
 from clip_hitchhiker.downloads import fetch_checked_file
 from clip_hitchhiker.errors import DatasetError
 from data_loader import VideoDataset
@@ -152,18 +153,15 @@ def build_kinetics(preprocess, num_frames, request):
     built = KineticsDataset(preprocess, num_frames, request.video_root, annotation_file,
                             prompts=request.prompts, on_error="report",
                             check_files=request.check_files)
-    return built, {"dataset": "kinetics400", "split": "val",
-                   "video_root": str(Path(request.video_root).resolve())}
+    return built, videos_dataset_id("kinetics400", "val", request.video_root)
 
 
 def kinetics_missing(data_root, video_root=None):
     """What the suite must fetch before it can run Kinetics-400, or None when it is on disk."""
-    if not (Path(data_root) / KINETICS_FOLDER / "val.csv").is_file():
-        return (f"Kinetics-400's annotations are not in {Path(data_root) / KINETICS_FOLDER}: run "
-                f"`python run_msr_retrieval.py --dataset kinetics400 --data_root {data_root} "
-                "--video_root VIDEOS` once to download them")
-    return videos_missing("Kinetics-400", video_root, KINETICS_VIDEO_FOLDER, data_root,
-                          _GET_VIDEOS)
+    annotations = Path(data_root) / KINETICS_FOLDER / "val.csv"
+    return (annotations_missing("Kinetics-400", annotations, "kinetics400", data_root)
+            or videos_missing("Kinetics-400", video_root, KINETICS_VIDEO_FOLDER, data_root,
+                              _GET_VIDEOS))
 
 
 register(DatasetEntry(

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from clip_hitchhiker.datasets import DatasetEntry, Reference, register
-from clip_hitchhiker.datasets.video_folders import locate_videos, videos_missing
+from clip_hitchhiker.datasets.local_files import locate_videos, videos_dataset_id, videos_missing
 from clip_hitchhiker.errors import DatasetError
 from data_loader import VideoDataset
 
@@ -90,8 +90,7 @@ def build_lsmdc(preprocess, num_frames, request):
     test_file = Path(request.data_root) / LSMDC_FOLDER / LSMDC_TEST_FILE
     built = LSMDCDataset(preprocess, num_frames, request.video_root, test_file,
                          on_error="report", check_files=request.check_files)
-    return built, {"dataset": "lsmdc", "split": "test",
-                   "video_root": str(Path(request.video_root).resolve())}
+    return built, videos_dataset_id("lsmdc", "test", request.video_root)
 
 
 def lsmdc_missing(data_root, video_root=None):

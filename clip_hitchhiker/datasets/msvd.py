@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from clip_hitchhiker.datasets import DatasetEntry, Reference, UrlOption, register
-from clip_hitchhiker.datasets.video_folders import locate_videos
+from clip_hitchhiker.datasets.local_files import locate_videos, read_id_list, videos_dataset_id
 from clip_hitchhiker.downloads import COMPLETE_MARKER, fetch_and_extract, load_restricted_pickle
 from clip_hitchhiker.errors import DatasetError
 from data_loader import VideoDataset
@@ -40,11 +40,8 @@ def load_msvd_split(folder, split="test"):
     each video's captions together in the pickle's order). A listed video without captions,
     or a caption that is neither text nor a list of tokens, stops with a DatasetError."""
     list_path, captions_path = Path(folder) / f"{split}_list.txt", Path(folder) / "raw-captions.pkl"
-    try:
-        video_ids = [line.strip() for line in list_path.read_text().splitlines() if line.strip()]
-    except FileNotFoundError as e:
-        raise DatasetError(f"missing {list_path}; download MSVD's annotations (the default) or "
-                           "set --data_root to the folder that holds msvd_data/") from e
+    video_ids = read_id_list(list_path, "download MSVD's annotations (the default) or set "
+                                        "--data_root to the folder that holds msvd_data/")
     captions = load_restricted_pickle(captions_path)
     if not isinstance(captions, dict):
         raise DatasetError(f"{captions_path} should map video id -> captions, got "
@@ -104,8 +101,7 @@ def build_msvd(preprocess, num_frames, request):
     split = request.split or MSVD_SPLITS[0]
     built = MSVDDataset(preprocess, num_frames, video_root and str(video_root), split=split,
                         data_root=data_root, on_error="report", check_files=request.check_files)
-    return built, {"dataset": "msvd", "split": split,
-                   "video_root": str(Path(video_root).resolve())}
+    return built, videos_dataset_id("msvd", split, video_root)
 
 
 def msvd_missing(data_root, video_root=None):

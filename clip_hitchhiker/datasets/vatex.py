@@ -15,13 +15,13 @@ data_root/VATEX/test_list.txt (CLIP2Video's vatex_test_HGR.txt is that file). Th
 YouTube clips: <videoID>.mp4 in --video_root. The metric is CLIP4Clip's multi-sentence one,
 as for MSVD (t2v MedR by torch.median, v2t by caption sets).
 """
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from clip_hitchhiker.datasets import DatasetEntry, UrlOption, register
-from clip_hitchhiker.datasets.video_folders import locate_videos, videos_missing
+from clip_hitchhiker.datasets.local_files import (annotations_missing, locate_videos, read_id_list,
+                                                  read_json, videos_dataset_id, videos_missing)
 from clip_hitchhiker.downloads import fetch_checked_file
 from clip_hitchhiker.errors import DatasetError
 from data_loader import VideoDataset
@@ -37,13 +37,7 @@ _GET_VIDEOS = "fetch the YouTube clips as <videoID>.mp4 (VATEX's site lists them
 
 def load_vatex_captions(path):
     """returns: {videoID: [English captions]} of a VATEX annotation file, checked."""
-    try:
-        entries = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise DatasetError(f"missing {path}; download VATEX's annotations (the default) or set "
-                           "--data_root") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path} is not JSON ({e})") from e
+    entries = read_json(path, "download VATEX's annotations (the default) or set --data_root")
     if not isinstance(entries, list) or not entries:
         raise DatasetError(f"{path} should be a non-empty JSON list of videos "
                            f"({VATEX_CAPTIONS})")
@@ -67,10 +61,7 @@ def check_vatex_file(path):
 def load_vatex_split(folder):
     """The HGR test split: (video ids in the list's order, [(video id, caption)])."""
     list_path = Path(folder) / VATEX_TEST_LIST
-    try:
-        video_ids = [line.strip() for line in list_path.read_text().splitlines() if line.strip()]
-    except FileNotFoundError as e:
-        raise DatasetError(f"missing {list_path}: put {_TEST_LIST_SOURCE} there") from e
+    video_ids = read_id_list(list_path, f"put {_TEST_LIST_SOURCE} there")
     captions = load_vatex_captions(Path(folder) / VATEX_CAPTIONS)
     absent = [v for v in video_ids if v not in captions]
     if absent:
@@ -101,8 +92,7 @@ def build_vatex(preprocess, num_frames, request):
         fetch_checked_file(request.urls["vatex"], folder / VATEX_CAPTIONS, check_vatex_file)
     built = VATEXDataset(preprocess, num_frames, request.video_root, request.data_root,
                          on_error="report", check_files=request.check_files)
-    return built, {"dataset": "vatex", "split": "test",
-                   "video_root": str(Path(request.video_root).resolve())}
+    return built, videos_dataset_id("vatex", "test", request.video_root)
 
 
 def vatex_missing(data_root, video_root=None):
@@ -110,11 +100,8 @@ def vatex_missing(data_root, video_root=None):
     folder = Path(data_root) / VATEX_FOLDER
     if not (folder / VATEX_TEST_LIST).is_file():
         return f"{folder / VATEX_TEST_LIST} is missing: put {_TEST_LIST_SOURCE} there"
-    if not (folder / VATEX_CAPTIONS).is_file():
-        return (f"VATEX's captions are not in {folder}: run `python run_msr_retrieval.py "
-                f"--dataset vatex --data_root {data_root} --video_root VIDEOS` once to download "
-                "them")
-    return videos_missing("VATEX", video_root, VATEX_VIDEO_FOLDER, data_root, _GET_VIDEOS)
+    return annotations_missing("VATEX", folder / VATEX_CAPTIONS, "vatex", data_root) or \
+        videos_missing("VATEX", video_root, VATEX_VIDEO_FOLDER, data_root, _GET_VIDEOS)
 
 
 register(DatasetEntry(

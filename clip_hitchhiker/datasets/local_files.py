@@ -1,12 +1,51 @@
-"""Videos the user brings (no public host, or a registration): finding each one's file in a
-folder under the names the benchmark's releases use, and the one rule for those missing (the
-run stops naming them, or with --skip_bad_videos leaves them out and is marked partial)."""
+"""What the datasets read from disk, read one way: annotation files (JSON, lists of ids), with
+one message for a file that is missing or not what it should be; and the videos the user brings
+(no public host, or a registration): each one's file in a folder under the names the
+benchmark's releases use, and the one rule for those missing (the run stops naming them, or
+with --skip_bad_videos leaves them out and is marked partial)."""
+import json
 import os
 from pathlib import Path
 
 from clip_hitchhiker.errors import DatasetError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
+
+
+def read_json(path, missing_hint):
+    """The parsed JSON file at path; DatasetError "missing PATH; <missing_hint>" when it is
+    not there, or naming it when it is not JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise DatasetError(f"missing {path}; {missing_hint}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path} is not JSON ({e})") from e
+
+
+def read_id_list(path, missing_hint):
+    """The non-blank lines of a split list, stripped, in order (DatasetError as read_json)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError as e:
+        raise DatasetError(f"missing {path}; {missing_hint}") from e
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path} is not a text file of ids ({e})") from e
+    return [line.strip() for line in lines if line.strip()]
+
+
+def videos_dataset_id(name, split, video_root):
+    """The cache key's dataset entry of a dataset whose videos are in video_root."""
+    return {"dataset": name, "split": split, "video_root": str(Path(video_root).resolve())}
+
+
+def annotations_missing(title, path, name, data_root):
+    """The suite's note when a downloadable annotation file is not at path yet, or None."""
+    if Path(path).is_file():
+        return None
+    return (f"{title}'s annotations are not in {Path(path).parent}: run `python "
+            f"run_msr_retrieval.py --dataset {name} --data_root {data_root} --video_root "
+            "VIDEOS` once to download them")
 
 
 def find_video(video_root, names, extensions=VIDEO_EXTENSIONS):
