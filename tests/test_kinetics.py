@@ -127,17 +127,20 @@ def test_accuracy_checks_its_input():
 
 # ---------------------------------------------------------------- end to end
 
-@pytest.fixture
-def kinetics(tmp_path):
-    payload = data.build_kinetics(tmp_path / "videos", missing=("Zz-9yy8xx7w",))
+@pytest.fixture(scope="module")
+def kinetics(tmp_path_factory):
+    """val.csv served from 127.0.0.1, and a folder of the clips (one missing); read only."""
+    videos = tmp_path_factory.mktemp("kinetics") / "videos"
+    payload = data.build_kinetics(videos, missing=("Zz-9yy8xx7w",))
     with synthetic.FileServer(payload) as server:
-        yield server.url
+        yield server.url, videos
 
 
-def kinetics_argv(tmp_path, model, url, *extra):
+def kinetics_argv(tmp_path, model, source, *extra):
+    url, videos = source
     return [str(a) for a in synthetic.cli_argv(
         tmp_path, tmp_path / "data", model, "--dataset", "kinetics400", "--video_root",
-        tmp_path / "videos", "--kinetics400_url", url, *extra)]
+        videos, "--kinetics400_url", url, *extra)]
 
 
 def test_kinetics_missing_videos_stop_the_run(tmp_path, tiny_clip_files, kinetics):

@@ -158,11 +158,13 @@ def test_msvd_reads_videos_from_a_video_root_and_reports_missing(tmp_path, tiny_
 
 # ---------------------------------------------------------------- DiDeMo
 
-@pytest.fixture
-def didemo(tmp_path):
-    payload = data.build_didemo(tmp_path / "videos")
+@pytest.fixture(scope="module")
+def didemo(tmp_path_factory):
+    """test_data.json served from 127.0.0.1, and a folder of the videos (one missing)."""
+    videos = tmp_path_factory.mktemp("didemo") / "videos"
+    payload = data.build_didemo(videos)
     with synthetic.FileServer(payload) as server:
-        yield server.url
+        yield server.url, videos
 
 
 def test_didemo_loader_concatenates_in_the_files_order(tmp_path):
@@ -178,16 +180,18 @@ def test_didemo_loader_concatenates_in_the_files_order(tmp_path):
 
 
 def test_didemo_missing_videos_stop_the_run(tmp_path, tiny_clip_files, didemo):
+    url, videos = didemo
     with pytest.raises(DatasetError, match=r"1 of 3 videos of DiDeMo test are missing from "
                                            r".*videos, e.g. \['99999999@N00_1_abcdef0123.mov'\]"):
         run(argv_for(tmp_path, tiny_clip_files["torchscript"], "--dataset", "didemo",
-                     "--video_root", tmp_path / "videos", "--didemo_url", didemo))
+                     "--video_root", videos, "--didemo_url", url))
 
 
 @pytest.mark.parametrize("paragraph", ["concat", "mean"])
 def test_didemo_paragraphs_end_to_end(tmp_path, tiny_clip_files, didemo, paragraph, capsys):
+    url, videos = didemo
     report = run(argv_for(tmp_path, tiny_clip_files["torchscript"], "--dataset", "didemo",
-                          "--video_root", tmp_path / "videos", "--didemo_url", didemo,
+                          "--video_root", videos, "--didemo_url", url,
                           "--skip_bad_videos", "--paragraph", paragraph,
                           "--save_embeddings", tmp_path / "e.pt"))
     captured = capsys.readouterr()
