@@ -179,6 +179,18 @@ def test_didemo_loader_concatenates_in_the_files_order(tmp_path):
         load_didemo_paragraphs(path)
 
 
+def test_didemo_video_names(tmp_path):
+    """The release's own name, the AWS script's (<name>.mp4 added), a converted copy's."""
+    from clip_hitchhiker.datasets.didemo import didemo_file_names
+    from clip_hitchhiker.datasets.local_files import find_video
+    video = "10015567@N08_3655084291_d8b58466fa.mov"
+    for stored in (video, f"{video}.mp4", "10015567@N08_3655084291_d8b58466fa.mp4"):
+        (tmp_path / stored).write_bytes(b"")
+        assert find_video(tmp_path, didemo_file_names(video)) == str(tmp_path / stored)
+        (tmp_path / stored).unlink()
+    assert find_video(tmp_path, didemo_file_names(video)) is None
+
+
 def test_didemo_missing_videos_stop_the_run(tmp_path, tiny_clip_files, didemo):
     url, videos = didemo
     with pytest.raises(DatasetError, match=r"1 of 3 videos of DiDeMo test are missing from "

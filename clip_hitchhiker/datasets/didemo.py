@@ -13,8 +13,9 @@ albanie/collaborative-experts misc/datasets/didemo) is the videos of the public 
 A video's descriptions are joined by single spaces in the file's order (CLIP4Clip's), not in
 the order of their moments: the moments are annotators' segments, and CLIP4Clip ignores them
 for retrieval. The videos come from Flickr through the release's download script, and many are
-gone: the ones missing from --video_root are counted, named and, with --skip_bad_videos, left
-out (the result is marked partial; CLIP4Clip drops them silently).
+gone (LocalizingMoments' download_videos_AWS.py fetches YFCC100M's copies instead): the ones
+missing from --video_root are counted, named and, with --skip_bad_videos, left out (the result
+is marked partial; CLIP4Clip drops them silently).
 """
 from pathlib import Path
 
@@ -32,8 +33,8 @@ DIDEMO_TEST_URL = ("https://raw.githubusercontent.com/LisaAnne/LocalizingMoments
                    "test_data.json")
 DIDEMO_SPLITS = ("test",)
 DIDEMO_FOLDER, DIDEMO_VIDEO_FOLDER = "DiDeMo", "DiDeMo/videos"
-_GET_VIDEOS = ("fetch them with LocalizingMoments' download script "
-               "(github.com/LisaAnne/LocalizingMoments, download/)")
+_GET_VIDEOS = ("fetch them with LocalizingMoments' download/download_videos_AWS.py (YFCC100M's "
+               "copies; github.com/LisaAnne/LocalizingMoments)")
 
 
 def load_didemo_paragraphs(path):
@@ -62,7 +63,8 @@ def check_didemo_file(path):
 
 def didemo_file_names(video):
     """The names a DiDeMo video may have in the user's folder: the release's own name
-    (<flickr id>.mov, .mp4, ...), then its stem with any video extension (a converted copy)."""
+    (<flickr id>.mov, ...), that name with a video extension added (download_videos_AWS.py saves
+    <flickr id>.mov.mp4), then its stem with any video extension (a converted copy)."""
     return [video, Path(video).stem]
 
 
