@@ -462,6 +462,19 @@ def test_links_keep_their_path_linked_folders_are_walked_once_and_skips_are_said
     assert sorted(contents(folder)) == [str(videos / "shared" / "green.mp4")]
 
 
+def test_a_folder_named_through_a_link_takes_over_its_resolved_entries(library, tmp_path):
+    """Older versions stored resolved paths: naming the folder through a link moves its entries
+    to the link's paths, without encoding them and without a second entry."""
+    store = copy(library, tmp_path / "store", ["red", "green"])
+    (tmp_path / "link").symlink_to(store)
+    folder = tmp_path / "index"
+    index(library, [store], folder)
+    summary = index(library, [tmp_path / "link"], folder)
+    assert (summary["encoded"], summary.get("moved")) == (0, 2)
+    assert sorted(contents(folder)) == [str(tmp_path / "link" / n) for n in ("green.mp4",
+                                                                              "red.mp4")]
+
+
 # ----------------------------------------------------------------------------------------------
 # One line, not a traceback
 

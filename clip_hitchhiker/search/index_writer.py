@@ -255,8 +255,8 @@ class IndexWriter:
 
     def _claim_moved_content(self, changed, listed, recorded, result):
         """A new or changed file whose content the index records under a path that no longer
-        holds it (gone, changed, or the same file under another name: a link now given) takes
-        that record over; the others are encoded. A recorded path whose content went elsewhere
+        holds it (gone, changed, or the file that the link now given resolves to) takes that
+        record over; the others are encoded. A recorded path whose content went elsewhere
         and that now holds other content is dropped unless its own record moved on."""
         by_content = defaultdict(list)
         for path, record in sorted(recorded.items()):
@@ -430,16 +430,13 @@ def prune_refused(gone_videos, indexed_videos):
 
 def _released(old, new, changed, listed):
     """True if recorded path `old` no longer holds its recorded content, so that `new`, which
-    holds that content now, may take its record: old changed, is gone, or is the same file as
-    new under another name (a link, or the resolved path an older version stored)."""
+    holds that content now, may take its record: old changed, is gone, or is where the link
+    new resolves to (the path that older versions stored, or the one named before a link was)."""
     if old in changed:
         return True
     if old in listed:
         return False
-    try:
-        return not os.path.exists(old) or os.path.samefile(old, new)
-    except OSError:
-        return False
+    return not os.path.exists(old) or os.path.realpath(new) == old
 
 
 def _rename_rows(table, renamed):
