@@ -36,6 +36,7 @@ from clip_hitchhiker.reporting import silence_third_party_notices
 from clip_hitchhiker.torchrun import (all_gather_json, broadcast_json, collective_step,
                                       setup_context, shard, teardown)
 from clip_hitchhiker.video.decoders import check_decoder, decoder_log, resolve_decoder
+from clip_hitchhiker.search.queries import check_queries
 from clip_hitchhiker.search.video_index import (AGGREGATES, DEFAULT_CANDIDATES, VideoIndex,
                                           write_thumbnail)
 from clip_hitchhiker.search import index_format as fmt
@@ -51,7 +52,10 @@ def parse_args(argv=None):
     _search_parser(commands.add_parser("search", help="search an index by text"))
     info = commands.add_parser("info", help="describe an index")
     info.add_argument("--index", required=True, metavar="DIR")
-    info.add_argument("--json", action="store_true", help="print JSON")
+    info.add_argument("--json", action="store_true",
+                      help="print JSON (seconds to the millisecond)")
+    info.add_argument("--times", action="store_true",
+                      help="also list every video's frame times (in the JSON too)")
     info.add_argument("--verify", action="store_true",
                       help="also check every file's sha256 against the manifest")
     args = parser.parse_args(argv)
@@ -115,7 +119,8 @@ def _search_parser(parser):
         help=f"videos that stage 1 proposes per query (default {DEFAULT_CANDIDATES})")
     add("--mass", type=float, default=DEFAULT_MASS,
         help=f"share of the frame weight the moment holds (default {DEFAULT_MASS})")
-    add("--json", action="store_true", help="print JSON")
+    add("--json", action="store_true",
+        help="print JSON (seconds to the millisecond, scores to 6 decimals)")
     add("--thumbnails", default=None, metavar="DIR",
         help="write each hit's peak frame as DIR/q<query>_r<rank>.jpg")
     add("--device", default="cpu", help="where the text model runs: cpu (default), cuda, cuda:N")
@@ -248,6 +253,7 @@ def _run_index(args, ctx):
               "sampling": sampling, "decoder": resolve_decoder(args.decoder)}
     writer = collective_step(ctx, lambda: writer_lib.IndexWriter(args.index, config, args.stage1)
                              if ctx.is_main else None)
+    stage1_before = writer.manifest["stage1"]["type"] if writer and writer.manifest else None
     try:
         plan = broadcast_json(ctx, collective_step(ctx, lambda: _plan(writer, listing, args)
                                                    if ctx.is_main else None))
@@ -261,7 +267,8 @@ def _run_index(args, ctx):
             "moved": plan["moved"], "pruned": plan["pruned"],
             "failed": summary["failed"] + len(plan["failed"]),
             "vanished": summary["vanished"] + len(plan["vanished"]),
-            "videos": writer.manifest["videos"], "frames": writer.manifest["frames"]}
+            "videos": writer.manifest["videos"], "frames": writer.manifest["frames"],
+            "stage1_before": stage1_before, "stage1": writer.manifest["stage1"]["type"]}
 
 
 def _listing(args, ctx):
@@ -375,8 +382,8 @@ def _commit_round(writer, folder, encoded, failed, changes, ctx):
     failures += [tuple(f) for f in changes.get("failed", [])]
     needed = broadcast_json(ctx, bool(
         any(w["encoded"] for w in wants) or failures or changes.get("drop")
-        or changes.get("renamed") or writer.manifest is None or writer.stage1 is None)
-        if ctx.is_main else None)
+        or changes.get("renamed") or writer.manifest is None or writer.stage1 is None
+        or _stage1_change_asked(writer)) if ctx.is_main else None)
     if not needed:
         return
     generation = broadcast_json(ctx, collective_step(
@@ -393,6 +400,12 @@ def _commit_round(writer, folder, encoded, failed, changes, ctx):
         written, failures, changes.get("drop", []),
         {old: tuple(new) for old, new in changes.get("renamed", {}).items()},
         before_manifest=lambda tmp: writer_lib.test_pause("manifest")))
+
+
+def _stage1_change_asked(writer):
+    """--stage1 asks for another stage-1 index than the committed one records: commit (and
+    rebuild it) even when no video changed."""
+    return writer.stage1_request != writer.manifest["stage1"]["requested"]
 
 
 def _capped(info, sampling):
@@ -423,6 +436,8 @@ def _encode(model, item, path, fp, preprocess, placement, device, frame_chunk):
 
 
 def read_queries(args):
+    """The QUERYs, then the lines of --queries FILE (blank lines there separate, and are
+    skipped). QueryError for an empty or whitespace-only QUERY."""
     queries = list(args.queries)
     if args.queries_file:
         try:
@@ -432,12 +447,13 @@ def read_queries(args):
         queries += [line.strip() for line in lines if line.strip()]
     if not queries:
         raise ConfigError(f"--queries {args.queries_file} holds no query")
-    return queries
+    return check_queries(queries)
 
 
 def run_search(args):
+    queries = read_queries(args)  # refused before the index and the model are loaded
     index = VideoIndex.open(args.index)
-    results = index.search(read_queries(args), k=args.k, temperature=args.temperature,
+    results = index.search(queries, k=args.k, temperature=args.temperature,
                            aggregate=args.aggregate, exact=args.exact,
                            candidates=args.candidates, device=args.device, mass=args.mass)
     if args.thumbnails:
@@ -464,6 +480,29 @@ def format_hits(report):
     return "\n".join(lines)
 
 
+SECONDS_KEYS = ("start", "end", "peak", "duration", "times")
+
+
+def rounded_for_print(report):
+    """A copy of a search or info report with every value under SECONDS_KEYS rounded to the
+    millisecond and every "score" to 6 decimals, for printing: the digits past those are float
+    noise (47.980000000000004), finer than frame times or score differences mean. The Python API
+    keeps full precision."""
+    if isinstance(report, list):
+        return [rounded_for_print(item) for item in report]
+    if not isinstance(report, dict):
+        return report
+    return {key: _rounded(value, 3) if key in SECONDS_KEYS else
+            _rounded(value, 6) if key == "score" else rounded_for_print(value)
+            for key, value in report.items()}
+
+
+def _rounded(value, decimals):
+    if isinstance(value, list):
+        return [_rounded(v, decimals) for v in value]
+    return round(value, decimals) if isinstance(value, float) else value
+
+
 def _clock(seconds):
     minutes, rest = divmod(seconds, 60)
     return f"{int(minutes):>2d}:{rest:05.2f}"
@@ -471,7 +510,7 @@ def _clock(seconds):
 
 def run_info(args):
     index = VideoIndex.open(args.index)
-    info = index.info()
+    info = index.info(with_times=args.times)
     if args.verify:
         info["verified_bytes"] = fmt.verify_files(index.folder, index.manifest)
     return info
@@ -494,9 +533,9 @@ def format_info(info):
     if "verified_bytes" in info:
         lines.append(f"verified: every file's sha256 matches ({info['verified_bytes']} bytes)")
     for video in info["videos"]:
-        times = " ".join(f"{t:g}" for t in video["times"])
-        lines.append(f"  {video['video']}  {video['duration']:.2f} s, {video['frames']} frames "
-                     f"at {times}")
+        times = " ".join(f"{t:.3f}".rstrip("0").rstrip(".") for t in video.get("times", []))
+        lines.append(f"  {video['video']}  {video['duration']:.2f} s, {video['frames']} frames"
+                     + (f" at {times}" if "times" in video else ""))
     for skipped in info["skipped"]:
         lines.append(f"skipped {skipped['path']}: {skipped['reason']}")
     return "\n".join(lines)
@@ -514,18 +553,21 @@ def main(args):
                  "sampled at a lower rate to cover them evenly" if summary["capped"] else ""
         moved = f", {summary['moved']} moved (not encoded again)" if summary["moved"] else ""
         vanished = f", {summary['vanished']} vanished" if summary["vanished"] else ""
+        rebuilt = (f"; stage 1 rebuilt as {summary['stage1']} (was {summary['stage1_before']})"
+                   if summary["stage1_before"] not in (None, summary["stage1"]) else "")
         print(f"indexed {summary['encoded']} new or changed video(s) "
               f"({summary['frames_encoded']} frames) in {summary['seconds']:.1f} s; "
               f"{summary['up_to_date']} up to date{moved}, {summary['failed']} failed"
               f"{vanished}, {summary['pruned']} pruned; the index holds {summary['videos']} "
-              f"videos, {summary['frames']} frames{capped}")
+              f"videos, {summary['frames']} frames{capped}{rebuilt}")
         return summary
     if args.command == "search":
         report = run_search(args)
-        print(json.dumps(report, indent=1) if args.json else format_hits(report))
+        print(json.dumps(rounded_for_print(report), indent=1) if args.json
+              else format_hits(report))
         return report
     info = run_info(args)
-    print(json.dumps(info, indent=1) if args.json else format_info(info))
+    print(json.dumps(rounded_for_print(info), indent=1) if args.json else format_info(info))
     return info
 
 
