@@ -575,6 +575,10 @@ def cli(argv=None):
     """The command line: the project's own errors become one line on stderr and exit code 1."""
     silence_third_party_notices()
     warnings.filterwarnings("ignore", message="no CUDA device found")
+    # A video's name that is not UTF-8 is printed as its own bytes, as ls prints it (Python's
+    # stdout is strict outside the C locale, and a results table would end in a traceback).
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="surrogateescape")
     args = parse_args(argv)
     try:
         main(args)

@@ -4,9 +4,11 @@ no-op run that reads no video, files that vanish or cannot be read, names that a
 lists, a full disk, symbolic links. Each test is a case that went wrong before."""
 import builtins
 import errno
+import io
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -368,7 +370,7 @@ def test_an_unreadable_video_is_skipped_and_recorded(library, tmp_path, monkeypa
     assert VideoIndex.open(folder).info()["skipped"] == []
 
 
-def test_a_file_name_that_is_not_utf8_is_indexed_and_found(library, tmp_path):
+def test_a_file_name_that_is_not_utf8_is_indexed_and_found(library, tmp_path, monkeypatch):
     videos = tmp_path / "videos"
     videos.mkdir()
     raw = os.fsencode(videos) + b"/caf\xe9 red.mp4"
@@ -385,6 +387,12 @@ def test_a_file_name_that_is_not_utf8_is_indexed_and_found(library, tmp_path):
     assert stored["path_bytes"] == raw
     assert stored["path"] == f"{videos}/caf\\xe9 red.mp4"  # readable UTF-8 elsewhere
     assert index(library, [videos], folder, "--decoder", "pyav")["up_to_date"] == 1
+    # Printed as its own bytes, even where stdout is strict UTF-8 (outside the C locale).
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict")
+    monkeypatch.setattr(sys, "stdout", out)
+    search_videos.cli(["search", "--index", str(folder), "a red video", "-k", "1"])
+    out.flush()
+    assert raw in out.buffer.getvalue()
 
 
 # ----------------------------------------------------------------------------------------------
