@@ -140,9 +140,9 @@ def test_thumbnails_of_a_deleted_or_replaced_video_come_after_the_results(three_
     assert lines[-1].startswith("thumbnails: 1 of 3 written to ")
     red, green = tmp_path / "videos" / "red.mp4", tmp_path / "videos" / "green.mp4"
     assert err.splitlines() == [
-        f"no thumbnail for query 1, rank 1: {red} changed since it was indexed (its size or "
-        "modification time differ), so its frames are not the hit's; run search_videos.py "
-        "index again",
+        f"no thumbnail for query 1, rank 1: {red} changed since it was indexed (its size, "
+        "modification time, inode or change time differ), so its frames are not the hit's; "
+        "run search_videos.py index again",
         f"no thumbnail for query 2, rank 1: {green} is gone since it was indexed (run "
         "search_videos.py index with --prune to drop it)"]
     assert sorted(os.listdir(thumbs)) == [RECORD, "q03_r01.jpg"]
@@ -150,7 +150,7 @@ def test_thumbnails_of_a_deleted_or_replaced_video_come_after_the_results(three_
     report = run("search", "--index", index, "a red video", "-k", 1, "--json", "--thumbnails",
                  thumbs)
     printed = json.loads(capsys.readouterr().out)
-    assert printed == json.loads(json.dumps(report))
+    assert printed == json.loads(json.dumps(search_videos.rounded_for_print(report)))
     hit = printed["queries"][0]["hits"][0]
     assert "thumbnail" not in hit and hit["thumbnail_error"].startswith(f"{red} changed since")
     assert sorted(os.listdir(thumbs)) == [RECORD]  # the blue thumbnail of the last search: gone

@@ -8,9 +8,9 @@ search is refused before it starts (the names are known in advance), and nothing
 A later search into the same folder replaces the recorded thumbnails and removes the recorded
 ones it no longer has, so the folder shows the last search.
 
-A thumbnail is taken only from a video that is still the file the index recorded (same size and
-mtime): a video deleted or replaced since gives a ThumbnailError for that hit, never another
-video's frame.
+A thumbnail is taken only from a video that is still the file the index recorded (the same stat
+fingerprint: size, mtime, inode, change time): a video deleted or replaced since gives a
+ThumbnailError for that hit, never another video's frame.
 """
 import hashlib
 import io
@@ -21,6 +21,7 @@ from pathlib import Path
 
 from clip_hitchhiker.embedding_cache import temporary_prefix, write_atomically
 from clip_hitchhiker.errors import ConfigError, HitchhikerError, OutputError
+from clip_hitchhiker.search.video_listing import STAT_KEYS, file_state
 
 __all__ = ["RECORD", "ThumbnailError", "ThumbnailFolder", "hit_frame", "peak_frame",
            "thumbnail_name"]
@@ -163,19 +164,22 @@ def _jpeg(frame):
 
 def hit_frame(hit, recorded):
     """The peak frame of a hit, from its video only if that is still the file the index
-    recorded. recorded: {"size", "mtime_ns"} of hit["video"] when it was indexed."""
+    recorded. recorded: the stat fingerprint of hit["video"] when it was indexed
+    (video_listing.STAT_KEYS; -1: not recorded)."""
     path = hit["video"]
     try:
-        stat = os.stat(path)
+        state = file_state(path)
     except FileNotFoundError as e:
         raise ThumbnailError(f"{path} is gone since it was indexed (run search_videos.py "
                              "index with --prune to drop it)") from e
     except OSError as e:
         raise ThumbnailError(f"{path} cannot be read ({e.strerror})") from e
-    if (stat.st_size, stat.st_mtime_ns) != (recorded["size"], recorded["mtime_ns"]):
-        raise ThumbnailError(f"{path} changed since it was indexed (its size or modification "
-                             "time differ), so its frames are not the hit's; run "
-                             "search_videos.py index again")
+    # A replacement that kept the size and the mtime (touch -r, cp -p) still changes the inode
+    # or the change time, as the indexer's own rule has it.
+    if any(recorded[key] not in (-1, state[key]) for key in STAT_KEYS):
+        raise ThumbnailError(f"{path} changed since it was indexed (its size, modification "
+                             "time, inode or change time differ), so its frames are not the "
+                             "hit's; run search_videos.py index again")
     return peak_frame(path, hit["peak"])
 
 

@@ -23,8 +23,11 @@ import torch
 
 from clip_hitchhiker.search import candidate_index
 from clip_hitchhiker.search import index_format as fmt
+from clip_hitchhiker.search.video_listing import STAT_KEYS
 from clip_hitchhiker.errors import VideoIndexError
 from clip_hitchhiker.moments.rule import DEFAULT_MASS, moment_from_weights
+from clip_hitchhiker.search.queries import (check_queries, check_search_settings,
+                                            check_text_embeds)
 from query_scoring import (queryscoring_frame_weights, similarity_meanpooling,
                            similarity_queryscoring)
 
@@ -110,11 +113,12 @@ class VideoIndex:
         return rows
 
     def recorded_file(self, path):
-        """{"size", "mtime_ns"} of the video file `path` as it was when indexed."""
+        """The stat fingerprint of the video file `path` as it was when indexed: {key: value}
+        for video_listing.STAT_KEYS (-1 where a version 1 index did not record it)."""
         if self._row_of_path is None:
             self._row_of_path = {p: r for r, p in enumerate(self.table["path"])}
         row = self._row_of_path[path]
-        return {"size": int(self.table["size"][row]), "mtime_ns": int(self.table["mtime_ns"][row])}
+        return {key: int(self.table[key][row]) for key in STAT_KEYS}
 
     def padded_frames(self, rows):
         """(float32 [len(rows), F_max, D], bool mask [len(rows), F_max]) of table rows, padded
@@ -137,7 +141,11 @@ class VideoIndex:
                candidates=DEFAULT_CANDIDATES, device="cpu", mass=DEFAULT_MASS, nprobe=None,
                model_file=None):
         """Search by text with the index's own model (model_file: its weights file where it is
-        now, if it moved). returns: [{"query", "hits"}] per text."""
+        now, if it moved). texts: a list of queries (or one str: one query). returns:
+        [{"query", "hits"}] per text. QueryError (a ValueError) for an empty query or a setting
+        search_embeddings refuses, before the model is loaded."""
+        texts = check_queries(texts)
+        check_search_settings(k, temperature, aggregate, candidates, mass, AGGREGATES)
         text_embeds = self.encode_texts(texts, device, model_file)
         if torch.device(device).type == "cuda":
             self.stage1 = candidate_index.on_gpus(self.stage1)
@@ -170,11 +178,12 @@ class VideoIndex:
     def search_embeddings(self, text_embeds, k=10, temperature=0.1, aggregate="queryscoring",
                           exact=False, candidates=DEFAULT_CANDIDATES, mass=DEFAULT_MASS,
                           nprobe=None):
-        """text_embeds: [T, D]. returns: T lists of up to k hits {"rank", "video", "score",
-        "start", "end", "peak", "duration"}, best first."""
-        text_embeds = torch.as_tensor(text_embeds, dtype=torch.float32)
-        if aggregate not in AGGREGATES:
-            raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
+        """text_embeds: [T, D] finite, no row all zero, D the index's embed_dim. k, candidates:
+        integers >= 1; temperature > 0; mass in (0, 1] (QueryError, a ValueError, otherwise).
+        returns: T lists of up to k hits {"rank", "video", "score", "start", "end", "peak",
+        "duration"}, best first."""
+        check_search_settings(k, temperature, aggregate, candidates, mass, AGGREGATES)
+        text_embeds = check_text_embeds(text_embeds, self.config["embed_dim"])
         if len(self) == 0:
             return [[] for _ in text_embeds]
         if exact:
@@ -244,10 +253,11 @@ class VideoIndex:
     # Reporting
 
     def info(self, with_times=True):
-        """A plain dict: model, sampling, counts, skipped videos, disk use (and frame times)."""
+        """A plain dict: model, sampling, counts, skipped videos, disk use (and frame times,
+        full precision, in seconds)."""
         manifest = self.manifest
         videos = [{"video": p, "duration": float(d), "frames": len(t),
-                   **({"times": [round(float(x), 3) for x in t]} if with_times else {})}
+                   **({"times": [float(x) for x in t]} if with_times else {})}
                   for p, d, t in zip(self.table["path"], self.table["duration"],
                                      self.table["frame_times"])]
         return {"index": str(self.folder.resolve()), "generation": manifest["generation"],
