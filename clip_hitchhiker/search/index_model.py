@@ -38,12 +38,12 @@ def index_run_model(folder, recorded, backend=None, model=None, pretrained=None)
     if pretrained is None and same_backend:
         pretrained = recorded["pretrained"]
     _check_pretrained(backend, pretrained)
-    wanted = model_id_of(backend, model, pretrained)
-    if content_id(wanted) != content_id(recorded["model_id"]):
+    other = _other_model(recorded, backend, model, pretrained)
+    if other:
         raise VideoIndexError(
-            f"{folder} was built with the model {_recorded(recorded)}; this run has "
-            f"{describe_model(backend, model, pretrained, wanted)}. Leave out --model to add "
-            "to it with its own model, or index into another --index folder")
+            f"{folder} was built with the model {_recorded(recorded)}; this run has {other}. "
+            "Leave out --model to add to it with its own model, or index into another --index "
+            "folder")
     return backend, model, pretrained, recorded["model_id"]
 
 
@@ -61,13 +61,21 @@ def search_model(folder, recorded, model_file=None):
         backend, model, pretrained = "clip", model_file, None
     else:
         backend, model, pretrained = "open_clip", recorded["model"], model_file
-    wanted = model_id_of(backend, model, pretrained)
-    if content_id(wanted) != content_id(recorded["model_id"]):
+    other = _other_model(recorded, backend, model, pretrained)
+    if other:
         raise VideoIndexError(
-            f"--model {describe_model(backend, model, pretrained, wanted)} is not the model "
-            f"{folder} was built with, {_recorded(recorded)}; pass that model's file, or "
-            "search an index built with this one")
+            f"--model {other} is not the model {folder} was built with, {_recorded(recorded)}; "
+            "pass that model's file, or search an index built with this one")
     return backend, model, pretrained
+
+
+def _other_model(recorded, backend, model, pretrained):
+    """None if these options load the recorded weights (by content), else the model they
+    name, by name and digest (a weights file is hashed, nothing is loaded)."""
+    wanted = model_id_of(backend, model, pretrained)
+    if content_id(wanted) == content_id(recorded["model_id"]):
+        return None
+    return describe_model(backend, model, pretrained, wanted)
 
 
 def _recorded(recorded):
