@@ -171,11 +171,16 @@ class _EncodeClip:
         self._copy_audio()
 
     def _encode(self, frame):
+        import av
+
         if self.first_time is None:
             self.first_time = frame.time
         self.last_time = frame.time
-        image = frame.reformat(width=self.out_video.width, height=self.out_video.height,
-                               format="yuv420p")
+        # Through RGB: swscale takes full-range (yuvj, JPEG) sources as limited-range when it
+        # converts straight to yuv420p, and the colours would shift.
+        rgb = frame.to_ndarray(format="rgb24", width=self.out_video.width,
+                               height=self.out_video.height)
+        image = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
         image.pts = round((frame.time - self.first_time) * 90000)
         image.time_base = Fraction(1, 90000)
         for packet in self.out_video.encode(image):
