@@ -94,8 +94,8 @@ function baseName(path) {
 }
 
 function folderName(path) {
-  const parts = path.split(/[\\/]/);
-  return parts.slice(0, -1).join("/") || "/";
+  const folder = path.split(/[\\/]/).slice(0, -1).join("/") || "/";
+  return folder.length > 64 ? `…${folder.slice(-63)}` : folder;  // the end says the most
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -181,7 +181,16 @@ function strip(hit, index) {
                                     visibility: "hidden" });
   svg.append(head);
   const axis = element("div", "axis");
-  axis.append(element("span", "", "0:00.0"), element("span", "", clock(hit.duration)));
+  const legend = element("span", "legend");
+  const key = (colour, text) => {
+    const swatch = element("i");
+    swatch.style.background = colour;
+    legend.append(swatch, text);
+  };
+  key("#2563eb", "moment");
+  key("#f59e0b", "peak");
+  key("#b8c0cc", "weight of each frame");
+  axis.append(element("span", "", "0:00.0"), legend, element("span", "", clock(hit.duration)));
   box.append(svg, axis);
   box.addEventListener("click", (event) => {
     event.stopPropagation();
