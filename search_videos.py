@@ -170,8 +170,8 @@ def _check_search(parser, args):
 
 
 def _check_serve(parser, args):
-    if not 0 <= args.port <= 65535:
-        parser.error(f"--port must be in 0..65535, got {args.port}")
+    if not 1 <= args.port <= 65535:
+        parser.error(f"--port must be in 1..65535, got {args.port}")
     if not DEVICE_PATTERN.fullmatch(args.device) or args.device == "auto":
         parser.error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
     if args.token is not None and len(args.token) < 8:
@@ -477,6 +477,7 @@ def run_serve(args):
     service = server.SearchService(VideoIndex.open(args.index),
                                    args.cache or server.default_cache_dir(), args.device)
     service.warm_up()
+    server.check_port_free(args.host, args.port)
     app = server.create_app(service, token, allowed_hosts=server.LOOPBACK_HOSTS if local
                             else None)
     shown = args.host if local else socket.gethostname()

@@ -130,7 +130,7 @@ def test_api_hits_carry_id_times_and_query_scoring_weights(colour, client):
         assert hit["times"] == [round(float(t), 3) for t in index.table["frame_times"][row]]
         frames = torch.from_numpy(np.array(index.frames(row), dtype=np.float32))[None]
         weights = queryscoring_frame_weights(text, frames, 0.1)[0, 0]
-        assert hit["weights"] == [round(float(w), 5) for w in weights]
+        torch.testing.assert_close(torch.tensor(hit["weights"]), weights, atol=6e-6, rtol=0)
         assert int(np.argmax(hit["weights"])) == hit["peak_frame"]
     assert hits[0]["video"] == colour["truth"]["purple"][0]
 
@@ -330,33 +330,54 @@ def test_token_is_enforced_on_every_request(service):
     assert client.post("/api/search", content=b"x").status_code == 401
 
 
+def free_port():
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_serve_off_loopback_warns_and_generates_a_token(colour, monkeypatch, capsys):
     from starlette.testclient import TestClient
 
-    served = {}
+    served, port = {}, free_port()
     monkeypatch.setattr(server, "run_server", lambda app, host, port: served.update(
         app=app, host=host, port=port))
-    url = search_videos.main(search_videos.parse_args(
-        ["serve", "--index", str(colour["index"]), "--host", "0.0.0.0", "--port", "9123",
-         "--cache", str(colour["root"] / "cache")]))
+    serve = ["serve", "--index", str(colour["index"]), "--port", str(port), "--cache",
+             str(colour["root"] / "cache")]
+    url = search_videos.main(search_videos.parse_args(serve + ["--host", "0.0.0.0"]))
     out, err = capsys.readouterr()
     assert "warning: --host 0.0.0.0" in err and url in out
     token = url.split("?token=")[1]
-    assert len(token) >= 20 and served["host"] == "0.0.0.0" and served["port"] == 9123
+    assert len(token) >= 20 and served["host"] == "0.0.0.0" and served["port"] == port
     client = TestClient(served["app"])
     assert client.get("/api/info").status_code == 401
     assert client.get("/api/info", params={"token": token}).status_code == 200
     # Given a token, it uses it; on loopback no token is needed, and other Host names fail.
-    url = search_videos.main(search_videos.parse_args(
-        ["serve", "--index", str(colour["index"]), "--host", "0.0.0.0", "--token",
-         "mine-12345", "--cache", str(colour["root"] / "cache")]))
+    url = search_videos.main(search_videos.parse_args(serve + ["--host", "0.0.0.0", "--token",
+                                                               "mine-12345"]))
     assert url.endswith("?token=mine-12345")
-    url = search_videos.main(search_videos.parse_args(
-        ["serve", "--index", str(colour["index"]), "--cache", str(colour["root"] / "cache")]))
-    assert url == "http://127.0.0.1:8765/"
-    local = TestClient(served["app"], base_url="http://127.0.0.1:8765")
+    url = search_videos.main(search_videos.parse_args(serve))
+    assert url == f"http://127.0.0.1:{port}/"
+    local = TestClient(served["app"], base_url=f"http://127.0.0.1:{port}")
     assert local.get("/api/info").status_code == 200
     assert local.get("/api/info", headers={"Host": "evil.example"}).status_code == 400
+
+
+def test_serve_on_a_taken_port_is_one_line(colour, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as exit_info:
+            search_videos.cli(["serve", "--index", str(colour["index"]), "--port", str(port)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1
+    assert err.startswith(f"error: --host 127.0.0.1 --port {port} cannot be listened on")
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_bounded_sizes_and_json_errors(service, client, monkeypatch):
@@ -392,26 +413,32 @@ def test_concurrent_requests_each_get_their_own_answer(service, monkeypatch):
     names = list(search_synthetic.SEARCH_COLOURS)
     expected = {n: service.search_text(f"a {n} video", server.search_options({"k": "3"}))
                 for n in names}
-    inside = {"scorer": 0, "scorer_max": 0, "requests": 0, "requests_max": 0}
+    count = {"scorer": 0, "scorer_max": 0, "queued": 0, "queued_max": 0}
     lock = threading.Lock()
-    search_embeddings, search_text = service.index.search_embeddings, service.search_text
 
-    def counted(key, function, pause):
-        def wrapper(*args, **kwargs):
-            with lock:
-                inside[key] += 1
-                inside[f"{key}_max"] = max(inside[f"{key}_max"], inside[key])
-            try:
-                time.sleep(pause)
-                return function(*args, **kwargs)
-            finally:
-                with lock:
-                    inside[key] -= 1
-        return wrapper
+    def step(key, by):
+        with lock:
+            count[key] += by
+            count[f"{key}_max"] = max(count[f"{key}_max"], count[key])
 
-    monkeypatch.setattr(service.index, "search_embeddings",
-                        counted("scorer", search_embeddings, 0.01))
-    monkeypatch.setattr(service, "search_text", counted("requests", search_text, 0.05))
+    search_embeddings, submit = service.index.search_embeddings, service.submit
+
+    def scorer(*args, **kwargs):
+        step("scorer", 1)
+        try:
+            time.sleep(0.02)  # long enough for the other requests to arrive meanwhile
+            return search_embeddings(*args, **kwargs)
+        finally:
+            step("scorer", -1)
+
+    def queued(job):
+        step("queued", 1)
+        future = submit(job)
+        future.add_done_callback(lambda _: step("queued", -1))
+        return future
+
+    monkeypatch.setattr(service.index, "search_embeddings", scorer)
+    monkeypatch.setattr(service, "submit", queued)
     answers, barrier = {}, threading.Barrier(len(names))
     with LiveServer(server.create_app(service)) as live:
         def ask(name):
@@ -426,8 +453,8 @@ def test_concurrent_requests_each_get_their_own_answer(service, monkeypatch):
             thread.join(120)
     assert {n: a[0] for n, a in answers.items()} == {n: 200 for n in names}
     assert {n: a[1] for n, a in answers.items()} == json.loads(json.dumps(expected))
-    assert inside["requests_max"] > 1  # the requests did overlap
-    assert inside["scorer_max"] == 1   # but never inside the scorer together
+    assert count["queued_max"] > 1  # the requests were in the server together
+    assert count["scorer_max"] == 1  # but never inside the scorer together
 
 
 def test_model_is_loaded_once(colour, tmp_path, monkeypatch):
@@ -496,3 +523,20 @@ def test_play_gives_the_original_for_a_browser_video(tmp_path):
     assert client.get("/api/play/3?start=1&end=2").json() == {
         "url": "/api/video/3", "offset": 0.0, "method": "original"}
     assert not (tmp_path / "cache").exists()
+
+
+def test_the_scorer_thread_uses_the_creators_thread_counts(colour, tmp_path):
+    """OpenMP's thread count is per thread: a new thread would run FAISS on every core."""
+    import faiss
+
+    before = (torch.get_num_threads(), faiss.omp_get_max_threads())
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    try:
+        service = server.SearchService(VideoIndex.open(colour["index"]), tmp_path)
+        counts = service.submit(lambda: (torch.get_num_threads(),
+                                         faiss.omp_get_max_threads())).result()
+    finally:
+        torch.set_num_threads(before[0])
+        faiss.omp_set_num_threads(before[1])
+    assert counts == (1, 1)

@@ -16,6 +16,7 @@ and opened only if it is still the file that was indexed (no symbolic link, same
 mtime). Requests carry the token where one is set; a loopback-only server also refuses Host
 headers other than its own names (DNS rebinding). Sizes are bounded; errors are JSON.
 """
+import asyncio
 import hmac
 import importlib.resources
 import json
@@ -28,6 +29,7 @@ import stat
 import tempfile
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 from pathlib import Path
 
@@ -116,9 +118,12 @@ def search_options(params):
 
 
 class SearchService:
-    """One index opened read-only, its model loaded once, and the one lock that keeps a single
-    search in the scorer at a time (the model, FAISS's and torch's thread pools and the index's
-    caches are shared by every request; several tabs' requests wait their turn).
+    """One index opened read-only, its model loaded once, and one scorer thread that runs every
+    search, one at a time (the model, FAISS's and torch's thread pools and the index's caches
+    are shared by every request; several tabs' requests wait their turn). One thread, not a lock
+    over the request threads: OpenMP's thread count is per thread, so FAISS would run each
+    request's search on every core (3x slower on a busy 2-core machine); the scorer thread takes
+    the creating thread's torch and FAISS thread counts.
 
     encode_texts: texts -> float32 [T, D]; by default the index's own model on `device`.
     cache_dir: where clips for the browser are kept (never the index folder: it stays
@@ -128,7 +133,9 @@ class SearchService:
         self.index, self.device = index, device
         self.cache_dir = Path(cache_dir)
         self._encode_texts = encode_texts or (lambda texts: index.encode_texts(texts, device))
-        self._scorer = threading.Lock()
+        self._scorer = ThreadPoolExecutor(1, thread_name_prefix="scorer",
+                                          initializer=_set_threads,
+                                          initargs=(torch.get_num_threads(), _faiss_threads()))
         table = index.table
         self._row_of_id = {int(i): r for r, i in enumerate(table["id"])}
         self._row_of_path = {p: r for r, p in enumerate(table["path"])}
@@ -137,42 +144,45 @@ class SearchService:
 
     def warm_up(self):
         """Load the model (and page in what one query touches) before the first request."""
-        with self._scorer:
-            self.index.search_embeddings(self._encode_texts(["warm up"]), k=1)
+        self.submit(lambda: self.index.search_embeddings(self._encode_texts(["warm up"]),
+                                                         k=1)).result()
 
-    # Searching ------------------------------------------------------------------------------
+    def submit(self, job):
+        """A concurrent Future of job() run on the scorer thread, after the jobs before it."""
+        return self._scorer.submit(job)
+
+    # Searching: each *_job checks the request where it arrives and returns the job to submit;
+    # search_* run it and wait.
 
     def search_text(self, text, options):
+        return self.submit(self.text_job(text, options)).result()
+
+    def search_image(self, data, options):
+        return self.submit(self.image_job(data, options)).result()
+
+    def search_similar(self, video_id, start, end, options):
+        return self.submit(self.similar_job(video_id, start, end, options)).result()
+
+    def text_job(self, text, options):
         if not text.strip():
             raise RequestError(400, "q is empty: type what to search for")
         if len(text) > MAX_QUERY_CHARS:
             raise RequestError(413, f"q has {len(text)} characters, more than "
                                     f"{MAX_QUERY_CHARS}")
-        with self._scorer:
-            embeds = self._encode_texts([text])
-            return self._report({"query": text}, embeds, options)
+        return lambda: self._report({"query": text}, self._encode_texts([text]), options)
 
-    def search_image(self, data, options):
-        from PIL import Image, UnidentifiedImageError
+    def image_job(self, data, options):
+        return lambda: self._report({"image": None},
+                                    self.index.encode_images([_image(data)], self.device),
+                                    options)
 
-        try:
-            image = Image.open(BytesIO(data))
-            image.load()
-        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
-            raise RequestError(400, f"the upload is not an image Pillow reads ({e})") from e
-        with self._scorer:
-            embeds = self.index.encode_images([image], self.device)
-            return self._report({"image": None}, embeds, options)
-
-    def search_similar(self, video_id, start, end, options):
+    def similar_job(self, video_id, start, end, options):
         from clip_hitchhiker.search.query_embeddings import moment_embedding
 
-        row = self.row(video_id)
-        with self._scorer:
-            embed = moment_embedding(self.index, video_id, start, end)[None]
-            like = {"id": video_id, "video": self.index.table["path"][row], "start": start,
-                    "end": end}
-            return self._report({"like": like}, embed, options)
+        like = {"id": video_id, "video": self.index.table["path"][self.row(video_id)],
+                "start": start, "end": end}
+        return lambda: self._report(
+            {"like": like}, moment_embedding(self.index, video_id, start, end)[None], options)
 
     def _report(self, query, embeds, options):
         """The CLI's report for one query embedding [1, D], each hit with id, times, weights."""
@@ -180,19 +190,24 @@ class SearchService:
         hits = self.index.search_embeddings(embeds, options["k"], search["temperature"],
                                             search["aggregate"], search["exact"],
                                             search["candidates"], search["mass"])[0]
-        for hit in hits:
-            hit.update(self._strip(embeds, hit["video"], search["temperature"]))
+        self._add_strips(hits, embeds, search["temperature"])
         return search_report(self.index.folder, [{**query, "hits": hits}],
                              search["aggregate"], search["temperature"], search["exact"])
 
-    def _strip(self, embeds, path, temperature):
-        """{"id", "times", "weights"}: the query-scoring weight of each frame of the video."""
-        row = self._row_of_path[path]
-        frames = torch.from_numpy(np.array(self.index.frames(row), dtype=np.float32))
-        weights = queryscoring_frame_weights(embeds, frames[None], temperature)[0, 0]
-        return {"id": int(self.index.table["id"][row]),
-                "times": [round(float(t), 3) for t in self.index.table["frame_times"][row]],
-                "weights": [round(float(w), 5) for w in weights]}
+    def _add_strips(self, hits, embeds, temperature):
+        """Each hit gets "id", "times" and "weights": the query-scoring weight of each of its
+        video's frames (embeds: [1, D]), computed for all hits in one call."""
+        if not hits:
+            return
+        table = self.index.table
+        rows = [self._row_of_path[hit["video"]] for hit in hits]
+        frames, mask = self.index.padded_frames(rows)  # [k, F, D], [k, F]
+        weights = queryscoring_frame_weights(embeds, frames, temperature, video_mask=mask)[0]
+        for hit, row, w, m in zip(hits, rows, weights, mask):
+            hit.update({"id": int(table["id"][row]),
+                        "times": np.round(np.asarray(table["frame_times"][row], float),
+                                          3).tolist(),
+                        "weights": np.round(w[m].double().numpy(), 5).tolist()})
 
     # Files ------------------------------------------------------------------------------------
 
@@ -279,6 +294,36 @@ class SearchService:
         return path, meta
 
 
+def _image(data):
+    """The PIL image of an upload's bytes; RequestError if it is not one or is too large."""
+    from PIL import Image, UnidentifiedImageError
+
+    from clip_hitchhiker.search.query_embeddings import MAX_IMAGE_PIXELS
+
+    try:
+        image = Image.open(BytesIO(data))  # reads the header only
+        if image.width * image.height > MAX_IMAGE_PIXELS:
+            raise RequestError(413, f"the image has {image.width} x {image.height} pixels, "
+                                    f"more than {MAX_IMAGE_PIXELS}")
+        image.load()
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
+        raise RequestError(400, f"the upload is not an image Pillow reads ({e})") from e
+    return image
+
+
+def _faiss_threads():
+    import faiss
+
+    return faiss.omp_get_max_threads()
+
+
+def _set_threads(torch_threads, faiss_threads):
+    import faiss
+
+    torch.set_num_threads(torch_threads)
+    faiss.omp_set_num_threads(faiss_threads)
+
+
 class _LRU:
     def __init__(self, size):
         self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
@@ -312,7 +357,6 @@ def create_app(service, token=None, allowed_hosts=None):
     """The Starlette app over a SearchService. token: every request must carry it (?token= or
     Authorization: Bearer); allowed_hosts: the Host names accepted (None: any)."""
     from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
     from starlette.middleware import Middleware
     from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -325,19 +369,23 @@ def create_app(service, token=None, allowed_hosts=None):
         body, kind = pages[request.url.path]
         return Response(body, media_type=kind, headers={"Cache-Control": "no-cache"})
 
-    def search_get(request):
-        options = search_options(request.query_params)
-        return JSONResponse(service.search_text(request.query_params.get("q", ""), options))
+    # The searches are handed from the event loop straight to the scorer thread.
+    async def search_get(request):
+        job = service.text_job(request.query_params.get("q", ""),
+                               search_options(request.query_params))
+        return JSONResponse(await asyncio.wrap_future(service.submit(job)))
 
     async def search_post(request):
         options = search_options(request.query_params)
         data = await _read_body(request, MAX_IMAGE_BYTES)
-        return JSONResponse(await run_in_threadpool(service.search_image, data, options))
+        return JSONResponse(await asyncio.wrap_future(service.submit(
+            service.image_job(data, options))))
 
-    def similar(request):
+    async def similar(request):
         start, end = _moment(request)
-        return JSONResponse(service.search_similar(request.path_params["id"], start, end,
-                                                   search_options(request.query_params)))
+        job = service.similar_job(request.path_params["id"], start, end,
+                                  search_options(request.query_params))
+        return JSONResponse(await asyncio.wrap_future(service.submit(job)))
 
     def video(request):
         video_id = request.path_params["id"]
@@ -534,6 +582,20 @@ def _request_tokens(scope, cookie_name):
             if cookie_name in cookies:
                 found["cookie"] = cookies[cookie_name].value
     return found
+
+
+def check_port_free(host, port):
+    """ConfigError naming --port if host:port cannot be bound (another server holds it)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(infos[0][4])
+    except OSError as e:
+        raise ConfigError(f"--host {host} --port {port} cannot be listened on ({e}); pass "
+                          "another --port, or stop what holds it") from e
 
 
 def run_server(app, host, port):
