@@ -34,10 +34,11 @@ from clip_hitchhiker.reporting import silence_third_party_notices
 from clip_hitchhiker.torchrun import (all_gather_json, broadcast_json, collective_step,
                                       setup_context, shard, teardown)
 from clip_hitchhiker.video.decoders import check_decoder, resolve_decoder
+from clip_hitchhiker.search.queries import check_queries
 from clip_hitchhiker.search.video_index import (AGGREGATES, DEFAULT_CANDIDATES, VideoIndex,
                                           write_thumbnail)
 from clip_hitchhiker.search import index_format as fmt
-from clip_hitchhiker.search.search_report import search_report
+from clip_hitchhiker.search.search_report import rounded_for_print, search_report
 
 DEFAULT_COMMIT_EVERY = 100
 
@@ -51,7 +52,10 @@ def parse_args(argv=None):
     _serve_parser(commands.add_parser("serve", help="a local search page over an index"))
     info = commands.add_parser("info", help="describe an index")
     info.add_argument("--index", required=True, metavar="DIR")
-    info.add_argument("--json", action="store_true", help="print JSON")
+    info.add_argument("--json", action="store_true",
+                      help="print JSON (seconds to the millisecond)")
+    info.add_argument("--times", action="store_true",
+                      help="also list every video's frame times (in the JSON too)")
     info.add_argument("--verify", action="store_true",
                       help="also check every file's sha256 against the manifest")
     args = parser.parse_args(argv)
@@ -112,7 +116,8 @@ def _search_parser(parser):
         help=f"videos that stage 1 proposes per query (default {DEFAULT_CANDIDATES})")
     add("--mass", type=float, default=DEFAULT_MASS,
         help=f"share of the frame weight the moment holds (default {DEFAULT_MASS})")
-    add("--json", action="store_true", help="print JSON")
+    add("--json", action="store_true",
+        help="print JSON (seconds to the millisecond, scores to 6 decimals)")
     add("--thumbnails", default=None, metavar="DIR",
         help="write each hit's peak frame as DIR/q<query>_r<rank>.jpg")
     add("--image", action="append", default=[], metavar="PATH",
@@ -264,6 +269,7 @@ def _run_index(args, ctx):
               "sampling": sampling, "decoder": resolve_decoder(args.decoder)}
     writer = collective_step(ctx, lambda: writer_lib.IndexWriter(args.index, config, args.stage1)
                              if ctx.is_main else None)
+    stage1_before = writer.manifest["stage1"]["type"] if writer and writer.manifest else None
     try:
         plan = broadcast_json(ctx, collective_step(ctx, lambda: _plan(writer, paths, args.prune)
                                                    if ctx.is_main else None))
@@ -275,7 +281,8 @@ def _run_index(args, ctx):
         return None
     return {**summary, "listed": len(paths), "up_to_date": len(paths) - len(plan["to_encode"]),
             "pruned": len(plan["gone"]), "videos": writer.manifest["videos"],
-            "frames": writer.manifest["frames"]}
+            "frames": writer.manifest["frames"], "stage1_before": stage1_before,
+            "stage1": writer.manifest["stage1"]["type"]}
 
 
 def _plan(writer, paths, prune):
@@ -348,10 +355,17 @@ def _commit_round(writer, folder, encoded, failed, drop, ctx):
         return
     written = [g["rows"] for g in gathered if g["rows"]["path"]]
     failures = [tuple(f) for g in gathered for f in g["failed"]]
-    needed = written or failures or drop or writer.manifest is None or writer.stage1 is None
+    needed = (written or failures or drop or writer.manifest is None or writer.stage1 is None
+              or _stage1_change_asked(writer))
     collective_step(ctx, lambda: writer.commit(
         written, failures, drop, before_manifest=lambda tmp: writer_lib.test_pause("manifest"))
         if needed else None)
+
+
+def _stage1_change_asked(writer):
+    """--stage1 asks for another stage-1 index than the committed one records: commit (and
+    rebuild it) even when no video changed."""
+    return writer.stage1_request != writer.manifest["stage1"]["requested"]
 
 
 def _capped(info, sampling):
@@ -382,6 +396,8 @@ def _encode(model, item, path, fp, preprocess, placement, device, frame_chunk):
 
 
 def read_queries(args):
+    """The QUERYs, then the lines of --queries FILE (blank lines there separate, and are
+    skipped). QueryError for an empty or whitespace-only QUERY."""
     queries = list(args.queries)
     if args.queries_file:
         try:
@@ -391,16 +407,16 @@ def read_queries(args):
         queries += [line.strip() for line in lines if line.strip()]
     if not queries and not args.image:
         raise ConfigError(f"--queries {args.queries_file} holds no query")
-    return queries
+    return check_queries(queries)
 
 
 def run_search(args):
+    queries = read_queries(args)  # refused before the index and the model are loaded
     index = VideoIndex.open(args.index)
     options = dict(k=args.k, temperature=args.temperature, aggregate=args.aggregate,
                    exact=args.exact, candidates=args.candidates, device=args.device,
                    mass=args.mass)
-    texts = read_queries(args)
-    results = (index.search(texts, **options) if texts else []) + \
+    results = (index.search(queries, **options) if queries else []) + \
         (index.search_images(args.image, **options) if args.image else [])
     if args.thumbnails:
         for q, result in enumerate(results, start=1):
@@ -456,7 +472,7 @@ def _clock(seconds):
 
 def run_info(args):
     index = VideoIndex.open(args.index)
-    info = index.info()
+    info = index.info(with_times=args.times)
     if args.verify:
         info["verified_bytes"] = fmt.verify_files(index.folder, index.manifest)
     return info
@@ -505,9 +521,9 @@ def format_info(info):
     if "verified_bytes" in info:
         lines.append(f"verified: every file's sha256 matches ({info['verified_bytes']} bytes)")
     for video in info["videos"]:
-        times = " ".join(f"{t:g}" for t in video["times"])
-        lines.append(f"  {video['video']}  {video['duration']:.2f} s, {video['frames']} frames "
-                     f"at {times}")
+        times = " ".join(f"{t:.3f}".rstrip("0").rstrip(".") for t in video.get("times", []))
+        lines.append(f"  {video['video']}  {video['duration']:.2f} s, {video['frames']} frames"
+                     + (f" at {times}" if "times" in video else ""))
     for skipped in info["skipped"]:
         lines.append(f"skipped {skipped['path']}: {skipped['reason']}")
     return "\n".join(lines)
@@ -523,20 +539,23 @@ def main(args):
             return None
         capped = f"; {summary['capped']} video(s) longer than --max_frames allows were " \
                  "sampled at a lower rate to cover them evenly" if summary["capped"] else ""
+        rebuilt = (f"; stage 1 rebuilt as {summary['stage1']} (was {summary['stage1_before']})"
+                   if summary["stage1_before"] not in (None, summary["stage1"]) else "")
         print(f"indexed {summary['encoded']} new or changed video(s) "
               f"({summary['frames_encoded']} frames) in {summary['seconds']:.1f} s; "
               f"{summary['up_to_date']} up to date, {summary['failed']} failed, "
               f"{summary['pruned']} pruned; the index holds {summary['videos']} videos, "
-              f"{summary['frames']} frames{capped}")
+              f"{summary['frames']} frames{capped}{rebuilt}")
         return summary
     if args.command == "search":
         report = run_search(args)
-        print(json.dumps(report, indent=1) if args.json else format_hits(report))
+        print(json.dumps(rounded_for_print(report), indent=1) if args.json
+              else format_hits(report))
         return report
     if args.command == "serve":
         return run_serve(args)
     info = run_info(args)
-    print(json.dumps(info, indent=1) if args.json else format_info(info))
+    print(json.dumps(rounded_for_print(info), indent=1) if args.json else format_info(info))
     return info
 
 

@@ -128,6 +128,7 @@ def test_api_hits_carry_id_times_and_query_scoring_weights(colour, client):
         row = list(index.table["path"]).index(hit["video"])
         assert hit["id"] == int(index.table["id"][row])
         assert hit["times"] == [round(float(t), 3) for t in index.table["frame_times"][row]]
+        assert hit["score"] == round(hit["score"], 6)  # rounded as search --json rounds
         frames = torch.from_numpy(np.array(index.frames(row), dtype=np.float32))[None]
         weights = queryscoring_frame_weights(text, frames, 0.1)[0, 0]
         torch.testing.assert_close(torch.tensor(hit["weights"]), weights, atol=6e-6, rtol=0)
@@ -141,7 +142,8 @@ def test_api_image_search_equals_search_images(colour, client, tmp_path):
                          headers={"Content-Type": "image/png"})
     assert answer.status_code == 200
     expected = VideoIndex.open(colour["index"]).search_images([image], k=3)[0]["hits"]
-    assert without_extras(answer.json())["queries"][0] == {"image": None, "hits": expected}
+    assert without_extras(answer.json())["queries"][0] == {
+        "image": None, "hits": search_videos.rounded_for_print(expected)}
     assert expected[0]["video"] == colour["truth"]["green"][0]
 
 
@@ -158,7 +160,7 @@ def test_more_like_this_is_the_moments_mean_unit_frame(colour, client):
     answer = client.get(f"/api/similar/{video_id}", params={"start": 8, "end": 11, "k": 3})
     expected = index.search_embeddings(moment_embedding(index, video_id, 8.0, 11.0)[None], k=3)
     result = without_extras(answer.json())["queries"][0]
-    assert result["hits"] == expected[0]
+    assert result["hits"] == search_videos.rounded_for_print(expected[0])
     assert result["like"] == {"id": video_id, "video": colour["truth"]["yellow"][0],
                               "start": 8.0, "end": 11.0}
     assert result["hits"][0]["video"] == colour["truth"]["yellow"][0]

@@ -105,7 +105,7 @@ def test_cli_table_json_thumbnails_and_queries_file(colour_data, tmp_path, capsy
     report = run("search", "--index", colour_data["index"], "--queries", queries, "-k", 2,
                  "--json", "--thumbnails", tmp_path / "thumbs")
     printed = json.loads(capsys.readouterr().out)
-    assert printed == json.loads(json.dumps(report))
+    assert printed == json.loads(json.dumps(search_videos.rounded_for_print(report)))
     assert [q["query"] for q in printed["queries"]] == ["a red video", "a blue video"]
     hit = printed["queries"][0]["hits"][0]
     assert set(hit) >= {"rank", "video", "score", "start", "end", "peak", "thumbnail"}
@@ -133,7 +133,7 @@ def test_mean_aggregate_ranks_by_mean_pooling(colour_data):
 
 
 def test_info_reports_model_sampling_times_and_verifies(colour_data, capsys):
-    info = run("info", "--index", colour_data["index"], "--verify", "--json")
+    info = run("info", "--index", colour_data["index"], "--verify", "--json", "--times")
     assert info["num_videos"] == 10 and info["config"]["sampling"] == {
         "rule": "fps", "fps": 1.0, "max_frames": None}
     red = next(v for v in info["videos"] if v["video"].endswith("red.mp4"))

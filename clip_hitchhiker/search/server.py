@@ -2,7 +2,7 @@
 one page of plain HTML, CSS and JavaScript (./static, no build step, nothing from the network)
 and the JSON API it uses. Read-only: the index is opened once, its model loaded once.
 
-    GET  /api/search?q=TEXT&k=N     the hits of `search --json`, each with id, times, weights
+    GET  /api/search?q=TEXT&k=N     what `search --json` prints, each hit with id, times, weights
     POST /api/search?k=N            the same for an image (the request body)
     GET  /api/similar/{id}?start=&end=&k=   "more like this": the moment's mean frame embedding
     GET  /api/video/{id}            the video file, with HTTP Range requests
@@ -38,7 +38,7 @@ import torch
 
 from clip_hitchhiker.errors import ConfigError, HitchhikerError
 from clip_hitchhiker.moments.rule import DEFAULT_MASS
-from clip_hitchhiker.search.search_report import search_report
+from clip_hitchhiker.search.search_report import rounded_for_print, search_report
 from clip_hitchhiker.search.video_index import AGGREGATES, DEFAULT_CANDIDATES
 from query_scoring import queryscoring_frame_weights
 
@@ -191,8 +191,9 @@ class SearchService:
                                             search["aggregate"], search["exact"],
                                             search["candidates"], search["mass"])[0]
         self._add_strips(hits, embeds, search["temperature"])
-        return search_report(self.index.folder, [{**query, "hits": hits}],
-                             search["aggregate"], search["temperature"], search["exact"])
+        return rounded_for_print(search_report(self.index.folder, [{**query, "hits": hits}],
+                                               search["aggregate"], search["temperature"],
+                                               search["exact"]))
 
     def _add_strips(self, hits, embeds, temperature):
         """Each hit gets "id", "times" and "weights": the query-scoring weight of each of its
@@ -205,8 +206,7 @@ class SearchService:
         weights = queryscoring_frame_weights(embeds, frames, temperature, video_mask=mask)[0]
         for hit, row, w, m in zip(hits, rows, weights, mask):
             hit.update({"id": int(table["id"][row]),
-                        "times": np.round(np.asarray(table["frame_times"][row], float),
-                                          3).tolist(),
+                        "times": np.asarray(table["frame_times"][row], float).tolist(),
                         "weights": np.round(w[m].double().numpy(), 5).tolist()})
 
     # Files ------------------------------------------------------------------------------------

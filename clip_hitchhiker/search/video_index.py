@@ -25,6 +25,8 @@ from clip_hitchhiker.search import candidate_index
 from clip_hitchhiker.search import index_format as fmt
 from clip_hitchhiker.errors import VideoIndexError
 from clip_hitchhiker.moments.rule import DEFAULT_MASS, moment_from_weights
+from clip_hitchhiker.search.queries import (check_queries, check_search_settings,
+                                            check_text_embeds)
 from query_scoring import (queryscoring_frame_weights, similarity_meanpooling,
                            similarity_queryscoring)
 
@@ -127,7 +129,11 @@ class VideoIndex:
 
     def search(self, texts, k=10, temperature=0.1, aggregate="queryscoring", exact=False,
                candidates=DEFAULT_CANDIDATES, device="cpu", mass=DEFAULT_MASS, nprobe=None):
-        """Search by text with the index's own model. returns: [{"query", "hits"}] per text."""
+        """Search by text with the index's own model. texts: a list of queries (or one str: one
+        query). returns: [{"query", "hits"}] per text. QueryError (a ValueError) for an empty
+        query or a setting search_embeddings refuses, before the model is loaded."""
+        texts = check_queries(texts)
+        check_search_settings(k, temperature, aggregate, candidates, mass, AGGREGATES)
         text_embeds = self.encode_texts(texts, device)
         if torch.device(device).type == "cuda":
             self.stage1 = candidate_index.on_gpus(self.stage1)
@@ -140,7 +146,9 @@ class VideoIndex:
                       mass=DEFAULT_MASS, nprobe=None):
         """Search by image: each image's CLIP embedding is the query, scored exactly as a text's
         is. images: paths or PIL images. returns: [{"image", "hits"}] per image ("image" is the
-        path, or None for a PIL image)."""
+        path, or None for a PIL image). QueryError for a setting search_embeddings refuses,
+        before the model is loaded."""
+        check_search_settings(k, temperature, aggregate, candidates, mass, AGGREGATES)
         image_embeds = self.encode_images(images, device)
         results = self.search_embeddings(image_embeds, k, temperature, aggregate, exact,
                                          candidates, mass, nprobe)
@@ -187,11 +195,12 @@ class VideoIndex:
     def search_embeddings(self, text_embeds, k=10, temperature=0.1, aggregate="queryscoring",
                           exact=False, candidates=DEFAULT_CANDIDATES, mass=DEFAULT_MASS,
                           nprobe=None):
-        """text_embeds: [T, D]. returns: T lists of up to k hits {"rank", "video", "score",
-        "start", "end", "peak", "duration"}, best first."""
-        text_embeds = torch.as_tensor(text_embeds, dtype=torch.float32)
-        if aggregate not in AGGREGATES:
-            raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
+        """text_embeds: [T, D] finite, no row all zero, D the index's embed_dim. k, candidates:
+        integers >= 1; temperature > 0; mass in (0, 1] (QueryError, a ValueError, otherwise).
+        returns: T lists of up to k hits {"rank", "video", "score", "start", "end", "peak",
+        "duration"}, best first."""
+        check_search_settings(k, temperature, aggregate, candidates, mass, AGGREGATES)
+        text_embeds = check_text_embeds(text_embeds, self.config["embed_dim"])
         if len(self) == 0:
             return [[] for _ in text_embeds]
         if exact:
@@ -261,10 +270,11 @@ class VideoIndex:
     # Reporting
 
     def info(self, with_times=True):
-        """A plain dict: model, sampling, counts, skipped videos, disk use (and frame times)."""
+        """A plain dict: model, sampling, counts, skipped videos, disk use (and frame times,
+        full precision, in seconds)."""
         manifest = self.manifest
         videos = [{"video": p, "duration": float(d), "frames": len(t),
-                   **({"times": [round(float(x), 3) for x in t]} if with_times else {})}
+                   **({"times": [float(x) for x in t]} if with_times else {})}
                   for p, d, t in zip(self.table["path"], self.table["duration"],
                                      self.table["frame_times"])]
         return {"index": str(self.folder.resolve()), "generation": manifest["generation"],
