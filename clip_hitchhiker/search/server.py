@@ -144,8 +144,11 @@ class SearchService:
 
     def warm_up(self):
         """Load the model (and page in what one query touches) before the first request."""
-        self.submit(lambda: self.index.search_embeddings(self._encode_texts(["warm up"]),
-                                                         k=1)).result()
+        def warm_up():
+            self._encode_texts(["a video"])
+            self.index.search_embeddings(torch.ones(1, self.index.config["embed_dim"]), k=1)
+
+        self.submit(warm_up).result()
 
     def submit(self, job):
         """A concurrent Future of job() run on the scorer thread, after the jobs before it."""
