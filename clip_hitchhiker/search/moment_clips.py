@@ -73,6 +73,14 @@ def write_clip(video, start, end, out_path, for_browser=False):
         raise VideoDecodeError(f"cannot cut a clip of {name} ({e})") from e
 
 
+def _stream_like(target, stream):
+    """An output stream that takes stream's packets as they are (PyAV >= 14 names it
+    add_stream_from_template; before, add_stream(template=))."""
+    if hasattr(target, "add_stream_from_template"):
+        return target.add_stream_from_template(stream)
+    return target.add_stream(template=stream)
+
+
 def _seconds(value, time_base):
     return float(value * time_base)
 
@@ -83,7 +91,7 @@ class _CopyClip:
     def __init__(self, source, target, video, audio, start, end):
         self.source, self.target, self.video, self.start, self.end = (source, target, video,
                                                                       start, end)
-        self.out_video = target.add_stream_from_template(video)
+        self.out_video = _stream_like(target, video)
         self.audio, self.audio_out = audio, _audio_output(target, audio)
         self.first_time = self.last_time = None
 
@@ -220,7 +228,7 @@ class _NoAudio:
 
 class _AudioCopy:
     def __init__(self, target, audio):
-        self.audio, self.out = audio, target.add_stream_from_template(audio)
+        self.audio, self.out = audio, _stream_like(target, audio)
 
     def add(self, target, packet, first_time):
         shift = round(first_time / self.audio.time_base)
