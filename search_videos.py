@@ -24,8 +24,10 @@ import torch
 from tqdm import tqdm
 
 from clip_hitchhiker.search import index_writer as writer_lib
+from clip_hitchhiker.search import video_listing
 from clip_hitchhiker.search.candidate_index import STAGE1_TYPES
-from clip_hitchhiker.errors import ConfigError, HitchhikerError, PeerFailure, VideoDecodeError
+from clip_hitchhiker.errors import (ConfigError, HitchhikerError, PeerFailure, VideoDecodeError,
+                                    VideoIndexError)
 from clip_hitchhiker.models.options import (DEVICE_PATTERN, add_encoding_arguments,
                                            add_model_arguments, check_model_arguments,
                                            decode_device, loader_workers, resolve_preprocess_on)
@@ -33,7 +35,7 @@ from clip_hitchhiker.moments.rule import DEFAULT_MASS
 from clip_hitchhiker.reporting import silence_third_party_notices
 from clip_hitchhiker.torchrun import (all_gather_json, broadcast_json, collective_step,
                                       setup_context, shard, teardown)
-from clip_hitchhiker.video.decoders import check_decoder, resolve_decoder
+from clip_hitchhiker.video.decoders import check_decoder, decoder_log, resolve_decoder
 from clip_hitchhiker.search.queries import check_queries
 from clip_hitchhiker.search.video_index import (AGGREGATES, DEFAULT_CANDIDATES, VideoIndex,
                                           write_thumbnail)
@@ -86,7 +88,12 @@ def _index_parser(parser):
         help="with --fps: the key frame nearest each segment's middle, decoding key frames "
              "only (an approximate rule, many times faster on long videos; each frame keeps "
              "its true time). Fastest with --decoder pyav")
-    add("--prune", action="store_true", help="drop indexed videos whose files are gone")
+    add("--prune", action="store_true",
+        help="drop the indexed videos under the PATHs named whose files are gone (refused when "
+             "a named folder is missing or holds no video, or when it would drop more than "
+             "half of the index, unless --confirm_prune)")
+    add("--confirm_prune", action="store_true",
+        help="with --prune: prune even a missing or empty named folder, or most of the index")
     add("--stage1", choices=STAGE1_TYPES, default=None,
         help="the FAISS candidate index over segment means: auto (flat up to 200k vectors, "
              "IVF-SQ8 up to 4M, then IVF-PQ), flat, ivfsq8, ivfpq or hnsw (default: what the "
@@ -157,6 +164,8 @@ def _check_sampling(parser, args):
         parser.error(f"--max_frames must be >= 1, got {args.max_frames}")
     if args.commit_every < 1:
         parser.error(f"--commit_every must be >= 1, got {args.commit_every}")
+    if args.confirm_prune and not args.prune:
+        parser.error("--confirm_prune confirms a --prune; give --prune with it")
 
 
 def _check_search(parser, args):
@@ -198,7 +207,9 @@ def sampling_of(args):
 
 class VideoFiles(torch.utils.data.Dataset):
     """Decodes (and, in the workers, preprocesses) each video: {"index", "frames", "info",
-    "error"} with "error" the decode failure's message ("" when decoded)."""
+    "error", "vanished"} with "error" the decode failure's message ("" when decoded) and
+    "vanished" True when it failed because the file is gone. What the decoder prints goes into
+    the message, not to the terminal."""
 
     def __init__(self, paths, sampling, preprocess, decoder, decode_device):
         self.paths, self.sampling, self.preprocess = paths, sampling, preprocess
@@ -208,14 +219,20 @@ class VideoFiles(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index):
-        try:
-            frames, info = decode_video(self.paths[index], self.sampling, self.decoder,
-                                        self.decode_device)
-        except VideoDecodeError as e:
-            return {"index": index, "frames": None, "info": None, "error": str(e)}
+        path, error = self.paths[index], None
+        with decoder_log() as log:
+            try:
+                frames, info = decode_video(path, self.sampling, self.decoder,
+                                            self.decode_device)
+            except VideoDecodeError as e:
+                error = e
+        if error is not None:
+            printed = f" (the decoder printed: {'; '.join(log)[:300]})" if log else ""
+            return {"index": index, "frames": None, "info": None, "error": f"{error}{printed}",
+                    "vanished": not os.path.exists(path)}
         if self.preprocess is not None:
             frames = self.preprocess(frames)
-        return {"index": index, "frames": frames, "info": info, "error": ""}
+        return {"index": index, "frames": frames, "info": info, "error": "", "vanished": False}
 
 
 def decode_video(path, sampling, decoder, device="cpu"):
@@ -257,7 +274,7 @@ def _run_index(args, ctx):
     from data_loader import FramePreprocess
 
     check_decoder(args.decoder, args.decode_on)
-    paths = writer_lib.list_videos(args.paths)
+    listing = _listing(args, ctx)
     model = collective_step(ctx, lambda: load_model(args.backend, args.model, ctx.device,
                                                     args.pretrained, args.download_root))
     preprocess = FramePreprocess(model.preprocess, frame_dtype_for(model.dtype),
@@ -271,7 +288,7 @@ def _run_index(args, ctx):
                              if ctx.is_main else None)
     stage1_before = writer.manifest["stage1"]["type"] if writer and writer.manifest else None
     try:
-        plan = broadcast_json(ctx, collective_step(ctx, lambda: _plan(writer, paths, args.prune)
+        plan = broadcast_json(ctx, collective_step(ctx, lambda: _plan(writer, listing, args)
                                                    if ctx.is_main else None))
         summary = encode_and_commit(writer, model, plan, sampling, preprocess, ctx, args)
     finally:
@@ -279,16 +296,48 @@ def _run_index(args, ctx):
             writer.close()
     if not ctx.is_main:
         return None
-    return {**summary, "listed": len(paths), "up_to_date": len(paths) - len(plan["to_encode"]),
-            "pruned": len(plan["gone"]), "videos": writer.manifest["videos"],
-            "frames": writer.manifest["frames"], "stage1_before": stage1_before,
-            "stage1": writer.manifest["stage1"]["type"]}
+    return {**summary, "listed": len(listing.videos), "up_to_date": plan["up_to_date"],
+            "moved": plan["moved"], "pruned": plan["pruned"],
+            "failed": summary["failed"] + len(plan["failed"]),
+            "vanished": summary["vanished"] + len(plan["vanished"]),
+            "videos": writer.manifest["videos"], "frames": writer.manifest["frames"],
+            "stage1_before": stage1_before, "stage1": writer.manifest["stage1"]["type"]}
 
 
-def _plan(writer, paths, prune):
-    found = {p: writer_lib.fingerprint(p) for p in paths}
-    to_encode, gone = writer.plan(found, prune)
-    return {"to_encode": to_encode, "found": {p: found[p] for p in to_encode}, "gone": gone}
+def _listing(args, ctx):
+    """The videos args.paths name, after the checks that need no model: the --index folder,
+    the listing's refusals; what was passed over is reported (rank 0)."""
+    collective_step(ctx, lambda: _check_index_folder(args.index) if ctx.is_main else None)
+    listing = video_listing.list_videos(args.paths)
+    problem = video_listing.listing_problem(listing, args.prune, args.confirm_prune)
+    if problem:
+        raise ConfigError(problem)
+    if ctx.is_main:
+        for path, why in listing.skipped:
+            print(f"skipped {path}: {why}", file=sys.stderr)
+        for path in listing.empty:
+            print(f"warning: {path} holds no video", file=sys.stderr)
+    return listing
+
+
+def _check_index_folder(folder):
+    problem = writer_lib.index_folder_problem(folder)
+    if problem:
+        raise VideoIndexError(problem)
+
+
+def _plan(writer, listing, args):
+    """What to encode, move, drop; the files that cannot be read or vanished are reported."""
+    prune_under = (listing.folders, listing.files) if args.prune else None
+    plan = writer.plan(listing.videos, prune_under, args.confirm_prune)
+    for path, _, reason in plan["failed"]:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    for path in plan["vanished"]:
+        print(f"skipped {path}: {_VANISHED}", file=sys.stderr)
+    return plan
+
+
+_VANISHED = "it disappeared while being indexed (not recorded: it is indexed when it is back)"
 
 
 def _model_reference(model):
@@ -299,7 +348,8 @@ def _model_reference(model):
 def encode_and_commit(writer, model, plan, sampling, preprocess, ctx, args):
     """Decode and encode this rank's share of plan["to_encode"] in rounds of args.commit_every
     videos per rank; after each round every rank writes its files and rank 0 commits them (the
-    pruned paths with the first). returns: this run's counts, summed over the ranks."""
+    plan's renames, drops and unreadable files with the first). returns: this run's counts,
+    summed over the ranks."""
     to_encode = plan["to_encode"]
     mine = [to_encode[i] for i in shard(len(to_encode), ctx)]
     placement = resolve_preprocess_on(args.preprocess_on, ctx.device)
@@ -310,56 +360,79 @@ def encode_and_commit(writer, model, plan, sampling, preprocess, ctx, args):
                                                                     args.decode_on),
                                          collate_fn=_collate)
     items = (item for batch in loader for item in batch)
-    counts = {"encoded": 0, "failed": 0, "frames_encoded": 0, "capped": 0}
+    counts = {"encoded": 0, "failed": 0, "vanished": 0, "frames_encoded": 0, "capped": 0}
     start = time.perf_counter()
-    bar = tqdm(total=len(mine), unit="video", desc="indexing", file=sys.stderr,
-               disable=not (mine and ctx.is_main))
-    per_rank = math.ceil(len(to_encode) / ctx.world_size)
-    for round_number in range(max(1, math.ceil(per_rank / args.commit_every))):
-        encoded, failed = [], []
-        for item in itertools.islice(items, args.commit_every):
-            path = mine[item["index"]]
-            if item["error"]:
-                failed.append((path, plan["found"][path], item["error"]))
-                counts["failed"] += 1
-                tqdm.write(f"skipped {path}: {item['error']}", file=sys.stderr)
-            else:
-                encoded.append(_encode(model, item, path, plan["found"][path], preprocess,
-                                       placement, ctx.device, args.frame_chunk))
-                counts["encoded"] += 1
-                counts["frames_encoded"] += len(encoded[-1].frames)
-                counts["capped"] += _capped(item["info"], sampling)
-            bar.update(1)
-            elapsed = max(time.perf_counter() - start, 1e-9)
-            bar.set_postfix_str(f"{counts['encoded'] / elapsed:.2f} videos/s, "
-                                f"{counts['frames_encoded'] / elapsed:.1f} frames/s")
-            writer_lib.test_pause("video")
-        drop = plan["gone"] if round_number == 0 else []
-        _commit_round(writer, args.index, encoded, failed, drop, ctx)
-    bar.close()
+    # Closed however the loop ends, so that an error's line starts a line of its own.
+    with tqdm(total=len(mine), unit="video", desc="indexing", file=sys.stderr,
+              disable=not (mine and ctx.is_main)) as bar:
+        per_rank = math.ceil(len(to_encode) / ctx.world_size)
+        for round_number in range(max(1, math.ceil(per_rank / args.commit_every))):
+            encoded, failed = [], []
+            for item in itertools.islice(items, args.commit_every):
+                path = mine[item["index"]]
+                if item["error"]:
+                    failed += _failure(item, path, plan["found"][path], counts)
+                else:
+                    encoded.append(_encode(model, item, path, plan["found"][path], preprocess,
+                                           placement, ctx.device, args.frame_chunk))
+                    counts["encoded"] += 1
+                    counts["frames_encoded"] += len(encoded[-1].frames)
+                    counts["capped"] += _capped(item["info"], sampling)
+                bar.update(1)
+                elapsed = max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix_str(f"{counts['encoded'] / elapsed:.2f} videos/s, "
+                                    f"{counts['frames_encoded'] / elapsed:.1f} frames/s")
+                writer_lib.test_pause("video")
+            changes = _plan_changes(plan) if round_number == 0 else {}
+            _commit_round(writer, args.index, encoded, failed, changes, ctx)
     totals = all_gather_json(ctx, counts)
     return {**{k: sum(c[k] for c in totals) for k in counts},
             "seconds": time.perf_counter() - start}
 
 
-def _commit_round(writer, folder, encoded, failed, drop, ctx):
+def _failure(item, path, found, counts):
+    """Report a video that was not decoded. returns: [(path, fingerprint, reason)] to record,
+    or [] for a file that vanished meanwhile (recorded, it would not be tried when it is back)."""
+    if item["vanished"]:
+        counts["vanished"] += 1
+        tqdm.write(f"skipped {path}: {_VANISHED}", file=sys.stderr)
+        return []
+    counts["failed"] += 1
+    tqdm.write(f"skipped {path}: {item['error']}", file=sys.stderr)
+    return [(path, found, item["error"])]
+
+
+def _plan_changes(plan):
+    """What the plan commits without encoding: {"drop", "renamed", "failed"} (rank 0's)."""
+    return {"drop": plan["drop"], "renamed": plan["renamed"], "failed": plan["failed"]}
+
+
+def _commit_round(writer, folder, encoded, failed, changes, ctx):
     """Every rank writes its encoded videos' files; rank 0 commits them all (collectives, so a
-    failure on any rank stops every rank)."""
-    generation = broadcast_json(ctx, writer.generation + 1 if ctx.is_main else None)
+    failure on any rank stops every rank). Nothing is written when there is nothing to commit."""
+    wants = all_gather_json(ctx, {"encoded": bool(encoded), "failed": failed})
+    failures = [tuple(f) for w in wants for f in w["failed"]]
+    failures += [tuple(f) for f in changes.get("failed", [])]
+    needed = broadcast_json(ctx, bool(
+        any(w["encoded"] for w in wants) or failures or changes.get("drop")
+        or changes.get("renamed") or writer.manifest is None or writer.stage1 is None
+        or _stage1_change_asked(writer)) if ctx.is_main else None)
+    if not needed:
+        return
+    generation = broadcast_json(ctx, collective_step(
+        ctx, lambda: writer.reserve(ctx.world_size) if ctx.is_main else None))
     rows = collective_step(ctx, lambda: writer_lib.write_videos(
         folder, encoded, generation, ctx.rank,
         between_halves=lambda: writer_lib.test_pause("shard")))
-    gathered = all_gather_json(ctx, {"rows": rows, "failed": failed})
+    gathered = all_gather_json(ctx, rows)
     if not ctx.is_main:
         collective_step(ctx, lambda: None)
         return
-    written = [g["rows"] for g in gathered if g["rows"]["path"]]
-    failures = [tuple(f) for g in gathered for f in g["failed"]]
-    needed = (written or failures or drop or writer.manifest is None or writer.stage1 is None
-              or _stage1_change_asked(writer))
+    written = [rows for rows in gathered if rows["path"]]
     collective_step(ctx, lambda: writer.commit(
-        written, failures, drop, before_manifest=lambda tmp: writer_lib.test_pause("manifest"))
-        if needed else None)
+        written, failures, changes.get("drop", []),
+        {old: tuple(new) for old, new in changes.get("renamed", {}).items()},
+        before_manifest=lambda tmp: writer_lib.test_pause("manifest")))
 
 
 def _stage1_change_asked(writer):
@@ -539,13 +612,15 @@ def main(args):
             return None
         capped = f"; {summary['capped']} video(s) longer than --max_frames allows were " \
                  "sampled at a lower rate to cover them evenly" if summary["capped"] else ""
+        moved = f", {summary['moved']} moved (not encoded again)" if summary["moved"] else ""
+        vanished = f", {summary['vanished']} vanished" if summary["vanished"] else ""
         rebuilt = (f"; stage 1 rebuilt as {summary['stage1']} (was {summary['stage1_before']})"
                    if summary["stage1_before"] not in (None, summary["stage1"]) else "")
         print(f"indexed {summary['encoded']} new or changed video(s) "
               f"({summary['frames_encoded']} frames) in {summary['seconds']:.1f} s; "
-              f"{summary['up_to_date']} up to date, {summary['failed']} failed, "
-              f"{summary['pruned']} pruned; the index holds {summary['videos']} videos, "
-              f"{summary['frames']} frames{capped}{rebuilt}")
+              f"{summary['up_to_date']} up to date{moved}, {summary['failed']} failed"
+              f"{vanished}, {summary['pruned']} pruned; the index holds {summary['videos']} "
+              f"videos, {summary['frames']} frames{capped}{rebuilt}")
         return summary
     if args.command == "search":
         report = run_search(args)
@@ -563,6 +638,10 @@ def cli(argv=None):
     """The command line: the project's own errors become one line on stderr and exit code 1."""
     silence_third_party_notices()
     warnings.filterwarnings("ignore", message="no CUDA device found")
+    # A video's name that is not UTF-8 is printed as its own bytes, as ls prints it (Python's
+    # stdout is strict outside the C locale, and a results table would end in a traceback).
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="surrogateescape")
     args = parse_args(argv)
     try:
         main(args)

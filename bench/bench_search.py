@@ -102,9 +102,10 @@ def build(folder, num_videos, frames, commit_size=5000, stage1=None):
             count = min(commit_size, num_videos - first)
             embeds, _, _ = synthetic_videos(first, count, frames)
             encoded = [EncodedVideo(f"/synthetic/{first + i:08d}.mp4",
-                                    {"size": 0, "mtime_ns": 0, "sha256": ""}, embeds[i], times,
+                                    {"size": 0, "mtime_ns": 0, "inode": 0, "ctime_ns": 0,
+                                     "sha256": ""}, embeds[i], times,
                                     list(range(frames)), float(frames)) for i in range(count)]
-            writer.commit([write_videos(folder, encoded, writer.generation + 1)])
+            writer.commit([write_videos(folder, encoded, writer.reserve())])
     finally:
         writer.close()
     return time.perf_counter() - start

@@ -249,7 +249,8 @@ def own_index(tmp_path):
     """A private colour index (red and blue only) whose videos a test may replace."""
     root = tmp_path / "own"
     model = search_synthetic.save_colour_clip(tmp_path / "colour.pt")
-    truth = search_synthetic.build_segment_videos(root / "videos", colours=("red", "blue"))
+    truth = search_synthetic.build_segment_videos(root / "videos",
+                                                  colours=("red", "blue", "green"))
     search_videos.main(search_videos.parse_args(
         ["index", str(root / "videos"), "--index", str(root / "index"), "--model", str(model),
          "--device", "cpu", "--num_workers", "0"]))
@@ -265,8 +266,8 @@ TRAVERSALS = [
     "/static/../server.py", "/static/..%2fserver.py", "/static/%2e%2e%2fserver.py",
     "/static/app.js/../../server.py", "//etc/passwd", "/api/video//etc/passwd",
     "/api/video/{secret}", "/api/video/file:{secret}", "/api/thumbnail/..%2f..%2fsecret.txt",
-    "/api/video/99", "/api/video/2", "/api/video/-1", "/api/video/1e3", "/api/video/0x1",
-    "/api/video/%30%78%31", "/api/thumbnail/99?t=1", "/api/clip/2?start=0&end=1",
+    "/api/video/99", "/api/video/3", "/api/video/-1", "/api/video/1e3", "/api/video/0x1",
+    "/api/video/%30%78%31", "/api/thumbnail/99?t=1", "/api/clip/3?start=0&end=1",
     "/api/play/-5?start=0&end=1", "/api/similar/99?start=0&end=1",
     "/api/video/18446744073709551617"]
 
@@ -287,14 +288,17 @@ def test_every_traversal_attempt_is_refused(own_index):
 def test_a_video_replaced_by_a_link_or_changed_is_not_served(own_index):
     service = server.SearchService(VideoIndex.open(own_index["index"]),
                                    own_index["root"] / "cache")
-    red, blue = own_index["truth"]["red"][0], own_index["truth"]["blue"][0]
+    truth = own_index["truth"]
+    red, blue, green = (truth[c][0] for c in ("red", "blue", "green"))
     ids = {p: int(i) for p, i in zip(service.index.table["path"], service.index.table["id"])}
     os.unlink(red)
     os.symlink(own_index["secret"], red)  # a link out of the folder, where the video was
     blue_bytes = Path(blue).read_bytes()
-    Path(blue).write_bytes(blue_bytes[:-1] + b"x" + blue_bytes[-1:])  # same size, new mtime
-    os.utime(blue, ns=(1, 1))
-    moved = own_index["root"] / "moved"
+    mtime = os.stat(blue).st_mtime_ns
+    Path(blue).write_bytes(blue_bytes[:-1] + b"x")  # same size and mtime, another content
+    os.utime(blue, ns=(mtime, mtime))
+    os.mkfifo(own_index["root"] / "fifo")
+    green_id = ids[green]
     with LiveServer(server.create_app(service)) as live:
         for video_id in (ids[red], ids[blue]):
             for path in (f"/api/video/{video_id}", f"/api/thumbnail/{video_id}?t=1",
@@ -302,12 +306,22 @@ def test_a_video_replaced_by_a_link_or_changed_is_not_served(own_index):
                          f"/api/play/{video_id}?start=0&end=2"):
                 status, _, body = live.get(path, {"Range": "bytes=0-100"})
                 assert status == 404 and b"SECRET" not in body, (path, status)
-        # A folder on the path replaced by a link (to a copy of it): refused as well.
-        os.unlink(red)
+                assert "changed since it was indexed" in json.loads(body)["error"]
+        # The folder moved and a link in its place: the same files, served.
+        moved = own_index["root"] / "moved"
         shutil.move(own_index["root"] / "videos", moved)
         os.symlink(moved, own_index["root"] / "videos")
-        status, _, body = live.get(f"/api/video/{ids[blue]}")
-        assert status == 404 and "symbolic link" in json.loads(body)["error"]
+        status, _, body = live.get(f"/api/video/{green_id}")
+        assert status == 200 and body == (moved / "green.mp4").read_bytes()
+        # A link to a copy of the folder (other files, the same bytes): refused.
+        os.unlink(own_index["root"] / "videos")
+        shutil.copytree(moved, own_index["root"] / "copy", symlinks=True)
+        os.symlink(own_index["root"] / "copy", own_index["root"] / "videos")
+        assert live.get(f"/api/video/{green_id}")[0] == 404
+        # A FIFO in the video's place does not hang the server.
+        os.unlink(own_index["root"] / "copy" / "green.mp4")
+        os.symlink(own_index["root"] / "fifo", own_index["root"] / "copy" / "green.mp4")
+        assert live.get(f"/api/video/{green_id}")[0] == 404
     assert not (own_index["root"] / "cache").exists()  # nothing was read to make a clip
 
 

@@ -15,7 +15,8 @@ import pytest
 import search_videos
 from clip_hitchhiker.search import index_format as fmt
 from clip_hitchhiker.errors import VideoIndexError
-from clip_hitchhiker.search.index_writer import IndexWriter, fingerprint, list_videos
+from clip_hitchhiker.search.index_writer import IndexWriter, fingerprint
+from clip_hitchhiker.search.video_listing import list_videos
 from clip_hitchhiker.search.video_index import VideoIndex
 from tests import search_synthetic
 
@@ -59,9 +60,11 @@ def contents(folder):
 
 
 def assert_only_committed_files(folder):
-    """No temporary, superseded or crashed run's file is left: only what the manifest names."""
+    """No temporary, superseded or crashed run's file is left: only what the manifest names, and
+    the journal, which records nothing pending."""
     manifest = json.loads((Path(folder) / fmt.MANIFEST).read_text())
-    assert sorted(os.listdir(folder)) == sorted([fmt.MANIFEST, *manifest["files"]])
+    assert sorted(os.listdir(folder)) == sorted([fmt.MANIFEST, fmt.JOURNAL, *manifest["files"]])
+    assert fmt.read_journal(folder) == []
 
 
 def iou(a, b):
@@ -172,19 +175,24 @@ def test_add_change_delete_and_prune_equal_a_fresh_build(colour_data, tmp_path, 
 
 
 def test_a_same_size_edit_that_keeps_the_mtime_is_a_change(tmp_path):
+    """touch -r: the size and the mtime restored, the content not; the ctime tells."""
     video = tmp_path / "v.mp4"
     video.write_bytes(b"abc")
     before = fingerprint(video)
+    time.sleep(0.01)
     video.write_bytes(b"abd")
     os.utime(video, ns=(before["mtime_ns"], before["mtime_ns"]))
     after = fingerprint(video)
     assert (after["size"], after["mtime_ns"]) == (before["size"], before["mtime_ns"])
     writer = IndexWriter(tmp_path / "index", {"embed_dim": 4})
     try:
-        writer.table["path"], writer.table["size"] = [str(video)], [before["size"]]
-        writer.table["mtime_ns"], writer.table["sha256"] = [before["mtime_ns"]], [before["sha256"]]
-        assert writer.plan({str(video): before}, prune=False) == ([], [])
-        assert writer.plan({str(video): after}, prune=False) == ([str(video)], [])
+        for key in ("path", "size", "mtime_ns", "inode", "ctime_ns", "sha256"):
+            writer.table[key] = [str(video) if key == "path" else before[key]]
+        plan = writer.plan([str(video)])
+        assert (plan["to_encode"], plan["up_to_date"]) == ([str(video)], 0)
+        writer.table["ctime_ns"] = [after["ctime_ns"]]
+        writer.table["sha256"] = [after["sha256"]]
+        assert writer.plan([str(video)])["up_to_date"] == 1
     finally:
         writer.close()
 
@@ -196,7 +204,7 @@ def test_paths_may_be_files_folders_and_lists(tmp_path):
     (tmp_path / "list.txt").write_text("w.avi\n\n")
     (tmp_path / "list.csv").write_text("video_path,caption\nz.webm,a caption\n")
     found = list_videos([tmp_path / "a", tmp_path / "list.txt", tmp_path / "list.csv",
-                         tmp_path / "z.webm"])
+                         tmp_path / "z.webm"]).videos
     assert found == sorted(str((tmp_path / n).resolve())
                            for n in ["a/x.mp4", "a/deep/y.MKV", "z.webm", "w.avi"])
 
@@ -281,14 +289,17 @@ def six_videos(colour_data, tmp_path_factory):
     return folder / "videos", contents(folder / "clean")
 
 
-@pytest.mark.parametrize("point", ["video:3", "shard:2", "manifest:2"])
+@pytest.mark.parametrize("point, committed_videos", [
+    ("video:3", 2), ("shard:2", 2), ("manifest:2", 2),
+    ("cleanup:2", 4)])  # after the second manifest, before the files it superseded are removed
 def test_kill_9_then_the_next_run_equals_a_clean_build(colour_data, six_videos, tmp_path,
-                                                       point):
+                                                       point, committed_videos):
     videos, clean = six_videos
     index = tmp_path / "index"
     kill_9(start_paused(videos, index, colour_data["model"], point, tmp_path))
     committed = contents(index)  # the last commit: usable, and a subset of the clean build
-    assert len(committed) == 2 and all(clean[p] == c for p, c in committed.items())
+    assert len(committed) == committed_videos
+    assert all(clean[p] == c for p, c in committed.items())
     run("index", videos, "--index", index, "--model", colour_data["model"])
     assert contents(index) == clean
     assert_only_committed_files(index)

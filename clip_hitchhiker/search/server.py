@@ -12,9 +12,9 @@ and the JSON API it uses. Read-only: the index is opened once, its model loaded 
     GET  /api/info                  the index's model, sampling and counts
 
 Security: a video is named by its id in the index's table, never by a path from the request,
-and opened only if it is still the file that was indexed (no symbolic link, same size and
-mtime). Requests carry the token where one is set; a loopback-only server also refuses Host
-headers other than its own names (DNS rebinding). Sizes are bounded; errors are JSON.
+and opened only if it is still the file that was indexed (same size, mtime, inode and ctime).
+Requests carry the token where one is set; a loopback-only server also refuses Host headers
+other than its own names (DNS rebinding). Sizes are bounded; errors are JSON.
 """
 import asyncio
 import hmac
@@ -220,28 +220,38 @@ class SearchService:
         return self._row_of_id[video_id]
 
     def open_video(self, video_id):
-        """A binary file object of the indexed video `video_id`, if the file at its recorded
-        path is still the one indexed: no symbolic link anywhere in the path, a regular file of
-        the recorded size and mtime. RequestError(404) otherwise; nothing is read before."""
+        """A binary file object of the indexed video `video_id`, if the file its recorded path
+        leads to (through the links it had when indexed, or any others) is still the file
+        indexed: a regular file whose size, mtime, inode and ctime are the recorded ones (the
+        last two where the index records them). RequestError(404) otherwise, before any byte
+        is read: a video replaced by a link to another file, or edited, is not served."""
         row = self.row(video_id)
-        table = self.index.table
-        path = table["path"][row]
-        if os.path.realpath(path) != path:
-            raise RequestError(404, f"video {video_id} is no longer the file indexed (its path "
-                                    "now goes through a symbolic link)")
-        try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) |
-                         getattr(os, "O_CLOEXEC", 0))
+        try:  # O_NONBLOCK: a FIFO put in the video's place must not hang the open
+            fd = os.open(self._file_path(row), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) |
+                         getattr(os, "O_NONBLOCK", 0))
         except OSError:
             raise RequestError(404, f"video {video_id} cannot be opened; run "
                                     "search_videos.py index again") from None
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size != int(table["size"][row]) or \
-                info.st_mtime_ns != int(table["mtime_ns"][row]):
+        now = {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "inode": info.st_ino,
+               "ctime_ns": info.st_ctime_ns}
+        recorded = {key: int(self.index.table[key][row]) for key in now
+                    if key in self.index.table}
+        if not stat.S_ISREG(info.st_mode) or any(
+                value != now[key] for key, value in recorded.items() if value != -1):
             os.close(fd)
-            raise RequestError(404, f"video {video_id} changed since it was indexed; run "
-                                    "search_videos.py index again")
+            raise RequestError(404, f"video {video_id} changed since it was indexed (or its "
+                                    "path now leads to another file); run search_videos.py "
+                                    "index again")
         return os.fdopen(fd, "rb")
+
+    def _file_path(self, row):
+        """The video's path as the file system has it (its exact bytes where the name is not
+        UTF-8 and the index records them)."""
+        exact = self.index.table.get("path_bytes")
+        if exact is not None and exact[row] is not None:
+            return bytes(exact[row])
+        return self.index.table["path"][row]
 
     def video_name(self, video_id):
         return self.index.table["path"][self.row(video_id)]
