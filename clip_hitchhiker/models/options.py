@@ -22,15 +22,15 @@ def add_model_arguments(parser, *, download_root=True, index_defaults=False):
     and --model default to None, for the search index's own model to fill in."""
     group = parser.add_argument_group("model and preprocessing")
     add = group.add_argument
-    default = ("; default: the index's own model, clip's ViT-B/16 for a new index"
-               if index_defaults else "")
+    default = ("default: the index's own model; for a new index, clip's ViT-B/16"
+               if index_defaults else None)
     add("--backend", default=None if index_defaults else "clip", choices=BACKENDS,
-        help="the CLIP library: clip (OpenAI's, the release's; default) or open_clip (any "
-             f"open_clip model){default}")
+        help="the CLIP library: clip (OpenAI's, the release's) or open_clip (any open_clip "
+             f"model) ({default or 'default clip'})")
     add("--model", default=None if index_defaults else "ViT-B/16",
         help="clip: a clip.available_models() name or a checkpoint file (TorchScript or state "
              "dict); open_clip: an architecture such as ViT-B-16 "
-             f"({default[2:] if default else 'default ViT-B/16'})")
+             f"({default or 'default ViT-B/16'})")
     add("--pretrained", default=None, metavar="TAG_OR_FILE",
         help="open_clip only: a pretrained tag (openai, laion2b_s34b_b88k, ...) or a local "
              "weights file (default openai)")

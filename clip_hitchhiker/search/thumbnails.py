@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from clip_hitchhiker.embedding_cache import temporary_prefix, write_atomically
-from clip_hitchhiker.errors import ConfigError, HitchhikerError, OutputError
+from clip_hitchhiker.errors import ConfigError, HitchhikerError, OutputError, VideoIndexError
 from clip_hitchhiker.search.video_listing import STAT_KEYS, file_state
 
 __all__ = ["RECORD", "ThumbnailError", "ThumbnailFolder", "hit_frame", "peak_frame",
@@ -187,21 +187,10 @@ def peak_frame(video_path, time_s):
     """uint8 [H, W, 3]: the frame of video_path nearest time_s (seconds), or ThumbnailError."""
     import av
 
+    from clip_hitchhiker.search.video_index import read_frame_near
+
     try:
-        with av.open(str(video_path)) as container:
-            stream = container.streams.video[0]
-            if time_s > 2 and stream.time_base:
-                # To the key frame before (time - 2 s), so that a long video is not decoded whole.
-                container.seek(int((time_s - 2) / stream.time_base), stream=stream)
-            best = None
-            for frame in container.decode(stream):
-                t = float(frame.pts * stream.time_base) if frame.pts is not None else frame.time
-                if best is None or abs(t - time_s) < best[0]:
-                    best = (abs(t - time_s), frame.to_ndarray(format="rgb24"))
-                elif t > time_s:
-                    break
-    except (av.error.FFmpegError, OSError, IndexError) as e:  # IndexError: no video stream
+        return read_frame_near(video_path, time_s)
+    except (av.error.FFmpegError, OSError, IndexError, VideoIndexError) as e:
+        # IndexError: no video stream; VideoIndexError: no frame.
         raise ThumbnailError(f"{video_path} cannot be decoded ({type(e).__name__}: {e})") from e
-    if best is None:
-        raise ThumbnailError(f"{video_path} has no frame to show")
-    return best[1]

@@ -153,11 +153,45 @@ class VideoIndex:
                                          candidates, mass, nprobe)
         return [{"query": t, "hits": hits} for t, hits in zip(texts, results)]
 
+    def search_images(self, images, k=10, temperature=0.1, aggregate="queryscoring",
+                      exact=False, candidates=DEFAULT_CANDIDATES, device="cpu",
+                      mass=DEFAULT_MASS, nprobe=None, model_file=None):
+        """Search by image: each image's CLIP embedding is the query, scored exactly as a text's
+        is. images: paths or PIL images. returns: [{"image", "hits"}] per image ("image" is the
+        path, or None for a PIL image). QueryError for a setting search_embeddings refuses,
+        before the model is loaded."""
+        check_search_settings(k, temperature, aggregate, candidates, mass, AGGREGATES)
+        image_embeds = self.encode_images(images, device, model_file)
+        results = self.search_embeddings(image_embeds, k, temperature, aggregate, exact,
+                                         candidates, mass, nprobe)
+        return [{"image": str(Path(i).resolve()) if isinstance(i, (str, Path)) else None,
+                 "hits": hits} for i, hits in zip(images, results)]
+
     def encode_texts(self, texts, device="cpu", model_file=None):
         """float32 CPU [len(texts), D], by the model the index was built with, read from
         model_file where its weights file has moved (it must hold the same weights)."""
-        from clip_hitchhiker.models.backends import content_id, load_model
         from clip_hitchhiker.models.clip_models import encode_captions
+
+        model = self._loaded_model(device, model_file)
+        with torch.inference_mode():
+            return encode_captions(model, list(texts), torch.device(device))
+
+    def encode_images(self, images, device="cpu", model_file=None):
+        """float32 CPU [len(images), D]: each image (a path or a PIL image) preprocessed as the
+        index's frames were (the recorded resize, crop and antialias) and encoded by its model."""
+        from clip_hitchhiker.search.query_embeddings import frame_preprocess_of, image_tensor
+
+        model = self._loaded_model(device, model_file)
+        preprocess = frame_preprocess_of(model, self.config["preprocess"], self.folder)
+        with torch.inference_mode():
+            return torch.cat([torch.zeros(0, model.embed_dim)] + [
+                model.encode_image(preprocess(image_tensor(i).to(device))).float().cpu()
+                for i in images])
+
+    def _loaded_model(self, device, model_file=None):
+        """The index's own model on device, loaded once (and checked to be that model), from
+        model_file where its weights file has moved (it must hold the same weights)."""
+        from clip_hitchhiker.models.backends import content_id, load_model
         from clip_hitchhiker.search.index_model import search_model
         from clip_hitchhiker.torchrun import explicit_device
 
@@ -172,8 +206,7 @@ class VideoIndex:
                     f"the model {model} is not the one {self.folder} was built with "
                     f"({self._model.model_id} now, {config['model_id']} then); restore that "
                     "file or rebuild the index")
-        with torch.inference_mode():
-            return encode_captions(self._model, list(texts), device)
+        return self._model
 
     def search_embeddings(self, text_embeds, k=10, temperature=0.1, aggregate="queryscoring",
                           exact=False, candidates=DEFAULT_CANDIDATES, mass=DEFAULT_MASS,
@@ -298,3 +331,24 @@ def _top_k(scores, rows, k):
     """[(row, score)] of the k largest scores, ties to the earlier row (a stable order)."""
     order = np.lexsort((rows, -scores))[:k]
     return [(int(rows[i]), float(scores[i])) for i in order]
+
+
+def read_frame_near(video, time_s):
+    """uint8 RGB [H, W, 3]: the frame of video (a path or a binary file object) nearest time_s."""
+    import av
+
+    with av.open(video if hasattr(video, "read") else str(video)) as container:
+        stream = container.streams.video[0]
+        if time_s > 2 and stream.time_base:
+            # To the key frame before (time - 2 s), so that a long video is not decoded whole.
+            container.seek(int((time_s - 2) / stream.time_base), stream=stream)
+        best = None
+        for frame in container.decode(stream):
+            t = float(frame.pts * stream.time_base) if frame.pts is not None else frame.time
+            if best is None or abs(t - time_s) < best[0]:
+                best = (abs(t - time_s), frame.to_ndarray(format="rgb24"))
+            elif t > time_s:
+                break
+    if best is None:
+        raise VideoIndexError(f"{getattr(video, 'name', video)} has no frame to show")
+    return best[1]
