@@ -95,6 +95,33 @@ def test_thumbnails_never_overwrite_a_users_file(three_videos, tmp_path, capsys)
     assert (thumbs / "q01_r01.jpg").read_bytes() == edited
 
 
+def test_a_search_stopped_while_writing_thumbnails_leaves_only_its_own_files(tmp_path):
+    """Stopped between two thumbnails (the disk as a kill -9 there leaves it: the first written,
+    the second's temporary file behind), the next search takes the folder as its own."""
+    from clip_hitchhiker.search.thumbnails import ThumbnailFolder
+
+    results = [{"hits": [{"rank": 1, "video": "a.mp4"}, {"rank": 2, "video": "b.mp4"}]}]
+    frame = np.full((8, 8, 3), 200, np.uint8)
+
+    def stopped_at_the_second(hit):
+        if hit["rank"] == 2:
+            (tmp_path / ".q01_r02.jpg.x1y2z3w4").write_bytes(b"half a JPEG")
+            raise KeyboardInterrupt
+        return frame
+    with pytest.raises(KeyboardInterrupt):
+        ThumbnailFolder.claim(tmp_path, 1, 2).write(results, stopped_at_the_second)
+    assert sorted(os.listdir(tmp_path)) == sorted([RECORD, ".q01_r02.jpg.x1y2z3w4",
+                                                   "q01_r01.jpg"])
+    (tmp_path / "notes.txt").write_text("mine")
+    again = ThumbnailFolder.claim(tmp_path, 1, 2)  # not refused: q01_r01.jpg is the tool's
+    outcomes = again.write(results, lambda hit: frame)
+    assert [(q, hit["rank"], path.name, reason) for q, hit, path, reason in outcomes] == [
+        (1, 1, "q01_r01.jpg", None), (1, 2, "q01_r02.jpg", None)]
+    assert sorted(os.listdir(tmp_path)) == sorted([RECORD, "notes.txt", "q01_r01.jpg",
+                                                   "q01_r02.jpg"])
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 @pytest.mark.parametrize("kind", ["file", "read-only"])
 def test_a_thumbnails_folder_that_is_a_file_or_read_only_stops_before_the_search(
         three_videos, tmp_path, capsys, kind):
