@@ -166,6 +166,35 @@ def test_more_like_this_is_the_moments_mean_unit_frame(colour, client):
     assert result["hits"][0]["video"] == colour["truth"]["yellow"][0]
 
 
+def test_a_video_name_that_is_not_utf8_is_answered_as_search_json_prints_it(colour, tmp_path,
+                                                                           capsys):
+    from starlette.testclient import TestClient
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    raw = os.fsencode(videos) + b"/caf\xe9 red.mp4"
+    try:
+        shutil.copy2(colour["truth"]["red"][0], raw)
+    except OSError as e:
+        pytest.skip(f"this file system takes no non-UTF-8 name ({e})")
+    shutil.copy2(colour["truth"]["blue"][0], videos / "blue.mp4")
+    search_videos.main(search_videos.parse_args(
+        ["index", str(videos), "--index", str(tmp_path / "index"), "--model",
+         str(colour["model"]), "--device", "cpu", "--num_workers", "0", "--decoder", "pyav"]))
+    client = TestClient(server.create_app(server.SearchService(
+        VideoIndex.open(tmp_path / "index"), tmp_path / "cache")))
+    answer = client.get("/api/search", params={"q": "a red video", "k": 2})
+    assert answer.status_code == 200, answer.text
+    expected = cli_json(capsys, "search", "--index", tmp_path / "index", "a red video", "-k", 2)
+    assert without_extras(answer.json()) == expected
+    hit = answer.json()["queries"][0]["hits"][0]
+    assert hit["video"] == os.fsdecode(raw)
+    like = client.get(f"/api/similar/{hit['id']}", params={"start": 0, "end": 3})
+    assert like.status_code == 200 and like.json()["queries"][0]["like"]["video"] == hit["video"]
+    video = client.get(f"/api/video/{hit['id']}")
+    assert video.status_code == 200 and video.content == Path(os.fsdecode(raw)).read_bytes()
+
+
 def test_info_page_and_static_files(client):
     info = client.get("/api/info").json()
     assert info["num_videos"] == 10 and info["num_frames"] == 109 and "videos" not in info

@@ -373,7 +373,7 @@ def create_app(service, token=None, allowed_hosts=None):
     from starlette.exceptions import HTTPException
     from starlette.middleware import Middleware
     from starlette.middleware.trustedhost import TrustedHostMiddleware
-    from starlette.responses import JSONResponse, Response
+    from starlette.responses import Response
     from starlette.routing import Route
 
     pages = {route: (_static_bytes(name), kind) for route, (name, kind) in STATIC_FILES.items()}
@@ -386,19 +386,19 @@ def create_app(service, token=None, allowed_hosts=None):
     async def search_get(request):
         job = service.text_job(request.query_params.get("q", ""),
                                search_options(request.query_params))
-        return JSONResponse(await asyncio.wrap_future(service.submit(job)))
+        return json_response(await asyncio.wrap_future(service.submit(job)))
 
     async def search_post(request):
         options = search_options(request.query_params)
         data = await _read_body(request, MAX_IMAGE_BYTES)
-        return JSONResponse(await asyncio.wrap_future(service.submit(
+        return json_response(await asyncio.wrap_future(service.submit(
             service.image_job(data, options))))
 
     async def similar(request):
         start, end = _moment(request)
         job = service.similar_job(request.path_params["id"], start, end,
                                   search_options(request.query_params))
-        return JSONResponse(await asyncio.wrap_future(service.submit(job)))
+        return json_response(await asyncio.wrap_future(service.submit(job)))
 
     def video(request):
         video_id = request.path_params["id"]
@@ -410,10 +410,10 @@ def create_app(service, token=None, allowed_hosts=None):
         video_id = request.path_params["id"]
         start, end = _moment(request)
         if service.playable(video_id):
-            return JSONResponse({"url": f"/api/video/{video_id}", "offset": 0.0,
+            return json_response({"url": f"/api/video/{video_id}", "offset": 0.0,
                                  "method": "original"})
         _, meta = service.clip(video_id, start, end, for_browser=True)
-        return JSONResponse({"url": f"/api/clip/{video_id}?start={start}&end={end}&browser=1",
+        return json_response({"url": f"/api/clip/{video_id}?start={start}&end={end}&browser=1",
                              "offset": meta["start"], "method": meta["method"]})
 
     def clip(request):
@@ -437,22 +437,22 @@ def create_app(service, token=None, allowed_hosts=None):
     def info(request):
         summary = service.index.info(with_times=False)
         summary.pop("videos")
-        return JSONResponse({**summary, "token_required": token is not None,
+        return json_response({**summary, "token_required": token is not None,
                              "limits": {"query_chars": MAX_QUERY_CHARS,
                                         "image_bytes": MAX_IMAGE_BYTES, "k": MAX_K}})
 
     def refused(request, exc):
         status = getattr(exc, "status", None) or getattr(exc, "status_code", 500)
         message = str(exc) if isinstance(exc, RequestError) else (exc.detail or "refused")
-        return JSONResponse({"error": message}, status_code=status)
+        return json_response({"error": message}, status_code=status)
 
     def failed(request, exc):
         if isinstance(exc, (ConfigError, ValueError)):
-            return JSONResponse({"error": str(exc)}, status_code=400)
+            return json_response({"error": str(exc)}, status_code=400)
         if isinstance(exc, HitchhikerError):
-            return JSONResponse({"error": str(exc)}, status_code=500)
+            return json_response({"error": str(exc)}, status_code=500)
         _log.error("request %s failed", request.url.path, exc_info=exc)
-        return JSONResponse({"error": f"the server failed ({type(exc).__name__}); its log "
+        return json_response({"error": f"the server failed ({type(exc).__name__}); its log "
                                       "has the details"}, status_code=500)
 
     routes = [Route(path, static) for path in STATIC_FILES] + [
@@ -471,6 +471,16 @@ def create_app(service, token=None, allowed_hosts=None):
     return Starlette(routes=routes, middleware=middleware,
                      exception_handlers={RequestError: refused, HTTPException: refused,
                                          Exception: failed})
+
+
+def json_response(content, status_code=200, headers=None):
+    """content as JSON text in ASCII, as `search --json` prints it: a video name that is not
+    UTF-8 keeps its undecodable bytes as \\udcXX escapes (Starlette's JSONResponse writes UTF-8,
+    which cannot hold them, and failed the whole answer)."""
+    from starlette.responses import Response
+
+    return Response(json.dumps(content, allow_nan=False), status_code, headers,
+                    media_type="application/json")
 
 
 def _moment(request):
