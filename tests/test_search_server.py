@@ -298,7 +298,8 @@ TRAVERSALS = [
     "/api/video/99", "/api/video/3", "/api/video/-1", "/api/video/1e3", "/api/video/0x1",
     "/api/video/%30%78%31", "/api/thumbnail/99?t=1", "/api/clip/3?start=0&end=1",
     "/api/play/-5?start=0&end=1", "/api/similar/99?start=0&end=1",
-    "/api/video/18446744073709551617"]
+    "/api/video/18446744073709551617", "/api/video/" + "1" * 5000, "/api/clip/" + "9" * 19,
+    "/api/video/%C2%B2", "/api/video/%EF%BC%91"]  # 5000 digits, superscript 2, fullwidth 1
 
 
 def test_every_traversal_attempt_is_refused(own_index):
@@ -448,6 +449,15 @@ def test_bounded_sizes_and_json_errors(service, client, monkeypatch):
     assert failed.json() == {"error": "the server failed (ZeroDivisionError); its log has the "
                                       "details"}
     assert "Traceback" not in failed.text
+
+
+def test_a_query_refused_by_the_index_is_a_400_not_a_server_failure(client):
+    """A QueryError (here: a text the colour CLIP embeds to zero) is the user's error: answered
+    as JSON by the app, not re-raised to uvicorn, which would log a traceback for each."""
+    answer = client.get("/api/search", params={"q": "a video"})  # raises if re-raised
+    assert answer.status_code == 400
+    assert answer.json()["error"].startswith("text_embeds row(s) [0] hold NaN or inf or are all "
+                                             "zero")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ import asyncio
 import hmac
 import importlib.resources
 import json
-import logging
 import math
 import mimetypes
 import os
@@ -51,7 +50,6 @@ STATIC_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
                 "/static/style.css": ("style.css", "text/css; charset=utf-8")}
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 _CHUNK = 1 << 18
-_log = logging.getLogger(__name__)
 
 
 class RequestError(Exception):
@@ -396,18 +394,18 @@ def create_app(service, token=None, allowed_hosts=None):
 
     async def similar(request):
         start, end = _moment(request)
-        job = service.similar_job(request.path_params["id"], start, end,
+        job = service.similar_job(_video_id(request), start, end,
                                   search_options(request.query_params))
         return json_response(await asyncio.wrap_future(service.submit(job)))
 
     def video(request):
-        video_id = request.path_params["id"]
+        video_id = _video_id(request)
         file = service.open_video(video_id)
         kind = mimetypes.guess_type(service.video_name(video_id))[0] or "application/octet-stream"
         return _file_response(request, file, kind)
 
     def play(request):
-        video_id = request.path_params["id"]
+        video_id = _video_id(request)
         start, end = _moment(request)
         if service.playable(video_id):
             return json_response({"url": f"/api/video/{video_id}", "offset": 0.0,
@@ -417,7 +415,7 @@ def create_app(service, token=None, allowed_hosts=None):
                              "offset": meta["start"], "method": meta["method"]})
 
     def clip(request):
-        video_id = request.path_params["id"]
+        video_id = _video_id(request)
         start, end = _moment(request)
         path, meta = service.clip(video_id, start, end,
                                   for_browser=request.query_params.get("browser") == "1")
@@ -428,7 +426,7 @@ def create_app(service, token=None, allowed_hosts=None):
                                "X-Clip-Start": f"{meta['start']:.6f}"})
 
     def thumbnail(request):
-        video_id = request.path_params["id"]
+        video_id = _video_id(request)
         duration = float(service.index.table["duration"][service.row(video_id)])
         time_s = number(request.query_params, "t", 0.0, 0.0, max(duration, 0.0))
         return Response(service.thumbnail(video_id, time_s), media_type="image/jpeg",
@@ -446,23 +444,25 @@ def create_app(service, token=None, allowed_hosts=None):
         message = str(exc) if isinstance(exc, RequestError) else (exc.detail or "refused")
         return json_response({"error": message}, status_code=status)
 
+    # Errors meant for the user (a bad query, a video that cannot be cut) are answered here;
+    # only a handler for Exception itself runs in Starlette's outermost middleware, which
+    # re-raises so that uvicorn logs the traceback: kept for the server's own failures.
+    def known(request, exc):
+        status = 400 if isinstance(exc, (ConfigError, ValueError)) else 500
+        return json_response({"error": str(exc)}, status_code=status)
+
     def failed(request, exc):
-        if isinstance(exc, (ConfigError, ValueError)):
-            return json_response({"error": str(exc)}, status_code=400)
-        if isinstance(exc, HitchhikerError):
-            return json_response({"error": str(exc)}, status_code=500)
-        _log.error("request %s failed", request.url.path, exc_info=exc)
         return json_response({"error": f"the server failed ({type(exc).__name__}); its log "
-                                      "has the details"}, status_code=500)
+                                       "has the details"}, status_code=500)
 
     routes = [Route(path, static) for path in STATIC_FILES] + [
         Route("/api/search", search_get, methods=["GET"]),
         Route("/api/search", search_post, methods=["POST"]),
-        Route("/api/similar/{id:int}", similar),
-        Route("/api/video/{id:int}", video),
-        Route("/api/play/{id:int}", play),
-        Route("/api/clip/{id:int}", clip),
-        Route("/api/thumbnail/{id:int}", thumbnail),
+        Route("/api/similar/{id}", similar),
+        Route("/api/video/{id}", video),
+        Route("/api/play/{id}", play),
+        Route("/api/clip/{id}", clip),
+        Route("/api/thumbnail/{id}", thumbnail),
         Route("/api/info", info),
     ]
     middleware = [Middleware(_TokenCheck, token=token)]
@@ -470,6 +470,7 @@ def create_app(service, token=None, allowed_hosts=None):
         middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts)))
     return Starlette(routes=routes, middleware=middleware,
                      exception_handlers={RequestError: refused, HTTPException: refused,
+                                         HitchhikerError: known, ValueError: known,
                                          Exception: failed})
 
 
@@ -481,6 +482,15 @@ def json_response(content, status_code=200, headers=None):
 
     return Response(json.dumps(content, allow_nan=False), status_code, headers,
                     media_type="application/json")
+
+
+def _video_id(request):
+    """The {id} of the request's path as an int: decimal digits only, at most 18 of them (an
+    index's ids are row numbers); RequestError(404) otherwise, before anything is opened."""
+    text = request.path_params["id"]
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):
+        raise RequestError(404, f"no video with id {text[:40]!r} in this index")
+    return int(text)
 
 
 def _moment(request):
