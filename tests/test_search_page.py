@@ -217,3 +217,49 @@ def test_the_page_shows_a_json_error_not_a_trace(served, browser):
     error = browser.find_element(By.ID, "error").text
     assert error == "q has 1001 characters, more than 1000"
     assert json.dumps(error).count("Traceback") == 0 and os.sep + "site-packages" not in error
+
+
+ATTACK_PAGE = """<!doctype html><html><body>
+<img id="thumbnail" src="{served}api/thumbnail/0?t=1">
+<video id="video" src="{served}api/video/0" preload="metadata"></video>
+<script>
+  window.seen = {{}};
+  thumbnail.onload = () => {{ seen.thumbnail = "loaded"; }};
+  thumbnail.onerror = () => {{ seen.thumbnail = "refused"; }};
+  video.onloadedmetadata = () => {{ seen.video = `loaded, ${{video.duration}} s`; }};
+  video.onerror = () => {{ seen.video = "refused"; }};
+</script></body></html>"""
+
+
+def test_another_web_page_cannot_load_the_videos_or_thumbnails(served, browser):
+    """A page of another origin (here another port of 127.0.0.1: a site the user visits would
+    do the same) embeds the server's thumbnail and video: Chromium marks the requests
+    Sec-Fetch-Site: same-site and the server refuses them, so that page cannot show the user's
+    frames nor read the videos' durations and sizes."""
+    import http.server
+    import threading
+
+    page = ATTACK_PAGE.format(served=served).encode()
+
+    class AttackPage(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args):
+            pass
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), AttackPage)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        browser.get(f"http://127.0.0.1:{other.server_address[1]}/")
+        wait_for(browser, lambda d: len(d.execute_script("return window.seen") or {}) == 2,
+                 message="the other page's thumbnail and video to load or fail")
+        assert browser.execute_script("return window.seen") == {"thumbnail": "refused",
+                                                                 "video": "refused"}
+    finally:
+        other.shutdown()
+        other.server_close()

@@ -376,6 +376,35 @@ def test_token_is_enforced_on_every_request(service):
     assert client.post("/api/search", content=b"x").status_code == 401
 
 
+def test_requests_from_other_web_pages_are_refused(colour, client, tmp_path):
+    """Every combination of what a browser says about a request's source: only the page's own
+    requests, a typed address or a link to the page itself pass (and clients that say nothing);
+    a web page elsewhere cannot search, cut clips or load thumbnails and videos."""
+    image = search_synthetic.colour_image(tmp_path / "red.png", "red").read_bytes()
+    requests = [("GET", "/"), ("GET", "/static/app.js"), ("GET", "/api/thumbnail/7?t=1"),
+                ("GET", "/api/video/7"), ("GET", "/api/search?q=a+red+video&k=1"),
+                ("POST", "/api/search?k=1"), ("GET", "/api/clip/7?start=0&end=1")]
+    for site in [None, "same-origin", "none", "same-site", "cross-site"]:
+        for mode in [None, "navigate", "no-cors", "cors"]:
+            for method, path in requests:
+                headers = {name: value for name, value in [("Sec-Fetch-Site", site),
+                                                           ("Sec-Fetch-Mode", mode)] if value}
+                answer = client.request(method, path, headers=headers,
+                                        content=image if method == "POST" else None)
+                allowed = site in (None, "same-origin", "none") or (
+                    mode == "navigate" and path == "/")
+                assert answer.status_code == (200 if allowed else 403), (site, mode, path)
+                if not allowed:
+                    assert answer.json()["error"] == (
+                        f"refused: another web page made this request (Sec-Fetch-Site: {site}); "
+                        "open the search page itself")
+    for origin in ["http://testserver", "https://testserver", "http://evil.example", "null",
+                   "http://testserver.evil.example", "http://testserver:80"]:
+        answer = client.post("/api/search?k=1", content=image, headers={"Origin": origin})
+        allowed = origin.split("://")[-1] == "testserver"
+        assert answer.status_code == (200 if allowed else 403), origin
+
+
 def free_port():
     import socket
 

@@ -465,7 +465,7 @@ def create_app(service, token=None, allowed_hosts=None):
         Route("/api/thumbnail/{id}", thumbnail),
         Route("/api/info", info),
     ]
-    middleware = [Middleware(_TokenCheck, token=token)]
+    middleware = [Middleware(_SameOriginOnly), Middleware(_TokenCheck, token=token)]
     if allowed_hosts is not None:
         middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts)))
     return Starlette(routes=routes, middleware=middleware,
@@ -557,6 +557,53 @@ def _chunks(file, first, last):
             yield chunk
 
 
+async def _send_error(send, status, message):
+    """An ASGI response {"error": message} with this status, from a middleware."""
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def cross_site_reason(method, path, headers):
+    """Why a request comes from another web page than the server's own (None if it does not):
+    the user's browser, on any site it visits, would otherwise let that site drive this server
+    (searches, clips to cut) and load its thumbnails and videos into its own page, reading
+    their count, durations and sizes. Browsers say where a request comes from in Sec-Fetch-Site
+    (and Origin for fetches and forms); a request without either (curl, a script) is let
+    through. A top-level navigation to the page itself (a link to it) is let through too.
+    headers: {lower-case name: value}."""
+    site = headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        navigation = (headers.get("sec-fetch-mode") == "navigate" and
+                      method in ("GET", "HEAD") and path == "/")
+        if not navigation:
+            return f"Sec-Fetch-Site: {site}"
+    origin = headers.get("origin")  # scheme aside: a proxy in front may add TLS
+    if origin is not None and origin.split("://", 1)[-1] != headers.get("host"):
+        return f"Origin: {origin}"
+    return None
+
+
+class _SameOriginOnly:
+    """Refuses (403, JSON) a request that another web page made (see cross_site_reason)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            headers = {name.decode("latin-1").lower(): value.decode("latin-1")
+                       for name, value in scope.get("headers", [])}
+            reason = cross_site_reason(scope["method"], scope["path"], headers)
+            if reason is not None:
+                await _send_error(send, 403, f"refused: another web page made this request "
+                                             f"({reason}); open the search page itself")
+                return
+        await self.app(scope, receive, send)
+
+
 class _TokenCheck:
     """Refuses (401, JSON) every request that does not carry the token, when one is set: as
     ?token=, as Authorization: Bearer, or as the cookie that a request with ?token= gets, so
@@ -572,12 +619,8 @@ class _TokenCheck:
         cookie = f"hitchhiker_token_{(scope.get('server') or ('', 0))[1]}"
         given = _request_tokens(scope, cookie)
         if not any(hmac.compare_digest(t.encode(), self.token.encode()) for t in given.values()):
-            body = json.dumps({"error": "this server needs its token: open the URL it printed "
-                                        "(...?token=...)"}).encode()
-            await send({"type": "http.response.start", "status": 401,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
+            await _send_error(send, 401, "this server needs its token: open the URL it printed "
+                                         "(...?token=...)")
             return
         if "query" not in given:
             await self.app(scope, receive, send)
