@@ -567,9 +567,9 @@ def run_serve(args):
                                    args.cache or server.default_cache_dir(), args.device)
     service.warm_up()
     server.check_port_free(args.host, args.port)
-    app = server.create_app(service, token, allowed_hosts=server.LOOPBACK_HOSTS if local
-                            else None)
-    shown = args.host if local else socket.gethostname()
+    app = server.create_app(service, token, allowed_hosts=server.loopback_host_names(args.host)
+                            if local else None)
+    shown = server.url_host(args.host) if local else socket.gethostname()
     url = f"http://{shown}:{args.port}/" + (f"?token={token}" if token else "")
     print(f"serving {Path(args.index).resolve()} ({len(service.index)} videos) at {url} "
           "(Ctrl-C stops)", flush=True)

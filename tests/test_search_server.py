@@ -440,6 +440,36 @@ def test_serve_off_loopback_warns_and_generates_a_token(colour, monkeypatch, cap
     assert local.get("/api/info", headers={"Host": "evil.example"}).status_code == 400
 
 
+@pytest.mark.parametrize("host, url_host", [("::1", "[::1]"), ("127.0.0.2", "127.0.0.2"),
+                                             ("localhost", "localhost")])
+def test_serve_on_any_loopback_address_answers_its_own_url(colour, monkeypatch, capsys, host,
+                                                           url_host):
+    """The printed URL opens the page: its Host is accepted (an IPv6 address in brackets, as
+    URLs write it), and names that merely resemble a loopback address are not loopback."""
+    import socket
+
+    from starlette.testclient import TestClient
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host, 0))
+    except OSError as e:
+        pytest.skip(f"this machine cannot listen on {host} ({e})")
+    served, port = {}, free_port()
+    monkeypatch.setattr(server, "run_server", lambda app, host, port: served.update(app=app))
+    url = search_videos.main(search_videos.parse_args(
+        ["serve", "--index", str(colour["index"]), "--host", host, "--port", str(port),
+         "--cache", str(colour["root"] / "cache")]))
+    assert url == f"http://{url_host}:{port}/"
+    assert "warning" not in capsys.readouterr().err  # loopback: no token needed
+    client = TestClient(served["app"], base_url=url)
+    assert client.get("/api/info").status_code == 200
+    assert client.get("/api/info", headers={"Host": f"evil.example:{port}"}).status_code == 400
+    assert [server.is_loopback(h) for h in ["127.0.0.1", "127.255.0.9", "::1", "localhost",
+                                            "127.evil.example", "0.0.0.0", "::", "10.0.0.1"]] \
+        == [True, True, True, True, False, False, False, False]
+
+
 def test_serve_on_a_taken_port_is_one_line(colour, capsys):
     import socket
 

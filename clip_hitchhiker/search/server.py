@@ -19,6 +19,7 @@ other than its own names (DNS rebinding). Sizes are bounded; errors are JSON.
 import asyncio
 import hmac
 import importlib.resources
+import ipaddress
 import json
 import math
 import mimetypes
@@ -48,7 +49,7 @@ MAX_CANDIDATES = 10_000
 STATIC_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
                 "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
                 "/static/style.css": ("style.css", "text/css; charset=utf-8")}
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")  # as Host headers write them
 _CHUNK = 1 << 18
 
 
@@ -683,4 +684,23 @@ def run_server(app, host, port):
 
 
 def is_loopback(host):
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
+    """True if `--host` host listens on this machine only: localhost or a loopback address
+    (127.0.0.0/8, ::1); not a name that merely starts with "127."."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def url_host(host):
+    """host as a URL and a Host header write it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
+def loopback_host_names(host):
+    """The Host header names a server listening on the loopback address `host` accepts: its
+    own address and this machine's usual names; a name another site resolves to 127.0.0.1 (DNS
+    rebinding) is refused."""
+    return tuple(dict.fromkeys((*LOOPBACK_HOSTS, url_host(host))))
