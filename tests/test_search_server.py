@@ -628,6 +628,46 @@ def test_play_gives_a_clip_for_4_4_4_video_and_the_index_stays_unwritten(colour,
     assert snapshot(colour["index"]) == before
 
 
+def test_two_requests_for_one_clip_make_it_once(colour, tmp_path, monkeypatch):
+    from clip_hitchhiker.search import moment_clips
+
+    service = server.SearchService(VideoIndex.open(colour["index"]), tmp_path / "cache")
+    made, write_clip = [], moment_clips.write_clip
+
+    def slow_write_clip(*args, **kwargs):
+        made.append(args[1:3])
+        time.sleep(0.3)  # the other requests arrive while it is being made
+        return write_clip(*args, **kwargs)
+
+    monkeypatch.setattr(moment_clips, "write_clip", slow_write_clip)
+    answers, barrier = [], threading.Barrier(4)
+
+    def ask():
+        barrier.wait()
+        path, meta = service.clip(7, 1.0, 3.0, for_browser=False)
+        answers.append((Path(path).read_bytes(), meta))
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert made == [(1.0, 3.0)]
+    assert len(answers) == 4 and all(answer == answers[0] for answer in answers)
+    assert sorted(p.suffix for p in (tmp_path / "cache").iterdir()) == [".json", ".mp4"]
+
+
+def test_a_clip_must_start_within_the_video_and_ends_at_its_end(colour, client):
+    duration = float(VideoIndex.open(colour["index"]).table["duration"][7])
+    past = client.get("/api/clip/7", params={"start": 100, "end": 200})
+    assert past.status_code == 400
+    assert past.json()["error"] == f"start=100 is past the end of video 7 ({duration:.3f} s)"
+    assert client.get("/api/play/7", params={"start": duration, "end": 200}).status_code == 400
+    whole = client.get("/api/clip/7", params={"start": 1, "end": 1e7})
+    assert whole.status_code == 200
+    assert whole.content == client.get("/api/clip/7", params={"start": 1, "end": duration}).content
+
+
 def test_play_gives_the_original_for_a_browser_video(tmp_path):
     data = search_synthetic.build_colour_index(tmp_path, pix_fmt="yuv420p")
     from starlette.testclient import TestClient

@@ -17,6 +17,7 @@ Requests carry the token where one is set; a loopback-only server also refuses H
 other than its own names (DNS rebinding). Sizes are bounded; errors are JSON.
 """
 import asyncio
+import contextlib
 import hmac
 import importlib.resources
 import ipaddress
@@ -140,6 +141,7 @@ class SearchService:
         self._row_of_path = {p: r for r, p in enumerate(table["path"])}
         self._thumbnails = _LRU(256)
         self._playable = {}
+        self._clip_lock = threading.Lock()
 
     def warm_up(self):
         """Load the model (and page in what one query touches) before the first request."""
@@ -282,28 +284,49 @@ class SearchService:
 
     def clip(self, video_id, start, end, for_browser):
         """(path, {"start", "end", "method"}) of the moment's clip in the cache, made if
-        missing. Named by the video's sha256, so that a changed video never meets an old clip;
-        written beside and moved into place, so that a half-written clip is never served."""
+        missing. The moment must start within the video (its end is cut at the video's). Named
+        by the video's sha256, so that a changed video never meets an old clip; written beside
+        and moved into place (its record first), so that a half-written clip is never served;
+        made one at a time, so that two requests for one clip make it once and clips never
+        take every core."""
         from clip_hitchhiker.search.moment_clips import write_clip
 
-        sha = self.index.table["sha256"][self.row(video_id)] or f"id{video_id}"
+        row = self.row(video_id)
+        duration = float(self.index.table["duration"][row])
+        if start >= duration:
+            raise RequestError(400, f"start={start:g} is past the end of video {video_id} "
+                                    f"({duration:.3f} s)")
+        end = min(end, duration)
+        sha = self.index.table["sha256"][row] or f"id{video_id}"
         key = f"{sha[:32]}_{round(start * 1000)}_{round(end * 1000)}_" + \
               ("browser" if for_browser else "mp4")
         path, meta_path = self.cache_dir / f"{key}.mp4", self.cache_dir / f"{key}.json"
         with self.open_video(video_id) as file:
             if path.is_file() and meta_path.is_file():
                 return path, json.loads(meta_path.read_text())
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            fd, temporary = tempfile.mkstemp(suffix=".mp4.part", dir=self.cache_dir)
-            os.close(fd)
-            try:
-                meta = write_clip(file, start, end, temporary, for_browser=for_browser)
-                meta_path.write_text(json.dumps(meta))
-                os.replace(temporary, path)
-            finally:
-                if os.path.exists(temporary):
-                    os.unlink(temporary)
+            with self._clip_lock:
+                if path.is_file() and meta_path.is_file():  # made while this one waited
+                    return path, json.loads(meta_path.read_text())
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+                with _temporary(self.cache_dir, ".mp4.part") as made, \
+                        _temporary(self.cache_dir, ".json.part") as record:
+                    meta = write_clip(file, start, end, made, for_browser=for_browser)
+                    Path(record).write_text(json.dumps(meta))
+                    os.replace(record, meta_path)
+                    os.replace(made, path)
         return path, meta
+
+
+@contextlib.contextmanager
+def _temporary(folder, suffix):
+    """The path of a new empty file in folder, removed on the way out unless moved away."""
+    fd, temporary = tempfile.mkstemp(suffix=suffix, dir=folder)
+    os.close(fd)
+    try:
+        yield temporary
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
 
 
 def _image(data):
