@@ -677,6 +677,10 @@ def test_play_gives_the_original_for_a_browser_video(tmp_path):
     assert client.get("/api/play/3?start=1&end=2").json() == {
         "url": "/api/video/3", "offset": 0.0, "method": "original"}
     assert not (tmp_path / "cache").exists()
+    # Changed after it was played once: the page hears of it, not only the video element.
+    os.utime(service.index.table["path"][service.row(3)])
+    changed = client.get("/api/play/3?start=1&end=2")
+    assert changed.status_code == 404 and "changed since it was indexed" in changed.json()["error"]
 
 
 def test_the_scorer_thread_uses_the_creators_thread_counts(colour, tmp_path):

@@ -275,10 +275,12 @@ class SearchService:
         return self._thumbnails.put(key, out.getvalue())
 
     def playable(self, video_id):
+        """True if browsers play the video as it is (remembered); RequestError(404) if it is
+        no longer the file indexed, checked on every call, so that the page hears of it."""
         from clip_hitchhiker.search.moment_clips import browser_playable
 
+        self.open_video(video_id).close()
         if video_id not in self._playable:
-            self.open_video(video_id).close()
             self._playable[video_id] = browser_playable(self.video_name(video_id))
         return self._playable[video_id]
 
