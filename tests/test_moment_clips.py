@@ -84,6 +84,51 @@ def test_unreadable_image_is_one_line(gop_index, tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
+EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n%%EndComments\nshowpage\n"
+       b"%%EOF\n")
+
+
+def ghostscript_calls(monkeypatch):
+    """The calls Pillow's EPS reader makes to Ghostscript (none run: it is replaced)."""
+    from PIL import EpsImagePlugin
+
+    calls = []
+
+    def ghostscript(*args, **kwargs):
+        calls.append(args)
+        raise OSError("Ghostscript was called")
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", ghostscript)
+    return calls
+
+
+def test_an_image_query_is_the_image_as_a_viewer_shows_it(tmp_path, monkeypatch):
+    """Pixels after the EXIF orientation (3: turned half a turn) and transparency over white;
+    an EPS is refused before Pillow hands it to Ghostscript."""
+    from PIL import Image
+
+    from clip_hitchhiker.errors import ConfigError
+    from clip_hitchhiker.search.query_embeddings import image_tensor
+
+    stored = Image.new("RGB", (2, 1))
+    stored.putdata([(255, 0, 0), (0, 0, 255)])  # red | blue as stored
+    exif = stored.getexif()
+    exif[0x0112] = 3  # Orientation: rotated 180 degrees
+    for suffix in (".jpg", ".png"):
+        stored.save(tmp_path / f"turned{suffix}", exif=exif, **(
+            {"quality": 100, "subsampling": 0} if suffix == ".jpg" else {}))
+        pixels = image_tensor(tmp_path / f"turned{suffix}")[0].permute(1, 2, 0).numpy()
+        assert np.abs(pixels[0].astype(int) - [(0, 0, 255), (255, 0, 0)]).max() <= 8, suffix
+    clear = Image.new("RGBA", (2, 1), (255, 0, 0, 0))
+    clear.putpixel((1, 0), (0, 255, 0, 255))
+    assert image_tensor(clear)[0, :, 0].tolist() == [[255, 0], [255, 255], [255, 0]]
+    calls = ghostscript_calls(monkeypatch)
+    (tmp_path / "page.eps").write_bytes(EPS)
+    with pytest.raises(ConfigError, match="give a JPEG, PNG, WebP, GIF, BMP or TIFF"):
+        image_tensor(tmp_path / "page.eps")
+    assert calls == []
+
+
 def test_clips_start_at_the_key_frame_before_and_hold_the_moment(gop_index, tmp_path, capsys):
     report = search_json(capsys, "--index", gop_index["index"], "a red video", "a teal video",
                          "a yellow video", "-k", 3, "--clips", tmp_path / "clips")

@@ -496,6 +496,13 @@ def test_bounded_sizes_and_json_errors(service, client, monkeypatch):
         assert answer.status_code == 400 and word in answer.json()["error"], params
     not_image = client.post("/api/search", content=b"not an image")
     assert not_image.status_code == 400 and "not an image" in not_image.json()["error"]
+    from tests.test_moment_clips import EPS, ghostscript_calls
+
+    calls = ghostscript_calls(monkeypatch)
+    eps = client.post("/api/search", content=EPS)  # Pillow's EPS reader runs Ghostscript
+    assert eps.status_code == 400 and calls == []
+    assert eps.json()["error"].startswith("the upload is not an image the page reads (JPEG, "
+                                          "PNG, WebP, GIF, BMP or TIFF): ")
     monkeypatch.setattr(server, "MAX_IMAGE_BYTES", 1000)
     big = client.post("/api/search", content=b"x" * 1001)
     assert big.status_code == 413

@@ -335,16 +335,17 @@ def _image(data):
     """The PIL image of an upload's bytes; RequestError if it is not one or is too large."""
     from PIL import Image, UnidentifiedImageError
 
-    from clip_hitchhiker.search.query_embeddings import MAX_IMAGE_PIXELS
+    from clip_hitchhiker.search.query_embeddings import IMAGE_FORMATS, MAX_IMAGE_PIXELS
 
     try:
-        image = Image.open(BytesIO(data))  # reads the header only
+        image = Image.open(BytesIO(data), formats=IMAGE_FORMATS)  # reads the header only
         if image.width * image.height > MAX_IMAGE_PIXELS:
             raise RequestError(413, f"the image has {image.width} x {image.height} pixels, "
                                     f"more than {MAX_IMAGE_PIXELS}")
         image.load()
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
-        raise RequestError(400, f"the upload is not an image Pillow reads ({e})") from e
+        raise RequestError(400, "the upload is not an image the page reads (JPEG, PNG, WebP, "
+                                f"GIF, BMP or TIFF): {e}") from e
     return image
 
 
