@@ -504,16 +504,14 @@ def run_search(args):
 
 def write_moment_clips(results, folder):
     """Each hit's moment as an MP4 in folder (hit["clip"]: its path), never replacing a file."""
-    import tempfile
-
-    from clip_hitchhiker.search.moment_clips import clip_name, place_clip, write_clip
+    from clip_hitchhiker.search.moment_clips import (clip_name, new_part_file, place_clip,
+                                                     write_clip)
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for result in results:
         for hit in result["hits"]:
-            fd, made = tempfile.mkstemp(prefix=".clip-", suffix=".mp4.part", dir=folder)
-            os.close(fd)
+            made = new_part_file(folder)
             try:
                 write_clip(hit["video"], hit["start"], hit["end"], made)
                 hit["clip"] = str(place_clip(made, folder, clip_name(hit["video"], hit["start"],

@@ -4,6 +4,7 @@ copy) or at its first frame (re-encoded), holds exactly the frames up to its end
 never replaces a file the tool did not write."""
 import json
 import math
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -170,6 +171,9 @@ def test_clips_never_replace_a_file_and_a_rerun_reuses_its_own(gop_index, tmp_pa
                         "--clips", folder)
     assert again["queries"][0]["hits"][0]["clip"] == str(made)
     assert sorted(p.name for p in folder.iterdir()) == before  # no "(3)", no temporary left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert made.stat().st_mode & 0o777 == 0o666 & ~umask  # as any new file of the user's
 
 
 def test_place_clip_tries_names_in_order(tmp_path):
@@ -177,9 +181,11 @@ def test_place_clip_tries_names_in_order(tmp_path):
     (tmp_path / "a (2).mp4").mkdir()
     made = tmp_path / "made"
     made.write_bytes(b"new")
-    assert place_clip(made, tmp_path, "a.mp4") == tmp_path / "a (3).mp4"
-    assert (tmp_path / "a (3).mp4").read_bytes() == b"new" and not made.exists()
+    (tmp_path / "a (3).mp4").symlink_to(tmp_path / "gone")  # a dangling link is no clip
+    assert place_clip(made, tmp_path, "a.mp4") == tmp_path / "a (4).mp4"
+    assert (tmp_path / "a (4).mp4").read_bytes() == b"new" and not made.exists()
     assert (tmp_path / "a.mp4").read_bytes() == b"1"
+    assert os.readlink(tmp_path / "a (3).mp4") == str(tmp_path / "gone")
 
 
 def write_mjpeg_avi(path, colour_segment, seconds=6):

@@ -306,8 +306,25 @@ def place_clip(made, folder, name):
     return path
 
 
+def new_part_file(folder):
+    """A new empty file ".clip-<random>.mp4.part" in folder, for a clip to be written into and
+    then placed: made with the permissions the user's umask gives new files (mkstemp's 0600
+    would leave the user's clips unreadable to anyone else)."""
+    import secrets
+
+    for _ in range(100):
+        path = Path(folder) / f".clip-{secrets.token_hex(6)}.mp4.part"
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"{folder} holds 100 files named like .clip-*.mp4.part")
+
+
 def _same_bytes(a, b):
-    if os.path.getsize(a) != os.path.getsize(b):
+    """True if b is a regular file (through links) with a's bytes."""
+    if not os.path.isfile(b) or os.path.getsize(a) != os.path.getsize(b):
         return False
     with open(a, "rb") as fa, open(b, "rb") as fb:
         return all(x == y for x, y in zip(iter(lambda: fa.read(1 << 20), b""),
