@@ -2,6 +2,7 @@
 every traversal attempt refused, the token, bounded sizes, JSON errors, concurrent requests and
 the model loaded once. A real server on 127.0.0.1 where the raw request matters."""
 import http.client
+import itertools
 import json
 import os
 import shutil
@@ -384,25 +385,56 @@ def test_requests_from_other_web_pages_are_refused(colour, client, tmp_path):
     requests = [("GET", "/"), ("GET", "/static/app.js"), ("GET", "/api/thumbnail/7?t=1"),
                 ("GET", "/api/video/7"), ("GET", "/api/search?q=a+red+video&k=1"),
                 ("POST", "/api/search?k=1"), ("GET", "/api/clip/7?start=0&end=1")]
-    for site in [None, "same-origin", "none", "same-site", "cross-site"]:
-        for mode in [None, "navigate", "no-cors", "cors"]:
-            for method, path in requests:
-                headers = {name: value for name, value in [("Sec-Fetch-Site", site),
-                                                           ("Sec-Fetch-Mode", mode)] if value}
-                answer = client.request(method, path, headers=headers,
-                                        content=image if method == "POST" else None)
-                allowed = site in (None, "same-origin", "none") or (
-                    mode == "navigate" and path == "/")
-                assert answer.status_code == (200 if allowed else 403), (site, mode, path)
-                if not allowed:
-                    assert answer.json()["error"] == (
-                        f"refused: another web page made this request (Sec-Fetch-Site: {site}); "
-                        "open the search page itself")
+    for site, mode, dest, (method, path) in itertools.product(
+            [None, "same-origin", "none", "same-site", "cross-site"],
+            [None, "navigate", "no-cors", "cors"], [None, "document", "iframe", "image"],
+            requests):
+        headers = {name: value for name, value in [
+            ("Sec-Fetch-Site", site), ("Sec-Fetch-Mode", mode), ("Sec-Fetch-Dest", dest)]
+            if value}
+        answer = client.request(method, path, headers=headers,
+                                content=image if method == "POST" else None)
+        allowed = site in (None, "same-origin", "none") or (
+            mode == "navigate" and dest in (None, "document") and path == "/")
+        assert answer.status_code == (200 if allowed else 403), (site, mode, dest, path)
+        if not allowed:
+            assert answer.json()["error"] == (
+                f"refused: another web page made this request (Sec-Fetch-Site: {site}); "
+                "open the search page itself")
     for origin in ["http://testserver", "https://testserver", "http://evil.example", "null",
                    "http://testserver.evil.example", "http://testserver:80"]:
         answer = client.post("/api/search?k=1", content=image, headers={"Origin": origin})
         allowed = origin.split("://")[-1] == "testserver"
         assert answer.status_code == (200 if allowed else 403), origin
+
+
+def test_a_file_is_served_as_a_video_or_as_bytes_never_as_a_page(colour, tmp_path, client):
+    """A list may index a file that decodes as video whatever its name: named .html or .svg it
+    is served as bytes (a page of this origin could read every answer); the page itself may not
+    be framed by another site and loads only its own files."""
+    from starlette.testclient import TestClient
+
+    for name in ["page.html", "image.svg", "clip.mp4", "film.webm"]:
+        shutil.copy2(colour["truth"]["red"][0], tmp_path / name)
+    (tmp_path / "list.txt").write_text("page.html\nimage.svg\nclip.mp4\nfilm.webm\n")
+    search_videos.main(search_videos.parse_args(
+        ["index", str(tmp_path / "list.txt"), "--index", str(tmp_path / "index"), "--model",
+         str(colour["model"]), "--device", "cpu", "--num_workers", "0"]))
+    service = server.SearchService(VideoIndex.open(tmp_path / "index"), tmp_path / "cache")
+    listed = TestClient(server.create_app(service))
+    served = {}
+    for video_id, path in zip(service.index.table["id"], service.index.table["path"]):
+        answer = listed.get(f"/api/video/{video_id}", headers={"Range": "bytes=0-3"})
+        assert answer.status_code == 206 and answer.headers["x-content-type-options"] == "nosniff"
+        served[Path(path).name] = answer.headers["content-type"]
+    assert served == {"page.html": "application/octet-stream",
+                      "image.svg": "application/octet-stream", "clip.mp4": "video/mp4",
+                      "film.webm": "video/webm"}
+    page = client.get("/")
+    assert page.headers["x-frame-options"] == "DENY"
+    assert page.headers["content-security-policy"] == (
+        "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; "
+        "frame-ancestors 'none'")
 
 
 def free_port():

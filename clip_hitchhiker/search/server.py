@@ -50,6 +50,13 @@ MAX_CANDIDATES = 10_000
 STATIC_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
                 "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
                 "/static/style.css": ("style.css", "text/css; charset=utf-8")}
+# The page loads nothing but its own files (and the dropped image's blob: preview), and no other
+# site may frame it (clicks on it from under another page).
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
+                                           "object-src 'none'; base-uri 'none'; "
+                                           "frame-ancestors 'none'",
+                "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "no-referrer"}
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")  # as Host headers write them
 _CHUNK = 1 << 18
 
@@ -405,7 +412,8 @@ def create_app(service, token=None, allowed_hosts=None):
 
     def static(request):
         body, kind = pages[request.url.path]
-        return Response(body, media_type=kind, headers={"Cache-Control": "no-cache"})
+        return Response(body, media_type=kind, headers={"Cache-Control": "no-cache",
+                                                        **PAGE_HEADERS})
 
     # The searches are handed from the event loop straight to the scorer thread.
     async def search_get(request):
@@ -428,8 +436,7 @@ def create_app(service, token=None, allowed_hosts=None):
     def video(request):
         video_id = _video_id(request)
         file = service.open_video(video_id)
-        kind = mimetypes.guess_type(service.video_name(video_id))[0] or "application/octet-stream"
-        return _file_response(request, file, kind)
+        return _file_response(request, file, served_type(service.video_name(video_id)))
 
     def play(request):
         video_id = _video_id(request)
@@ -529,6 +536,15 @@ def _moment(request):
     return start, end
 
 
+def served_type(name):
+    """The Content-Type a video file is served with: its media type where the name says video
+    or audio, else application/octet-stream. A list may index any name, and a file that decodes
+    as video but is named .html or .svg must not run as a page of this origin."""
+    kind = mimetypes.guess_type(name)[0]
+    return kind if kind and kind.split("/")[0] in ("video", "audio") else \
+        "application/octet-stream"
+
+
 def _static_bytes(name):
     return (importlib.resources.files("clip_hitchhiker.search") / "static" / name).read_bytes()
 
@@ -563,7 +579,8 @@ def _file_response(request, file, kind, headers=None):
         return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"},
                         content=json.dumps({"error": str(e)}), media_type="application/json")
     first, last = span if span is not None else (0, size - 1)
-    headers = {**(headers or {}), "Accept-Ranges": "bytes", "Content-Length": str(last - first + 1)}
+    headers = {**(headers or {}), "Accept-Ranges": "bytes", "Content-Length": str(last - first + 1),
+               "X-Content-Type-Options": "nosniff"}
     if span is not None:
         headers["Content-Range"] = f"bytes {first}-{last}/{size}"
     if request.method == "HEAD":
@@ -599,11 +616,13 @@ def cross_site_reason(method, path, headers):
     (searches, clips to cut) and load its thumbnails and videos into its own page, reading
     their count, durations and sizes. Browsers say where a request comes from in Sec-Fetch-Site
     (and Origin for fetches and forms); a request without either (curl, a script) is let
-    through. A top-level navigation to the page itself (a link to it) is let through too.
+    through. A top-level navigation to the page itself (a link to it, not a frame) is let
+    through too.
     headers: {lower-case name: value}."""
     site = headers.get("sec-fetch-site")
     if site is not None and site not in ("same-origin", "none"):
         navigation = (headers.get("sec-fetch-mode") == "navigate" and
+                      headers.get("sec-fetch-dest", "document") == "document" and
                       method in ("GET", "HEAD") and path == "/")
         if not navigation:
             return f"Sec-Fetch-Site: {site}"
