@@ -194,6 +194,10 @@ def test_a_video_name_that_is_not_utf8_is_answered_as_search_json_prints_it(colo
     assert like.status_code == 200 and like.json()["queries"][0]["like"]["video"] == hit["video"]
     video = client.get(f"/api/video/{hit['id']}")
     assert video.status_code == 200 and video.content == Path(os.fsdecode(raw)).read_bytes()
+    clip = client.get(f"/api/clip/{hit['id']}", params={"start": 0, "end": 3})
+    assert clip.headers["content-disposition"] == (  # the name's bytes, one not UTF-8 as U+FFFD
+        "attachment; filename=\"caf__red_0.000-3.000.mp4\"; "
+        "filename*=UTF-8''caf%EF%BF%BD%20red_0.000-3.000.mp4")
 
 
 def test_info_page_and_static_files(client):
@@ -657,8 +661,9 @@ def test_play_gives_a_clip_for_4_4_4_video_and_the_index_stays_unwritten(colour,
     assert where["url"] == f"/api/clip/7?start={start}&end={start + 3}&browser=1"
     clip = client.get(where["url"])
     assert clip.status_code == 200 and clip.headers["x-clip-start"] == f"{start:.6f}"
+    name = f"red_{start:.3f}-{start + 3:.3f}.mp4"  # as search --clips names it
     assert clip.headers["content-disposition"] == \
-        f'attachment; filename="red_{start:.2f}-{start + 3:.2f}.mp4"'
+        f"attachment; filename=\"{name}\"; filename*=UTF-8''{name}"
     cached = sorted(p.name for p in service.cache_dir.iterdir())
     assert len(cached) == 2 and cached[0].endswith("_browser.json")
     assert clip.content == (service.cache_dir / cached[1]).read_bytes()

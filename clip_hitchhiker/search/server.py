@@ -39,6 +39,7 @@ import torch
 
 from clip_hitchhiker.errors import ConfigError, HitchhikerError
 from clip_hitchhiker.moments.rule import DEFAULT_MASS
+from clip_hitchhiker.search.moment_clips import clip_name
 from clip_hitchhiker.search.search_report import rounded_for_print, search_report
 from clip_hitchhiker.search.video_index import AGGREGATES, DEFAULT_CANDIDATES
 from query_scoring import queryscoring_frame_weights
@@ -453,10 +454,9 @@ def create_app(service, token=None, allowed_hosts=None):
         start, end = _moment(request)
         path, meta = service.clip(video_id, start, end,
                                   for_browser=request.query_params.get("browser") == "1")
-        name = Path(service.video_name(video_id)).stem
-        download = f'attachment; filename="{_ascii_name(name)}_{start:.2f}-{end:.2f}.mp4"'
         return _file_response(request, open(path, "rb"), "video/mp4",
-                              {"Content-Disposition": download,
+                              {"Content-Disposition": attachment(clip_name(
+                                  service.video_name(video_id), start, end)),
                                "X-Clip-Start": f"{meta['start']:.6f}"})
 
     def thumbnail(request):
@@ -549,8 +549,14 @@ def _static_bytes(name):
     return (importlib.resources.files("clip_hitchhiker.search") / "static" / name).read_bytes()
 
 
-def _ascii_name(name):
-    return "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in name)
+def attachment(name):
+    """A Content-Disposition that saves the file as `name` (RFC 6266: filename*, UTF-8, where
+    browsers read it; an ASCII filename for the others; a byte that is not UTF-8 as U+FFFD)."""
+    from urllib.parse import quote
+
+    plain = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in name)
+    encoded = quote(name.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), safe="")
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{encoded}"
 
 
 async def _read_body(request, limit):
