@@ -35,9 +35,9 @@ def test_every_dataset_is_a_registry_entry():
     parser = cli_module.parse_args([])
     for key, url in choice.default_urls().items():
         assert getattr(parser, f"{key}_url") == url
-    assert set(choice.default_urls()) == {"msrvtt", "msvd", "msvd_videos", "didemo", "vatex",
-                                          "activitynet", "charades", "charades_annotations",
-                                          "kinetics400"}
+    assert set(choice.default_urls()) == {"msrvtt", "msvd", "msvd_videos", "didemo",
+                                          "didemo_test_list", "vatex", "activitynet",
+                                          "charades", "charades_annotations", "kinetics400"}
 
 
 def test_registry_refuses_a_second_entry_of_a_name():

@@ -50,10 +50,11 @@ def annotations_missing(title, path, name, data_root):
 
 def find_video(video_root, names, extensions=VIDEO_EXTENSIONS):
     """The first file video_root/<name><extension> that exists, names in order, each with every
-    extension; a name that already ends in an extension is tried as it is first.
+    extension; a name with an extension of its own (any: DiDeMo's release names end in .3gp,
+    .mts, ... or in a bare '.') is tried as it is first.
     returns: str path, or None."""
     for name in names:
-        candidates = [name] if Path(name).suffix.lower() in extensions else []
+        candidates = [name] if "." in Path(name).name else []
         candidates += [name + extension for extension in extensions]
         for candidate in candidates:
             path = os.path.join(video_root, candidate)
