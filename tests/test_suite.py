@@ -212,6 +212,22 @@ def test_suite_of_named_datasets_lists_a_failure_and_goes_on(tmp_path, suite_dat
                                                                          ("msvd", "not run")]
 
 
+def test_suite_downloads_nothing(tmp_path, tiny_clip_files):
+    """MSVD's videos copied by hand to DATA_ROOT/YouTubeClips (no extraction marker): the suite
+    reads them as they are; it neither fetches YouTubeClips.tar nor moves the folder aside."""
+    data_root = tmp_path / "data"
+    data.build_msvd(data_root)
+    (data_root / "msvd_data" / COMPLETE_MARKER).write_text("synthetic\n")
+    with synthetic.FileServer(b"not the videos") as server:
+        table = cli_module.main(cli_module.parse_args(
+            suite_argv(tmp_path, data_root, tiny_clip_files["torchscript"], "--suite", "msvd",
+                       "--msvd_videos_url", server.url)))
+    assert server.ranges == []
+    assert [row["dataset"] for row in table["results"]] == ["msvd"] * 3
+    assert sorted(p.name for p in (data_root / "YouTubeClips").iterdir()) == \
+        sorted(f"{v}.avi" for v in data.MSVD_TEST)
+
+
 def test_markdown_without_rows_says_what_to_fetch():
     text = markdown_table([], [{"dataset": "lsmdc", "status": "not run", "reason": "fetch it"}],
                           "settings")
