@@ -359,6 +359,21 @@ def test_a_download_that_is_not_the_annotation_file_is_set_aside(tmp_path, tiny_
         b"<html>rate limited</html>"
 
 
+@pytest.mark.parametrize("dataset, annotation", [
+    ("didemo", "DiDeMo/test_data.json"), ("lsmdc", "LSMDC/LSMDC16_challenge_1000_publictect.csv"),
+    ("vatex", "VATEX/test_list.txt"), ("kinetics400", "Kinetics400/val.csv")])
+def test_an_annotation_path_that_is_not_a_readable_file_is_one_line(tmp_path, dataset,
+                                                                    annotation):
+    """A folder (or a file this user may not read) where an annotation file should be: a
+    DatasetError naming it, which the CLI prints as one line, not an OSError's traceback."""
+    (tmp_path / "data" / annotation).mkdir(parents=True)
+    (tmp_path / "videos").mkdir()
+    with pytest.raises(DatasetError, match=rf"cannot read .*{re.escape(annotation)} \(Is a "
+                                           r"directory\); it should be .* this user can read"):
+        build_dataset(None, 4, dataset=dataset, data_root=tmp_path / "data",
+                      video_root=str(tmp_path / "videos"), download=False)
+
+
 def test_video_root_given_for_a_dataset_without_videos_of_its_own(tmp_path):
     """The help's promise: a dataset's videos come from --video_root, else its folder under
     --data_root; with neither, the message says what to pass."""

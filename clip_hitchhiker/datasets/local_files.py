@@ -12,25 +12,33 @@ from clip_hitchhiker.errors import DatasetError
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
 
 
-def read_json(path, missing_hint):
-    """The parsed JSON file at path; DatasetError "missing PATH; <missing_hint>" when it is
-    not there, or naming it when it is not JSON."""
+def read_text(path, missing_hint, kind):
+    """The UTF-8 text of the file at path. DatasetError "missing PATH; <missing_hint>" when it
+    is not there; naming it, and kind (what it should be, e.g. "a JSON file"), when it cannot be
+    read (a folder, no permission) or is not UTF-8."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError as e:
         raise DatasetError(f"missing {path}; {missing_hint}") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path} is not {kind} ({e})") from e
+    except OSError as e:
+        raise DatasetError(f"cannot read {path} ({e.strerror or e}); it should be {kind} that "
+                           "this user can read") from e
+
+
+def read_json(path, missing_hint):
+    """The parsed JSON file at path (DatasetError as read_text, or naming it when it is not
+    JSON)."""
+    try:
+        return json.loads(read_text(path, missing_hint, "a JSON file"))
+    except json.JSONDecodeError as e:
         raise DatasetError(f"{path} is not JSON ({e})") from e
 
 
 def read_id_list(path, missing_hint):
-    """The non-blank lines of a split list, stripped, in order (DatasetError as read_json)."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError as e:
-        raise DatasetError(f"missing {path}; {missing_hint}") from e
-    except UnicodeDecodeError as e:
-        raise DatasetError(f"{path} is not a text file of ids ({e})") from e
+    """The non-blank lines of a split list, stripped, in order (DatasetError as read_text)."""
+    lines = read_text(path, missing_hint, "a text file of ids").splitlines()
     return [line.strip() for line in lines if line.strip()]
 
 
