@@ -383,9 +383,23 @@ def test_video_root_given_for_a_dataset_without_videos_of_its_own(tmp_path):
                              video_root=str(tmp_path / "elsewhere"))
     assert built.video_root == str(tmp_path / "elsewhere")
     shutil.rmtree(tmp_path / "elsewhere")
-    with pytest.raises(DatasetError, match=re.escape("LSMDC videos have no public host: ") +
-                       ".*then pass --video_root"):
+    with pytest.raises(DatasetError, match=re.escape(
+            "LSMDC videos: no folder of them (neither --video_root nor the dataset's folder under "
+            "--data_root); LSMDC needs registration with MPII") + ".*then pass --video_root"):
         build_dataset(None, 4, dataset="lsmdc", data_root=tmp_path / "data")
+
+
+def test_a_video_root_that_is_not_a_folder_is_named(tmp_path):
+    """MSVD's videos have a public host: the message says how to get them, and does not claim
+    otherwise."""
+    data.build_msvd(tmp_path / "data")
+    with pytest.raises(DatasetError) as error:
+        build_dataset(None, 4, dataset="msvd", data_root=tmp_path / "data", download=False,
+                      video_root=str(tmp_path / "nowhere"))
+    assert str(error.value) == (
+        f"MSVD videos: {tmp_path / 'nowhere'} is not a folder; download "
+        "https://www.cs.utexas.edu/users/ml/clamp/videoDescription/YouTubeClips.tar, then pass "
+        "--video_root, a folder of them")
 
 
 def test_activitynet_reads_its_default_video_folder(tmp_path):

@@ -81,8 +81,10 @@ def locate_videos(video_ids, video_root, names_of, *, title, split, how_to_get,
     returns: (paths, missing video ids).
     """
     if video_root is None or not os.path.isdir(video_root):
-        raise DatasetError(f"{title} videos have no public host: {how_to_get}, then pass "
-                           f"--video_root, a folder of them (got {video_root!r})")
+        where = ("no folder of them (neither --video_root nor the dataset's folder under "
+                 "--data_root)" if video_root is None else f"{video_root} is not a folder")
+        raise DatasetError(f"{title} videos: {where}; {how_to_get}, then pass --video_root, a "
+                           "folder of them")
     paths = [find_video(video_root, names_of(v)) for v in video_ids]
     missing = [v for v, p in zip(video_ids, paths) if p is None]
     if check_files and missing:
