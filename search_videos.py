@@ -204,7 +204,9 @@ class VideoFiles(torch.utils.data.Dataset):
 
 def decode_video(path, sampling, decoder, device="cpu"):
     """(uint8 frames [F, 3, H, W], info with "times", "indices", "duration") by the sampling
-    rule; the uniform rule's times are the sampled frames' presentation times."""
+    rule; the uniform rule's times are the sampled frames' presentation times, in seconds from
+    the first frame as the time-based rule gives them (a stream that starts at 1.4 s, as MPEG-TS
+    does, would otherwise put every moment 1.4 s late, past the end for the last frames)."""
     from clip_hitchhiker.video.decoders import frame_table
     from data_loader import read_video
 
@@ -217,7 +219,7 @@ def decode_video(path, sampling, decoder, device="cpu"):
         table = frame_table(path)
     except Exception as e:  # the container's own errors
         raise VideoDecodeError(f"cannot read the frame times of {path}: {e}") from e
-    times = [float(table.times[i]) for i in info["indices"]]
+    times = [float(table.times[i]) - table.start for i in info["indices"]]
     return frames, {**info, "times": times, "duration": float(table.duration)}
 
 
