@@ -297,7 +297,7 @@ def _check_index_folder(folder):
 
 def _plan(writer, listing, args):
     """What to encode, move, drop; the files that cannot be read or vanished are reported."""
-    prune_under = (listing.folders, listing.files) if args.prune else None
+    prune_under = video_listing.prune_scope(listing) if args.prune else None
     plan = writer.plan(listing.videos, prune_under, args.confirm_prune)
     for path, _, reason in plan["failed"]:
         print(f"skipped {path}: {reason}", file=sys.stderr)

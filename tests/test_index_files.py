@@ -92,6 +92,25 @@ def test_a_prune_of_a_missing_or_empty_named_folder_is_refused(library, tmp_path
     assert (summary["pruned"], summary["videos"]) == (2, 0)
 
 
+def test_a_confirmed_prune_of_a_missing_folder_or_file_prunes_what_was_under_it(library,
+                                                                              tmp_path):
+    """--confirm_prune confirms the prune that the refusal describes: the videos indexed under
+    a named folder (or as a named file) that is gone are dropped, and only those."""
+    first = copy(library, tmp_path / "first", ["red", "green"])
+    second = copy(library, tmp_path / "second", ["blue", "yellow"])
+    folder = tmp_path / "index"
+    index(library, [first, second], folder)
+    shutil.rmtree(first)
+    summary = index(library, [first, second], folder, "--prune", "--confirm_prune")
+    assert (summary["pruned"], summary["videos"]) == (2, 2)
+    assert sorted(contents(folder)) == [str(second / "blue.mp4"), str(second / "yellow.mp4")]
+    (second / "blue.mp4").unlink()
+    summary = index(library, [second / "blue.mp4", second / "yellow.mp4"], folder, "--prune",
+                    "--confirm_prune")
+    assert (summary["pruned"], summary["videos"]) == (1, 1)
+    assert sorted(contents(folder)) == [str(second / "yellow.mp4")]
+
+
 @pytest.mark.parametrize("indexed", range(1, 6))
 def test_a_prune_of_more_than_half_the_index_is_refused_unless_confirmed(tmp_path, indexed):
     """Every count of gone videos 0..n of n = 1..5, the gone ones first or last: refused exactly

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from clip_hitchhiker.errors import ConfigError
 
 __all__ = ["LIST_EXTENSIONS", "STAT_KEYS", "VIDEO_EXTENSIONS", "VideoListing", "file_state",
-           "list_videos", "listing_problem", "same_state"]
+           "list_videos", "listing_problem", "prune_scope", "same_state"]
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv",
                     ".flv", ".ts", ".mts", ".3gp", ".ogv")
@@ -95,6 +95,13 @@ def listing_problem(listing, prune=False, confirmed=False):
         return (f"{named} hold(s) no video file ({' '.join(VIDEO_EXTENSIONS)}, any case, or "
                 "lists of them): nothing to index")
     return None
+
+
+def prune_scope(listing):
+    """(folders, files) under which a prune looks: the folders and the files named (or listed),
+    and each missing PATH as either, since it may have been a folder or a file (only a confirmed
+    prune goes on with a missing PATH: see listing_problem)."""
+    return listing.folders + listing.missing, listing.files + listing.missing
 
 
 def file_state(path):
