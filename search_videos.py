@@ -267,7 +267,7 @@ def _run_index(args, ctx):
         return None
     return {**summary, "listed": len(listing.videos), "up_to_date": plan["up_to_date"],
             "moved": plan["moved"], "pruned": plan["pruned"],
-            "failed": summary["failed"] + len(plan["failed"]),
+            "failed": summary["failed"] + len(plan["failed"]) + len(plan["kept"]),
             "vanished": summary["vanished"] + len(plan["vanished"]),
             "videos": writer.manifest["videos"], "frames": writer.manifest["frames"],
             "stage1_before": stage1_before, "stage1": writer.manifest["stage1"]["type"]}
@@ -301,6 +301,9 @@ def _plan(writer, listing, args):
     plan = writer.plan(listing.videos, prune_under, args.confirm_prune)
     for path, _, reason in plan["failed"]:
         print(f"skipped {path}: {reason}", file=sys.stderr)
+    for path, reason in plan["kept"]:
+        print(f"skipped {path}: {reason}; its entry from an earlier run is kept",
+              file=sys.stderr)
     for path in plan["vanished"]:
         print(f"skipped {path}: {_VANISHED}", file=sys.stderr)
     return plan

@@ -389,6 +389,37 @@ def test_an_unreadable_video_is_skipped_and_recorded(library, tmp_path, monkeypa
     assert VideoIndex.open(folder).info()["skipped"] == []
 
 
+def test_an_indexed_video_that_cannot_be_read_now_keeps_its_entry(library, tmp_path,
+                                                                   monkeypatch, capsys):
+    """A chmod (or a share that denies reads for a while) is no reason to lose the frames that
+    an earlier run encoded: the video is reported each run, and its entry kept as it was."""
+    videos = copy(library, tmp_path / "videos", ["red", "green"])
+    green = videos / "green.mp4"
+    folder = tmp_path / "index"
+    index(library, [videos], folder)
+    before = contents(folder)
+    real_open = builtins.open
+
+    def denied(file, *args, **kwargs):
+        if str(file) == str(green):
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    os.chmod(green, 0o000)  # its ctime changes: the indexer reads it (injected: root reads all)
+    monkeypatch.setattr(builtins, "open", denied)
+    capsys.readouterr()
+    summary = index(library, [videos], folder)
+    assert (summary["encoded"], summary["failed"], summary["videos"]) == (0, 1, 2)
+    assert (f"skipped {green}: cannot read {green} (Permission denied); its entry from an "
+            "earlier run is kept") in capsys.readouterr().err
+    assert contents(folder) == before and VideoIndex.open(folder).info()["skipped"] == []
+    monkeypatch.undo()
+    os.chmod(green, 0o644)  # readable again, the same content: not encoded again
+    summary = index(library, [videos], folder)
+    assert (summary["encoded"], summary["failed"], summary["up_to_date"]) == (0, 0, 2)
+    assert contents(folder) == before
+
+
 def test_a_file_name_that_is_not_utf8_is_indexed_and_found(library, tmp_path, monkeypatch):
     videos = tmp_path / "videos"
     videos.mkdir()

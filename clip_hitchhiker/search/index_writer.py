@@ -219,19 +219,23 @@ class IndexWriter:
         drop more than half the index's videos is refused unless confirm_prune.
         returns: a JSON-able dict: "to_encode" [paths], "found" {path: fingerprint} of those,
         "renamed" {recorded path: [path, fingerprint]} (moved, or the same content again),
-        "drop" [recorded paths], "failed" [[path, fingerprint, reason]] (unreadable),
+        "drop" [recorded paths], "failed" [[path, fingerprint, reason]] (unreadable, to record
+        as skipped), "kept" [[path, reason]] (indexed videos that cannot be read now: their
+        entries stay, since an unreadable file's content may well be the one indexed),
         "vanished" [paths], "up_to_date", "moved", "pruned" (counts).
         """
-        recorded = self._recorded()
+        recorded, indexed = self._recorded(), set(self.table["path"])
         listed, changed = set(videos), {}
         result = {"to_encode": [], "found": {}, "renamed": {}, "drop": [], "failed": [],
-                  "vanished": [], "up_to_date": 0, "moved": 0, "pruned": 0}
+                  "kept": [], "vanished": [], "up_to_date": 0, "moved": 0, "pruned": 0}
         for path in videos:
             found = _fingerprint_or_failure(path, recorded.get(path), read_sha256)
             if found is None:
                 result["up_to_date"] += 1
             elif "vanished" in found:
                 result["vanished"].append(path)
+            elif "failure" in found and path in indexed:
+                result["kept"].append([path, found["failure"]])
             elif "failure" in found:
                 result["failed"].append([path, found["fingerprint"], found["failure"]])
             elif recorded.get(path, {}).get("sha256") == found["sha256"]:
