@@ -12,6 +12,7 @@ cli read the argparse namespace. The format: clip_hitchhiker/search/index_format
 import argparse
 import itertools
 import json
+import locale
 import math
 import os
 import sys
@@ -440,19 +441,36 @@ def _encode(model, item, path, fp, preprocess, placement, device, frame_chunk):
 # search and info
 
 
+# A million queries of 60 characters fit; /dev/zero, or a video given by mistake, does not fill
+# the memory.
+QUERIES_FILE_LIMIT = 64 << 20
+
+
 def read_queries(args):
     """The QUERYs, then the lines of --queries FILE (blank lines there separate, and are
     skipped). QueryError for an empty or whitespace-only QUERY."""
     queries = list(args.queries)
     if args.queries_file:
-        try:
-            lines = Path(args.queries_file).read_text().splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"--queries {args.queries_file} cannot be read ({e})") from e
-        queries += [line.strip() for line in lines if line.strip()]
+        queries += [line.strip() for line in _queries_file_lines(args.queries_file)
+                    if line.strip()]
     if not queries:
         raise ConfigError(f"--queries {args.queries_file} holds no query")
     return check_queries(queries)
+
+
+def _queries_file_lines(name):
+    """The lines of a --queries file (a pipe too: `--queries <(...)`), read up to
+    QUERIES_FILE_LIMIT bytes. ConfigError naming the file if it cannot be read or is longer."""
+    try:
+        with open(name, "rb") as f:
+            data = f.read(QUERIES_FILE_LIMIT + 1)
+        text = data.decode(locale.getpreferredencoding(False))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--queries {name} cannot be read ({e})") from e
+    if len(data) > QUERIES_FILE_LIMIT:
+        raise ConfigError(f"--queries {name} holds more than {QUERIES_FILE_LIMIT >> 20} MB; give "
+                          "a text file of queries, one a line (split a longer one)")
+    return text.splitlines()
 
 
 def run_search(args):

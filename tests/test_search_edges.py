@@ -2,11 +2,14 @@
 before anything is loaded, embeddings of the wrong width or not finite, `--stage1` on an index
 that is up to date, and the printed JSON's rounding (the API keeps full precision)."""
 import json
+import os
 import shutil
+import threading
 
 import numpy as np
 import pytest
 
+import search_videos
 from clip_hitchhiker.errors import QueryError
 from clip_hitchhiker.search import index_format as fmt
 from clip_hitchhiker.search.video_index import VideoIndex
@@ -128,6 +131,28 @@ def test_blank_lines_of_a_queries_file_are_skipped_and_a_blank_file_is_refused(t
     assert code == 1 and err == f"error: --queries {queries} holds no query\n"
     queries.write_text("\n a blue video \n   \n")
     report = run("search", "--index", thirds["index"], "--queries", queries)
+    assert [q["query"] for q in report["queries"]] == ["a blue video"]
+
+
+def test_a_queries_file_without_end_is_refused_in_one_line(thirds, tmp_path, capsys,
+                                                            monkeypatch):
+    """/dev/zero (or a video given by mistake) is read up to a limit, not into all the memory;
+    a pipe is read like a file."""
+    monkeypatch.setattr(search_videos, "QUERIES_FILE_LIMIT", 1000)
+    endless = "/dev/zero"
+    code, err = cli_error(capsys, "search", "--index", thirds["index"], "--queries", endless)
+    assert code == 1 and err == (f"error: --queries {endless} holds more than 0 MB; give a text "
+                                 "file of queries, one a line (split a longer one)\n")
+    longer = tmp_path / "longer.txt"
+    longer.write_text("a red video\n" * 84)  # 1008 bytes
+    code, err = cli_error(capsys, "search", "--index", thirds["index"], "--queries", longer)
+    assert code == 1 and err.startswith(f"error: --queries {longer} holds more than")
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    writer = threading.Thread(target=lambda: pipe.write_text("a blue video\n"))
+    writer.start()
+    report = run("search", "--index", thirds["index"], "--queries", pipe, "-k", 1)
+    writer.join()
     assert [q["query"] for q in report["queries"]] == ["a blue video"]
 
 
