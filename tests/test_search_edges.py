@@ -8,6 +8,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 import search_videos
 from clip_hitchhiker.errors import QueryError
@@ -73,6 +74,9 @@ def test_empty_and_non_text_queries_are_refused_before_the_model_loads(thirds, t
     (dict(mass=0), r"mass must be in \(0, 1\]"),
     (dict(mass=1.5), r"mass must be in \(0, 1\]"),
     (dict(aggregate="max"), "aggregate must be one of"),
+    (dict(nprobe=0), "nprobe must be an integer >= 1, got 0"),
+    (dict(nprobe=-1), "nprobe must be an integer >= 1, got -1"),
+    (dict(nprobe="8"), "nprobe must be an integer >= 1, got '8'"),
 ])
 def test_bad_settings_are_refused(thirds, settings, message):
     index = VideoIndex.open(thirds["index"])
@@ -99,6 +103,32 @@ def test_embeddings_that_are_not_finite_or_zero_are_refused(thirds, bad_row, mes
     for exact in (False, True):
         with pytest.raises(QueryError, match=message):
             index.search_embeddings(embeds, exact=exact)
+
+
+def test_embeddings_of_any_scale_dtype_or_container_give_the_same_hits(thirds):
+    """Cosines ignore scale: rows of 1e30 or 1e-30 (whose squares leave float32), float64 rows
+    past float32's range, a tensor that requires grad and nested lists all give the hits of the
+    text model's own rows, to the bit, in both stages."""
+    index = VideoIndex.open(thirds["index"])
+    red = index.encode_texts(["a red video"])
+    for exact in (False, True):
+        expected = index.search_embeddings(red, k=2, exact=exact)
+        assert expected[0][0]["video"].endswith("red.mp4")
+        for same in (red * 2.0 ** 100, red * 2.0 ** -100, red.double() * 2.0 ** 700,
+                     red.double() * 2.0 ** -700, red.clone().requires_grad_(), red.tolist()):
+            assert index.search_embeddings(same, k=2, exact=exact) == expected
+    with pytest.raises(QueryError, match="text_embeds must be real numbers, got torch.complex64"):
+        index.search_embeddings(red.to(torch.complex64))
+
+
+def test_peak_frame_is_the_frame_of_the_peak_on_a_near_tie(thirds):
+    """Weights that tie to within rounding (1e-9 of the total): the peak is the earlier frame,
+    and peak_frame names that frame, not the one that rounding made larger."""
+    index = VideoIndex.open(thirds["index"])
+    times = index.table["frame_times"][0]
+    weights = np.array([0.1, 0.45, 0.45 + 4e-10, 0.0])
+    hit = index._hit(0, 0.5, weights, 0.5)
+    assert (hit["peak_frame"], hit["peak"]) == (1, times[1])
 
 
 @pytest.mark.parametrize("shape", [(1, 31), (1, 33), (32,), (1, 1, 32)])
