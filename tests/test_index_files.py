@@ -176,7 +176,9 @@ def test_a_prune_drops_only_videos_under_the_folders_named(library, tmp_path):
 # Files of the user's whose names the index's files could have.
 USER_FILES = {"videos-2023.parquet": b"my table", "frames-1-r0.npy": b"my frames",
               "stage1-7.faiss": b"my faiss", ".manifest.json.bak": b"my backup",
-              ".frames-000001-r0.npy.orig": b"mine too"}
+              ".frames-000001-r0.npy.orig": b"mine too",
+              # Names of the manifest's former temporaries (8 characters of tempfile's alphabet).
+              ".manifest.json.20240101": b"dated backup", ".manifest.json.bak_2024": b"mine"}
 
 
 def test_a_folder_that_is_not_an_index_is_refused_and_left_as_it_was(library, tmp_path,

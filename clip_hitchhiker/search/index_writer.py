@@ -371,7 +371,8 @@ class IndexWriter:
         self._check_not_moved()
         fmt.write_journal(self.folder, self.pending | superseded)
         self.pending |= superseded
-        fmt.write_manifest(self.folder, manifest, before_replace=before_manifest)
+        fmt.write_manifest(self.folder, manifest, before_replace=before_manifest,
+                           temporary=fmt.manifest_temporary(generation))
         self.manifest, self.table, self.generation = manifest, table, generation
         test_pause("cleanup")
         fmt.remove_files(self.folder, self.pending - set(files))
