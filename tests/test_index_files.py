@@ -522,6 +522,21 @@ def test_links_keep_their_path_linked_folders_are_walked_once_and_skips_are_said
     assert sorted(contents(folder)) == [str(videos / "shared" / "green.mp4")]
 
 
+def test_a_folder_is_walked_as_itself_before_a_link_to_it_that_sorts_first(tmp_path):
+    """'alink' -> 'zreal' sorts before its target: the video is still listed under its own
+    folder, and the skip names the link, not the folder (which is no link)."""
+    real = tmp_path / "videos" / "zreal"
+    real.mkdir(parents=True)
+    (real / "red.mp4").write_bytes(b"0")
+    (tmp_path / "videos" / "alink").symlink_to(real)
+    (real / "up").symlink_to(tmp_path / "videos")  # a loop, from inside the real folder
+    listing = list_videos([tmp_path / "videos"])
+    assert listing.videos == [str(real / "red.mp4")]
+    assert listing.skipped == [
+        (str(tmp_path / "videos" / "alink"), f"links to a folder listed already ({real})"),
+        (str(real / "up"), f"links to a folder listed already ({tmp_path / 'videos'})")]
+
+
 def test_a_folder_named_through_a_link_takes_over_its_resolved_entries(library, tmp_path):
     """Older versions stored resolved paths: naming the folder through a link moves its entries
     to the link's paths, without encoding them and without a second entry."""

@@ -121,11 +121,13 @@ def same_state(recorded, state):
 
 
 def _videos_under(root, skipped):
-    """The videos under root, depth first in name order; a link to a folder met already in this
-    walk (a loop, or a second way in) is skipped, so that every video is listed once."""
-    walked, found, stack = set(), [], [root]
-    while stack:
-        folder = stack.pop()
+    """The videos under root, depth first in name order, every folder reached without a link
+    before any link to a folder is followed; a link to a folder met already in this walk (a
+    loop, or a second way in) is skipped, so that every video is listed once, and under its own
+    folder's path where the walk can reach it so (not under a link that sorts first)."""
+    walked, found, stack, links = set(), [], [root], []
+    while stack or links:
+        folder = stack.pop() if stack else links.pop(0)
         try:
             info = os.stat(folder)
             if (info.st_dev, info.st_ino) in walked:
@@ -143,7 +145,7 @@ def _videos_under(root, skipped):
             if entry.is_symlink() and not os.path.exists(entry.path):
                 skipped.append((entry.path, "a broken link"))
             elif entry.is_dir():
-                subfolders.append(entry.path)
+                (links if entry.is_symlink() else subfolders).append(entry.path)
             elif entry.name.lower().endswith(VIDEO_EXTENSIONS) and entry.is_file():
                 found.append(entry.path)
         stack.extend(reversed(subfolders))
