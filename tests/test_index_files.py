@@ -111,6 +111,45 @@ def test_a_confirmed_prune_of_a_missing_folder_or_file_prunes_what_was_under_it(
     assert sorted(contents(folder)) == [str(second / "yellow.mp4")]
 
 
+def test_a_prune_keeps_what_the_walk_could_not_see(library, tmp_path, monkeypatch, capsys):
+    """Videos under a folder that cannot be read now, or behind a link whose drive is not
+    mounted, are not gone: a prune keeps them (fewer than half the index, so no refusal saves
+    them). Once the link is removed, its videos are gone and pruned."""
+    videos = copy(library, tmp_path / "videos", ["red", "green", "blue"])
+    locked = copy(library, videos / "locked", ["yellow"])
+    drive = copy(library, tmp_path / "drive", ["green"])
+    (videos / "nas").symlink_to(drive)
+    folder = tmp_path / "index"
+    index(library, [videos], folder)
+    before = contents(folder)
+    assert len(before) == 5
+    drive.rename(tmp_path / "unmounted")
+    real_stat, real_scandir = os.stat, os.scandir
+
+    def stat(path, *args, **kwargs):  # root passes any permission: injected
+        if str(path).startswith(f"{locked}/"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_stat(path, *args, **kwargs)
+
+    def scandir(path="."):
+        if str(path) == str(locked):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "stat", stat)
+    monkeypatch.setattr(os, "scandir", scandir)
+    capsys.readouterr()
+    summary = index(library, [videos], folder, "--prune")
+    assert (summary["pruned"], summary["videos"]) == (0, 5) and contents(folder) == before
+    err = capsys.readouterr().err
+    assert f"skipped {locked}: cannot read the folder (Permission denied)" in err
+    assert f"skipped {videos / 'nas'}: a broken link" in err
+    (videos / "nas").unlink()
+    summary = index(library, [videos], folder, "--prune")
+    assert (summary["pruned"], summary["videos"]) == (1, 4)
+    assert str(videos / "nas" / "green.mp4") not in contents(folder)
+
+
 @pytest.mark.parametrize("indexed", range(1, 6))
 def test_a_prune_of_more_than_half_the_index_is_refused_unless_confirmed(tmp_path, indexed):
     """Every count of gone videos 0..n of n = 1..5, the gone ones first or last: refused exactly

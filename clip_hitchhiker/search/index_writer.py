@@ -214,9 +214,12 @@ class IndexWriter:
         """What to do with the videos a run lists (see the module's docstring). Only files whose
         stat differs from the record are read (read_sha256(path)).
 
-        prune_under: None, or (folders, files): the recorded videos gone from the disk that
-        lie under one of the folders, or are one of the files, are dropped; a prune that would
-        drop more than half the index's videos is refused unless confirm_prune.
+        prune_under: None, or (folders, files[, unseen]): the recorded videos gone from the
+        disk (not found: one that cannot be looked at, under a folder without permission, is
+        not gone) that lie under one of the folders, or are one of the files, and not at or
+        under one of the unseen paths (what the listing's walk passed over), are dropped; a
+        prune that would drop more than half the index's videos is refused unless
+        confirm_prune.
         returns: a JSON-able dict: "to_encode" [paths], "found" {path: fingerprint} of those,
         "renamed" {recorded path: [path, fingerprint]} (moved, or the same content again),
         "drop" [recorded paths], "failed" [[path, fingerprint, reason]] (unreadable, to record
@@ -282,11 +285,13 @@ class IndexWriter:
 
     def _prune(self, prune_under, confirm_prune, recorded, result):
         folders, files = prune_under[0], set(prune_under[1])
+        unseen = set(prune_under[2]) if len(prune_under) > 2 else set()
         inside = tuple(os.path.join(folder, "") for folder in folders)
+        hidden = tuple(os.path.join(path, "") for path in unseen)
         taken = set(result["renamed"]) | set(result["drop"])
         gone = sorted(path for path in recorded if path not in taken
                       and (path in files or path.startswith(inside))
-                      and not os.path.exists(path))
+                      and not (path in unseen or path.startswith(hidden)) and _gone(path))
         videos = len(self.table["path"])
         gone_videos = len(set(gone) & set(self.table["path"]))
         if prune_refused(gone_videos, videos) and not confirm_prune:
@@ -426,6 +431,18 @@ def _fingerprint_or_failure(path, recorded, read_sha256):
     except OSError as e:
         return {"failure": f"cannot read {path} ({e.strerror or e})",
                 "fingerprint": {**state, "sha256": None}}
+
+
+def _gone(path):
+    """True when path is known not to exist; False when it exists or cannot be looked at (a
+    folder on its way without permission: EACCES is no proof that the video is gone)."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def prune_refused(gone_videos, indexed_videos):
