@@ -589,6 +589,20 @@ def test_a_folder_named_through_a_link_takes_over_its_resolved_entries(library, 
                                                                               "red.mp4")]
 
 
+def test_a_folder_named_without_the_link_it_was_indexed_through_takes_over_its_entries(
+        library, tmp_path):
+    """The other way: indexed through a link (or, before the walk took folders before links,
+    under a link that sorted first), then named as itself: the entries move to the folder's own
+    paths, not encoded again and not listed twice (the link's paths still reach the files)."""
+    store = copy(library, tmp_path / "store", ["red", "green"])
+    (tmp_path / "link").symlink_to(store)
+    folder = tmp_path / "index"
+    index(library, [tmp_path / "link"], folder)
+    summary = index(library, [store], folder)
+    assert (summary["encoded"], summary.get("moved")) == (0, 2)
+    assert sorted(contents(folder)) == [str(store / n) for n in ("green.mp4", "red.mp4")]
+
+
 # ----------------------------------------------------------------------------------------------
 # One line, not a traceback
 

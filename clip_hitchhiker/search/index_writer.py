@@ -452,13 +452,14 @@ def prune_refused(gone_videos, indexed_videos):
 
 def _released(old, new, changed, listed):
     """True if recorded path `old` no longer holds its recorded content, so that `new`, which
-    holds that content now, may take its record: old changed, is gone, or is where the link
-    new resolves to (the path that older versions stored, or the one named before a link was)."""
+    holds that content now, may take its record: old changed, is gone, or is, unlisted, another
+    name of the same file through symbolic links (the resolved path that older versions stored,
+    or a link's path that the file was indexed through before its folder was named)."""
     if old in changed:
         return True
     if old in listed:
         return False
-    return not os.path.exists(old) or os.path.realpath(new) == old
+    return not os.path.exists(old) or os.path.realpath(new) == os.path.realpath(old)
 
 
 def _rename_rows(table, renamed):
