@@ -12,6 +12,7 @@ cli read the argparse namespace. The format: clip_hitchhiker/search/index_format
 import argparse
 import itertools
 import json
+import locale
 import math
 import os
 import sys
@@ -40,6 +41,7 @@ from clip_hitchhiker.search.queries import check_queries
 from clip_hitchhiker.search.video_index import (AGGREGATES, DEFAULT_CANDIDATES, VideoIndex,
                                           write_thumbnail)
 from clip_hitchhiker.search import index_format as fmt
+from clip_hitchhiker.search.search_report import rounded_for_print, search_report
 
 DEFAULT_COMMIT_EVERY = 100
 
@@ -49,7 +51,8 @@ def parse_args(argv=None):
                                      "them by text with query-scoring and get the moment.")
     commands = parser.add_subparsers(dest="command", required=True)
     _index_parser(commands.add_parser("index", help="add new or changed videos to an index"))
-    _search_parser(commands.add_parser("search", help="search an index by text"))
+    _search_parser(commands.add_parser("search", help="search an index by text or image"))
+    _serve_parser(commands.add_parser("serve", help="a local search page over an index"))
     info = commands.add_parser("info", help="describe an index")
     info.add_argument("--index", required=True, metavar="DIR")
     info.add_argument("--json", action="store_true",
@@ -64,6 +67,8 @@ def parse_args(argv=None):
         _check_sampling(parser, args)
     if args.command == "search":
         _check_search(parser, args)
+    if args.command == "serve":
+        _check_serve(parser, args)
     return args
 
 
@@ -123,7 +128,27 @@ def _search_parser(parser):
         help="print JSON (seconds to the millisecond, scores to 6 decimals)")
     add("--thumbnails", default=None, metavar="DIR",
         help="write each hit's peak frame as DIR/q<query>_r<rank>.jpg")
+    add("--image", action="append", default=[], metavar="PATH",
+        help="search with an image (its CLIP embedding is the query); repeatable")
+    add("--clips", default=None, metavar="DIR",
+        help="write each hit's moment as an MP4 in DIR (stream copy from the key frame before "
+             "the start where the codec allows, else re-encoded); never replaces a file")
     add("--device", default="cpu", help="where the text model runs: cpu (default), cuda, cuda:N")
+
+
+def _serve_parser(parser):
+    add = parser.add_argument
+    add("--index", required=True, metavar="DIR")
+    add("--host", default="127.0.0.1",
+        help="the address to listen on (default 127.0.0.1: this machine only); any other needs "
+             "a token, generated when --token is not given")
+    add("--port", type=int, default=8765, help="default 8765")
+    add("--token", default=None,
+        help="every request must carry it (the printed URL does); required off 127.0.0.1")
+    add("--cache", default=None, metavar="DIR",
+        help="where clips of the moments are kept (default $XDG_CACHE_HOME or "
+             "~/.cache/clip-hitchhiker/clips; the index itself is never written)")
+    add("--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:N")
 
 
 def _check_sampling(parser, args):
@@ -155,8 +180,17 @@ def _check_search(parser, args):
         parser.error(f"--candidates must be >= 1, got {args.candidates}")
     if not DEVICE_PATTERN.fullmatch(args.device) or args.device == "auto":
         parser.error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
-    if not args.queries and not args.queries_file:
-        parser.error("give at least one QUERY or --queries FILE")
+    if not args.queries and not args.queries_file and not args.image:
+        parser.error("give at least one QUERY, --queries FILE or --image PATH")
+
+
+def _check_serve(parser, args):
+    if not 1 <= args.port <= 65535:
+        parser.error(f"--port must be in 1..65535, got {args.port}")
+    if not DEVICE_PATTERN.fullmatch(args.device) or args.device == "auto":
+        parser.error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+    if args.token is not None and len(args.token) < 8:
+        parser.error("--token must have at least 8 characters")
 
 
 def sampling_of(args):
@@ -204,7 +238,9 @@ class VideoFiles(torch.utils.data.Dataset):
 
 def decode_video(path, sampling, decoder, device="cpu"):
     """(uint8 frames [F, 3, H, W], info with "times", "indices", "duration") by the sampling
-    rule; the uniform rule's times are the sampled frames' presentation times."""
+    rule; the uniform rule's times are the sampled frames' presentation times, in seconds from
+    the first frame as the time-based rule gives them (a stream that starts at 1.4 s, as MPEG-TS
+    does, would otherwise put every moment 1.4 s late, past the end for the last frames)."""
     from clip_hitchhiker.video.decoders import frame_table
     from data_loader import read_video
 
@@ -217,7 +253,7 @@ def decode_video(path, sampling, decoder, device="cpu"):
         table = frame_table(path)
     except Exception as e:  # the container's own errors
         raise VideoDecodeError(f"cannot read the frame times of {path}: {e}") from e
-    times = [float(table.times[i]) for i in info["indices"]]
+    times = [float(table.times[i]) - table.start for i in info["indices"]]
     return frames, {**info, "times": times, "duration": float(table.duration)}
 
 
@@ -265,7 +301,7 @@ def _run_index(args, ctx):
         return None
     return {**summary, "listed": len(listing.videos), "up_to_date": plan["up_to_date"],
             "moved": plan["moved"], "pruned": plan["pruned"],
-            "failed": summary["failed"] + len(plan["failed"]),
+            "failed": summary["failed"] + len(plan["failed"]) + len(plan["kept"]),
             "vanished": summary["vanished"] + len(plan["vanished"]),
             "videos": writer.manifest["videos"], "frames": writer.manifest["frames"],
             "stage1_before": stage1_before, "stage1": writer.manifest["stage1"]["type"]}
@@ -295,10 +331,13 @@ def _check_index_folder(folder):
 
 def _plan(writer, listing, args):
     """What to encode, move, drop; the files that cannot be read or vanished are reported."""
-    prune_under = (listing.folders, listing.files) if args.prune else None
+    prune_under = video_listing.prune_scope(listing) if args.prune else None
     plan = writer.plan(listing.videos, prune_under, args.confirm_prune)
     for path, _, reason in plan["failed"]:
         print(f"skipped {path}: {reason}", file=sys.stderr)
+    for path, reason in plan["kept"]:
+        print(f"skipped {path}: {reason}; its entry from an earlier run is kept",
+              file=sys.stderr)
     for path in plan["vanished"]:
         print(f"skipped {path}: {_VANISHED}", file=sys.stderr)
     return plan
@@ -435,42 +474,84 @@ def _encode(model, item, path, fp, preprocess, placement, device, frame_chunk):
 # search and info
 
 
+# A million queries of 60 characters fit; /dev/zero, or a video given by mistake, does not fill
+# the memory.
+QUERIES_FILE_LIMIT = 64 << 20
+
+
 def read_queries(args):
     """The QUERYs, then the lines of --queries FILE (blank lines there separate, and are
     skipped). QueryError for an empty or whitespace-only QUERY."""
     queries = list(args.queries)
     if args.queries_file:
-        try:
-            lines = Path(args.queries_file).read_text().splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"--queries {args.queries_file} cannot be read ({e})") from e
-        queries += [line.strip() for line in lines if line.strip()]
-    if not queries:
+        queries += [line.strip() for line in _queries_file_lines(args.queries_file)
+                    if line.strip()]
+    if not queries and not args.image:
         raise ConfigError(f"--queries {args.queries_file} holds no query")
     return check_queries(queries)
+
+
+def _queries_file_lines(name):
+    """The lines of a --queries file (a pipe too: `--queries <(...)`), read up to
+    QUERIES_FILE_LIMIT bytes. ConfigError naming the file if it cannot be read or is longer."""
+    try:
+        with open(name, "rb") as f:
+            data = f.read(QUERIES_FILE_LIMIT + 1)
+        text = data.decode(locale.getpreferredencoding(False))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--queries {name} cannot be read ({e})") from e
+    if len(data) > QUERIES_FILE_LIMIT:
+        raise ConfigError(f"--queries {name} holds more than {QUERIES_FILE_LIMIT >> 20} MB; give "
+                          "a text file of queries, one a line (split a longer one)")
+    return text.splitlines()
 
 
 def run_search(args):
     queries = read_queries(args)  # refused before the index and the model are loaded
     index = VideoIndex.open(args.index)
-    results = index.search(queries, k=args.k, temperature=args.temperature,
-                           aggregate=args.aggregate, exact=args.exact,
-                           candidates=args.candidates, device=args.device, mass=args.mass)
+    options = dict(k=args.k, temperature=args.temperature, aggregate=args.aggregate,
+                   exact=args.exact, candidates=args.candidates, device=args.device,
+                   mass=args.mass)
+    results = (index.search(queries, **options) if queries else []) + \
+        (index.search_images(args.image, **options) if args.image else [])
     if args.thumbnails:
         for q, result in enumerate(results, start=1):
             for hit in result["hits"]:
                 out = Path(args.thumbnails) / f"q{q:02d}_r{hit['rank']:02d}.jpg"
                 write_thumbnail(hit["video"], hit["peak"], out)
                 hit["thumbnail"] = str(out.resolve())
-    return {"index": str(Path(args.index).resolve()), "aggregate": args.aggregate,
-            "temperature": args.temperature, "exact": args.exact, "queries": results}
+    if args.clips:
+        write_moment_clips(results, args.clips)
+    return search_report(args.index, results, args.aggregate, args.temperature, args.exact)
+
+
+def write_moment_clips(results, folder):
+    """Each hit's moment as an MP4 in folder (hit["clip"]: its path), never replacing a file."""
+    import tempfile
+
+    from clip_hitchhiker.search.moment_clips import clip_name, place_clip, write_clip
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for result in results:
+        for hit in result["hits"]:
+            fd, made = tempfile.mkstemp(prefix=".clip-", suffix=".mp4.part", dir=folder)
+            os.close(fd)
+            try:
+                write_clip(hit["video"], hit["start"], hit["end"], made)
+                hit["clip"] = str(place_clip(made, folder, clip_name(hit["video"], hit["start"],
+                                                                     hit["end"])).resolve())
+            finally:
+                if os.path.exists(made):
+                    os.unlink(made)
 
 
 def format_hits(report):
     """The readable table: one block per query."""
     lines = []
     for result in report["queries"]:
-        lines.append(f"query: {result['query']}")
+        lines.append(f"query: {result['query']}" if "query" in result
+                     else f"image: {result['image']}")
         lines.append(f"  {'rank':>4}  {'score':>7}  {'start':>8}  {'peak':>8}  {'end':>8}  video")
         for hit in result["hits"]:
             lines.append(f"  {hit['rank']:>4}  {hit['score']:7.4f}  {_clock(hit['start'])}  "
@@ -478,29 +559,6 @@ def format_hits(report):
         if not result["hits"]:
             lines.append("  (the index is empty)")
     return "\n".join(lines)
-
-
-SECONDS_KEYS = ("start", "end", "peak", "duration", "times")
-
-
-def rounded_for_print(report):
-    """A copy of a search or info report with every value under SECONDS_KEYS rounded to the
-    millisecond and every "score" to 6 decimals, for printing: the digits past those are float
-    noise (47.980000000000004), finer than frame times or score differences mean. The Python API
-    keeps full precision."""
-    if isinstance(report, list):
-        return [rounded_for_print(item) for item in report]
-    if not isinstance(report, dict):
-        return report
-    return {key: _rounded(value, 3) if key in SECONDS_KEYS else
-            _rounded(value, 6) if key == "score" else rounded_for_print(value)
-            for key, value in report.items()}
-
-
-def _rounded(value, decimals):
-    if isinstance(value, list):
-        return [_rounded(v, decimals) for v in value]
-    return round(value, decimals) if isinstance(value, float) else value
 
 
 def _clock(seconds):
@@ -514,6 +572,32 @@ def run_info(args):
     if args.verify:
         info["verified_bytes"] = fmt.verify_files(index.folder, index.manifest)
     return info
+
+
+def run_serve(args):
+    """Open the index, load its model once, then serve the page until interrupted."""
+    import secrets
+    import socket
+
+    from clip_hitchhiker.search import server
+
+    token, local = args.token, server.is_loopback(args.host)
+    if not local:
+        print(f"warning: --host {args.host} lets other machines reach this index's videos; "
+              "every request must carry the token", file=sys.stderr)
+        token = token or secrets.token_urlsafe(18)
+    service = server.SearchService(VideoIndex.open(args.index),
+                                   args.cache or server.default_cache_dir(), args.device)
+    service.warm_up()
+    server.check_port_free(args.host, args.port)
+    app = server.create_app(service, token, allowed_hosts=server.LOOPBACK_HOSTS if local
+                            else None)
+    shown = args.host if local else socket.gethostname()
+    url = f"http://{shown}:{args.port}/" + (f"?token={token}" if token else "")
+    print(f"serving {Path(args.index).resolve()} ({len(service.index)} videos) at {url} "
+          "(Ctrl-C stops)", flush=True)
+    server.run_server(app, args.host, args.port)
+    return url
 
 
 def format_info(info):
@@ -566,6 +650,8 @@ def main(args):
         print(json.dumps(rounded_for_print(report), indent=1) if args.json
               else format_hits(report))
         return report
+    if args.command == "serve":
+        return run_serve(args)
     info = run_info(args)
     print(json.dumps(rounded_for_print(info), indent=1) if args.json else format_info(info))
     return info

@@ -145,6 +145,20 @@ def test_bench_search_quick(tmp_path):
     assert list(tmp_path.iterdir()) == []  # the bench deletes what it wrote
 
 
+def test_bench_search_page_against_the_cli(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "bench_search.py"), "--quick",
+                             "--page", "--workdir", str(tmp_path)], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = re.search(r"^quick search page: one query p50 ([\d.]+) ms against the CLI's ([\d.]+) "
+                     r"ms \(([+-][\d.]+) ms; target <= \+20 ms\), p95 [\d.]+ against [\d.]+ ms$",
+                     result.stdout, re.M)
+    assert line, result.stdout
+    page, cli, added = map(float, line.groups())
+    assert abs(page - cli - added) < 0.11  # the line's difference is its two figures'
+    assert list(tmp_path.iterdir()) == []  # the bench deletes what it wrote
+
+
 def test_bench_search_keeps_an_index_then_measures_it_again_with_ivfsq8(tmp_path):
     bench = [sys.executable, str(REPO / "bench" / "bench_search.py"), "--quick"]
     work, kept = tmp_path / "work", tmp_path / "kept"

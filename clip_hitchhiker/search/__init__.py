@@ -2,7 +2,10 @@
 (`video_listing`), the index's on-disk format (`index_format`), its crash-safe incremental writer
 (`index_writer`), the FAISS stage-1 candidates (`candidate_index`) and the reader that scores
 candidates by query-scoring and returns moments (`video_index.VideoIndex`), with the checks of
-the queries and settings it is given (`queries`).
+the queries and settings it is given (`queries`); image and "more like this" queries
+(`query_embeddings`), moment clips (`moment_clips`), the JSON report (`search_report`) and the
+local search page over an index (`server`, with `static/`, which alone imports starlette and
+uvicorn).
 It may import `query_scoring`, `clip_hitchhiker.moments` (the moment rule) and the package's
 infrastructure modules (errors, embedding_cache, run_folder); the model is loaded through
 `clip_hitchhiker.models` only when text is encoded. Nothing here imports the scripts.

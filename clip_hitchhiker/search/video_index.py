@@ -24,7 +24,7 @@ import torch
 from clip_hitchhiker.search import candidate_index
 from clip_hitchhiker.search import index_format as fmt
 from clip_hitchhiker.errors import VideoIndexError
-from clip_hitchhiker.moments.rule import DEFAULT_MASS, moment_from_weights
+from clip_hitchhiker.moments.rule import DEFAULT_MASS, moment_from_weights, peak_frame
 from clip_hitchhiker.search.queries import (check_queries, check_search_settings,
                                             check_text_embeds)
 from query_scoring import (queryscoring_frame_weights, similarity_meanpooling,
@@ -133,7 +133,7 @@ class VideoIndex:
         query). returns: [{"query", "hits"}] per text. QueryError (a ValueError) for an empty
         query or a setting search_embeddings refuses, before the model is loaded."""
         texts = check_queries(texts)
-        check_search_settings(k, temperature, aggregate, candidates, mass, AGGREGATES)
+        check_search_settings(k, temperature, aggregate, candidates, mass, AGGREGATES, nprobe)
         text_embeds = self.encode_texts(texts, device)
         if torch.device(device).type == "cuda":
             self.stage1 = candidate_index.on_gpus(self.stage1)
@@ -141,10 +141,43 @@ class VideoIndex:
                                          candidates, mass, nprobe)
         return [{"query": t, "hits": hits} for t, hits in zip(texts, results)]
 
+    def search_images(self, images, k=10, temperature=0.1, aggregate="queryscoring",
+                      exact=False, candidates=DEFAULT_CANDIDATES, device="cpu",
+                      mass=DEFAULT_MASS, nprobe=None):
+        """Search by image: each image's CLIP embedding is the query, scored exactly as a text's
+        is. images: paths or PIL images. returns: [{"image", "hits"}] per image ("image" is the
+        path, or None for a PIL image). QueryError for a setting search_embeddings refuses,
+        before the model is loaded."""
+        check_search_settings(k, temperature, aggregate, candidates, mass, AGGREGATES, nprobe)
+        image_embeds = self.encode_images(images, device)
+        results = self.search_embeddings(image_embeds, k, temperature, aggregate, exact,
+                                         candidates, mass, nprobe)
+        return [{"image": str(Path(i).resolve()) if isinstance(i, (str, Path)) else None,
+                 "hits": hits} for i, hits in zip(images, results)]
+
     def encode_texts(self, texts, device="cpu"):
         """float32 CPU [len(texts), D], by the model the index was built with."""
-        from clip_hitchhiker.models.backends import load_model
         from clip_hitchhiker.models.clip_models import encode_captions
+
+        model = self._loaded_model(device)
+        with torch.inference_mode():
+            return encode_captions(model, list(texts), torch.device(device))
+
+    def encode_images(self, images, device="cpu"):
+        """float32 CPU [len(images), D]: each image (a path or a PIL image) preprocessed as the
+        index's frames were (the recorded resize, crop and antialias) and encoded by its model."""
+        from clip_hitchhiker.search.query_embeddings import frame_preprocess_of, image_tensor
+
+        model = self._loaded_model(device)
+        preprocess = frame_preprocess_of(model, self.config["preprocess"], self.folder)
+        with torch.inference_mode():
+            return torch.cat([torch.zeros(0, model.embed_dim)] + [
+                model.encode_image(preprocess(image_tensor(i).to(device))).float().cpu()
+                for i in images])
+
+    def _loaded_model(self, device):
+        """The index's own model on device, loaded once (and checked to be that model)."""
+        from clip_hitchhiker.models.backends import load_model
 
         device = torch.device(device)
         if self._model is None or self._model_device != device:
@@ -157,17 +190,18 @@ class VideoIndex:
                     f"the model {config['model']} is not the one {self.folder} was built with "
                     f"({self._model.model_id} now, {config['model_id']} then); restore that "
                     "file or rebuild the index")
-        with torch.inference_mode():
-            return encode_captions(self._model, list(texts), device)
+        return self._model
 
     def search_embeddings(self, text_embeds, k=10, temperature=0.1, aggregate="queryscoring",
                           exact=False, candidates=DEFAULT_CANDIDATES, mass=DEFAULT_MASS,
                           nprobe=None):
-        """text_embeds: [T, D] finite, no row all zero, D the index's embed_dim. k, candidates:
-        integers >= 1; temperature > 0; mass in (0, 1] (QueryError, a ValueError, otherwise).
+        """text_embeds: [T, D] real, finite, no row all zero, of any scale and float dtype, D
+        the index's embed_dim. k, candidates: integers >= 1; temperature > 0; mass in (0, 1];
+        nprobe: None (the index's) or an integer >= 1, the inverted lists an IVF stage 1 probes
+        in this call (QueryError, a ValueError, otherwise).
         returns: T lists of up to k hits {"rank", "video", "score", "start", "end", "peak",
         "duration"}, best first."""
-        check_search_settings(k, temperature, aggregate, candidates, mass, AGGREGATES)
+        check_search_settings(k, temperature, aggregate, candidates, mass, AGGREGATES, nprobe)
         text_embeds = check_text_embeds(text_embeds, self.config["embed_dim"])
         if len(self) == 0:
             return [[] for _ in text_embeds]
@@ -232,7 +266,7 @@ class VideoIndex:
         times, duration = self.table["frame_times"][row], float(self.table["duration"][row])
         moment = moment_from_weights(weights, times, duration, mass)
         return {"video": self.table["path"][row], "score": score, **moment,
-                "duration": duration, "peak_frame": int(np.argmax(weights))}
+                "duration": duration, "peak_frame": peak_frame(weights)}
 
     # ------------------------------------------------------------------------------------------
     # Reporting
@@ -287,10 +321,18 @@ def _top_k(scores, rows, k):
 
 def write_thumbnail(video_path, time_s, out_path):
     """Write the frame of video_path nearest time_s (seconds) as a JPEG at out_path."""
-    import av
     from PIL import Image
 
-    with av.open(str(video_path)) as container:
+    frame = read_frame_near(video_path, time_s)
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(frame).save(out_path, "JPEG", quality=90)
+
+
+def read_frame_near(video, time_s):
+    """uint8 RGB [H, W, 3]: the frame of video (a path or a binary file object) nearest time_s."""
+    import av
+
+    with av.open(video if hasattr(video, "read") else str(video)) as container:
         stream = container.streams.video[0]
         if time_s > 2 and stream.time_base:
             # To the key frame before (time - 2 s), so that a long video is not decoded whole.
@@ -303,6 +345,5 @@ def write_thumbnail(video_path, time_s, out_path):
             elif t > time_s:
                 break
     if best is None:
-        raise VideoIndexError(f"{video_path} has no frame to show")
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(best[1]).save(out_path, "JPEG", quality=90)
+        raise VideoIndexError(f"{getattr(video, 'name', video)} has no frame to show")
+    return best[1]
