@@ -12,6 +12,7 @@ cli read the argparse namespace. The format: clip_hitchhiker/search/index_format
 import argparse
 import itertools
 import json
+import locale
 import math
 import os
 import sys
@@ -237,7 +238,9 @@ class VideoFiles(torch.utils.data.Dataset):
 
 def decode_video(path, sampling, decoder, device="cpu"):
     """(uint8 frames [F, 3, H, W], info with "times", "indices", "duration") by the sampling
-    rule; the uniform rule's times are the sampled frames' presentation times."""
+    rule; the uniform rule's times are the sampled frames' presentation times, in seconds from
+    the first frame as the time-based rule gives them (a stream that starts at 1.4 s, as MPEG-TS
+    does, would otherwise put every moment 1.4 s late, past the end for the last frames)."""
     from clip_hitchhiker.video.decoders import frame_table
     from data_loader import read_video
 
@@ -250,7 +253,7 @@ def decode_video(path, sampling, decoder, device="cpu"):
         table = frame_table(path)
     except Exception as e:  # the container's own errors
         raise VideoDecodeError(f"cannot read the frame times of {path}: {e}") from e
-    times = [float(table.times[i]) for i in info["indices"]]
+    times = [float(table.times[i]) - table.start for i in info["indices"]]
     return frames, {**info, "times": times, "duration": float(table.duration)}
 
 
@@ -298,7 +301,7 @@ def _run_index(args, ctx):
         return None
     return {**summary, "listed": len(listing.videos), "up_to_date": plan["up_to_date"],
             "moved": plan["moved"], "pruned": plan["pruned"],
-            "failed": summary["failed"] + len(plan["failed"]),
+            "failed": summary["failed"] + len(plan["failed"]) + len(plan["kept"]),
             "vanished": summary["vanished"] + len(plan["vanished"]),
             "videos": writer.manifest["videos"], "frames": writer.manifest["frames"],
             "stage1_before": stage1_before, "stage1": writer.manifest["stage1"]["type"]}
@@ -328,10 +331,13 @@ def _check_index_folder(folder):
 
 def _plan(writer, listing, args):
     """What to encode, move, drop; the files that cannot be read or vanished are reported."""
-    prune_under = (listing.folders, listing.files) if args.prune else None
+    prune_under = video_listing.prune_scope(listing) if args.prune else None
     plan = writer.plan(listing.videos, prune_under, args.confirm_prune)
     for path, _, reason in plan["failed"]:
         print(f"skipped {path}: {reason}", file=sys.stderr)
+    for path, reason in plan["kept"]:
+        print(f"skipped {path}: {reason}; its entry from an earlier run is kept",
+              file=sys.stderr)
     for path in plan["vanished"]:
         print(f"skipped {path}: {_VANISHED}", file=sys.stderr)
     return plan
@@ -468,19 +474,36 @@ def _encode(model, item, path, fp, preprocess, placement, device, frame_chunk):
 # search and info
 
 
+# A million queries of 60 characters fit; /dev/zero, or a video given by mistake, does not fill
+# the memory.
+QUERIES_FILE_LIMIT = 64 << 20
+
+
 def read_queries(args):
     """The QUERYs, then the lines of --queries FILE (blank lines there separate, and are
     skipped). QueryError for an empty or whitespace-only QUERY."""
     queries = list(args.queries)
     if args.queries_file:
-        try:
-            lines = Path(args.queries_file).read_text().splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"--queries {args.queries_file} cannot be read ({e})") from e
-        queries += [line.strip() for line in lines if line.strip()]
+        queries += [line.strip() for line in _queries_file_lines(args.queries_file)
+                    if line.strip()]
     if not queries and not args.image:
         raise ConfigError(f"--queries {args.queries_file} holds no query")
     return check_queries(queries)
+
+
+def _queries_file_lines(name):
+    """The lines of a --queries file (a pipe too: `--queries <(...)`), read up to
+    QUERIES_FILE_LIMIT bytes. ConfigError naming the file if it cannot be read or is longer."""
+    try:
+        with open(name, "rb") as f:
+            data = f.read(QUERIES_FILE_LIMIT + 1)
+        text = data.decode(locale.getpreferredencoding(False))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--queries {name} cannot be read ({e})") from e
+    if len(data) > QUERIES_FILE_LIMIT:
+        raise ConfigError(f"--queries {name} holds more than {QUERIES_FILE_LIMIT >> 20} MB; give "
+                          "a text file of queries, one a line (split a longer one)")
+    return text.splitlines()
 
 
 def run_search(args):

@@ -5,6 +5,7 @@ QueryError, a ValueError whose one-line message names the query or setting at fa
 import math
 import numbers
 
+import numpy as np
 import torch
 
 from clip_hitchhiker.errors import QueryError
@@ -33,10 +34,12 @@ def check_queries(texts):
     return texts
 
 
-def check_search_settings(k, temperature, aggregate, candidates, mass, aggregates):
+def check_search_settings(k, temperature, aggregate, candidates, mass, aggregates, nprobe=None):
     """QueryError unless k and candidates are integers >= 1, temperature a number > 0, mass in
-    (0, 1] and aggregate one of `aggregates`."""
-    for name, value in (("k", k), ("candidates", candidates)):
+    (0, 1], aggregate one of `aggregates` and nprobe None or an integer >= 1."""
+    counts = (("k", k), ("candidates", candidates)) + ((("nprobe", nprobe),) if nprobe is not None
+                                                        else ())
+    for name, value in counts:
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise QueryError(f"{name} must be an integer >= 1, got {value!r}")
     if not _is_number(temperature) or not (math.isfinite(temperature) and temperature > 0):
@@ -48,13 +51,21 @@ def check_search_settings(k, temperature, aggregate, candidates, mass, aggregate
 
 
 def check_text_embeds(text_embeds, embed_dim):
-    """text_embeds: [T, D] with D = embed_dim, any scale. returns: float32 CPU [T, D].
-    QueryError for another shape, or a row that is not finite or is all zero (it cannot rank
-    anything)."""
+    """text_embeds: [T, D] with D = embed_dim: real numbers of any scale and dtype (a tensor that
+    requires grad, a numpy array, nested lists). returns: float32 CPU [T, D], each row scaled by
+    a power of two so that its largest magnitude lies in [0.5, 1): exact for the cosines (every
+    score is the rows' own), and no square then overflows or underflows float32, which turned a
+    row of 1e30 (or 1e-30) into noise. QueryError for another shape, a complex dtype, or a row
+    that is not finite or is all zero (it cannot rank anything)."""
     try:
-        embeds = torch.as_tensor(text_embeds, dtype=torch.float32, device="cpu")
-    except (TypeError, ValueError, RuntimeError) as e:
+        embeds = (text_embeds.detach() if torch.is_tensor(text_embeds)
+                  else torch.as_tensor(np.asarray(text_embeds)))
+        if not embeds.is_complex():
+            embeds = embeds.to(device="cpu", dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError, NotImplementedError) as e:
         raise QueryError(f"text_embeds must be a [T, {embed_dim}] array of numbers ({e})") from e
+    if embeds.is_complex():
+        raise QueryError(f"text_embeds must be real numbers, got {embeds.dtype}")
     if embeds.ndim != 2 or embeds.shape[1] != embed_dim:
         raise QueryError(f"text_embeds must be [T, {embed_dim}] (this index's embedding width "
                          f"is {embed_dim}), got shape {tuple(embeds.shape)}; for one query "
@@ -64,7 +75,9 @@ def check_text_embeds(text_embeds, embed_dim):
         rows = bad.nonzero()[:, 0].tolist()
         raise QueryError(f"text_embeds row(s) {rows[:5]}{' ...' if len(rows) > 5 else ''} "
                          "hold NaN or inf or are all zero; they cannot rank videos")
-    return embeds
+    _, exponent = torch.frexp(embeds.abs().amax(dim=1, keepdim=True))  # [T, 1]
+    half = exponent // 2  # two steps, so that no power of two leaves float64's range
+    return torch.ldexp(torch.ldexp(embeds, -half), half - exponent).float()
 
 
 def _is_number(value):

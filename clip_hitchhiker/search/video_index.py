@@ -24,7 +24,7 @@ import torch
 from clip_hitchhiker.search import candidate_index
 from clip_hitchhiker.search import index_format as fmt
 from clip_hitchhiker.errors import VideoIndexError
-from clip_hitchhiker.moments.rule import DEFAULT_MASS, moment_from_weights
+from clip_hitchhiker.moments.rule import DEFAULT_MASS, moment_from_weights, peak_frame
 from clip_hitchhiker.search.queries import (check_queries, check_search_settings,
                                             check_text_embeds)
 from query_scoring import (queryscoring_frame_weights, similarity_meanpooling,
@@ -133,7 +133,7 @@ class VideoIndex:
         query). returns: [{"query", "hits"}] per text. QueryError (a ValueError) for an empty
         query or a setting search_embeddings refuses, before the model is loaded."""
         texts = check_queries(texts)
-        check_search_settings(k, temperature, aggregate, candidates, mass, AGGREGATES)
+        check_search_settings(k, temperature, aggregate, candidates, mass, AGGREGATES, nprobe)
         text_embeds = self.encode_texts(texts, device)
         if torch.device(device).type == "cuda":
             self.stage1 = candidate_index.on_gpus(self.stage1)
@@ -148,7 +148,7 @@ class VideoIndex:
         is. images: paths or PIL images. returns: [{"image", "hits"}] per image ("image" is the
         path, or None for a PIL image). QueryError for a setting search_embeddings refuses,
         before the model is loaded."""
-        check_search_settings(k, temperature, aggregate, candidates, mass, AGGREGATES)
+        check_search_settings(k, temperature, aggregate, candidates, mass, AGGREGATES, nprobe)
         image_embeds = self.encode_images(images, device)
         results = self.search_embeddings(image_embeds, k, temperature, aggregate, exact,
                                          candidates, mass, nprobe)
@@ -195,11 +195,13 @@ class VideoIndex:
     def search_embeddings(self, text_embeds, k=10, temperature=0.1, aggregate="queryscoring",
                           exact=False, candidates=DEFAULT_CANDIDATES, mass=DEFAULT_MASS,
                           nprobe=None):
-        """text_embeds: [T, D] finite, no row all zero, D the index's embed_dim. k, candidates:
-        integers >= 1; temperature > 0; mass in (0, 1] (QueryError, a ValueError, otherwise).
+        """text_embeds: [T, D] real, finite, no row all zero, of any scale and float dtype, D
+        the index's embed_dim. k, candidates: integers >= 1; temperature > 0; mass in (0, 1];
+        nprobe: None (the index's) or an integer >= 1, the inverted lists an IVF stage 1 probes
+        in this call (QueryError, a ValueError, otherwise).
         returns: T lists of up to k hits {"rank", "video", "score", "start", "end", "peak",
         "duration"}, best first."""
-        check_search_settings(k, temperature, aggregate, candidates, mass, AGGREGATES)
+        check_search_settings(k, temperature, aggregate, candidates, mass, AGGREGATES, nprobe)
         text_embeds = check_text_embeds(text_embeds, self.config["embed_dim"])
         if len(self) == 0:
             return [[] for _ in text_embeds]
@@ -264,7 +266,7 @@ class VideoIndex:
         times, duration = self.table["frame_times"][row], float(self.table["duration"][row])
         moment = moment_from_weights(weights, times, duration, mass)
         return {"video": self.table["path"][row], "score": score, **moment,
-                "duration": duration, "peak_frame": int(np.argmax(weights))}
+                "duration": duration, "peak_frame": peak_frame(weights)}
 
     # ------------------------------------------------------------------------------------------
     # Reporting
