@@ -381,10 +381,14 @@ def test_token_is_enforced_on_every_request(service):
     assert client.post("/api/search", content=b"x").status_code == 401
 
 
-def test_requests_from_other_web_pages_are_refused(colour, client, tmp_path):
+def test_requests_from_other_web_pages_are_refused(colour, tmp_path):
     """Every combination of what a browser says about a request's source: only the page's own
     requests, a typed address or a link to the page itself pass (and clients that say nothing);
     a web page elsewhere cannot search, cut clips or load thumbnails and videos."""
+    from starlette.testclient import TestClient
+
+    client = TestClient(server.create_app(server.SearchService(
+        VideoIndex.open(colour["index"]), tmp_path / "cache")))  # its own clips
     image = search_synthetic.colour_image(tmp_path / "red.png", "red").read_bytes()
     requests = [("GET", "/"), ("GET", "/static/app.js"), ("GET", "/api/thumbnail/7?t=1"),
                 ("GET", "/api/video/7"), ("GET", "/api/search?q=a+red+video&k=1"),
