@@ -51,6 +51,10 @@ def test_one_string_is_one_query(thirds):
 @pytest.mark.parametrize("texts,message", [
     ([""], r"query 1 \(''\) is empty or only whitespace; give some text to search for"),
     (["a red video", " \t\n"], r"query 2 \(' \\t\\n'\) is empty or only whitespace"),
+    (["a red video", "\u200b"], r"query 2 \('\\u200b'\) holds only invisible characters "
+                                r"\(zero-width, format or control\); give some text to search for"),
+    (["\u2060\u200d \u00ad"], r"query 1 \('.*'\) holds only invisible characters"),
+    (["\ufeff\x00"], r"query 1 \('.*'\) holds only invisible characters"),
     (["a red video", None], "query 2 is not text but NoneType"),
     ([b"a red video"], "query 1 is not text but bytes"),
     (42, "queries must be a list of strings"),
@@ -60,6 +64,24 @@ def test_empty_and_non_text_queries_are_refused_before_the_model_loads(thirds, t
     with pytest.raises(QueryError, match=message):
         index.search(texts)
     assert index._model is None  # refused before loading anything
+
+
+def test_a_query_the_tokenizer_drops_whole_is_refused_before_it_is_encoded(thirds, monkeypatch):
+    """U+FFFC (the object replacement character) shows a box, so it passes the character check,
+    but CLIP's text cleaning (ftfy) drops it: the query would be the start and end tokens alone.
+    Refused by the index's own tokenizer, before any text is encoded."""
+    index = VideoIndex.open(thirds["index"])
+    model = index._loaded_model("cpu")
+    assert model.tokenless(["a red video", "\ufffc", "\ufffc \ufffc", "\u200b", ""]) == \
+        [False, True, True, False, True]
+    encoded = []
+    monkeypatch.setattr(model.module, "encode_text", lambda tokens: encoded.append(tokens))
+    with pytest.raises(QueryError, match=r"^query 2 \('\ufffc'\) holds no token once tokenised "
+                                         r"by the index's model \(.*colour.pt\), whose tokenizer "
+                                         r"drops every character of it; give some text to search "
+                                         r"for$"):
+        index.search(["a red video", "\ufffc"])
+    assert encoded == []
 
 
 @pytest.mark.parametrize("settings,message", [
@@ -147,6 +169,10 @@ def test_a_wrong_embedding_width_is_a_clear_value_error(thirds, shape):
 @pytest.mark.parametrize("queries,message", [
     ([""], "error: query 1 ('') is empty or only whitespace; give some text to search for"),
     (["a red video", "   "], "error: query 2 ('   ') is empty or only whitespace"),
+    (["\u200b"], "error: query 1 ('\\u200b') holds only invisible characters (zero-width, "
+                 "format or control); give some text to search for"),
+    (["a red video", "\ufffc"], "error: query 2 ('\ufffc') holds no token once tokenised by "
+                                "the index's model ("),
 ])
 def test_empty_queries_are_refused_in_one_line(thirds, capsys, queries, message):
     code, err = cli_error(capsys, "search", "--index", thirds["index"], *queries)

@@ -531,7 +531,9 @@ def test_bounded_sizes_and_json_errors(service, client, monkeypatch):
     for params, word in [({"q": "x", "k": "abc"}, "k must be a number"),
                          ({"q": "x", "k": server.MAX_K + 1}, "k must be in"),
                          ({"q": "x", "temperature": "nan"}, "temperature"),
-                         ({"q": "x", "aggregate": "max"}, "aggregate"), ({"q": " "}, "empty")]:
+                         ({"q": "x", "aggregate": "max"}, "aggregate"), ({"q": " "}, "empty"),
+                         ({"q": "\u200b"}, "holds only invisible characters"),
+                         ({"q": "\ufffc"}, "holds no token once tokenised")]:
         answer = client.get("/api/search", params=params)
         assert answer.status_code == 400 and word in answer.json()["error"], params
     not_image = client.post("/api/search", content=b"not an image")

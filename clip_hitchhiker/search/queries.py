@@ -4,20 +4,26 @@ QueryError, a ValueError whose one-line message names the query or setting at fa
 """
 import math
 import numbers
+import unicodedata
 
 import numpy as np
 import torch
 
 from clip_hitchhiker.errors import QueryError
 
-__all__ = ["check_queries", "check_search_settings", "check_text_embeds"]
+__all__ = ["check_queries", "check_search_settings", "check_text_embeds", "check_tokenised"]
+
+# Characters that show nothing: controls, format characters (zero-width space and joiners, the
+# BOM, direction marks, the soft hyphen) and separators. CLIP's byte-level BPE gives some of
+# them a token (U+200B is token 9844), which says nothing about any video.
+_INVISIBLE = ("Cc", "Cf", "Zs", "Zl", "Zp")
 
 
 def check_queries(texts):
     """texts: a list (or tuple) of query strings, or one string (one query, as clip.tokenize
     takes it). returns: list of str. QueryError for a query that is not text, or is empty or
     only whitespace (CLIP would embed the bare start and end tokens, and every video would come
-    back ranked by noise)."""
+    back ranked by noise), or shows no character (only invisible ones such as U+200B)."""
     if isinstance(texts, str):
         return [texts]
     if isinstance(texts, (bytes, dict)) or not hasattr(texts, "__iter__"):
@@ -31,7 +37,22 @@ def check_queries(texts):
         if not text.strip():
             raise QueryError(f"query {number} ({text!r}) is empty or only whitespace; give "
                              "some text to search for")
+        if all(unicodedata.category(c) in _INVISIBLE for c in text):
+            raise QueryError(f"query {number} ({text!r}) holds only invisible characters "
+                             "(zero-width, format or control); give some text to search for")
     return texts
+
+
+def check_tokenised(texts, tokenless, model):
+    """QueryError naming the first of texts whose tokenless flag is set: the model's tokenizer
+    dropped all of its characters (U+FFFC, U+FEFF, ...), so CLIP would embed its start and end
+    tokens alone and rank every video by noise. tokenless: one bool per text
+    (backends.LoadedModel.tokenless); model: the model's name, for the message."""
+    for number, (text, empty) in enumerate(zip(texts, tokenless), start=1):
+        if empty:
+            raise QueryError(f"query {number} ({text!r}) holds no token once tokenised by the "
+                             f"index's model ({model}), whose tokenizer drops every character "
+                             "of it; give some text to search for")
 
 
 def check_search_settings(k, temperature, aggregate, candidates, mass, aggregates, nprobe=None):

@@ -40,6 +40,7 @@ import torch
 from clip_hitchhiker.errors import ConfigError, HitchhikerError
 from clip_hitchhiker.moments.rule import DEFAULT_MASS
 from clip_hitchhiker.search.moment_clips import clip_name
+from clip_hitchhiker.search.queries import check_queries
 from clip_hitchhiker.search.search_report import rounded_for_print, search_report
 from clip_hitchhiker.search.video_index import AGGREGATES, DEFAULT_CANDIDATES
 from query_scoring import queryscoring_frame_weights
@@ -181,6 +182,7 @@ class SearchService:
         if len(text) > MAX_QUERY_CHARS:
             raise RequestError(413, f"q has {len(text)} characters, more than "
                                     f"{MAX_QUERY_CHARS}")
+        check_queries([text])  # invisible characters only: QueryError, answered with a 400
         return lambda: self._report({"query": text}, self._encode_texts([text]), options)
 
     def image_job(self, data, options):

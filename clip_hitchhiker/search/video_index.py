@@ -26,7 +26,7 @@ from clip_hitchhiker.search import index_format as fmt
 from clip_hitchhiker.errors import VideoIndexError
 from clip_hitchhiker.moments.rule import DEFAULT_MASS, moment_from_weights, peak_frame
 from clip_hitchhiker.search.queries import (check_queries, check_search_settings,
-                                            check_text_embeds)
+                                            check_text_embeds, check_tokenised)
 from query_scoring import (queryscoring_frame_weights, similarity_meanpooling,
                            similarity_queryscoring)
 
@@ -131,7 +131,8 @@ class VideoIndex:
                candidates=DEFAULT_CANDIDATES, device="cpu", mass=DEFAULT_MASS, nprobe=None):
         """Search by text with the index's own model. texts: a list of queries (or one str: one
         query). returns: [{"query", "hits"}] per text. QueryError (a ValueError) for an empty
-        query or a setting search_embeddings refuses, before the model is loaded."""
+        query or a setting search_embeddings refuses, before the model is loaded, and for a
+        query that the model's tokenizer reduces to no token, before any is encoded."""
         texts = check_queries(texts)
         check_search_settings(k, temperature, aggregate, candidates, mass, AGGREGATES, nprobe)
         text_embeds = self.encode_texts(texts, device)
@@ -156,10 +157,12 @@ class VideoIndex:
                  "hits": hits} for i, hits in zip(images, results)]
 
     def encode_texts(self, texts, device="cpu"):
-        """float32 CPU [len(texts), D], by the model the index was built with."""
+        """float32 CPU [len(texts), D], by the model the index was built with. QueryError for a
+        text that its tokenizer reduces to no token."""
         from clip_hitchhiker.models.clip_models import encode_captions
 
         model = self._loaded_model(device)
+        check_tokenised(texts, model.tokenless(texts), self.config["model"])
         with torch.inference_mode():
             return encode_captions(model, list(texts), torch.device(device))
 
