@@ -515,6 +515,42 @@ def test_a_txt_list_is_one_path_a_line_and_entries_that_are_no_file_are_reported
     assert [path for path, _ in listing.skipped] == [str(tmp_path / "missing.mp4")]
 
 
+@pytest.mark.parametrize("first_row", ["missing.mp4,a caption", "missing.mp4", "file,caption"])
+def test_a_csv_first_row_is_a_header_only_when_it_names_the_path_column(tmp_path, first_row):
+    """A headerless .csv whose first video is gone: that row is data, reported and looked at by
+    a prune like any other (it was taken as a header, silently); so is a first row naming no
+    known column. A header names "path", "video_path" or "video", any case."""
+    (tmp_path / "plain.mp4").write_bytes(b"0")
+    missing = str(tmp_path / first_row.split(",")[0])
+    list_file = tmp_path / "list.csv"
+    list_file.write_text(f"{first_row}\nplain.mp4,another\n")
+    listing = list_videos([list_file])
+    assert listing.videos == [str(tmp_path / "plain.mp4")]
+    assert listing.skipped == [(missing, f"not found (listed in {list_file})")]
+    assert listing.files == [missing, str(tmp_path / "plain.mp4")]
+    for header, row in (("Path", "plain.mp4"), ("caption, Video ", "a caption,plain.mp4"),
+                        ("VIDEO_PATH,caption", "plain.mp4,a caption")):
+        list_file.write_text(f"{header}\n{row}\n")
+        assert (list_videos([list_file]).videos, list_videos([list_file]).skipped) == \
+            ([str(tmp_path / "plain.mp4")], [])
+
+
+def test_a_headerless_csv_prunes_its_first_video_once_it_is_gone(library, tmp_path, capsys):
+    videos = copy(library, tmp_path / "videos", ["red", "green", "blue"])
+    list_file = videos / "list.csv"
+    list_file.write_text("red.mp4\ngreen.mp4\nblue.mp4\n")
+    folder = tmp_path / "index"
+    assert index(library, [list_file], folder)["videos"] == 3
+    (videos / "red.mp4").unlink()
+    capsys.readouterr()
+    summary = index(library, [list_file], folder, "--prune")
+    assert (summary["pruned"], summary["videos"]) == (1, 2)
+    assert f"skipped {videos / 'red.mp4'}: not found (listed in {list_file})" in \
+        capsys.readouterr().err
+    assert [Path(p).name for p in VideoIndex.open(folder).table["path"]] == ["blue.mp4",
+                                                                             "green.mp4"]
+
+
 def test_a_folder_without_videos_is_said_so(library, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()

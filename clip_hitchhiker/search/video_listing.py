@@ -19,6 +19,7 @@ __all__ = ["LIST_EXTENSIONS", "STAT_KEYS", "VIDEO_EXTENSIONS", "VideoListing", "
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv",
                     ".flv", ".ts", ".mts", ".3gp", ".ogv")
 LIST_EXTENSIONS = (".txt", ".csv", ".lst")
+CSV_PATH_COLUMNS = ("path", "video_path", "video")  # a .csv's first row naming one is its header
 # What a file's stat must keep for its content to count as unchanged without hashing it: a
 # replacement that restores the size and the mtime (touch -r, cp -p) still changes the inode
 # or the ctime, which no user call can set.
@@ -194,16 +195,18 @@ def _line_entries(list_path):
 
 
 def _csv_entries(list_path):
-    """A .csv list: its "path", "video_path" or "video" column, else its first column (a header
-    row is recognised when it names one of those, or when its first cell is no file)."""
+    """A .csv list: its "path", "video_path" or "video" column, else its first column. The
+    first row is a header only when it names one of those columns (any case): otherwise it is
+    data, so that a headerless list whose first video is gone reports it (and a prune drops
+    it), as it does any other row."""
     with open(list_path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         rows = [row for row in csv.reader(f) if row and row[0].strip()]
     column = 0
     if rows:
         header = [h.strip().lower() for h in rows[0]]
-        named = [i for i, h in enumerate(header) if h in ("path", "video_path", "video")]
-        if named or not os.path.exists(os.path.join(os.path.dirname(list_path), rows[0][0])):
-            column, rows = (named[0] if named else 0), rows[1:]
+        named = [i for i, h in enumerate(header) if h in CSV_PATH_COLUMNS]
+        if named:
+            column, rows = named[0], rows[1:]
     return [row[column].strip() for row in rows if len(row) > column]
 
 
