@@ -535,10 +535,11 @@ def write_moment_clips(results, folder):
     for result in results:
         for hit in result["hits"]:
             made = new_part_file(folder)
+            name = clip_name(hit["video"], hit["start"], hit["end"])
             try:
-                write_clip(hit["video"], hit["start"], hit["end"], made)
-                hit["clip"] = str(place_clip(made, folder, clip_name(hit["video"], hit["start"],
-                                                                     hit["end"])).resolve())
+                write_clip(hit["video"], hit["start"], hit["end"], made,
+                           clip_path=folder / name)
+                hit["clip"] = str(place_clip(made, folder, name).resolve())
             finally:
                 if os.path.exists(made):
                     os.unlink(made)

@@ -1,6 +1,7 @@
 """search_videos.py serve: the JSON API against `search --json`, HTTP ranges byte for byte,
 every traversal attempt refused, the token, bounded sizes, JSON errors, concurrent requests and
 the model loaded once. A real server on 127.0.0.1 where the raw request matters."""
+import contextlib
 import http.client
 import itertools
 import json
@@ -705,6 +706,34 @@ def test_two_requests_for_one_clip_make_it_once(colour, tmp_path, monkeypatch):
     assert made == [(1.0, 3.0)]
     assert len(answers) == 4 and all(answer == answers[0] for answer in answers)
     assert sorted(p.suffix for p in (tmp_path / "cache").iterdir()) == [".json", ".mp4"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_clip_that_cannot_be_written_is_one_line_naming_the_video_and_the_clip(
+        colour, tmp_path, monkeypatch):
+    """The disk full (the clip written to /dev/full): the page hears which video and which clip,
+    not "cannot cut a clip of 12" (the descriptor number of the video opened for it)."""
+    from starlette.testclient import TestClient
+
+    temporary = server._temporary
+
+    @contextlib.contextmanager
+    def full_disk(folder, suffix):
+        if suffix != ".mp4.part":
+            with temporary(folder, suffix) as path:
+                yield path
+        else:
+            yield "/dev/full"
+
+    monkeypatch.setattr(server, "_temporary", full_disk)
+    service = server.SearchService(VideoIndex.open(colour["index"]), tmp_path / "cache")
+    answer = TestClient(server.create_app(service)).get("/api/clip/7?start=1&end=3")
+    sha = service.index.table["sha256"][service.row(7)]
+    assert answer.status_code == 500
+    assert answer.json() == {"error": f"cannot cut a clip of {service.video_name(7)} into "
+                                      f"{tmp_path / 'cache' / sha[:32]}_1000_3000_mp4.mp4 (No "
+                                      "space left on device)"}
+    assert list((tmp_path / "cache").iterdir()) == []
 
 
 def test_a_clip_must_start_within_the_video_and_ends_at_its_end(colour, client):

@@ -322,7 +322,8 @@ class SearchService:
                 self.cache_dir.mkdir(parents=True, exist_ok=True)
                 with _temporary(self.cache_dir, ".mp4.part") as made, \
                         _temporary(self.cache_dir, ".json.part") as record:
-                    meta = write_clip(file, start, end, made, for_browser=for_browser)
+                    meta = write_clip(file, start, end, made, for_browser=for_browser,
+                                      video_name=self.video_name(video_id), clip_path=path)
                     Path(record).write_text(json.dumps(meta))
                     os.replace(record, meta_path)
                     os.replace(made, path)
