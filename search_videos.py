@@ -148,6 +148,9 @@ def _serve_parser(parser):
     add("--cache", default=None, metavar="DIR",
         help="where clips of the moments are kept (default $XDG_CACHE_HOME or "
              "~/.cache/clip-hitchhiker/clips; the index itself is never written)")
+    add("--cache_max_mb", type=float, default=2048, metavar="MB",
+        help="the most the clips in --cache may take, in MB (10^6 bytes; default 2048): past "
+             "it, the least recently used clips the server made are removed")
     add("--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:N")
 
 
@@ -191,6 +194,8 @@ def _check_serve(parser, args):
         parser.error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
     if args.token is not None and len(args.token) < 8:
         parser.error("--token must have at least 8 characters")
+    if not (math.isfinite(args.cache_max_mb) and args.cache_max_mb >= 0):
+        parser.error(f"--cache_max_mb must be a number >= 0, got {args.cache_max_mb}")
 
 
 def sampling_of(args):
@@ -586,7 +591,8 @@ def run_serve(args):
               "every request must carry the token", file=sys.stderr)
         token = token or secrets.token_urlsafe(18)
     service = server.SearchService(VideoIndex.open(args.index),
-                                   args.cache or server.default_cache_dir(), args.device)
+                                   args.cache or server.default_cache_dir(), args.device,
+                                   cache_max_bytes=round(args.cache_max_mb * 10**6))
     service.warm_up()
     server.check_port_free(args.host, args.port)
     app = server.create_app(service, token, allowed_hosts=server.loopback_host_names(args.host)

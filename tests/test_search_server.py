@@ -695,8 +695,9 @@ def test_two_requests_for_one_clip_make_it_once(colour, tmp_path, monkeypatch):
 
     def ask():
         barrier.wait()
-        path, meta = service.clip(7, 1.0, 3.0, for_browser=False)
-        answers.append((Path(path).read_bytes(), meta))
+        file, meta = service.clip(7, 1.0, 3.0, for_browser=False)
+        with file:
+            answers.append((file.read(), meta))
 
     threads = [threading.Thread(target=ask) for _ in range(4)]
     for thread in threads:
@@ -715,7 +716,7 @@ def test_a_clip_that_cannot_be_written_is_one_line_naming_the_video_and_the_clip
     not "cannot cut a clip of 12" (the descriptor number of the video opened for it)."""
     from starlette.testclient import TestClient
 
-    temporary = server._temporary
+    temporary = server.temporary_file
 
     @contextlib.contextmanager
     def full_disk(folder, suffix):
@@ -725,7 +726,7 @@ def test_a_clip_that_cannot_be_written_is_one_line_naming_the_video_and_the_clip
         else:
             yield "/dev/full"
 
-    monkeypatch.setattr(server, "_temporary", full_disk)
+    monkeypatch.setattr(server, "temporary_file", full_disk)
     service = server.SearchService(VideoIndex.open(colour["index"]), tmp_path / "cache")
     answer = TestClient(server.create_app(service)).get("/api/clip/7?start=1&end=3")
     sha = service.index.table["sha256"][service.row(7)]
@@ -734,6 +735,106 @@ def test_a_clip_that_cannot_be_written_is_one_line_naming_the_video_and_the_clip
                                       f"{tmp_path / 'cache' / sha[:32]}_1000_3000_mp4.mp4 (No "
                                       "space left on device)"}
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+META = {"start": 0.0, "end": 1.0, "method": "copy"}
+ENTRY = 1000 + len(json.dumps(META))  # a test clip's bytes with its record's
+
+
+def add_clip(cache, key):
+    """cache.add of a 1000-byte clip KEY: the clip, open (being served)."""
+    made = cache.folder / f".{key}.mp4.part"
+    made.write_bytes(b"x" * 1000)
+    file, meta = cache.add(key, made, META)
+    assert meta == META
+    return file
+
+
+def test_the_clip_cache_removes_the_least_recently_used_clips_it_made(tmp_path):
+    """At most 3 clips (with records): a 4th removes the least recently used, passing over one
+    being served; the user's files, a clip without its record, links, a folder and a clip
+    being made are never touched; a restart orders the clips by their last use."""
+    from clip_hitchhiker.search.clip_cache import ClipCache
+
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    (folder / "notes.txt").write_bytes(b"n" * 5000)
+    (folder / "a0_1_2_mp4.mp4").write_bytes(b"no record" * 1000)
+    (folder / "a1_1_2_mp4.mp4").symlink_to(folder / "notes.txt")
+    (folder / "a1_1_2_mp4.json").write_text(json.dumps(META))
+    (folder / "a2_1_2_mp4.mp4").mkdir()
+    (folder / "a2_1_2_mp4.json").write_text(json.dumps(META))
+    (folder / "tmp1234.mp4.part").write_bytes(b"being made" * 1000)
+    others = sorted(p.name for p in folder.iterdir())
+
+    def clips():
+        return sorted(p.stem for p in folder.iterdir()
+                      if p.name not in others and p.suffix == ".mp4")
+
+    def records():
+        return sorted(p.stem for p in folder.iterdir()
+                      if p.name not in others and p.suffix == ".json")
+
+    cache = ClipCache(folder, max_bytes=3 * ENTRY)
+    keys = [f"{i:x}" * 4 + "_1000_2000_mp4" for i in range(1, 8)]  # 1111_..., 2222_, ...
+    add_clip(cache, keys[0]).close()
+    add_clip(cache, keys[1]).close()
+    served = add_clip(cache, keys[2])  # held open: being served
+    file, _ = cache.open(keys[0])  # used again: now more recent than keys[1]
+    file.close()
+    assert clips() == records() == keys[:3]
+    add_clip(cache, keys[3]).close()
+    assert clips() == records() == [keys[0], keys[2], keys[3]]
+    add_clip(cache, keys[4]).close()  # keys[2] is the least recent but is being served
+    assert clips() == records() == [keys[2], keys[3], keys[4]]
+    assert served.read() == b"x" * 1000
+    served.close()
+    add_clip(cache, keys[5]).close()
+    assert clips() == records() == [keys[3], keys[4], keys[5]]
+    assert cache.open(keys[2]) is None
+    file, _ = cache.open(keys[3])
+    file.close()
+    # A restart with room for two: the order of use survives it, in the records' mtimes.
+    add_clip(ClipCache(folder, max_bytes=2 * ENTRY), keys[6]).close()
+    assert clips() == records() == [keys[3], keys[6]]
+    assert sorted(p.name for p in folder.iterdir()
+                  if p.stem not in keys) == others  # nothing else was touched
+    assert (folder / "notes.txt").read_bytes() == b"n" * 5000
+    assert (folder / "a0_1_2_mp4.mp4").read_bytes() == b"no record" * 1000
+
+
+def test_the_servers_clip_cache_is_bounded(colour, tmp_path):
+    """With room for no clip, the cache keeps the clip being served only until the next one
+    is made: exactly its clip and record remain."""
+    from starlette.testclient import TestClient
+
+    cache = tmp_path / "cache"
+    service = server.SearchService(VideoIndex.open(colour["index"]), cache, cache_max_bytes=0)
+    client = TestClient(server.create_app(service))
+    sha = service.index.table["sha256"][service.row(7)][:32]
+    first = client.get("/api/clip/7?start=1&end=3")
+    assert first.status_code == 200
+    assert sorted(p.name for p in cache.iterdir()) == [f"{sha}_1000_3000_mp4.json",
+                                                       f"{sha}_1000_3000_mp4.mp4"]
+    assert client.get("/api/clip/7?start=1&end=3").content == first.content  # from the cache
+    assert client.get("/api/clip/7?start=2&end=4").status_code == 200
+    assert sorted(p.name for p in cache.iterdir()) == [f"{sha}_2000_4000_mp4.json",
+                                                       f"{sha}_2000_4000_mp4.mp4"]
+
+
+def test_serve_takes_the_cache_size_in_mb(colour, tmp_path, monkeypatch, capsys):
+    made = []
+    monkeypatch.setattr(server, "run_server", lambda app, host, port: None)
+    monkeypatch.setattr(server.SearchService, "warm_up", lambda service: made.append(service))
+    serve = ["serve", "--index", str(colour["index"]), "--port", str(free_port()), "--cache",
+             str(tmp_path / "cache")]
+    search_videos.main(search_videos.parse_args(serve))
+    search_videos.main(search_videos.parse_args(serve + ["--cache_max_mb", "0.5"]))
+    assert [s.clips.max_bytes for s in made] == [2048 * 10**6, 500_000]
+    for bad in ("-1", "nan"):
+        with pytest.raises(SystemExit):
+            search_videos.parse_args(serve + ["--cache_max_mb", bad])
+    assert "--cache_max_mb must be a number >= 0, got nan" in capsys.readouterr().err
 
 
 def test_a_clip_must_start_within_the_video_and_ends_at_its_end(colour, client):

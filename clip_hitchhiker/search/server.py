@@ -17,7 +17,6 @@ Requests carry the token where one is set; a loopback-only server also refuses H
 other than its own names (DNS rebinding). Sizes are bounded; errors are JSON.
 """
 import asyncio
-import contextlib
 import hmac
 import importlib.resources
 import ipaddress
@@ -27,7 +26,6 @@ import mimetypes
 import os
 import re
 import stat
-import tempfile
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +37,8 @@ import torch
 
 from clip_hitchhiker.errors import ConfigError, HitchhikerError
 from clip_hitchhiker.moments.rule import DEFAULT_MASS
+from clip_hitchhiker.search.clip_cache import (DEFAULT_MAX_BYTES, ClipCache, clip_key,
+                                               temporary_file)
 from clip_hitchhiker.search.moment_clips import clip_name
 from clip_hitchhiker.search.queries import check_queries
 from clip_hitchhiker.search.search_report import rounded_for_print, search_report
@@ -136,11 +136,13 @@ class SearchService:
 
     encode_texts: texts -> float32 [T, D]; by default the index's own model on `device`.
     cache_dir: where clips for the browser are kept (never the index folder: it stays
-    read-only). """
+    read-only), at most cache_max_bytes of them (clip_cache.ClipCache). """
 
-    def __init__(self, index, cache_dir, device="cpu", encode_texts=None):
+    def __init__(self, index, cache_dir, device="cpu", encode_texts=None,
+                 cache_max_bytes=DEFAULT_MAX_BYTES):
         self.index, self.device = index, device
         self.cache_dir = Path(cache_dir)
+        self.clips = ClipCache(self.cache_dir, cache_max_bytes)
         self._encode_texts = encode_texts or (lambda texts: index.encode_texts(texts, device))
         self._scorer = ThreadPoolExecutor(1, thread_name_prefix="scorer",
                                           initializer=_set_threads,
@@ -295,12 +297,12 @@ class SearchService:
         return self._playable[video_id]
 
     def clip(self, video_id, start, end, for_browser):
-        """(path, {"start", "end", "method"}) of the moment's clip in the cache, made if
-        missing. The moment must start within the video (its end is cut at the video's). Named
-        by the video's sha256, so that a changed video never meets an old clip; written beside
-        and moved into place (its record first), so that a half-written clip is never served;
-        made one at a time, so that two requests for one clip make it once and clips never
-        take every core."""
+        """(file, meta): the moment's clip, open for reading, with {"start", "end", "method"};
+        made if the cache lacks it, and kept in the cache until the file is closed. The moment
+        must start within the video (its end is cut at the video's). Named by the video's
+        sha256, so that a changed video never meets an old clip; written beside and moved into
+        place, so that a half-written clip is never served; made one at a time, so that two
+        requests for one clip make it once and clips never take every core."""
         from clip_hitchhiker.search.moment_clips import write_clip
 
         row = self.row(video_id)
@@ -309,37 +311,21 @@ class SearchService:
             raise RequestError(400, f"start={start:g} is past the end of video {video_id} "
                                     f"({duration:.3f} s)")
         end = min(end, duration)
-        sha = self.index.table["sha256"][row] or f"id{video_id}"
-        key = f"{sha[:32]}_{round(start * 1000)}_{round(end * 1000)}_" + \
-              ("browser" if for_browser else "mp4")
-        path, meta_path = self.cache_dir / f"{key}.mp4", self.cache_dir / f"{key}.json"
+        key = clip_key(self.index.table["sha256"][row], video_id, start, end, for_browser)
         with self.open_video(video_id) as file:
-            if path.is_file() and meta_path.is_file():
-                return path, json.loads(meta_path.read_text())
+            cached = self.clips.open(key)
+            if cached is not None:
+                return cached
             with self._clip_lock:
-                if path.is_file() and meta_path.is_file():  # made while this one waited
-                    return path, json.loads(meta_path.read_text())
+                cached = self.clips.open(key)  # made while this one waited
+                if cached is not None:
+                    return cached
                 self.cache_dir.mkdir(parents=True, exist_ok=True)
-                with _temporary(self.cache_dir, ".mp4.part") as made, \
-                        _temporary(self.cache_dir, ".json.part") as record:
+                with temporary_file(self.cache_dir, ".mp4.part") as made:
                     meta = write_clip(file, start, end, made, for_browser=for_browser,
-                                      video_name=self.video_name(video_id), clip_path=path)
-                    Path(record).write_text(json.dumps(meta))
-                    os.replace(record, meta_path)
-                    os.replace(made, path)
-        return path, meta
-
-
-@contextlib.contextmanager
-def _temporary(folder, suffix):
-    """The path of a new empty file in folder, removed on the way out unless moved away."""
-    fd, temporary = tempfile.mkstemp(suffix=suffix, dir=folder)
-    os.close(fd)
-    try:
-        yield temporary
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+                                      video_name=self.video_name(video_id),
+                                      clip_path=self.clips.paths(key)[0])
+                    return self.clips.add(key, made, meta)
 
 
 def _image(data):
@@ -448,16 +434,17 @@ def create_app(service, token=None, allowed_hosts=None):
         if service.playable(video_id):
             return json_response({"url": f"/api/video/{video_id}", "offset": 0.0,
                                  "method": "original"})
-        _, meta = service.clip(video_id, start, end, for_browser=True)
+        file, meta = service.clip(video_id, start, end, for_browser=True)
+        file.close()
         return json_response({"url": f"/api/clip/{video_id}?start={start}&end={end}&browser=1",
                              "offset": meta["start"], "method": meta["method"]})
 
     def clip(request):
         video_id = _video_id(request)
         start, end = _moment(request)
-        path, meta = service.clip(video_id, start, end,
+        file, meta = service.clip(video_id, start, end,
                                   for_browser=request.query_params.get("browser") == "1")
-        return _file_response(request, open(path, "rb"), "video/mp4",
+        return _file_response(request, file, "video/mp4",
                               {"Content-Disposition": attachment(clip_name(
                                   service.video_name(video_id), start, end)),
                                "X-Clip-Start": f"{meta['start']:.6f}"})
