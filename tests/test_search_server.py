@@ -361,6 +361,30 @@ def test_a_video_replaced_by_a_link_or_changed_is_not_served(own_index):
     assert not (own_index["root"] / "cache").exists()  # nothing was read to make a clip
 
 
+def test_a_cached_thumbnail_is_not_shown_once_its_video_changed(own_index):
+    """The thumbnail cache is checked as the videos are: a video replaced after indexing (here
+    with other bytes of the same size and mtime) gets a 404, not the old frame from memory."""
+    from starlette.testclient import TestClient
+
+    service = server.SearchService(VideoIndex.open(own_index["index"]),
+                                   own_index["root"] / "cache")
+    client = TestClient(server.create_app(service))
+    blue = own_index["truth"]["blue"][0]
+    blue_id = service.index.table["path"].index(str(blue))
+    first = client.get(f"/api/thumbnail/{blue_id}?t=1")
+    assert first.status_code == 200
+    assert client.get(f"/api/thumbnail/{blue_id}?t=1").content == first.content  # cached
+    data, mtime = Path(blue).read_bytes(), os.stat(blue).st_mtime_ns
+    os.unlink(blue)
+    Path(blue).write_bytes(data[:-1] + b"x")
+    os.utime(blue, ns=(mtime, mtime))
+    again = client.get(f"/api/thumbnail/{blue_id}?t=1")
+    assert again.status_code == 404
+    assert again.json() == {"error": f"video {blue_id} changed since it was indexed (or its path "
+                                     "now leads to another file); run search_videos.py index "
+                                     "again"}
+
+
 def test_token_is_enforced_on_every_request(service):
     from starlette.testclient import TestClient
 

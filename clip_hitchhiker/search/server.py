@@ -42,6 +42,7 @@ from clip_hitchhiker.search.clip_cache import (DEFAULT_MAX_BYTES, ClipCache, cli
 from clip_hitchhiker.search.moment_clips import clip_name
 from clip_hitchhiker.search.queries import check_queries
 from clip_hitchhiker.search.search_report import rounded_for_print, search_report
+from clip_hitchhiker.search.video_listing import STAT_KEYS
 from clip_hitchhiker.search.video_index import AGGREGATES, DEFAULT_CANDIDATES
 from query_scoring import queryscoring_frame_weights
 
@@ -248,8 +249,7 @@ class SearchService:
         info = os.fstat(fd)
         now = {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "inode": info.st_ino,
                "ctime_ns": info.st_ctime_ns}
-        recorded = {key: int(self.index.table[key][row]) for key in now
-                    if key in self.index.table}
+        recorded = self._recorded_state(row)
         if not stat.S_ISREG(info.st_mode) or any(
                 value != now[key] for key, value in recorded.items() if value != -1):
             os.close(fd)
@@ -257,6 +257,12 @@ class SearchService:
                                     "path now leads to another file); run search_videos.py "
                                     "index again")
         return os.fdopen(fd, "rb")
+
+    def _recorded_state(self, row):
+        """{"size", "mtime_ns", "inode", "ctime_ns"}: the stat the index recorded of the video
+        (the keys it records; -1 where it did not)."""
+        return {key: int(self.index.table[key][row]) for key in STAT_KEYS
+                if key in self.index.table}
 
     def _file_path(self, row):
         """The video's path as the file system has it (its exact bytes where the name is not
@@ -270,16 +276,20 @@ class SearchService:
         return self.index.table["path"][self.row(video_id)]
 
     def thumbnail(self, video_id, time_s):
-        """JPEG bytes of the frame nearest time_s, at most 480 x 270, cached in memory."""
+        """JPEG bytes of the frame nearest time_s, at most 480 x 270, cached in memory under the
+        video's recorded identity (sha256 and stat). Served, from the cache too, only while the
+        file is still the one indexed (open_video's check); RequestError(404) otherwise."""
         from PIL import Image
 
         from clip_hitchhiker.search.video_index import read_frame_near
 
-        key = (video_id, round(time_s, 3))
-        cached = self._thumbnails.get(key)
-        if cached is not None:
-            return cached
+        row = self.row(video_id)
+        key = (video_id, self.index.table["sha256"][row],
+               tuple(self._recorded_state(row).items()), round(time_s, 3))
         with self.open_video(video_id) as file:
+            cached = self._thumbnails.get(key)
+            if cached is not None:
+                return cached
             image = Image.fromarray(read_frame_near(file, time_s))
         image.thumbnail((480, 270))
         out = BytesIO()
