@@ -44,6 +44,8 @@ from clip_hitchhiker.search import index_format as fmt
 from clip_hitchhiker.search.search_report import rounded_for_print, search_report
 
 DEFAULT_COMMIT_EVERY = 100
+# serve's token from the environment: unlike --token, not shown to other users by ps.
+TOKEN_ENV = "CLIP_HITCHHIKER_TOKEN"
 
 
 def parse_args(argv=None):
@@ -144,7 +146,8 @@ def _serve_parser(parser):
              "a token, generated when --token is not given")
     add("--port", type=int, default=8765, help="default 8765")
     add("--token", default=None,
-        help="every request must carry it (the printed URL does); required off 127.0.0.1")
+        help="every request must carry it (the printed URL does); required off 127.0.0.1. "
+             f"Safer: set ${TOKEN_ENV} instead (a command line is visible to others in ps)")
     add("--cache", default=None, metavar="DIR",
         help="where clips of the moments are kept (default $XDG_CACHE_HOME or "
              "~/.cache/clip-hitchhiker/clips; the index itself is never written)")
@@ -194,6 +197,10 @@ def _check_serve(parser, args):
         parser.error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
     if args.token is not None and len(args.token) < 8:
         parser.error("--token must have at least 8 characters")
+    if args.token is None and os.environ.get(TOKEN_ENV):  # --token, if given, wins
+        args.token = os.environ[TOKEN_ENV]
+        if len(args.token) < 8:
+            parser.error(f"${TOKEN_ENV} must have at least 8 characters")
     if not (math.isfinite(args.cache_max_mb) and args.cache_max_mb >= 0):
         parser.error(f"--cache_max_mb must be a number >= 0, got {args.cache_max_mb}")
 

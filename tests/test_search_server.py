@@ -505,6 +505,33 @@ def test_serve_off_loopback_warns_and_generates_a_token(colour, monkeypatch, cap
     assert local.get("/api/info", headers={"Host": "evil.example"}).status_code == 400
 
 
+def test_serve_takes_the_token_from_the_environment(colour, monkeypatch, capsys):
+    """$CLIP_HITCHHIKER_TOKEN, which ps does not show, as --token: enforced, on 0.0.0.0 and on
+    loopback, and carried by the printed URL; --token wins over it; too short is refused."""
+    from starlette.testclient import TestClient
+
+    served, port = {}, free_port()
+    monkeypatch.setattr(server, "run_server", lambda app, host, port: served.update(app=app))
+    monkeypatch.setenv("CLIP_HITCHHIKER_TOKEN", "from-the-environment")
+    serve = ["serve", "--index", str(colour["index"]), "--port", str(port), "--cache",
+             str(colour["root"] / "cache")]
+    for host in ("0.0.0.0", "127.0.0.1"):
+        url = search_videos.main(search_videos.parse_args(serve + ["--host", host]))
+        assert url.endswith("/?token=from-the-environment") and url in capsys.readouterr().out
+        client = TestClient(served["app"], base_url=f"http://127.0.0.1:{port}")
+        assert client.get("/api/info").status_code == 401
+        assert client.get("/api/info", params={"token": "from-the-environment"}).status_code \
+            == 200
+    url = search_videos.main(search_videos.parse_args(serve + ["--token", "given-12345"]))
+    assert url.endswith("/?token=given-12345")
+    monkeypatch.setenv("CLIP_HITCHHIKER_TOKEN", "short")
+    with pytest.raises(SystemExit):
+        search_videos.parse_args(serve)
+    assert "$CLIP_HITCHHIKER_TOKEN must have at least 8 characters" in capsys.readouterr().err
+    monkeypatch.setenv("CLIP_HITCHHIKER_TOKEN", "")  # set but empty: no token
+    assert search_videos.main(search_videos.parse_args(serve)) == f"http://127.0.0.1:{port}/"
+
+
 @pytest.mark.parametrize("host, url_host", [("::1", "[::1]"), ("127.0.0.2", "127.0.0.2"),
                                              ("localhost", "localhost")])
 def test_serve_on_any_loopback_address_answers_its_own_url(colour, monkeypatch, capsys, host,
