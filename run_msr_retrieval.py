@@ -364,8 +364,9 @@ def _run(args, ctx, start, loaded=None):
     check_decoder(args.decoder, args.decode_on)
     if ctx.is_main:
         print(decoder_line(args.decoder, args.decode_on), file=sys.stderr)  # stdout: results
-    # Local rank 0 downloads weights and data first; the others then read them.
-    first = collective_step(ctx, lambda: _prepare(args, ctx, True, loaded)
+    # Local rank 0 downloads weights and data first; the others then read them. A suite run
+    # downloads no data: it runs what is on disk and lists the rest.
+    first = collective_step(ctx, lambda: _prepare(args, ctx, args.suite is None, loaded)
                             if ctx.local_rank == 0 else None)
     model, dataset, dataset_id, frame_preprocess, placement = collective_step(
         ctx, lambda: first if ctx.local_rank == 0 else _prepare(args, ctx, False, loaded))

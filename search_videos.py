@@ -12,6 +12,7 @@ cli read the argparse namespace. The format: clip_hitchhiker/search/index_format
 import argparse
 import itertools
 import json
+import locale
 import math
 import os
 import signal
@@ -45,6 +46,8 @@ from clip_hitchhiker.search import index_format as fmt
 from clip_hitchhiker.search.search_report import rounded_for_print, search_report
 
 DEFAULT_COMMIT_EVERY = 100
+# serve's token from the environment: unlike --token, not shown to other users by ps.
+TOKEN_ENV = "CLIP_HITCHHIKER_TOKEN"
 
 
 def parse_args(argv=None):
@@ -150,10 +153,14 @@ def _serve_parser(parser):
              "a token, generated when --token is not given")
     add("--port", type=int, default=8765, help="default 8765")
     add("--token", default=None,
-        help="every request must carry it (the printed URL does); required off 127.0.0.1")
+        help="every request must carry it (the printed URL does); required off 127.0.0.1. "
+             f"Safer: set ${TOKEN_ENV} instead (a command line is visible to others in ps)")
     add("--cache", default=None, metavar="DIR",
         help="where clips of the moments are kept (default $XDG_CACHE_HOME or "
              "~/.cache/clip-hitchhiker/clips; the index itself is never written)")
+    add("--cache_max_mb", type=float, default=2048, metavar="MB",
+        help="the most the clips in --cache may take, in MB (10^6 bytes; default 2048): past "
+             "it, the least recently used clips the server made are removed")
     add("--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:N")
 
 
@@ -197,6 +204,12 @@ def _check_serve(parser, args):
         parser.error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
     if args.token is not None and len(args.token) < 8:
         parser.error("--token must have at least 8 characters")
+    if args.token is None and os.environ.get(TOKEN_ENV):  # --token, if given, wins
+        args.token = os.environ[TOKEN_ENV]
+        if len(args.token) < 8:
+            parser.error(f"${TOKEN_ENV} must have at least 8 characters")
+    if not (math.isfinite(args.cache_max_mb) and args.cache_max_mb >= 0):
+        parser.error(f"--cache_max_mb must be a number >= 0, got {args.cache_max_mb}")
 
 
 def sampling_of(args):
@@ -244,7 +257,9 @@ class VideoFiles(torch.utils.data.Dataset):
 
 def decode_video(path, sampling, decoder, device="cpu"):
     """(uint8 frames [F, 3, H, W], info with "times", "indices", "duration") by the sampling
-    rule; the uniform rule's times are the sampled frames' presentation times."""
+    rule; the uniform rule's times are the sampled frames' presentation times, in seconds from
+    the first frame as the time-based rule gives them (a stream that starts at 1.4 s, as MPEG-TS
+    does, would otherwise put every moment 1.4 s late, past the end for the last frames)."""
     from clip_hitchhiker.video.decoders import frame_table
     from data_loader import read_video
 
@@ -257,7 +272,7 @@ def decode_video(path, sampling, decoder, device="cpu"):
         table = frame_table(path)
     except Exception as e:  # the container's own errors
         raise VideoDecodeError(f"cannot read the frame times of {path}: {e}") from e
-    times = [float(table.times[i]) for i in info["indices"]]
+    times = [float(table.times[i]) - table.start for i in info["indices"]]
     return frames, {**info, "times": times, "duration": float(table.duration)}
 
 
@@ -309,7 +324,7 @@ def _run_index(args, ctx):
         return None
     return {**summary, "listed": len(listing.videos), "up_to_date": plan["up_to_date"],
             "moved": plan["moved"], "pruned": plan["pruned"],
-            "failed": summary["failed"] + len(plan["failed"]),
+            "failed": summary["failed"] + len(plan["failed"]) + len(plan["kept"]),
             "vanished": summary["vanished"] + len(plan["vanished"]),
             "videos": writer.manifest["videos"], "frames": writer.manifest["frames"],
             "stage1_before": stage1_before, "stage1": writer.manifest["stage1"]["type"]}
@@ -339,10 +354,13 @@ def _check_index_folder(folder):
 
 def _plan(writer, listing, args):
     """What to encode, move, drop; the files that cannot be read or vanished are reported."""
-    prune_under = (listing.folders, listing.files) if args.prune else None
+    prune_under = video_listing.prune_scope(listing) if args.prune else None
     plan = writer.plan(listing.videos, prune_under, args.confirm_prune)
     for path, _, reason in plan["failed"]:
         print(f"skipped {path}: {reason}", file=sys.stderr)
+    for path, reason in plan["kept"]:
+        print(f"skipped {path}: {reason}; its entry from an earlier run is kept",
+              file=sys.stderr)
     for path in plan["vanished"]:
         print(f"skipped {path}: {_VANISHED}", file=sys.stderr)
     return plan
@@ -479,19 +497,36 @@ def _encode(model, item, path, fp, preprocess, placement, device, frame_chunk):
 # search and info
 
 
+# A million queries of 60 characters fit; /dev/zero, or a video given by mistake, does not fill
+# the memory.
+QUERIES_FILE_LIMIT = 64 << 20
+
+
 def read_queries(args):
     """The QUERYs, then the lines of --queries FILE (blank lines there separate, and are
     skipped). QueryError for an empty or whitespace-only QUERY."""
     queries = list(args.queries)
     if args.queries_file:
-        try:
-            lines = Path(args.queries_file).read_text().splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"--queries {args.queries_file} cannot be read ({e})") from e
-        queries += [line.strip() for line in lines if line.strip()]
+        queries += [line.strip() for line in _queries_file_lines(args.queries_file)
+                    if line.strip()]
     if not queries and not args.image:
         raise ConfigError(f"--queries {args.queries_file} holds no query")
     return check_queries(queries)
+
+
+def _queries_file_lines(name):
+    """The lines of a --queries file (a pipe too: `--queries <(...)`), read up to
+    QUERIES_FILE_LIMIT bytes. ConfigError naming the file if it cannot be read or is longer."""
+    try:
+        with open(name, "rb") as f:
+            data = f.read(QUERIES_FILE_LIMIT + 1)
+        text = data.decode(locale.getpreferredencoding(False))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--queries {name} cannot be read ({e})") from e
+    if len(data) > QUERIES_FILE_LIMIT:
+        raise ConfigError(f"--queries {name} holds more than {QUERIES_FILE_LIMIT >> 20} MB; give "
+                          "a text file of queries, one a line (split a longer one)")
+    return text.splitlines()
 
 
 def run_search(args):
@@ -533,20 +568,19 @@ def write_thumbnails(thumbnails, index, results):
 
 def write_moment_clips(results, folder):
     """Each hit's moment as an MP4 in folder (hit["clip"]: its path), never replacing a file."""
-    import tempfile
-
-    from clip_hitchhiker.search.moment_clips import clip_name, place_clip, write_clip
+    from clip_hitchhiker.search.moment_clips import (clip_name, new_part_file, place_clip,
+                                                     write_clip)
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for result in results:
         for hit in result["hits"]:
-            fd, made = tempfile.mkstemp(prefix=".clip-", suffix=".mp4.part", dir=folder)
-            os.close(fd)
+            made = new_part_file(folder)
+            name = clip_name(hit["video"], hit["start"], hit["end"])
             try:
-                write_clip(hit["video"], hit["start"], hit["end"], made)
-                hit["clip"] = str(place_clip(made, folder, clip_name(hit["video"], hit["start"],
-                                                                     hit["end"])).resolve())
+                write_clip(hit["video"], hit["start"], hit["end"], made,
+                           clip_path=folder / name)
+                hit["clip"] = str(place_clip(made, folder, name).resolve())
             finally:
                 if os.path.exists(made):
                     os.unlink(made)
@@ -593,12 +627,13 @@ def run_serve(args):
               "every request must carry the token", file=sys.stderr)
         token = token or secrets.token_urlsafe(18)
     service = server.SearchService(VideoIndex.open(args.index),
-                                   args.cache or server.default_cache_dir(), args.device)
+                                   args.cache or server.default_cache_dir(), args.device,
+                                   cache_max_bytes=round(args.cache_max_mb * 10**6))
     service.warm_up()
     server.check_port_free(args.host, args.port)
-    app = server.create_app(service, token, allowed_hosts=server.LOOPBACK_HOSTS if local
-                            else None)
-    shown = args.host if local else socket.gethostname()
+    app = server.create_app(service, token, allowed_hosts=server.loopback_host_names(args.host)
+                            if local else None)
+    shown = server.url_host(args.host) if local else socket.gethostname()
     url = f"http://{shown}:{args.port}/" + (f"?token={token}" if token else "")
     print(f"serving {Path(args.index).resolve()} ({len(service.index)} videos) at {url} "
           "(Ctrl-C stops)", flush=True)

@@ -60,17 +60,18 @@ def _sha256_of_version(path, size, mtime_ns, inode):
 # ----------------------------------------------------------------------------------------------
 # Download
 
-def download_file(url, dest, progress=True, retries=3, timeout=60):
+def download_file(url, dest, progress=True, retries=3, timeout=60, place_at=None):
     """Stream url into dest + '.part', resuming with HTTP Range; rename to dest when complete.
 
     A server that ignores Range (HTTP 200) restarts the file cleanly. After an interruption, up to
     ``retries`` resumes are tried before giving up; the next call resumes where this one stopped.
+    place_at: where a failed download's message tells the user to put a copy (default dest).
     """
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
     for attempt in range(retries + 1):
         try:
-            expected_size = _download_into(url, part, progress, timeout)
+            expected_size = _download_into(url, part, progress, timeout, place_at or dest)
             break
         except _Interrupted as interruption:
             if attempt == retries:
@@ -99,7 +100,7 @@ def fetch_checked_file(url, dest, check, progress=True, retries=3):
     dest.parent.mkdir(parents=True, exist_ok=True)
     unchecked = dest.with_name(dest.name + ".unchecked")
     if not unchecked.is_file():
-        download_file(url, unchecked, progress=progress, retries=retries)
+        download_file(url, unchecked, progress=progress, retries=retries, place_at=dest)
     try:
         check(unchecked)
     except DatasetError as e:
@@ -115,8 +116,9 @@ class _Interrupted(Exception):
     pass
 
 
-def _download_into(url, part, progress, timeout):
-    """One HTTP request that appends to (or restarts) part. returns: the full size, if known."""
+def _download_into(url, part, progress, timeout, place_at):
+    """One HTTP request that appends to (or restarts) part. returns: the full size, if known.
+    place_at: where a failure's message tells the user to put a copy downloaded by hand."""
     offset = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"User-Agent": "clip-hitchhiker"})
     if offset:
@@ -126,14 +128,12 @@ def _download_into(url, part, progress, timeout):
     except urllib.error.HTTPError as e:
         if e.code == 416 and offset:  # the .part is not a prefix we can extend: start over
             part.unlink()
-            return _download_into(url, part, progress, timeout)
+            return _download_into(url, part, progress, timeout, place_at)
         raise DatasetError(f"download of {url} failed: HTTP {e.code} {e.reason}. Check the URL, "
-                           f"or download the file by hand and place it at "
-                           f"{part.with_name(part.name[:-len('.part')])}") from e
+                           f"or download the file by hand and place it at {place_at}") from e
     except (urllib.error.URLError, OSError) as e:
         raise DatasetError(f"cannot reach {url}: {getattr(e, 'reason', e)}. Check the network, "
-                           f"or download the file by hand and place it at "
-                           f"{part.with_name(part.name[:-len('.part')])}") from e
+                           f"or download the file by hand and place it at {place_at}") from e
     with response:
         if response.status == 206:
             expected_size = _content_range_total(response, offset, url)

@@ -52,10 +52,14 @@ def tar_bytes(folder):
 
 
 # DiDeMo: entries in the file's order. Video A's descriptions are listed out of the order of
-# their moments (times), as the real file does; C has no video in the user's folder.
+# their moments (times), as the real file does; C has no video in the user's folder. D is in
+# test_data.json but not in the test split (Collaborative Experts' test_list.txt), as 33 of the
+# real file's 1,037 videos are not.
 DIDEMO_A = "10015567@N08_3655084291_d8b58466fa.mov"
 DIDEMO_B = "12090392@N02_13482799053_87ef417396.mp4"
 DIDEMO_C = "99999999@N00_1_abcdef0123.mov"
+DIDEMO_D = "11699242@N07_8283285682_d1267bb1cc."
+DIDEMO_TEST_LIST = [DIDEMO_A, DIDEMO_B, DIDEMO_C]  # sorted, as the real list is
 DIDEMO_ENTRIES = [
     {"annotation_id": 1, "description": "the dog runs back", "video": DIDEMO_A,
      "times": [[4, 5], [4, 4], [3, 5], [4, 5]], "download_link": "x", "num_segments": 6},
@@ -65,17 +69,22 @@ DIDEMO_ENTRIES = [
      "times": [[0, 0], [0, 1], [0, 0], [0, 0]], "download_link": "x", "num_segments": 6},
     {"annotation_id": 4, "description": "camera pans left", "video": DIDEMO_C,
      "times": [[1, 1], [1, 1], [1, 2], [1, 1]], "download_link": "x", "num_segments": 6},
+    {"annotation_id": 5, "description": "not in the test split", "video": DIDEMO_D,
+     "times": [[2, 2], [2, 2], [2, 2], [2, 2]], "download_link": "x", "num_segments": 6},
 ]
 
 
 def build_didemo(video_root):
-    """The DiDeMo videos: A under its own name (.mov), B converted (stem + .mkv), C missing.
-    returns: test_data.json's bytes."""
+    """The DiDeMo videos: A under its own name (.mov), B converted (stem + .mkv), C missing, D
+    (not in the test split) present. returns: (test_data.json's bytes, test_list.txt's)."""
     video_root = Path(video_root)
     video_root.mkdir(parents=True, exist_ok=True)
     synthetic.write_index_video(video_root / DIDEMO_A, 12)
     synthetic.write_index_video(video_root / f"{Path(DIDEMO_B).stem}.mkv", 20)
-    return json.dumps(DIDEMO_ENTRIES).encode()
+    synthetic.write_index_video(video_root / "D.mp4", 7)
+    (video_root / "D.mp4").rename(video_root / DIDEMO_D)  # the release's name ends in "."
+    return (json.dumps(DIDEMO_ENTRIES).encode(),
+            "".join(f"{v}\n" for v in DIDEMO_TEST_LIST).encode())
 
 
 # LSMDC: the test file's lines (clip id, four times, sentence), tab-separated, no header; movie

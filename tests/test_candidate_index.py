@@ -62,6 +62,16 @@ def test_a_tiny_ivfsq8_with_every_list_probed_proposes_what_flat_does():
     assert ci.search(ivf, queries, 5, nprobe=params["nlist"]) == expected
 
 
+def test_an_nprobe_holds_for_its_own_search_only():
+    import faiss
+
+    means, ids = clustered_means()
+    ivf, params = ci.build("ivfsq8", means, ids)
+    queries = np.stack([basis(t) for t in range(TOPICS)])
+    ci.search(ivf, queries, 5, nprobe=1)
+    assert faiss.extract_index_ivf(ivf).nprobe == params["nprobe"] == 2
+
+
 def test_ivfsq8_is_updated_in_place_and_survives_serialisation():
     means, ids = clustered_means()
     ivf, params = ci.build("ivfsq8", means, ids)

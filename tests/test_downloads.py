@@ -166,6 +166,12 @@ def test_checked_file_is_named_only_once_its_check_passes(tmp_path):
     assert not list(dest.parent.glob("*.unchecked*"))
     # There: nothing is asked again.
     assert fetch_checked_file("http://127.0.0.1:9/x", dest, check, progress=False) == dest
+    # A failed download says where a copy fetched by hand goes: the file's own name, not the
+    # name it has while it waits for its check.
+    other = tmp_path / "folder" / "val.csv"
+    with synthetic.FileServer(b"", status=404) as server, pytest.raises(DatasetError) as error:
+        fetch_checked_file(server.url, other, check, progress=False)
+    assert str(error.value).endswith(f"download the file by hand and place it at {other}")
 
 
 def tar_of(entries):

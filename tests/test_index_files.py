@@ -92,6 +92,64 @@ def test_a_prune_of_a_missing_or_empty_named_folder_is_refused(library, tmp_path
     assert (summary["pruned"], summary["videos"]) == (2, 0)
 
 
+def test_a_confirmed_prune_of_a_missing_folder_or_file_prunes_what_was_under_it(library,
+                                                                              tmp_path):
+    """--confirm_prune confirms the prune that the refusal describes: the videos indexed under
+    a named folder (or as a named file) that is gone are dropped, and only those."""
+    first = copy(library, tmp_path / "first", ["red", "green"])
+    second = copy(library, tmp_path / "second", ["blue", "yellow"])
+    folder = tmp_path / "index"
+    index(library, [first, second], folder)
+    shutil.rmtree(first)
+    summary = index(library, [first, second], folder, "--prune", "--confirm_prune")
+    assert (summary["pruned"], summary["videos"]) == (2, 2)
+    assert sorted(contents(folder)) == [str(second / "blue.mp4"), str(second / "yellow.mp4")]
+    (second / "blue.mp4").unlink()
+    summary = index(library, [second / "blue.mp4", second / "yellow.mp4"], folder, "--prune",
+                    "--confirm_prune")
+    assert (summary["pruned"], summary["videos"]) == (1, 1)
+    assert sorted(contents(folder)) == [str(second / "yellow.mp4")]
+
+
+def test_a_prune_keeps_what_the_walk_could_not_see(library, tmp_path, monkeypatch, capsys):
+    """Videos under a folder that cannot be read now, or behind a link whose drive is not
+    mounted, are not gone: a prune keeps them (fewer than half the index, so no refusal saves
+    them). Once the link is removed, its videos are gone and pruned."""
+    videos = copy(library, tmp_path / "videos", ["red", "green", "blue"])
+    locked = copy(library, videos / "locked", ["yellow"])
+    drive = copy(library, tmp_path / "drive", ["green"])
+    (videos / "nas").symlink_to(drive)
+    folder = tmp_path / "index"
+    index(library, [videos], folder)
+    before = contents(folder)
+    assert len(before) == 5
+    drive.rename(tmp_path / "unmounted")
+    real_stat, real_scandir = os.stat, os.scandir
+
+    def stat(path, *args, **kwargs):  # root passes any permission: injected
+        if str(path).startswith(f"{locked}/"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_stat(path, *args, **kwargs)
+
+    def scandir(path="."):
+        if str(path) == str(locked):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "stat", stat)
+    monkeypatch.setattr(os, "scandir", scandir)
+    capsys.readouterr()
+    summary = index(library, [videos], folder, "--prune")
+    assert (summary["pruned"], summary["videos"]) == (0, 5) and contents(folder) == before
+    err = capsys.readouterr().err
+    assert f"skipped {locked}: cannot read the folder (Permission denied)" in err
+    assert f"skipped {videos / 'nas'}: a broken link" in err
+    (videos / "nas").unlink()
+    summary = index(library, [videos], folder, "--prune")
+    assert (summary["pruned"], summary["videos"]) == (1, 4)
+    assert str(videos / "nas" / "green.mp4") not in contents(folder)
+
+
 @pytest.mark.parametrize("indexed", range(1, 6))
 def test_a_prune_of_more_than_half_the_index_is_refused_unless_confirmed(tmp_path, indexed):
     """Every count of gone videos 0..n of n = 1..5, the gone ones first or last: refused exactly
@@ -157,7 +215,9 @@ def test_a_prune_drops_only_videos_under_the_folders_named(library, tmp_path):
 # Files of the user's whose names the index's files could have.
 USER_FILES = {"videos-2023.parquet": b"my table", "frames-1-r0.npy": b"my frames",
               "stage1-7.faiss": b"my faiss", ".manifest.json.bak": b"my backup",
-              ".frames-000001-r0.npy.orig": b"mine too"}
+              ".frames-000001-r0.npy.orig": b"mine too",
+              # Names of the manifest's former temporaries (8 characters of tempfile's alphabet).
+              ".manifest.json.20240101": b"dated backup", ".manifest.json.bak_2024": b"mine"}
 
 
 def test_a_folder_that_is_not_an_index_is_refused_and_left_as_it_was(library, tmp_path,
@@ -370,6 +430,37 @@ def test_an_unreadable_video_is_skipped_and_recorded(library, tmp_path, monkeypa
     assert VideoIndex.open(folder).info()["skipped"] == []
 
 
+def test_an_indexed_video_that_cannot_be_read_now_keeps_its_entry(library, tmp_path,
+                                                                   monkeypatch, capsys):
+    """A chmod (or a share that denies reads for a while) is no reason to lose the frames that
+    an earlier run encoded: the video is reported each run, and its entry kept as it was."""
+    videos = copy(library, tmp_path / "videos", ["red", "green"])
+    green = videos / "green.mp4"
+    folder = tmp_path / "index"
+    index(library, [videos], folder)
+    before = contents(folder)
+    real_open = builtins.open
+
+    def denied(file, *args, **kwargs):
+        if str(file) == str(green):
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    os.chmod(green, 0o000)  # its ctime changes: the indexer reads it (injected: root reads all)
+    monkeypatch.setattr(builtins, "open", denied)
+    capsys.readouterr()
+    summary = index(library, [videos], folder)
+    assert (summary["encoded"], summary["failed"], summary["videos"]) == (0, 1, 2)
+    assert (f"skipped {green}: cannot read {green} (Permission denied); its entry from an "
+            "earlier run is kept") in capsys.readouterr().err
+    assert contents(folder) == before and VideoIndex.open(folder).info()["skipped"] == []
+    monkeypatch.undo()
+    os.chmod(green, 0o644)  # readable again, the same content: not encoded again
+    summary = index(library, [videos], folder)
+    assert (summary["encoded"], summary["failed"], summary["up_to_date"]) == (0, 0, 2)
+    assert contents(folder) == before
+
+
 def test_a_file_name_that_is_not_utf8_is_indexed_and_found(library, tmp_path, monkeypatch):
     videos = tmp_path / "videos"
     videos.mkdir()
@@ -424,6 +515,42 @@ def test_a_txt_list_is_one_path_a_line_and_entries_that_are_no_file_are_reported
     assert [path for path, _ in listing.skipped] == [str(tmp_path / "missing.mp4")]
 
 
+@pytest.mark.parametrize("first_row", ["missing.mp4,a caption", "missing.mp4", "file,caption"])
+def test_a_csv_first_row_is_a_header_only_when_it_names_the_path_column(tmp_path, first_row):
+    """A headerless .csv whose first video is gone: that row is data, reported and looked at by
+    a prune like any other (it was taken as a header, silently); so is a first row naming no
+    known column. A header names "path", "video_path" or "video", any case."""
+    (tmp_path / "plain.mp4").write_bytes(b"0")
+    missing = str(tmp_path / first_row.split(",")[0])
+    list_file = tmp_path / "list.csv"
+    list_file.write_text(f"{first_row}\nplain.mp4,another\n")
+    listing = list_videos([list_file])
+    assert listing.videos == [str(tmp_path / "plain.mp4")]
+    assert listing.skipped == [(missing, f"not found (listed in {list_file})")]
+    assert listing.files == [missing, str(tmp_path / "plain.mp4")]
+    for header, row in (("Path", "plain.mp4"), ("caption, Video ", "a caption,plain.mp4"),
+                        ("VIDEO_PATH,caption", "plain.mp4,a caption")):
+        list_file.write_text(f"{header}\n{row}\n")
+        assert (list_videos([list_file]).videos, list_videos([list_file]).skipped) == \
+            ([str(tmp_path / "plain.mp4")], [])
+
+
+def test_a_headerless_csv_prunes_its_first_video_once_it_is_gone(library, tmp_path, capsys):
+    videos = copy(library, tmp_path / "videos", ["red", "green", "blue"])
+    list_file = videos / "list.csv"
+    list_file.write_text("red.mp4\ngreen.mp4\nblue.mp4\n")
+    folder = tmp_path / "index"
+    assert index(library, [list_file], folder)["videos"] == 3
+    (videos / "red.mp4").unlink()
+    capsys.readouterr()
+    summary = index(library, [list_file], folder, "--prune")
+    assert (summary["pruned"], summary["videos"]) == (1, 2)
+    assert f"skipped {videos / 'red.mp4'}: not found (listed in {list_file})" in \
+        capsys.readouterr().err
+    assert [Path(p).name for p in VideoIndex.open(folder).table["path"]] == ["blue.mp4",
+                                                                             "green.mp4"]
+
+
 def test_a_folder_without_videos_is_said_so(library, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -470,6 +597,21 @@ def test_links_keep_their_path_linked_folders_are_walked_once_and_skips_are_said
     assert sorted(contents(folder)) == [str(videos / "shared" / "green.mp4")]
 
 
+def test_a_folder_is_walked_as_itself_before_a_link_to_it_that_sorts_first(tmp_path):
+    """'alink' -> 'zreal' sorts before its target: the video is still listed under its own
+    folder, and the skip names the link, not the folder (which is no link)."""
+    real = tmp_path / "videos" / "zreal"
+    real.mkdir(parents=True)
+    (real / "red.mp4").write_bytes(b"0")
+    (tmp_path / "videos" / "alink").symlink_to(real)
+    (real / "up").symlink_to(tmp_path / "videos")  # a loop, from inside the real folder
+    listing = list_videos([tmp_path / "videos"])
+    assert listing.videos == [str(real / "red.mp4")]
+    assert listing.skipped == [
+        (str(tmp_path / "videos" / "alink"), f"links to a folder listed already ({real})"),
+        (str(real / "up"), f"links to a folder listed already ({tmp_path / 'videos'})")]
+
+
 def test_a_folder_named_through_a_link_takes_over_its_resolved_entries(library, tmp_path):
     """Older versions stored resolved paths: naming the folder through a link moves its entries
     to the link's paths, without encoding them and without a second entry."""
@@ -481,6 +623,20 @@ def test_a_folder_named_through_a_link_takes_over_its_resolved_entries(library, 
     assert (summary["encoded"], summary.get("moved")) == (0, 2)
     assert sorted(contents(folder)) == [str(tmp_path / "link" / n) for n in ("green.mp4",
                                                                               "red.mp4")]
+
+
+def test_a_folder_named_without_the_link_it_was_indexed_through_takes_over_its_entries(
+        library, tmp_path):
+    """The other way: indexed through a link (or, before the walk took folders before links,
+    under a link that sorted first), then named as itself: the entries move to the folder's own
+    paths, not encoded again and not listed twice (the link's paths still reach the files)."""
+    store = copy(library, tmp_path / "store", ["red", "green"])
+    (tmp_path / "link").symlink_to(store)
+    folder = tmp_path / "index"
+    index(library, [tmp_path / "link"], folder)
+    summary = index(library, [store], folder)
+    assert (summary["encoded"], summary.get("moved")) == (0, 2)
+    assert sorted(contents(folder)) == [str(store / n) for n in ("green.mp4", "red.mp4")]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 colour's video and moment; each moment clip starts at the key frame before the moment (stream
 copy) or at its first frame (re-encoded), holds exactly the frames up to its end, decodes, and
 never replaces a file the tool did not write."""
+import errno
 import json
 import math
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 
 import search_videos
+from clip_hitchhiker.errors import VideoDecodeError
 from clip_hitchhiker.search.moment_clips import (browser_playable, clip_name, place_clip,
                                                  write_clip)
 from tests import search_synthetic
@@ -84,6 +87,51 @@ def test_unreadable_image_is_one_line(gop_index, tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
+EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n%%EndComments\nshowpage\n"
+       b"%%EOF\n")
+
+
+def ghostscript_calls(monkeypatch):
+    """The calls Pillow's EPS reader makes to Ghostscript (none run: it is replaced)."""
+    from PIL import EpsImagePlugin
+
+    calls = []
+
+    def ghostscript(*args, **kwargs):
+        calls.append(args)
+        raise OSError("Ghostscript was called")
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", ghostscript)
+    return calls
+
+
+def test_an_image_query_is_the_image_as_a_viewer_shows_it(tmp_path, monkeypatch):
+    """Pixels after the EXIF orientation (3: turned half a turn) and transparency over white;
+    an EPS is refused before Pillow hands it to Ghostscript."""
+    from PIL import Image
+
+    from clip_hitchhiker.errors import ConfigError
+    from clip_hitchhiker.search.query_embeddings import image_tensor
+
+    stored = Image.new("RGB", (2, 1))
+    stored.putdata([(255, 0, 0), (0, 0, 255)])  # red | blue as stored
+    exif = stored.getexif()
+    exif[0x0112] = 3  # Orientation: rotated 180 degrees
+    for suffix in (".jpg", ".png"):
+        stored.save(tmp_path / f"turned{suffix}", exif=exif, **(
+            {"quality": 100, "subsampling": 0} if suffix == ".jpg" else {}))
+        pixels = image_tensor(tmp_path / f"turned{suffix}")[0].permute(1, 2, 0).numpy()
+        assert np.abs(pixels[0].astype(int) - [(0, 0, 255), (255, 0, 0)]).max() <= 8, suffix
+    clear = Image.new("RGBA", (2, 1), (255, 0, 0, 0))
+    clear.putpixel((1, 0), (0, 255, 0, 255))
+    assert image_tensor(clear)[0, :, 0].tolist() == [[255, 0], [255, 255], [255, 0]]
+    calls = ghostscript_calls(monkeypatch)
+    (tmp_path / "page.eps").write_bytes(EPS)
+    with pytest.raises(ConfigError, match="give a JPEG, PNG, WebP, GIF, BMP or TIFF"):
+        image_tensor(tmp_path / "page.eps")
+    assert calls == []
+
+
 def test_clips_start_at_the_key_frame_before_and_hold_the_moment(gop_index, tmp_path, capsys):
     report = search_json(capsys, "--index", gop_index["index"], "a red video", "a teal video",
                          "a yellow video", "-k", 3, "--clips", tmp_path / "clips")
@@ -125,6 +173,9 @@ def test_clips_never_replace_a_file_and_a_rerun_reuses_its_own(gop_index, tmp_pa
                         "--clips", folder)
     assert again["queries"][0]["hits"][0]["clip"] == str(made)
     assert sorted(p.name for p in folder.iterdir()) == before  # no "(3)", no temporary left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert made.stat().st_mode & 0o777 == 0o666 & ~umask  # as any new file of the user's
 
 
 def test_place_clip_tries_names_in_order(tmp_path):
@@ -132,9 +183,101 @@ def test_place_clip_tries_names_in_order(tmp_path):
     (tmp_path / "a (2).mp4").mkdir()
     made = tmp_path / "made"
     made.write_bytes(b"new")
-    assert place_clip(made, tmp_path, "a.mp4") == tmp_path / "a (3).mp4"
-    assert (tmp_path / "a (3).mp4").read_bytes() == b"new" and not made.exists()
+    (tmp_path / "a (3).mp4").symlink_to(tmp_path / "gone")  # a dangling link is no clip
+    assert place_clip(made, tmp_path, "a.mp4") == tmp_path / "a (4).mp4"
+    assert (tmp_path / "a (4).mp4").read_bytes() == b"new" and not made.exists()
     assert (tmp_path / "a.mp4").read_bytes() == b"1"
+    assert os.readlink(tmp_path / "a (3).mp4") == str(tmp_path / "gone")
+
+
+@pytest.mark.parametrize("code", [errno.EPERM, errno.EXDEV, errno.ENOTSUP])
+def test_place_clip_without_hard_links_claims_the_name_then_moves_the_clip_onto_it(
+        tmp_path, monkeypatch, code):
+    """FAT, exFAT and some SMB mounts have no hard links (os.link raises): the name is claimed
+    with O_EXCL, so the same names are passed over, and the clip replaces only that claim."""
+    def no_link(source, target):
+        raise OSError(code, os.strerror(code), str(source), None, str(target))
+
+    monkeypatch.setattr(os, "link", no_link)
+    (tmp_path / "a.mp4").write_bytes(b"1")
+    (tmp_path / "a (2).mp4").mkdir()
+    (tmp_path / "a (3).mp4").symlink_to(tmp_path / "gone")
+    made = tmp_path / ".clip-1.mp4.part"
+    made.write_bytes(b"new")
+    assert place_clip(made, tmp_path, "a.mp4") == tmp_path / "a (4).mp4"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a (2).mp4", "a (3).mp4", "a (4).mp4",
+                                                         "a.mp4"]
+    assert (tmp_path / "a (4).mp4").read_bytes() == b"new"
+    assert (tmp_path / "a.mp4").read_bytes() == b"1" and not os.path.exists(tmp_path / "gone")
+    again = tmp_path / ".clip-2.mp4.part"
+    again.write_bytes(b"new")  # the same clip again: its earlier copy is reused
+    assert place_clip(again, tmp_path, "a.mp4") == tmp_path / "a (4).mp4"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a (2).mp4", "a (3).mp4", "a (4).mp4",
+                                                         "a.mp4"]
+
+
+def test_place_clip_without_hard_links_leaves_nothing_when_the_move_fails(tmp_path,
+                                                                          monkeypatch):
+    def no_link(source, target):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    def full(source, target):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "link", no_link)
+    monkeypatch.setattr(os, "replace", full)
+    made = tmp_path / ".clip-1.mp4.part"
+    made.write_bytes(b"new")
+    with pytest.raises(OSError, match="No space left on device"):
+        place_clip(made, tmp_path, "a.mp4")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".clip-1.mp4.part"]  # no placeholder
+
+
+def test_place_clip_raises_what_is_not_a_missing_hard_link(tmp_path, monkeypatch):
+    def broken(source, target):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "link", broken)
+    made = tmp_path / "made"
+    made.write_bytes(b"new")
+    with pytest.raises(OSError, match="Input/output error"):
+        place_clip(made, tmp_path, "a.mp4")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["made"]
+
+
+def test_clips_on_a_file_system_without_hard_links(gop_index, tmp_path, capsys, monkeypatch):
+    def no_link(source, target):
+        raise PermissionError(errno.EPERM, "Operation not permitted", str(source), None,
+                              str(target))
+
+    monkeypatch.setattr(os, "link", no_link)
+    folder = tmp_path / "clips"
+    report = search_json(capsys, "--index", gop_index["index"], "a red video", "-k", 2,
+                         "--clips", folder)
+    hits = report["queries"][0]["hits"]
+    names = [clip_name(hit["video"], hit["start"], hit["end"]) for hit in hits]
+    assert [hit["clip"] for hit in hits] == [str((folder / name).resolve()) for name in names]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(names)  # no temporary left
+    for hit in hits:
+        times, _ = decoded(hit["clip"])
+        assert len(times) > 0
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_clip_that_cannot_be_written_names_the_video_and_the_clip(gop_index, tmp_path):
+    """A full disk (/dev/full answers every write with ENOSPC): the one line names the video and
+    the clip, not the descriptor number of the file object the server cuts from."""
+    video = gop_index["truth"]["red"][0]
+    with os.fdopen(os.open(video, os.O_RDONLY), "rb") as file:
+        with pytest.raises(VideoDecodeError) as raised:
+            write_clip(file, 1.0, 3.0, "/dev/full", video_name=str(video),
+                       clip_path=tmp_path / "red_1.000-3.000.mp4")
+    assert str(raised.value) == (f"cannot cut a clip of {video} into "
+                                 f"{tmp_path / 'red_1.000-3.000.mp4'} (No space left on device)")
+    with pytest.raises(VideoDecodeError) as raised:
+        write_clip(video, 1.0, 3.0, "/dev/full")
+    assert str(raised.value) == (f"cannot cut a clip of {video} into /dev/full (No space left "
+                                 "on device)")
 
 
 def write_mjpeg_avi(path, colour_segment, seconds=6):

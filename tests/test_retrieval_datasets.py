@@ -160,18 +160,19 @@ def test_msvd_reads_videos_from_a_video_root_and_reports_missing(tmp_path, tiny_
 
 @pytest.fixture(scope="module")
 def didemo(tmp_path_factory):
-    """test_data.json served from 127.0.0.1, and a folder of the videos (one missing)."""
+    """test_data.json and the test split's list served from 127.0.0.1, and a folder of the
+    videos (one missing). returns: (the URL options, the folder)."""
     videos = tmp_path_factory.mktemp("didemo") / "videos"
-    payload = data.build_didemo(videos)
-    with synthetic.FileServer(payload) as server:
-        yield server.url, videos
+    annotations, test_list = data.build_didemo(videos)
+    with synthetic.FileServer(annotations) as server, synthetic.FileServer(test_list) as listed:
+        yield ["--didemo_url", server.url, "--didemo_test_list_url", listed.url], videos
 
 
 def test_didemo_loader_concatenates_in_the_files_order(tmp_path):
     path = tmp_path / "test_data.json"
     path.write_text(json.dumps(data.DIDEMO_ENTRIES))
     paragraphs = load_didemo_paragraphs(path)
-    assert list(paragraphs) == [data.DIDEMO_A, data.DIDEMO_B, data.DIDEMO_C]
+    assert list(paragraphs) == [data.DIDEMO_A, data.DIDEMO_B, data.DIDEMO_C, data.DIDEMO_D]
     # File order (CLIP4Clip's), not the order of the moments (A's second one starts first).
     assert paragraphs[data.DIDEMO_A] == ["the dog runs back", "a dog appears"]
     path.write_text(json.dumps([{"video": "x.mov", "description": " "}]))
@@ -191,19 +192,55 @@ def test_didemo_video_names(tmp_path):
     assert find_video(tmp_path, didemo_file_names(video)) is None
 
 
+def test_didemo_release_names_of_every_extension(tmp_path):
+    """download_videos.py saves each video under the release's own name, whatever its
+    extension (.mpg, .wmv, .3gp, .mts, .3g2, or none after a final '.': 147 of the real test
+    split's 1,004 names); a converted copy of a name ending in '.' is <stem>.mp4."""
+    from clip_hitchhiker.datasets.didemo import didemo_file_names
+    from clip_hitchhiker.datasets.local_files import find_video
+    for video in ("12644997@N04_5019157514_2789cc8573.3gp",
+                  "11591650@N03_4661143575_5e8d46869b.mpg",
+                  "12575752@N03_3831951420_7b18816031.wmv",
+                  "33439178@N00_10001768095_65d489443c.mts",
+                  "31667813@N00_3159450613_4a463646e0.3g2",
+                  "10052357@N03_7585070382_5762149bfc."):
+        (tmp_path / video).write_bytes(b"")
+        assert find_video(tmp_path, didemo_file_names(video)) == str(tmp_path / video)
+        (tmp_path / video).unlink()
+    (tmp_path / "10052357@N03_7585070382_5762149bfc.mp4").write_bytes(b"")
+    assert find_video(tmp_path, didemo_file_names("10052357@N03_7585070382_5762149bfc.")) == \
+        str(tmp_path / "10052357@N03_7585070382_5762149bfc.mp4")
+
+
+def test_didemo_test_split_is_the_list_not_the_whole_file(tmp_path):
+    """The test split is Collaborative Experts' test_list.txt (1,004 videos), which CLIP4Clip
+    intersects with test_data.json (1,037 videos): D, in the file only, is no query."""
+    from clip_hitchhiker.datasets.didemo import load_didemo_test_split
+    annotations, test_list = tmp_path / "test_data.json", tmp_path / "test_list.txt"
+    annotations.write_text(json.dumps(data.DIDEMO_ENTRIES))
+    test_list.write_text("".join(f"{v}\n" for v in data.DIDEMO_TEST_LIST))
+    paragraphs = load_didemo_test_split(annotations, test_list)
+    assert list(paragraphs) == data.DIDEMO_TEST_LIST
+    assert paragraphs[data.DIDEMO_A] == ["the dog runs back", "a dog appears"]
+    test_list.write_text(f"{data.DIDEMO_A}\nnot_a_didemo_video.mov\n")
+    with pytest.raises(DatasetError, match=r"1 videos of .*test_list.txt have no description in "
+                                           r".*test_data.json, e.g. \['not_a_didemo_video.mov'\]"):
+        load_didemo_test_split(annotations, test_list)
+
+
 def test_didemo_missing_videos_stop_the_run(tmp_path, tiny_clip_files, didemo):
-    url, videos = didemo
+    urls, videos = didemo
     with pytest.raises(DatasetError, match=r"1 of 3 videos of DiDeMo test are missing from "
                                            r".*videos, e.g. \['99999999@N00_1_abcdef0123.mov'\]"):
         run(argv_for(tmp_path, tiny_clip_files["torchscript"], "--dataset", "didemo",
-                     "--video_root", videos, "--didemo_url", url))
+                     "--video_root", videos, *urls))
 
 
 @pytest.mark.parametrize("paragraph", ["concat", "mean"])
 def test_didemo_paragraphs_end_to_end(tmp_path, tiny_clip_files, didemo, paragraph, capsys):
-    url, videos = didemo
+    urls, videos = didemo
     report = run(argv_for(tmp_path, tiny_clip_files["torchscript"], "--dataset", "didemo",
-                          "--video_root", videos, "--didemo_url", url,
+                          "--video_root", videos, *urls,
                           "--skip_bad_videos", "--paragraph", paragraph,
                           "--save_embeddings", tmp_path / "e.pt"))
     captured = capsys.readouterr()
@@ -322,6 +359,21 @@ def test_a_download_that_is_not_the_annotation_file_is_set_aside(tmp_path, tiny_
         b"<html>rate limited</html>"
 
 
+@pytest.mark.parametrize("dataset, annotation", [
+    ("didemo", "DiDeMo/test_data.json"), ("lsmdc", "LSMDC/LSMDC16_challenge_1000_publictect.csv"),
+    ("vatex", "VATEX/test_list.txt"), ("kinetics400", "Kinetics400/val.csv")])
+def test_an_annotation_path_that_is_not_a_readable_file_is_one_line(tmp_path, dataset,
+                                                                    annotation):
+    """A folder (or a file this user may not read) where an annotation file should be: a
+    DatasetError naming it, which the CLI prints as one line, not an OSError's traceback."""
+    (tmp_path / "data" / annotation).mkdir(parents=True)
+    (tmp_path / "videos").mkdir()
+    with pytest.raises(DatasetError, match=rf"cannot read .*{re.escape(annotation)} \(Is a "
+                                           r"directory\); it should be .* this user can read"):
+        build_dataset(None, 4, dataset=dataset, data_root=tmp_path / "data",
+                      video_root=str(tmp_path / "videos"), download=False)
+
+
 def test_video_root_given_for_a_dataset_without_videos_of_its_own(tmp_path):
     """The help's promise: a dataset's videos come from --video_root, else its folder under
     --data_root; with neither, the message says what to pass."""
@@ -331,9 +383,23 @@ def test_video_root_given_for_a_dataset_without_videos_of_its_own(tmp_path):
                              video_root=str(tmp_path / "elsewhere"))
     assert built.video_root == str(tmp_path / "elsewhere")
     shutil.rmtree(tmp_path / "elsewhere")
-    with pytest.raises(DatasetError, match=re.escape("LSMDC videos have no public host: ") +
-                       ".*then pass --video_root"):
+    with pytest.raises(DatasetError, match=re.escape(
+            "LSMDC videos: no folder of them (neither --video_root nor the dataset's folder under "
+            "--data_root); LSMDC needs registration with MPII") + ".*then pass --video_root"):
         build_dataset(None, 4, dataset="lsmdc", data_root=tmp_path / "data")
+
+
+def test_a_video_root_that_is_not_a_folder_is_named(tmp_path):
+    """MSVD's videos have a public host: the message says how to get them, and does not claim
+    otherwise."""
+    data.build_msvd(tmp_path / "data")
+    with pytest.raises(DatasetError) as error:
+        build_dataset(None, 4, dataset="msvd", data_root=tmp_path / "data", download=False,
+                      video_root=str(tmp_path / "nowhere"))
+    assert str(error.value) == (
+        f"MSVD videos: {tmp_path / 'nowhere'} is not a folder; download "
+        "https://www.cs.utexas.edu/users/ml/clamp/videoDescription/YouTubeClips.tar, then pass "
+        "--video_root, a folder of them")
 
 
 def test_activitynet_reads_its_default_video_folder(tmp_path):

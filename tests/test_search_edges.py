@@ -2,11 +2,15 @@
 before anything is loaded, embeddings of the wrong width or not finite, `--stage1` on an index
 that is up to date, and the printed JSON's rounding (the API keeps full precision)."""
 import json
+import os
 import shutil
+import threading
 
 import numpy as np
 import pytest
+import torch
 
+import search_videos
 from clip_hitchhiker.errors import QueryError
 from clip_hitchhiker.search import index_format as fmt
 from clip_hitchhiker.search.video_index import VideoIndex
@@ -47,6 +51,10 @@ def test_one_string_is_one_query(thirds):
 @pytest.mark.parametrize("texts,message", [
     ([""], r"query 1 \(''\) is empty or only whitespace; give some text to search for"),
     (["a red video", " \t\n"], r"query 2 \(' \\t\\n'\) is empty or only whitespace"),
+    (["a red video", "\u200b"], r"query 2 \('\\u200b'\) holds only invisible characters "
+                                r"\(zero-width, format or control\); give some text to search for"),
+    (["\u2060\u200d \u00ad"], r"query 1 \('.*'\) holds only invisible characters"),
+    (["\ufeff\x00"], r"query 1 \('.*'\) holds only invisible characters"),
     (["a red video", None], "query 2 is not text but NoneType"),
     ([b"a red video"], "query 1 is not text but bytes"),
     (42, "queries must be a list of strings"),
@@ -56,6 +64,24 @@ def test_empty_and_non_text_queries_are_refused_before_the_model_loads(thirds, t
     with pytest.raises(QueryError, match=message):
         index.search(texts)
     assert index._model is None  # refused before loading anything
+
+
+def test_a_query_the_tokenizer_drops_whole_is_refused_before_it_is_encoded(thirds, monkeypatch):
+    """U+FFFC (the object replacement character) shows a box, so it passes the character check,
+    but CLIP's text cleaning (ftfy) drops it: the query would be the start and end tokens alone.
+    Refused by the index's own tokenizer, before any text is encoded."""
+    index = VideoIndex.open(thirds["index"])
+    model = index._loaded_model("cpu")
+    assert model.tokenless(["a red video", "\ufffc", "\ufffc \ufffc", "\u200b", ""]) == \
+        [False, True, True, False, True]
+    encoded = []
+    monkeypatch.setattr(model.module, "encode_text", lambda tokens: encoded.append(tokens))
+    with pytest.raises(QueryError, match=r"^query 2 \('\ufffc'\) holds no token once tokenised "
+                                         r"by the index's model \(.*colour.pt\), whose tokenizer "
+                                         r"drops every character of it; give some text to search "
+                                         r"for$"):
+        index.search(["a red video", "\ufffc"])
+    assert encoded == []
 
 
 @pytest.mark.parametrize("settings,message", [
@@ -70,6 +96,9 @@ def test_empty_and_non_text_queries_are_refused_before_the_model_loads(thirds, t
     (dict(mass=0), r"mass must be in \(0, 1\]"),
     (dict(mass=1.5), r"mass must be in \(0, 1\]"),
     (dict(aggregate="max"), "aggregate must be one of"),
+    (dict(nprobe=0), "nprobe must be an integer >= 1, got 0"),
+    (dict(nprobe=-1), "nprobe must be an integer >= 1, got -1"),
+    (dict(nprobe="8"), "nprobe must be an integer >= 1, got '8'"),
 ])
 def test_bad_settings_are_refused(thirds, settings, message):
     index = VideoIndex.open(thirds["index"])
@@ -98,6 +127,32 @@ def test_embeddings_that_are_not_finite_or_zero_are_refused(thirds, bad_row, mes
             index.search_embeddings(embeds, exact=exact)
 
 
+def test_embeddings_of_any_scale_dtype_or_container_give_the_same_hits(thirds):
+    """Cosines ignore scale: rows of 1e30 or 1e-30 (whose squares leave float32), float64 rows
+    past float32's range, a tensor that requires grad and nested lists all give the hits of the
+    text model's own rows, to the bit, in both stages."""
+    index = VideoIndex.open(thirds["index"])
+    red = index.encode_texts(["a red video"])
+    for exact in (False, True):
+        expected = index.search_embeddings(red, k=2, exact=exact)
+        assert expected[0][0]["video"].endswith("red.mp4")
+        for same in (red * 2.0 ** 100, red * 2.0 ** -100, red.double() * 2.0 ** 700,
+                     red.double() * 2.0 ** -700, red.clone().requires_grad_(), red.tolist()):
+            assert index.search_embeddings(same, k=2, exact=exact) == expected
+    with pytest.raises(QueryError, match="text_embeds must be real numbers, got torch.complex64"):
+        index.search_embeddings(red.to(torch.complex64))
+
+
+def test_peak_frame_is_the_frame_of_the_peak_on_a_near_tie(thirds):
+    """Weights that tie to within rounding (1e-9 of the total): the peak is the earlier frame,
+    and peak_frame names that frame, not the one that rounding made larger."""
+    index = VideoIndex.open(thirds["index"])
+    times = index.table["frame_times"][0]
+    weights = np.array([0.1, 0.45, 0.45 + 4e-10, 0.0])
+    hit = index._hit(0, 0.5, weights, 0.5)
+    assert (hit["peak_frame"], hit["peak"]) == (1, times[1])
+
+
 @pytest.mark.parametrize("shape", [(1, 31), (1, 33), (32,), (1, 1, 32)])
 def test_a_wrong_embedding_width_is_a_clear_value_error(thirds, shape):
     index = VideoIndex.open(thirds["index"])
@@ -114,6 +169,10 @@ def test_a_wrong_embedding_width_is_a_clear_value_error(thirds, shape):
 @pytest.mark.parametrize("queries,message", [
     ([""], "error: query 1 ('') is empty or only whitespace; give some text to search for"),
     (["a red video", "   "], "error: query 2 ('   ') is empty or only whitespace"),
+    (["\u200b"], "error: query 1 ('\\u200b') holds only invisible characters (zero-width, "
+                 "format or control); give some text to search for"),
+    (["a red video", "\ufffc"], "error: query 2 ('\ufffc') holds no token once tokenised by "
+                                "the index's model ("),
 ])
 def test_empty_queries_are_refused_in_one_line(thirds, capsys, queries, message):
     code, err = cli_error(capsys, "search", "--index", thirds["index"], *queries)
@@ -128,6 +187,28 @@ def test_blank_lines_of_a_queries_file_are_skipped_and_a_blank_file_is_refused(t
     assert code == 1 and err == f"error: --queries {queries} holds no query\n"
     queries.write_text("\n a blue video \n   \n")
     report = run("search", "--index", thirds["index"], "--queries", queries)
+    assert [q["query"] for q in report["queries"]] == ["a blue video"]
+
+
+def test_a_queries_file_without_end_is_refused_in_one_line(thirds, tmp_path, capsys,
+                                                            monkeypatch):
+    """/dev/zero (or a video given by mistake) is read up to a limit, not into all the memory;
+    a pipe is read like a file."""
+    monkeypatch.setattr(search_videos, "QUERIES_FILE_LIMIT", 1000)
+    endless = "/dev/zero"
+    code, err = cli_error(capsys, "search", "--index", thirds["index"], "--queries", endless)
+    assert code == 1 and err == (f"error: --queries {endless} holds more than 0 MB; give a text "
+                                 "file of queries, one a line (split a longer one)\n")
+    longer = tmp_path / "longer.txt"
+    longer.write_text("a red video\n" * 84)  # 1008 bytes
+    code, err = cli_error(capsys, "search", "--index", thirds["index"], "--queries", longer)
+    assert code == 1 and err.startswith(f"error: --queries {longer} holds more than")
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    writer = threading.Thread(target=lambda: pipe.write_text("a blue video\n"))
+    writer.start()
+    report = run("search", "--index", thirds["index"], "--queries", pipe, "-k", 1)
+    writer.join()
     assert [q["query"] for q in report["queries"]] == ["a blue video"]
 
 

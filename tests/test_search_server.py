@@ -1,7 +1,9 @@
 """search_videos.py serve: the JSON API against `search --json`, HTTP ranges byte for byte,
 every traversal attempt refused, the token, bounded sizes, JSON errors, concurrent requests and
 the model loaded once. A real server on 127.0.0.1 where the raw request matters."""
+import contextlib
 import http.client
+import itertools
 import json
 import os
 import shutil
@@ -166,6 +168,39 @@ def test_more_like_this_is_the_moments_mean_unit_frame(colour, client):
     assert result["hits"][0]["video"] == colour["truth"]["yellow"][0]
 
 
+def test_a_video_name_that_is_not_utf8_is_answered_as_search_json_prints_it(colour, tmp_path,
+                                                                           capsys):
+    from starlette.testclient import TestClient
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    raw = os.fsencode(videos) + b"/caf\xe9 red.mp4"
+    try:
+        shutil.copy2(colour["truth"]["red"][0], raw)
+    except OSError as e:
+        pytest.skip(f"this file system takes no non-UTF-8 name ({e})")
+    shutil.copy2(colour["truth"]["blue"][0], videos / "blue.mp4")
+    search_videos.main(search_videos.parse_args(
+        ["index", str(videos), "--index", str(tmp_path / "index"), "--model",
+         str(colour["model"]), "--device", "cpu", "--num_workers", "0", "--decoder", "pyav"]))
+    client = TestClient(server.create_app(server.SearchService(
+        VideoIndex.open(tmp_path / "index"), tmp_path / "cache")))
+    answer = client.get("/api/search", params={"q": "a red video", "k": 2})
+    assert answer.status_code == 200, answer.text
+    expected = cli_json(capsys, "search", "--index", tmp_path / "index", "a red video", "-k", 2)
+    assert without_extras(answer.json()) == expected
+    hit = answer.json()["queries"][0]["hits"][0]
+    assert hit["video"] == os.fsdecode(raw)
+    like = client.get(f"/api/similar/{hit['id']}", params={"start": 0, "end": 3})
+    assert like.status_code == 200 and like.json()["queries"][0]["like"]["video"] == hit["video"]
+    video = client.get(f"/api/video/{hit['id']}")
+    assert video.status_code == 200 and video.content == Path(os.fsdecode(raw)).read_bytes()
+    clip = client.get(f"/api/clip/{hit['id']}", params={"start": 0, "end": 3})
+    assert clip.headers["content-disposition"] == (  # the name's bytes, one not UTF-8 as U+FFFD
+        "attachment; filename=\"caf__red_0.000-3.000.mp4\"; "
+        "filename*=UTF-8''caf%EF%BF%BD%20red_0.000-3.000.mp4")
+
+
 def test_info_page_and_static_files(client):
     info = client.get("/api/info").json()
     assert info["num_videos"] == 10 and info["num_frames"] == 109 and "videos" not in info
@@ -269,7 +304,8 @@ TRAVERSALS = [
     "/api/video/99", "/api/video/3", "/api/video/-1", "/api/video/1e3", "/api/video/0x1",
     "/api/video/%30%78%31", "/api/thumbnail/99?t=1", "/api/clip/3?start=0&end=1",
     "/api/play/-5?start=0&end=1", "/api/similar/99?start=0&end=1",
-    "/api/video/18446744073709551617"]
+    "/api/video/18446744073709551617", "/api/video/" + "1" * 5000, "/api/clip/" + "9" * 19,
+    "/api/video/%C2%B2", "/api/video/%EF%BC%91"]  # 5000 digits, superscript 2, fullwidth 1
 
 
 def test_every_traversal_attempt_is_refused(own_index):
@@ -325,6 +361,30 @@ def test_a_video_replaced_by_a_link_or_changed_is_not_served(own_index):
     assert not (own_index["root"] / "cache").exists()  # nothing was read to make a clip
 
 
+def test_a_cached_thumbnail_is_not_shown_once_its_video_changed(own_index):
+    """The thumbnail cache is checked as the videos are: a video replaced after indexing (here
+    with other bytes of the same size and mtime) gets a 404, not the old frame from memory."""
+    from starlette.testclient import TestClient
+
+    service = server.SearchService(VideoIndex.open(own_index["index"]),
+                                   own_index["root"] / "cache")
+    client = TestClient(server.create_app(service))
+    blue = own_index["truth"]["blue"][0]
+    blue_id = service.index.table["path"].index(str(blue))
+    first = client.get(f"/api/thumbnail/{blue_id}?t=1")
+    assert first.status_code == 200
+    assert client.get(f"/api/thumbnail/{blue_id}?t=1").content == first.content  # cached
+    data, mtime = Path(blue).read_bytes(), os.stat(blue).st_mtime_ns
+    os.unlink(blue)
+    Path(blue).write_bytes(data[:-1] + b"x")
+    os.utime(blue, ns=(mtime, mtime))
+    again = client.get(f"/api/thumbnail/{blue_id}?t=1")
+    assert again.status_code == 404
+    assert again.json() == {"error": f"video {blue_id} changed since it was indexed (or its path "
+                                     "now leads to another file); run search_videos.py index "
+                                     "again"}
+
+
 def test_token_is_enforced_on_every_request(service):
     from starlette.testclient import TestClient
 
@@ -344,6 +404,70 @@ def test_token_is_enforced_on_every_request(service):
     client.cookies.clear()
     assert client.get("/static/app.js").status_code == 401
     assert client.post("/api/search", content=b"x").status_code == 401
+
+
+def test_requests_from_other_web_pages_are_refused(colour, tmp_path):
+    """Every combination of what a browser says about a request's source: only the page's own
+    requests, a typed address or a link to the page itself pass (and clients that say nothing);
+    a web page elsewhere cannot search, cut clips or load thumbnails and videos."""
+    from starlette.testclient import TestClient
+
+    client = TestClient(server.create_app(server.SearchService(
+        VideoIndex.open(colour["index"]), tmp_path / "cache")))  # its own clips
+    image = search_synthetic.colour_image(tmp_path / "red.png", "red").read_bytes()
+    requests = [("GET", "/"), ("GET", "/static/app.js"), ("GET", "/api/thumbnail/7?t=1"),
+                ("GET", "/api/video/7"), ("GET", "/api/search?q=a+red+video&k=1"),
+                ("POST", "/api/search?k=1"), ("GET", "/api/clip/7?start=0&end=1")]
+    for site, mode, dest, (method, path) in itertools.product(
+            [None, "same-origin", "none", "same-site", "cross-site"],
+            [None, "navigate", "no-cors", "cors"], [None, "document", "iframe", "image"],
+            requests):
+        headers = {name: value for name, value in [
+            ("Sec-Fetch-Site", site), ("Sec-Fetch-Mode", mode), ("Sec-Fetch-Dest", dest)]
+            if value}
+        answer = client.request(method, path, headers=headers,
+                                content=image if method == "POST" else None)
+        allowed = site in (None, "same-origin", "none") or (
+            mode == "navigate" and dest in (None, "document") and path == "/")
+        assert answer.status_code == (200 if allowed else 403), (site, mode, dest, path)
+        if not allowed:
+            assert answer.json()["error"] == (
+                f"refused: another web page made this request (Sec-Fetch-Site: {site}); "
+                "open the search page itself")
+    for origin in ["http://testserver", "https://testserver", "http://evil.example", "null",
+                   "http://testserver.evil.example", "http://testserver:80"]:
+        answer = client.post("/api/search?k=1", content=image, headers={"Origin": origin})
+        allowed = origin.split("://")[-1] == "testserver"
+        assert answer.status_code == (200 if allowed else 403), origin
+
+
+def test_a_file_is_served_as_a_video_or_as_bytes_never_as_a_page(colour, tmp_path, client):
+    """A list may index a file that decodes as video whatever its name: named .html or .svg it
+    is served as bytes (a page of this origin could read every answer); the page itself may not
+    be framed by another site and loads only its own files."""
+    from starlette.testclient import TestClient
+
+    for name in ["page.html", "image.svg", "clip.mp4", "film.webm"]:
+        shutil.copy2(colour["truth"]["red"][0], tmp_path / name)
+    (tmp_path / "list.txt").write_text("page.html\nimage.svg\nclip.mp4\nfilm.webm\n")
+    search_videos.main(search_videos.parse_args(
+        ["index", str(tmp_path / "list.txt"), "--index", str(tmp_path / "index"), "--model",
+         str(colour["model"]), "--device", "cpu", "--num_workers", "0"]))
+    service = server.SearchService(VideoIndex.open(tmp_path / "index"), tmp_path / "cache")
+    listed = TestClient(server.create_app(service))
+    served = {}
+    for video_id, path in zip(service.index.table["id"], service.index.table["path"]):
+        answer = listed.get(f"/api/video/{video_id}", headers={"Range": "bytes=0-3"})
+        assert answer.status_code == 206 and answer.headers["x-content-type-options"] == "nosniff"
+        served[Path(path).name] = answer.headers["content-type"]
+    assert served == {"page.html": "application/octet-stream",
+                      "image.svg": "application/octet-stream", "clip.mp4": "video/mp4",
+                      "film.webm": "video/webm"}
+    page = client.get("/")
+    assert page.headers["x-frame-options"] == "DENY"
+    assert page.headers["content-security-policy"] == (
+        "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; "
+        "frame-ancestors 'none'")
 
 
 def free_port():
@@ -381,6 +505,63 @@ def test_serve_off_loopback_warns_and_generates_a_token(colour, monkeypatch, cap
     assert local.get("/api/info", headers={"Host": "evil.example"}).status_code == 400
 
 
+def test_serve_takes_the_token_from_the_environment(colour, monkeypatch, capsys):
+    """$CLIP_HITCHHIKER_TOKEN, which ps does not show, as --token: enforced, on 0.0.0.0 and on
+    loopback, and carried by the printed URL; --token wins over it; too short is refused."""
+    from starlette.testclient import TestClient
+
+    served, port = {}, free_port()
+    monkeypatch.setattr(server, "run_server", lambda app, host, port: served.update(app=app))
+    monkeypatch.setenv("CLIP_HITCHHIKER_TOKEN", "from-the-environment")
+    serve = ["serve", "--index", str(colour["index"]), "--port", str(port), "--cache",
+             str(colour["root"] / "cache")]
+    for host in ("0.0.0.0", "127.0.0.1"):
+        url = search_videos.main(search_videos.parse_args(serve + ["--host", host]))
+        assert url.endswith("/?token=from-the-environment") and url in capsys.readouterr().out
+        client = TestClient(served["app"], base_url=f"http://127.0.0.1:{port}")
+        assert client.get("/api/info").status_code == 401
+        assert client.get("/api/info", params={"token": "from-the-environment"}).status_code \
+            == 200
+    url = search_videos.main(search_videos.parse_args(serve + ["--token", "given-12345"]))
+    assert url.endswith("/?token=given-12345")
+    monkeypatch.setenv("CLIP_HITCHHIKER_TOKEN", "short")
+    with pytest.raises(SystemExit):
+        search_videos.parse_args(serve)
+    assert "$CLIP_HITCHHIKER_TOKEN must have at least 8 characters" in capsys.readouterr().err
+    monkeypatch.setenv("CLIP_HITCHHIKER_TOKEN", "")  # set but empty: no token
+    assert search_videos.main(search_videos.parse_args(serve)) == f"http://127.0.0.1:{port}/"
+
+
+@pytest.mark.parametrize("host, url_host", [("::1", "[::1]"), ("127.0.0.2", "127.0.0.2"),
+                                             ("localhost", "localhost")])
+def test_serve_on_any_loopback_address_answers_its_own_url(colour, monkeypatch, capsys, host,
+                                                           url_host):
+    """The printed URL opens the page: its Host is accepted (an IPv6 address in brackets, as
+    URLs write it), and names that merely resemble a loopback address are not loopback."""
+    import socket
+
+    from starlette.testclient import TestClient
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host, 0))
+    except OSError as e:
+        pytest.skip(f"this machine cannot listen on {host} ({e})")
+    served, port = {}, free_port()
+    monkeypatch.setattr(server, "run_server", lambda app, host, port: served.update(app=app))
+    url = search_videos.main(search_videos.parse_args(
+        ["serve", "--index", str(colour["index"]), "--host", host, "--port", str(port),
+         "--cache", str(colour["root"] / "cache")]))
+    assert url == f"http://{url_host}:{port}/"
+    assert "warning" not in capsys.readouterr().err  # loopback: no token needed
+    client = TestClient(served["app"], base_url=url)
+    assert client.get("/api/info").status_code == 200
+    assert client.get("/api/info", headers={"Host": f"evil.example:{port}"}).status_code == 400
+    assert [server.is_loopback(h) for h in ["127.0.0.1", "127.255.0.9", "::1", "localhost",
+                                            "127.evil.example", "0.0.0.0", "::", "10.0.0.1"]] \
+        == [True, True, True, True, False, False, False, False]
+
+
 def test_serve_on_a_taken_port_is_one_line(colour, capsys):
     import socket
 
@@ -402,11 +583,20 @@ def test_bounded_sizes_and_json_errors(service, client, monkeypatch):
     for params, word in [({"q": "x", "k": "abc"}, "k must be a number"),
                          ({"q": "x", "k": server.MAX_K + 1}, "k must be in"),
                          ({"q": "x", "temperature": "nan"}, "temperature"),
-                         ({"q": "x", "aggregate": "max"}, "aggregate"), ({"q": " "}, "empty")]:
+                         ({"q": "x", "aggregate": "max"}, "aggregate"), ({"q": " "}, "empty"),
+                         ({"q": "\u200b"}, "holds only invisible characters"),
+                         ({"q": "\ufffc"}, "holds no token once tokenised")]:
         answer = client.get("/api/search", params=params)
         assert answer.status_code == 400 and word in answer.json()["error"], params
     not_image = client.post("/api/search", content=b"not an image")
     assert not_image.status_code == 400 and "not an image" in not_image.json()["error"]
+    from tests.test_moment_clips import EPS, ghostscript_calls
+
+    calls = ghostscript_calls(monkeypatch)
+    eps = client.post("/api/search", content=EPS)  # Pillow's EPS reader runs Ghostscript
+    assert eps.status_code == 400 and calls == []
+    assert eps.json()["error"].startswith("the upload is not an image the page reads (JPEG, "
+                                          "PNG, WebP, GIF, BMP or TIFF): ")
     monkeypatch.setattr(server, "MAX_IMAGE_BYTES", 1000)
     big = client.post("/api/search", content=b"x" * 1001)
     assert big.status_code == 413
@@ -419,6 +609,15 @@ def test_bounded_sizes_and_json_errors(service, client, monkeypatch):
     assert failed.json() == {"error": "the server failed (ZeroDivisionError); its log has the "
                                       "details"}
     assert "Traceback" not in failed.text
+
+
+def test_a_query_refused_by_the_index_is_a_400_not_a_server_failure(client):
+    """A QueryError (here: a text the colour CLIP embeds to zero) is the user's error: answered
+    as JSON by the app, not re-raised to uvicorn, which would log a traceback for each."""
+    answer = client.get("/api/search", params={"q": "a video"})  # raises if re-raised
+    assert answer.status_code == 400
+    assert answer.json()["error"].startswith("text_embeds row(s) [0] hold NaN or inf or are all "
+                                             "zero")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -520,14 +719,184 @@ def test_play_gives_a_clip_for_4_4_4_video_and_the_index_stays_unwritten(colour,
     assert where["url"] == f"/api/clip/7?start={start}&end={start + 3}&browser=1"
     clip = client.get(where["url"])
     assert clip.status_code == 200 and clip.headers["x-clip-start"] == f"{start:.6f}"
+    name = f"red_{start:.3f}-{start + 3:.3f}.mp4"  # as search --clips names it
     assert clip.headers["content-disposition"] == \
-        f'attachment; filename="red_{start:.2f}-{start + 3:.2f}.mp4"'
+        f"attachment; filename=\"{name}\"; filename*=UTF-8''{name}"
     cached = sorted(p.name for p in service.cache_dir.iterdir())
     assert len(cached) == 2 and cached[0].endswith("_browser.json")
     assert clip.content == (service.cache_dir / cached[1]).read_bytes()
     again = client.get(where["url"], headers={"Range": "bytes=10-20"})
     assert again.status_code == 206 and again.content == clip.content[10:21]
     assert snapshot(colour["index"]) == before
+
+
+def test_two_requests_for_one_clip_make_it_once(colour, tmp_path, monkeypatch):
+    from clip_hitchhiker.search import moment_clips
+
+    service = server.SearchService(VideoIndex.open(colour["index"]), tmp_path / "cache")
+    made, write_clip = [], moment_clips.write_clip
+
+    def slow_write_clip(*args, **kwargs):
+        made.append(args[1:3])
+        time.sleep(0.3)  # the other requests arrive while it is being made
+        return write_clip(*args, **kwargs)
+
+    monkeypatch.setattr(moment_clips, "write_clip", slow_write_clip)
+    answers, barrier = [], threading.Barrier(4)
+
+    def ask():
+        barrier.wait()
+        file, meta = service.clip(7, 1.0, 3.0, for_browser=False)
+        with file:
+            answers.append((file.read(), meta))
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert made == [(1.0, 3.0)]
+    assert len(answers) == 4 and all(answer == answers[0] for answer in answers)
+    assert sorted(p.suffix for p in (tmp_path / "cache").iterdir()) == [".json", ".mp4"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_clip_that_cannot_be_written_is_one_line_naming_the_video_and_the_clip(
+        colour, tmp_path, monkeypatch):
+    """The disk full (the clip written to /dev/full): the page hears which video and which clip,
+    not "cannot cut a clip of 12" (the descriptor number of the video opened for it)."""
+    from starlette.testclient import TestClient
+
+    temporary = server.temporary_file
+
+    @contextlib.contextmanager
+    def full_disk(folder, suffix):
+        if suffix != ".mp4.part":
+            with temporary(folder, suffix) as path:
+                yield path
+        else:
+            yield "/dev/full"
+
+    monkeypatch.setattr(server, "temporary_file", full_disk)
+    service = server.SearchService(VideoIndex.open(colour["index"]), tmp_path / "cache")
+    answer = TestClient(server.create_app(service)).get("/api/clip/7?start=1&end=3")
+    sha = service.index.table["sha256"][service.row(7)]
+    assert answer.status_code == 500
+    assert answer.json() == {"error": f"cannot cut a clip of {service.video_name(7)} into "
+                                      f"{tmp_path / 'cache' / sha[:32]}_1000_3000_mp4.mp4 (No "
+                                      "space left on device)"}
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+META = {"start": 0.0, "end": 1.0, "method": "copy"}
+ENTRY = 1000 + len(json.dumps(META))  # a test clip's bytes with its record's
+
+
+def add_clip(cache, key):
+    """cache.add of a 1000-byte clip KEY: the clip, open (being served)."""
+    made = cache.folder / f".{key}.mp4.part"
+    made.write_bytes(b"x" * 1000)
+    file, meta = cache.add(key, made, META)
+    assert meta == META
+    return file
+
+
+def test_the_clip_cache_removes_the_least_recently_used_clips_it_made(tmp_path):
+    """At most 3 clips (with records): a 4th removes the least recently used, passing over one
+    being served; the user's files, a clip without its record, links, a folder and a clip
+    being made are never touched; a restart orders the clips by their last use."""
+    from clip_hitchhiker.search.clip_cache import ClipCache
+
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    (folder / "notes.txt").write_bytes(b"n" * 5000)
+    (folder / "a0_1_2_mp4.mp4").write_bytes(b"no record" * 1000)
+    (folder / "a1_1_2_mp4.mp4").symlink_to(folder / "notes.txt")
+    (folder / "a1_1_2_mp4.json").write_text(json.dumps(META))
+    (folder / "a2_1_2_mp4.mp4").mkdir()
+    (folder / "a2_1_2_mp4.json").write_text(json.dumps(META))
+    (folder / "tmp1234.mp4.part").write_bytes(b"being made" * 1000)
+    others = sorted(p.name for p in folder.iterdir())
+
+    def clips():
+        return sorted(p.stem for p in folder.iterdir()
+                      if p.name not in others and p.suffix == ".mp4")
+
+    def records():
+        return sorted(p.stem for p in folder.iterdir()
+                      if p.name not in others and p.suffix == ".json")
+
+    cache = ClipCache(folder, max_bytes=3 * ENTRY)
+    keys = [f"{i:x}" * 4 + "_1000_2000_mp4" for i in range(1, 8)]  # 1111_..., 2222_, ...
+    add_clip(cache, keys[0]).close()
+    add_clip(cache, keys[1]).close()
+    served = add_clip(cache, keys[2])  # held open: being served
+    file, _ = cache.open(keys[0])  # used again: now more recent than keys[1]
+    file.close()
+    assert clips() == records() == keys[:3]
+    add_clip(cache, keys[3]).close()
+    assert clips() == records() == [keys[0], keys[2], keys[3]]
+    add_clip(cache, keys[4]).close()  # keys[2] is the least recent but is being served
+    assert clips() == records() == [keys[2], keys[3], keys[4]]
+    assert served.read() == b"x" * 1000
+    served.close()
+    add_clip(cache, keys[5]).close()
+    assert clips() == records() == [keys[3], keys[4], keys[5]]
+    assert cache.open(keys[2]) is None
+    file, _ = cache.open(keys[3])
+    file.close()
+    # A restart with room for two: the order of use survives it, in the records' mtimes.
+    add_clip(ClipCache(folder, max_bytes=2 * ENTRY), keys[6]).close()
+    assert clips() == records() == [keys[3], keys[6]]
+    assert sorted(p.name for p in folder.iterdir()
+                  if p.stem not in keys) == others  # nothing else was touched
+    assert (folder / "notes.txt").read_bytes() == b"n" * 5000
+    assert (folder / "a0_1_2_mp4.mp4").read_bytes() == b"no record" * 1000
+
+
+def test_the_servers_clip_cache_is_bounded(colour, tmp_path):
+    """With room for no clip, the cache keeps the clip being served only until the next one
+    is made: exactly its clip and record remain."""
+    from starlette.testclient import TestClient
+
+    cache = tmp_path / "cache"
+    service = server.SearchService(VideoIndex.open(colour["index"]), cache, cache_max_bytes=0)
+    client = TestClient(server.create_app(service))
+    sha = service.index.table["sha256"][service.row(7)][:32]
+    first = client.get("/api/clip/7?start=1&end=3")
+    assert first.status_code == 200
+    assert sorted(p.name for p in cache.iterdir()) == [f"{sha}_1000_3000_mp4.json",
+                                                       f"{sha}_1000_3000_mp4.mp4"]
+    assert client.get("/api/clip/7?start=1&end=3").content == first.content  # from the cache
+    assert client.get("/api/clip/7?start=2&end=4").status_code == 200
+    assert sorted(p.name for p in cache.iterdir()) == [f"{sha}_2000_4000_mp4.json",
+                                                       f"{sha}_2000_4000_mp4.mp4"]
+
+
+def test_serve_takes_the_cache_size_in_mb(colour, tmp_path, monkeypatch, capsys):
+    made = []
+    monkeypatch.setattr(server, "run_server", lambda app, host, port: None)
+    monkeypatch.setattr(server.SearchService, "warm_up", lambda service: made.append(service))
+    serve = ["serve", "--index", str(colour["index"]), "--port", str(free_port()), "--cache",
+             str(tmp_path / "cache")]
+    search_videos.main(search_videos.parse_args(serve))
+    search_videos.main(search_videos.parse_args(serve + ["--cache_max_mb", "0.5"]))
+    assert [s.clips.max_bytes for s in made] == [2048 * 10**6, 500_000]
+    for bad in ("-1", "nan"):
+        with pytest.raises(SystemExit):
+            search_videos.parse_args(serve + ["--cache_max_mb", bad])
+    assert "--cache_max_mb must be a number >= 0, got nan" in capsys.readouterr().err
+
+
+def test_a_clip_must_start_within_the_video_and_ends_at_its_end(colour, client):
+    duration = float(VideoIndex.open(colour["index"]).table["duration"][7])
+    past = client.get("/api/clip/7", params={"start": 100, "end": 200})
+    assert past.status_code == 400
+    assert past.json()["error"] == f"start=100 is past the end of video 7 ({duration:.3f} s)"
+    assert client.get("/api/play/7", params={"start": duration, "end": 200}).status_code == 400
+    whole = client.get("/api/clip/7", params={"start": 1, "end": 1e7})
+    assert whole.status_code == 200
+    assert whole.content == client.get("/api/clip/7", params={"start": 1, "end": duration}).content
 
 
 def test_play_gives_the_original_for_a_browser_video(tmp_path):
@@ -539,6 +908,10 @@ def test_play_gives_the_original_for_a_browser_video(tmp_path):
     assert client.get("/api/play/3?start=1&end=2").json() == {
         "url": "/api/video/3", "offset": 0.0, "method": "original"}
     assert not (tmp_path / "cache").exists()
+    # Changed after it was played once: the page hears of it, not only the video element.
+    os.utime(service.index.table["path"][service.row(3)])
+    changed = client.get("/api/play/3?start=1&end=2")
+    assert changed.status_code == 404 and "changed since it was indexed" in changed.json()["error"]
 
 
 def test_the_scorer_thread_uses_the_creators_thread_counts(colour, tmp_path):

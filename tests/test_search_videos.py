@@ -455,3 +455,37 @@ def test_keyframes_indexes_the_nearest_key_frames_at_their_true_times(colour_dat
     assert code == 1 and err.count("\n") == 1 and "sampling" in err
     code, err = cli_error(capsys, *base, "--keyframes", "--num_frames", 4)
     assert code == 2 and "--keyframes samples by time (--fps); it takes no --num_frames" in err
+
+
+def write_offset_transport_stream(path, num_frames=40, fps=4, first_pts=20):
+    """An MPEG-TS video whose first frame is at first_pts / fps seconds (5 s), as transport
+    streams and some WebM files start: frame i at (first_pts + i) / fps."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(path), "w", format="mpegts") as container:
+        stream = container.add_stream("mpeg2video", rate=fps)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = Fraction(1, fps)
+        for i in range(num_frames):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 8 * i % 256, np.uint8),
+                                               format="rgb24")
+            frame.pts, frame.time_base = first_pts + i, Fraction(1, fps)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.mark.parametrize("sampling", [{"rule": "uniform", "num_frames": 5},
+                                      {"rule": "fps", "fps": 1.0, "max_frames": None}])
+def test_frame_times_count_from_the_first_frame_under_either_sampling_rule(tmp_path, sampling):
+    """A stream that starts at 5 s: every rule stores seconds from its first frame, so that the
+    moments fall inside [0, duration] where the player shows them."""
+    path = tmp_path / "late_start.ts"
+    write_offset_transport_stream(path)
+    _, info = search_videos.decode_video(str(path), sampling, "pyav")
+    assert info["duration"] == 10.0
+    assert info["times"] == [i / 4 for i in info["indices"]]

@@ -24,6 +24,7 @@ accuracy.py), the reference the field's Kinetics figures come from, with one rul
         without videos lowers the mean), a class that is neither is not counted.
 """
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ import pandas as pd
 
 from clip_hitchhiker.datasets import DatasetEntry, UrlOption, register
 from clip_hitchhiker.datasets.charades import ClassNameQueries, check_prompts
-from clip_hitchhiker.datasets.local_files import (annotations_missing, locate_videos,
+from clip_hitchhiker.datasets.local_files import (annotations_missing, locate_videos, read_text,
                                                   videos_dataset_id, videos_missing)
 from clip_hitchhiker.downloads import fetch_checked_file
 from clip_hitchhiker.errors import DatasetError
@@ -59,13 +60,11 @@ def kinetics_video_id(youtube_id, time_start, time_end):
 def load_kinetics_split(path):
     """returns: (class names sorted, video ids in the file's order, each video's class index).
     A video listed twice counts once (with its first row's label)."""
+    text = read_text(path, "download Kinetics-400's annotations (the default) or set "
+                           "--data_root", "a CSV file")
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except FileNotFoundError as e:
-        raise DatasetError(f"missing {path}; download Kinetics-400's annotations (the default) "
-                           "or set --data_root") from e
-    except (UnicodeDecodeError, csv.Error) as e:
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    except csv.Error as e:
         raise DatasetError(f"{path} is not a CSV ({e})") from e
     if not rows or not set(_COLUMNS) <= set(rows[0]):
         raise DatasetError(f"{path} needs the columns {', '.join(_COLUMNS)} and at least one row "

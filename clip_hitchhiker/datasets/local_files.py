@@ -12,25 +12,33 @@ from clip_hitchhiker.errors import DatasetError
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
 
 
-def read_json(path, missing_hint):
-    """The parsed JSON file at path; DatasetError "missing PATH; <missing_hint>" when it is
-    not there, or naming it when it is not JSON."""
+def read_text(path, missing_hint, kind):
+    """The UTF-8 text of the file at path. DatasetError "missing PATH; <missing_hint>" when it
+    is not there; naming it, and kind (what it should be, e.g. "a JSON file"), when it cannot be
+    read (a folder, no permission) or is not UTF-8."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError as e:
         raise DatasetError(f"missing {path}; {missing_hint}") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path} is not {kind} ({e})") from e
+    except OSError as e:
+        raise DatasetError(f"cannot read {path} ({e.strerror or e}); it should be {kind} that "
+                           "this user can read") from e
+
+
+def read_json(path, missing_hint):
+    """The parsed JSON file at path (DatasetError as read_text, or naming it when it is not
+    JSON)."""
+    try:
+        return json.loads(read_text(path, missing_hint, "a JSON file"))
+    except json.JSONDecodeError as e:
         raise DatasetError(f"{path} is not JSON ({e})") from e
 
 
 def read_id_list(path, missing_hint):
-    """The non-blank lines of a split list, stripped, in order (DatasetError as read_json)."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError as e:
-        raise DatasetError(f"missing {path}; {missing_hint}") from e
-    except UnicodeDecodeError as e:
-        raise DatasetError(f"{path} is not a text file of ids ({e})") from e
+    """The non-blank lines of a split list, stripped, in order (DatasetError as read_text)."""
+    lines = read_text(path, missing_hint, "a text file of ids").splitlines()
     return [line.strip() for line in lines if line.strip()]
 
 
@@ -50,10 +58,11 @@ def annotations_missing(title, path, name, data_root):
 
 def find_video(video_root, names, extensions=VIDEO_EXTENSIONS):
     """The first file video_root/<name><extension> that exists, names in order, each with every
-    extension; a name that already ends in an extension is tried as it is first.
+    extension; a name with an extension of its own (any: DiDeMo's release names end in .3gp,
+    .mts, ... or in a bare '.') is tried as it is first.
     returns: str path, or None."""
     for name in names:
-        candidates = [name] if Path(name).suffix.lower() in extensions else []
+        candidates = [name] if "." in Path(name).name else []
         candidates += [name + extension for extension in extensions]
         for candidate in candidates:
             path = os.path.join(video_root, candidate)
@@ -72,8 +81,10 @@ def locate_videos(video_ids, video_root, names_of, *, title, split, how_to_get,
     returns: (paths, missing video ids).
     """
     if video_root is None or not os.path.isdir(video_root):
-        raise DatasetError(f"{title} videos have no public host: {how_to_get}, then pass "
-                           f"--video_root, a folder of them (got {video_root!r})")
+        where = ("no folder of them (neither --video_root nor the dataset's folder under "
+                 "--data_root)" if video_root is None else f"{video_root} is not a folder")
+        raise DatasetError(f"{title} videos: {where}; {how_to_get}, then pass --video_root, a "
+                           "folder of them")
     paths = [find_video(video_root, names_of(v)) for v in video_ids]
     missing = [v for v, p in zip(video_ids, paths) if p is None]
     if check_files and missing:

@@ -21,7 +21,8 @@ from pathlib import Path
 import pandas as pd
 
 from clip_hitchhiker.datasets import DatasetEntry, Reference, register
-from clip_hitchhiker.datasets.local_files import locate_videos, videos_dataset_id, videos_missing
+from clip_hitchhiker.datasets.local_files import (locate_videos, read_text, videos_dataset_id,
+                                                  videos_missing)
 from clip_hitchhiker.errors import DatasetError
 from data_loader import VideoDataset
 
@@ -46,13 +47,8 @@ def lsmdc_file_names(clip_id):
 def load_lsmdc_queries(path):
     """The queries of an LSMDC test file, in its order: [(clip id, sentence)]. A line that is
     not six tab-separated fields with a clip id and a sentence stops with an error naming it."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError as e:
-        raise DatasetError(f"missing {path}; {_REGISTRATION}, then put {LSMDC_TEST_FILE} in "
-                           f"{Path(path).parent}") from e
-    except UnicodeDecodeError as e:
-        raise DatasetError(f"{path} is not UTF-8 text ({e}); is it {LSMDC_TEST_FILE}?") from e
+    lines = read_text(path, f"{_REGISTRATION}, then put {LSMDC_TEST_FILE} in "
+                            f"{Path(path).parent}", f"UTF-8 text ({LSMDC_TEST_FILE})").splitlines()
     queries = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():

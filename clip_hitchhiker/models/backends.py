@@ -46,6 +46,12 @@ class LoadedModel:
         """captions: list of str. returns: [len(captions), D] in the model's dtype."""
         return self.module.encode_text(self.tokenize(captions).to(device))
 
+    def tokenless(self, captions):
+        """One bool per caption: True where the tokenizer leaves no token between the start and
+        end tokens (it drops every character), i.e. the caption tokenises as "" does."""
+        tokens = self.tokenize(list(captions) + [""])  # [N + 1, context_length]
+        return (tokens[:-1] == tokens[-1]).all(dim=1).tolist()
+
     def count_truncated(self, captions):
         """How many captions are longer than the context and get cut."""
         return sum(self.count_tokens(c) > self.context_length for c in captions)

@@ -14,7 +14,8 @@ the earliest) and never makes a run that holds `mass` fall short.
 """
 import numpy as np
 
-__all__ = ["DEFAULT_MASS", "TIE_TOLERANCE", "first_best", "frame_cells", "moment_from_weights"]
+__all__ = ["DEFAULT_MASS", "TIE_TOLERANCE", "first_best", "frame_cells", "moment_from_weights",
+           "peak_frame"]
 
 DEFAULT_MASS = 0.5
 # Far above the rounding of a sum of a million float64 weights (~1e-10 at worst), far below any
@@ -56,12 +57,20 @@ def moment_from_weights(frame_weights, frame_times, duration, mass=DEFAULT_MASS)
         raise ValueError(f"mass must be in (0, 1], got {mass!r}")
     if not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
         raise ValueError("frame_weights must be finite, non-negative and not all zero")
+    peak = peak_frame(weights)
     weights = weights / weights.sum()
     starts, ends = frame_cells(frame_times, duration)
-    peak = first_best(weights)
     first, last = _shortest_run(weights, starts, ends, peak, mass)
     peak_time = float(np.clip(frame_times[peak], starts[first], ends[last]))
     return {"start": float(starts[first]), "end": float(ends[last]), "peak": peak_time}
+
+
+def peak_frame(frame_weights):
+    """The frame whose time moment_from_weights gives as the peak: the largest weight as a share
+    of the total, the earliest of those within TIE_TOLERANCE of it. frame_weights: [F]
+    non-negative, not all zero. returns: int."""
+    weights = np.asarray(frame_weights, dtype=np.float64)
+    return first_best(weights / weights.sum())
 
 
 def first_best(values, tolerance=TIE_TOLERANCE):

@@ -3,7 +3,8 @@
 (`index_writer`), the FAISS stage-1 candidates (`candidate_index`) and the reader that scores
 candidates by query-scoring and returns moments (`video_index.VideoIndex`), with the checks of
 the queries and settings it is given (`queries`); image and "more like this" queries
-(`query_embeddings`), moment clips (`moment_clips`), the JSON report (`search_report`), the
+(`query_embeddings`), moment clips (`moment_clips`) and the page's bounded cache of them
+(`clip_cache`), the JSON report (`search_report`), the
 local search page over an index (`server`, with `static/`, which alone imports starlette and
 uvicorn), which model encodes for an index (`index_model`), and the hits' thumbnails
 (`thumbnails`).

@@ -189,15 +189,21 @@ def deserialize(data, params):
 
 
 def search(index, queries, count, nprobe=None):
-    """queries: [T, D] (any scale). returns: T lists of up to `count` video ids, best first
-    (the videos of the best SEGMENTS_PER_CANDIDATE * count segment vectors)."""
+    """queries: [T, D] (any scale); nprobe: the lists an IVF index probes in this call (None:
+    its own). returns: T lists of up to `count` video ids, best first (the videos of the best
+    SEGMENTS_PER_CANDIDATE * count segment vectors)."""
     import faiss
 
     ivf = faiss.try_extract_index_ivf(index)
+    recorded = ivf.nprobe if ivf is not None else None
     if nprobe is not None and ivf is not None:
         ivf.nprobe = nprobe
     wanted = max(1, min(SEGMENTS_PER_CANDIDATE * count, index.ntotal))
-    _, ids = index.search(unit_rows(queries), wanted)
+    try:
+        _, ids = index.search(unit_rows(queries), wanted)
+    finally:
+        if ivf is not None:  # this call's nprobe, not every later search's
+            ivf.nprobe = recorded
     videos = []
     for row in video_ids_of(ids):
         unique = dict.fromkeys(int(v) for v in row if v >= 0)

@@ -38,7 +38,8 @@ from clip_hitchhiker.errors import VideoIndexError
 from clip_hitchhiker.run_folder import remove_stale_temporaries
 
 __all__ = ["FORMAT", "VERSION", "MANIFEST", "JOURNAL", "TABLE_COLUMNS", "check_files",
-           "commit_file_names", "file_record", "frames_crc32", "index_marker", "read_journal",
+           "commit_file_names", "file_record", "frames_crc32", "index_marker",
+           "manifest_temporary", "read_journal",
            "read_manifest", "read_table", "remove_uncommitted", "verify_files", "write_journal",
            "write_manifest", "write_npy", "write_table"]
 
@@ -102,9 +103,10 @@ def frames_crc32(rows):
 # Manifest
 
 
-def write_manifest(folder, manifest, before_replace=None):
+def write_manifest(folder, manifest, before_replace=None, temporary=None):
     """Write manifest.json atomically, with a checksum of its own content.
-    before_replace(tmp_path): called with the complete temporary file (a test hook)."""
+    before_replace(tmp_path): called with the complete temporary file (a test hook); temporary:
+    the temporary file's name in folder, as the journal records it (manifest_temporary)."""
     body = dict(manifest, checksum=_manifest_checksum(manifest))
 
     def write(tmp):
@@ -112,7 +114,8 @@ def write_manifest(folder, manifest, before_replace=None):
         if before_replace is not None:
             before_replace(tmp)
 
-    write_atomically(Path(folder) / MANIFEST, write, make_folder=False)
+    write_atomically(Path(folder) / MANIFEST, write, make_folder=False,
+                     temporary=None if temporary is None else Path(folder) / temporary)
 
 
 def _manifest_checksum(manifest):
@@ -321,10 +324,17 @@ def shard_name(kind, generation, rank):
     return f"{kind}-{generation:06d}-r{rank}.npy"
 
 
+def manifest_temporary(generation):
+    """The name under which a commit of generation writes its manifest before it replaces
+    manifest.json: recorded in the journal, so that a kill's leftover is removed by that record
+    (a name pattern, .manifest.json.XXXXXXXX, would also take a user's .manifest.json.20240101)."""
+    return f"manifest-{generation:06d}.json.partial"
+
+
 def commit_file_names(generation, ranks):
     """Every name a commit of generation may write, ranks writing shards: the journal records
     them before the first is written."""
-    return [table_name(generation), stage1_name(generation),
+    return [table_name(generation), stage1_name(generation), manifest_temporary(generation),
             *(shard_name(kind, generation, rank) for kind in ("frames", "means")
               for rank in range(ranks))]
 
@@ -369,12 +379,12 @@ def write_journal(folder, pending):
 
 
 def remove_uncommitted(folder, manifest, pending):
-    """Remove the files of pending that manifest does not name, and the temporary files that
-    writing them, the manifest or the journal left: all of them the writer's own. Only by the
-    writer holding the lock."""
+    """Remove the files of pending that manifest does not name (the manifest's temporary among
+    them), and the temporary files that writing them or the journal left: all of them the
+    writer's own. Only by the writer holding the lock."""
     committed = set(manifest["files"]) if manifest else set()
     remove_files(folder, set(pending) - committed)
-    remove_stale_temporaries(folder, [*pending, MANIFEST, JOURNAL])
+    remove_stale_temporaries(folder, [*pending, JOURNAL])
 
 
 def remove_files(folder, names):

@@ -214,24 +214,31 @@ class IndexWriter:
         """What to do with the videos a run lists (see the module's docstring). Only files whose
         stat differs from the record are read (read_sha256(path)).
 
-        prune_under: None, or (folders, files): the recorded videos gone from the disk that
-        lie under one of the folders, or are one of the files, are dropped; a prune that would
-        drop more than half the index's videos is refused unless confirm_prune.
+        prune_under: None, or (folders, files[, unseen]): the recorded videos gone from the
+        disk (not found: one that cannot be looked at, under a folder without permission, is
+        not gone) that lie under one of the folders, or are one of the files, and not at or
+        under one of the unseen paths (what the listing's walk passed over), are dropped; a
+        prune that would drop more than half the index's videos is refused unless
+        confirm_prune.
         returns: a JSON-able dict: "to_encode" [paths], "found" {path: fingerprint} of those,
         "renamed" {recorded path: [path, fingerprint]} (moved, or the same content again),
-        "drop" [recorded paths], "failed" [[path, fingerprint, reason]] (unreadable),
+        "drop" [recorded paths], "failed" [[path, fingerprint, reason]] (unreadable, to record
+        as skipped), "kept" [[path, reason]] (indexed videos that cannot be read now: their
+        entries stay, since an unreadable file's content may well be the one indexed),
         "vanished" [paths], "up_to_date", "moved", "pruned" (counts).
         """
-        recorded = self._recorded()
+        recorded, indexed = self._recorded(), set(self.table["path"])
         listed, changed = set(videos), {}
         result = {"to_encode": [], "found": {}, "renamed": {}, "drop": [], "failed": [],
-                  "vanished": [], "up_to_date": 0, "moved": 0, "pruned": 0}
+                  "kept": [], "vanished": [], "up_to_date": 0, "moved": 0, "pruned": 0}
         for path in videos:
             found = _fingerprint_or_failure(path, recorded.get(path), read_sha256)
             if found is None:
                 result["up_to_date"] += 1
             elif "vanished" in found:
                 result["vanished"].append(path)
+            elif "failure" in found and path in indexed:
+                result["kept"].append([path, found["failure"]])
             elif "failure" in found:
                 result["failed"].append([path, found["fingerprint"], found["failure"]])
             elif recorded.get(path, {}).get("sha256") == found["sha256"]:
@@ -278,11 +285,13 @@ class IndexWriter:
 
     def _prune(self, prune_under, confirm_prune, recorded, result):
         folders, files = prune_under[0], set(prune_under[1])
+        unseen = set(prune_under[2]) if len(prune_under) > 2 else set()
         inside = tuple(os.path.join(folder, "") for folder in folders)
+        hidden = tuple(os.path.join(path, "") for path in unseen)
         taken = set(result["renamed"]) | set(result["drop"])
         gone = sorted(path for path in recorded if path not in taken
                       and (path in files or path.startswith(inside))
-                      and not os.path.exists(path))
+                      and not (path in unseen or path.startswith(hidden)) and _gone(path))
         videos = len(self.table["path"])
         gone_videos = len(set(gone) & set(self.table["path"]))
         if prune_refused(gone_videos, videos) and not confirm_prune:
@@ -367,7 +376,8 @@ class IndexWriter:
         self._check_not_moved()
         fmt.write_journal(self.folder, self.pending | superseded)
         self.pending |= superseded
-        fmt.write_manifest(self.folder, manifest, before_replace=before_manifest)
+        fmt.write_manifest(self.folder, manifest, before_replace=before_manifest,
+                           temporary=fmt.manifest_temporary(generation))
         self.manifest, self.table, self.generation = manifest, table, generation
         test_pause("cleanup")
         fmt.remove_files(self.folder, self.pending - set(files))
@@ -423,6 +433,18 @@ def _fingerprint_or_failure(path, recorded, read_sha256):
                 "fingerprint": {**state, "sha256": None}}
 
 
+def _gone(path):
+    """True when path is known not to exist; False when it exists or cannot be looked at (a
+    folder on its way without permission: EACCES is no proof that the video is gone)."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def prune_refused(gone_videos, indexed_videos):
     """True when a prune would remove most of an index: more than half of its videos."""
     return 2 * gone_videos > indexed_videos
@@ -430,13 +452,14 @@ def prune_refused(gone_videos, indexed_videos):
 
 def _released(old, new, changed, listed):
     """True if recorded path `old` no longer holds its recorded content, so that `new`, which
-    holds that content now, may take its record: old changed, is gone, or is where the link
-    new resolves to (the path that older versions stored, or the one named before a link was)."""
+    holds that content now, may take its record: old changed, is gone, or is, unlisted, another
+    name of the same file through symbolic links (the resolved path that older versions stored,
+    or a link's path that the file was indexed through before its folder was named)."""
     if old in changed:
         return True
     if old in listed:
         return False
-    return not os.path.exists(old) or os.path.realpath(new) == old
+    return not os.path.exists(old) or os.path.realpath(new) == os.path.realpath(old)
 
 
 def _rename_rows(table, renamed):

@@ -7,6 +7,7 @@ write_clip makes the file; place_clip puts it in a user's folder under a name th
 replaces a file the tool did not write; browser_playable says whether a browser plays a video
 as it is, or needs such a clip.
 """
+import errno
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -46,12 +47,16 @@ def browser_decodes(stream):
                                    context.format.name in BROWSER_PIXEL_FORMATS))
 
 
-def write_clip(video, start, end, out_path, for_browser=False):
+def write_clip(video, start, end, out_path, for_browser=False, video_name=None,
+               clip_path=None):
     """Write [start, end] seconds of video (a path or a binary file object) to out_path, an
     MP4. Copies the video packets from the key frame at or before start where MP4 holds the
     codec (for_browser: where every browser also decodes it); otherwise re-encodes as H.264
     from the frame showing at start. returns: {"start": the clip's time 0 in the video
-    (seconds), "end": its last frame's time in the video, "method": "copy" or "encode"}."""
+    (seconds), "end": its last frame's time in the video, "method": "copy" or "encode"}.
+    video_name, clip_path: what a failure's one line calls the video (a file object from
+    os.fdopen is named by its descriptor number) and the clip (out_path may be a temporary
+    file, moved into place afterwards); by default video's path and out_path."""
     import av
 
     if not end > start >= 0:
@@ -69,8 +74,11 @@ def write_clip(video, start, end, out_path, for_browser=False):
             return {"start": clip.first_time, "end": clip.last_time,
                     "method": "copy" if copy else "encode"}
     except (av.error.FFmpegError, IndexError) as e:
-        name = getattr(video, "name", video)
-        raise VideoDecodeError(f"cannot cut a clip of {name} ({e})") from e
+        name = video_name if video_name is not None else getattr(video, "name", video)
+        cause = getattr(e, "strerror", None) or e  # FFmpeg's errors repeat the file's name
+        raise VideoDecodeError(f"cannot cut a clip of {name} into "
+                               f"{clip_path if clip_path is not None else out_path} "
+                               f"({cause})") from e
 
 
 def _stream_like(target, stream):
@@ -284,17 +292,23 @@ def clip_name(video_path, start, end):
     return f"{Path(video_path).stem}_{start:.3f}-{end:.3f}.mp4"
 
 
+# What os.link raises where the file system has no hard links: FAT and exFAT (EPERM), some
+# SMB and FUSE mounts (ENOTSUP, ENOSYS), a folder that is another mount than it looks (EXDEV).
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP,
+                            errno.ENOSYS})
+
+
 def place_clip(made, folder, name):
-    """Move the finished clip `made` into folder under `name`, never replacing a file: an
-    existing file of the same name and bytes (this tool's earlier output) is kept and `made`
-    dropped; any other is left alone and the clip takes "<stem> (2).mp4", "(3)", ...
-    returns: the path the clip has."""
+    """Move the finished clip `made` (a file in folder) into folder under `name`, never
+    replacing a file: an existing file of the same name and bytes (this tool's earlier output)
+    is kept and `made` dropped; any other is left alone and the clip takes "<stem> (2).mp4",
+    "(3)", ... returns: the path the clip has."""
     folder, made = Path(folder), Path(made)
     stem, suffix = Path(name).stem, Path(name).suffix
     for number in range(1, 10_000):
         path = folder / (name if number == 1 else f"{stem} ({number}){suffix}")
         try:
-            os.link(made, path)  # fails if path exists: no window in which a file is replaced
+            _claim(made, path)
         except FileExistsError:
             if _same_bytes(made, path):
                 break
@@ -302,12 +316,50 @@ def place_clip(made, folder, name):
         break
     else:
         raise FileExistsError(f"{folder} holds 9999 files named {stem} (n){suffix}")
-    made.unlink()
+    if made.exists():
+        made.unlink()
     return path
 
 
+def _claim(made, path):
+    """Give the complete file `made` the name path, FileExistsError if path exists (a file, a
+    folder, a link, dangling or not). A hard link: no moment in which path names another file
+    or a partial one. Where the file system has none, path is claimed as an empty file of ours
+    (O_EXCL: never one that was there) and `made` moved onto it: the name shows an empty file
+    for that moment, never another's file or a half-written clip."""
+    try:
+        os.link(made, path)
+        return
+    except OSError as e:
+        if isinstance(e, FileExistsError) or e.errno not in _NO_HARD_LINKS:
+            raise
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        os.replace(made, path)
+    except BaseException:
+        os.unlink(path)  # the empty placeholder is ours
+        raise
+
+
+def new_part_file(folder):
+    """A new empty file ".clip-<random>.mp4.part" in folder, for a clip to be written into and
+    then placed: made with the permissions the user's umask gives new files (mkstemp's 0600
+    would leave the user's clips unreadable to anyone else)."""
+    import secrets
+
+    for _ in range(100):
+        path = Path(folder) / f".clip-{secrets.token_hex(6)}.mp4.part"
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"{folder} holds 100 files named like .clip-*.mp4.part")
+
+
 def _same_bytes(a, b):
-    if os.path.getsize(a) != os.path.getsize(b):
+    """True if b is a regular file (through links) with a's bytes."""
+    if not os.path.isfile(b) or os.path.getsize(a) != os.path.getsize(b):
         return False
     with open(a, "rb") as fa, open(b, "rb") as fb:
         return all(x == y for x, y in zip(iter(lambda: fa.read(1 << 20), b""),

@@ -10,24 +10,40 @@ import torch
 from clip_hitchhiker.errors import ConfigError, VideoIndexError
 
 MAX_IMAGE_PIXELS = 50_000_000  # a larger image is refused (Pillow's decompression-bomb guard)
+# The formats photos and screenshots come in. Not every format Pillow knows: its EPS reader runs
+# Ghostscript on the file, and the rarer readers are more code for an upload to reach.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
 
 def image_tensor(image):
-    """uint8 [1, 3, H, W] RGB of a path or a PIL image, as the video decoders give frames."""
+    """uint8 [1, 3, H, W] RGB of a path or a PIL image, as the video decoders give frames, and
+    as a viewer shows the image: turned as its EXIF orientation says, transparency over white."""
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(image, (str, Path)):
         try:
-            with Image.open(image) as opened:
+            with Image.open(image, formats=IMAGE_FORMATS) as opened:
                 return image_tensor(opened)
         except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
-            raise ConfigError(f"image {image} cannot be read ({e}); give a JPEG, PNG or another "
-                              "format Pillow reads") from e
+            raise ConfigError(f"image {image} cannot be read ({e}); give a JPEG, PNG, WebP, "
+                              "GIF, BMP or TIFF") from e
     if image.width * image.height > MAX_IMAGE_PIXELS:
         raise ConfigError(f"the image has {image.width} x {image.height} pixels, more than "
                           f"{MAX_IMAGE_PIXELS}; give a smaller one")
-    pixels = np.asarray(image.convert("RGB"))  # [H, W, 3]
+    pixels = np.asarray(as_seen(image))  # [H, W, 3]
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None]
+
+
+def as_seen(image):
+    """The RGB PIL image a viewer shows: EXIF orientation applied (phones store photos sideways
+    and say so), transparent pixels over white (their hidden colour is often black)."""
+    from PIL import Image, ImageOps
+
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        image = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image)
+    return image.convert("RGB")
 
 
 def frame_preprocess_of(model, recorded, folder):

@@ -19,14 +19,13 @@ other than its own names (DNS rebinding). Sizes are bounded; errors are JSON.
 import asyncio
 import hmac
 import importlib.resources
+import ipaddress
 import json
-import logging
 import math
 import mimetypes
 import os
 import re
 import stat
-import tempfile
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +37,12 @@ import torch
 
 from clip_hitchhiker.errors import ConfigError, HitchhikerError
 from clip_hitchhiker.moments.rule import DEFAULT_MASS
+from clip_hitchhiker.search.clip_cache import (DEFAULT_MAX_BYTES, ClipCache, clip_key,
+                                               temporary_file)
+from clip_hitchhiker.search.moment_clips import clip_name
+from clip_hitchhiker.search.queries import check_queries
 from clip_hitchhiker.search.search_report import rounded_for_print, search_report
+from clip_hitchhiker.search.video_listing import STAT_KEYS
 from clip_hitchhiker.search.video_index import AGGREGATES, DEFAULT_CANDIDATES
 from query_scoring import queryscoring_frame_weights
 
@@ -49,9 +53,15 @@ MAX_CANDIDATES = 10_000
 STATIC_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
                 "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
                 "/static/style.css": ("style.css", "text/css; charset=utf-8")}
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+# The page loads nothing but its own files (and the dropped image's blob: preview), and no other
+# site may frame it (clicks on it from under another page).
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
+                                           "object-src 'none'; base-uri 'none'; "
+                                           "frame-ancestors 'none'",
+                "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "no-referrer"}
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")  # as Host headers write them
 _CHUNK = 1 << 18
-_log = logging.getLogger(__name__)
 
 
 class RequestError(Exception):
@@ -127,11 +137,13 @@ class SearchService:
 
     encode_texts: texts -> float32 [T, D]; by default the index's own model on `device`.
     cache_dir: where clips for the browser are kept (never the index folder: it stays
-    read-only). """
+    read-only), at most cache_max_bytes of them (clip_cache.ClipCache). """
 
-    def __init__(self, index, cache_dir, device="cpu", encode_texts=None):
+    def __init__(self, index, cache_dir, device="cpu", encode_texts=None,
+                 cache_max_bytes=DEFAULT_MAX_BYTES):
         self.index, self.device = index, device
         self.cache_dir = Path(cache_dir)
+        self.clips = ClipCache(self.cache_dir, cache_max_bytes)
         self._encode_texts = encode_texts or (lambda texts: index.encode_texts(texts, device))
         self._scorer = ThreadPoolExecutor(1, thread_name_prefix="scorer",
                                           initializer=_set_threads,
@@ -141,6 +153,7 @@ class SearchService:
         self._row_of_path = {p: r for r, p in enumerate(table["path"])}
         self._thumbnails = _LRU(256)
         self._playable = {}
+        self._clip_lock = threading.Lock()
 
     def warm_up(self):
         """Load the model (and page in what one query touches) before the first request."""
@@ -172,6 +185,7 @@ class SearchService:
         if len(text) > MAX_QUERY_CHARS:
             raise RequestError(413, f"q has {len(text)} characters, more than "
                                     f"{MAX_QUERY_CHARS}")
+        check_queries([text])  # invisible characters only: QueryError, answered with a 400
         return lambda: self._report({"query": text}, self._encode_texts([text]), options)
 
     def image_job(self, data, options):
@@ -235,8 +249,7 @@ class SearchService:
         info = os.fstat(fd)
         now = {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "inode": info.st_ino,
                "ctime_ns": info.st_ctime_ns}
-        recorded = {key: int(self.index.table[key][row]) for key in now
-                    if key in self.index.table}
+        recorded = self._recorded_state(row)
         if not stat.S_ISREG(info.st_mode) or any(
                 value != now[key] for key, value in recorded.items() if value != -1):
             os.close(fd)
@@ -244,6 +257,12 @@ class SearchService:
                                     "path now leads to another file); run search_videos.py "
                                     "index again")
         return os.fdopen(fd, "rb")
+
+    def _recorded_state(self, row):
+        """{"size", "mtime_ns", "inode", "ctime_ns"}: the stat the index recorded of the video
+        (the keys it records; -1 where it did not)."""
+        return {key: int(self.index.table[key][row]) for key in STAT_KEYS
+                if key in self.index.table}
 
     def _file_path(self, row):
         """The video's path as the file system has it (its exact bytes where the name is not
@@ -257,16 +276,20 @@ class SearchService:
         return self.index.table["path"][self.row(video_id)]
 
     def thumbnail(self, video_id, time_s):
-        """JPEG bytes of the frame nearest time_s, at most 480 x 270, cached in memory."""
+        """JPEG bytes of the frame nearest time_s, at most 480 x 270, cached in memory under the
+        video's recorded identity (sha256 and stat). Served, from the cache too, only while the
+        file is still the one indexed (open_video's check); RequestError(404) otherwise."""
         from PIL import Image
 
         from clip_hitchhiker.search.video_index import read_frame_near
 
-        key = (video_id, round(time_s, 3))
-        cached = self._thumbnails.get(key)
-        if cached is not None:
-            return cached
+        row = self.row(video_id)
+        key = (video_id, self.index.table["sha256"][row],
+               tuple(self._recorded_state(row).items()), round(time_s, 3))
         with self.open_video(video_id) as file:
+            cached = self._thumbnails.get(key)
+            if cached is not None:
+                return cached
             image = Image.fromarray(read_frame_near(file, time_s))
         image.thumbnail((480, 270))
         out = BytesIO()
@@ -274,53 +297,62 @@ class SearchService:
         return self._thumbnails.put(key, out.getvalue())
 
     def playable(self, video_id):
+        """True if browsers play the video as it is (remembered); RequestError(404) if it is
+        no longer the file indexed, checked on every call, so that the page hears of it."""
         from clip_hitchhiker.search.moment_clips import browser_playable
 
+        self.open_video(video_id).close()
         if video_id not in self._playable:
-            self.open_video(video_id).close()
             self._playable[video_id] = browser_playable(self.video_name(video_id))
         return self._playable[video_id]
 
     def clip(self, video_id, start, end, for_browser):
-        """(path, {"start", "end", "method"}) of the moment's clip in the cache, made if
-        missing. Named by the video's sha256, so that a changed video never meets an old clip;
-        written beside and moved into place, so that a half-written clip is never served."""
+        """(file, meta): the moment's clip, open for reading, with {"start", "end", "method"};
+        made if the cache lacks it, and kept in the cache until the file is closed. The moment
+        must start within the video (its end is cut at the video's). Named by the video's
+        sha256, so that a changed video never meets an old clip; written beside and moved into
+        place, so that a half-written clip is never served; made one at a time, so that two
+        requests for one clip make it once and clips never take every core."""
         from clip_hitchhiker.search.moment_clips import write_clip
 
-        sha = self.index.table["sha256"][self.row(video_id)] or f"id{video_id}"
-        key = f"{sha[:32]}_{round(start * 1000)}_{round(end * 1000)}_" + \
-              ("browser" if for_browser else "mp4")
-        path, meta_path = self.cache_dir / f"{key}.mp4", self.cache_dir / f"{key}.json"
+        row = self.row(video_id)
+        duration = float(self.index.table["duration"][row])
+        if start >= duration:
+            raise RequestError(400, f"start={start:g} is past the end of video {video_id} "
+                                    f"({duration:.3f} s)")
+        end = min(end, duration)
+        key = clip_key(self.index.table["sha256"][row], video_id, start, end, for_browser)
         with self.open_video(video_id) as file:
-            if path.is_file() and meta_path.is_file():
-                return path, json.loads(meta_path.read_text())
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            fd, temporary = tempfile.mkstemp(suffix=".mp4.part", dir=self.cache_dir)
-            os.close(fd)
-            try:
-                meta = write_clip(file, start, end, temporary, for_browser=for_browser)
-                meta_path.write_text(json.dumps(meta))
-                os.replace(temporary, path)
-            finally:
-                if os.path.exists(temporary):
-                    os.unlink(temporary)
-        return path, meta
+            cached = self.clips.open(key)
+            if cached is not None:
+                return cached
+            with self._clip_lock:
+                cached = self.clips.open(key)  # made while this one waited
+                if cached is not None:
+                    return cached
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+                with temporary_file(self.cache_dir, ".mp4.part") as made:
+                    meta = write_clip(file, start, end, made, for_browser=for_browser,
+                                      video_name=self.video_name(video_id),
+                                      clip_path=self.clips.paths(key)[0])
+                    return self.clips.add(key, made, meta)
 
 
 def _image(data):
     """The PIL image of an upload's bytes; RequestError if it is not one or is too large."""
     from PIL import Image, UnidentifiedImageError
 
-    from clip_hitchhiker.search.query_embeddings import MAX_IMAGE_PIXELS
+    from clip_hitchhiker.search.query_embeddings import IMAGE_FORMATS, MAX_IMAGE_PIXELS
 
     try:
-        image = Image.open(BytesIO(data))  # reads the header only
+        image = Image.open(BytesIO(data), formats=IMAGE_FORMATS)  # reads the header only
         if image.width * image.height > MAX_IMAGE_PIXELS:
             raise RequestError(413, f"the image has {image.width} x {image.height} pixels, "
                                     f"more than {MAX_IMAGE_PIXELS}")
         image.load()
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
-        raise RequestError(400, f"the upload is not an image Pillow reads ({e})") from e
+        raise RequestError(400, "the upload is not an image the page reads (JPEG, PNG, WebP, "
+                                f"GIF, BMP or TIFF): {e}") from e
     return image
 
 
@@ -373,62 +405,62 @@ def create_app(service, token=None, allowed_hosts=None):
     from starlette.exceptions import HTTPException
     from starlette.middleware import Middleware
     from starlette.middleware.trustedhost import TrustedHostMiddleware
-    from starlette.responses import JSONResponse, Response
+    from starlette.responses import Response
     from starlette.routing import Route
 
     pages = {route: (_static_bytes(name), kind) for route, (name, kind) in STATIC_FILES.items()}
 
     def static(request):
         body, kind = pages[request.url.path]
-        return Response(body, media_type=kind, headers={"Cache-Control": "no-cache"})
+        return Response(body, media_type=kind, headers={"Cache-Control": "no-cache",
+                                                        **PAGE_HEADERS})
 
     # The searches are handed from the event loop straight to the scorer thread.
     async def search_get(request):
         job = service.text_job(request.query_params.get("q", ""),
                                search_options(request.query_params))
-        return JSONResponse(await asyncio.wrap_future(service.submit(job)))
+        return json_response(await asyncio.wrap_future(service.submit(job)))
 
     async def search_post(request):
         options = search_options(request.query_params)
         data = await _read_body(request, MAX_IMAGE_BYTES)
-        return JSONResponse(await asyncio.wrap_future(service.submit(
+        return json_response(await asyncio.wrap_future(service.submit(
             service.image_job(data, options))))
 
     async def similar(request):
         start, end = _moment(request)
-        job = service.similar_job(request.path_params["id"], start, end,
+        job = service.similar_job(_video_id(request), start, end,
                                   search_options(request.query_params))
-        return JSONResponse(await asyncio.wrap_future(service.submit(job)))
+        return json_response(await asyncio.wrap_future(service.submit(job)))
 
     def video(request):
-        video_id = request.path_params["id"]
+        video_id = _video_id(request)
         file = service.open_video(video_id)
-        kind = mimetypes.guess_type(service.video_name(video_id))[0] or "application/octet-stream"
-        return _file_response(request, file, kind)
+        return _file_response(request, file, served_type(service.video_name(video_id)))
 
     def play(request):
-        video_id = request.path_params["id"]
+        video_id = _video_id(request)
         start, end = _moment(request)
         if service.playable(video_id):
-            return JSONResponse({"url": f"/api/video/{video_id}", "offset": 0.0,
+            return json_response({"url": f"/api/video/{video_id}", "offset": 0.0,
                                  "method": "original"})
-        _, meta = service.clip(video_id, start, end, for_browser=True)
-        return JSONResponse({"url": f"/api/clip/{video_id}?start={start}&end={end}&browser=1",
+        file, meta = service.clip(video_id, start, end, for_browser=True)
+        file.close()
+        return json_response({"url": f"/api/clip/{video_id}?start={start}&end={end}&browser=1",
                              "offset": meta["start"], "method": meta["method"]})
 
     def clip(request):
-        video_id = request.path_params["id"]
+        video_id = _video_id(request)
         start, end = _moment(request)
-        path, meta = service.clip(video_id, start, end,
+        file, meta = service.clip(video_id, start, end,
                                   for_browser=request.query_params.get("browser") == "1")
-        name = Path(service.video_name(video_id)).stem
-        download = f'attachment; filename="{_ascii_name(name)}_{start:.2f}-{end:.2f}.mp4"'
-        return _file_response(request, open(path, "rb"), "video/mp4",
-                              {"Content-Disposition": download,
+        return _file_response(request, file, "video/mp4",
+                              {"Content-Disposition": attachment(clip_name(
+                                  service.video_name(video_id), start, end)),
                                "X-Clip-Start": f"{meta['start']:.6f}"})
 
     def thumbnail(request):
-        video_id = request.path_params["id"]
+        video_id = _video_id(request)
         duration = float(service.index.table["duration"][service.row(video_id)])
         time_s = number(request.query_params, "t", 0.0, 0.0, max(duration, 0.0))
         return Response(service.thumbnail(video_id, time_s), media_type="image/jpeg",
@@ -437,40 +469,62 @@ def create_app(service, token=None, allowed_hosts=None):
     def info(request):
         summary = service.index.info(with_times=False)
         summary.pop("videos")
-        return JSONResponse({**summary, "token_required": token is not None,
+        return json_response({**summary, "token_required": token is not None,
                              "limits": {"query_chars": MAX_QUERY_CHARS,
                                         "image_bytes": MAX_IMAGE_BYTES, "k": MAX_K}})
 
     def refused(request, exc):
         status = getattr(exc, "status", None) or getattr(exc, "status_code", 500)
         message = str(exc) if isinstance(exc, RequestError) else (exc.detail or "refused")
-        return JSONResponse({"error": message}, status_code=status)
+        return json_response({"error": message}, status_code=status)
+
+    # Errors meant for the user (a bad query, a video that cannot be cut) are answered here;
+    # only a handler for Exception itself runs in Starlette's outermost middleware, which
+    # re-raises so that uvicorn logs the traceback: kept for the server's own failures.
+    def known(request, exc):
+        status = 400 if isinstance(exc, (ConfigError, ValueError)) else 500
+        return json_response({"error": str(exc)}, status_code=status)
 
     def failed(request, exc):
-        if isinstance(exc, (ConfigError, ValueError)):
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        if isinstance(exc, HitchhikerError):
-            return JSONResponse({"error": str(exc)}, status_code=500)
-        _log.error("request %s failed", request.url.path, exc_info=exc)
-        return JSONResponse({"error": f"the server failed ({type(exc).__name__}); its log "
-                                      "has the details"}, status_code=500)
+        return json_response({"error": f"the server failed ({type(exc).__name__}); its log "
+                                       "has the details"}, status_code=500)
 
     routes = [Route(path, static) for path in STATIC_FILES] + [
         Route("/api/search", search_get, methods=["GET"]),
         Route("/api/search", search_post, methods=["POST"]),
-        Route("/api/similar/{id:int}", similar),
-        Route("/api/video/{id:int}", video),
-        Route("/api/play/{id:int}", play),
-        Route("/api/clip/{id:int}", clip),
-        Route("/api/thumbnail/{id:int}", thumbnail),
+        Route("/api/similar/{id}", similar),
+        Route("/api/video/{id}", video),
+        Route("/api/play/{id}", play),
+        Route("/api/clip/{id}", clip),
+        Route("/api/thumbnail/{id}", thumbnail),
         Route("/api/info", info),
     ]
-    middleware = [Middleware(_TokenCheck, token=token)]
+    middleware = [Middleware(_SameOriginOnly), Middleware(_TokenCheck, token=token)]
     if allowed_hosts is not None:
         middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts)))
     return Starlette(routes=routes, middleware=middleware,
                      exception_handlers={RequestError: refused, HTTPException: refused,
+                                         HitchhikerError: known, ValueError: known,
                                          Exception: failed})
+
+
+def json_response(content, status_code=200, headers=None):
+    """content as JSON text in ASCII, as `search --json` prints it: a video name that is not
+    UTF-8 keeps its undecodable bytes as \\udcXX escapes (Starlette's JSONResponse writes UTF-8,
+    which cannot hold them, and failed the whole answer)."""
+    from starlette.responses import Response
+
+    return Response(json.dumps(content, allow_nan=False), status_code, headers,
+                    media_type="application/json")
+
+
+def _video_id(request):
+    """The {id} of the request's path as an int: decimal digits only, at most 18 of them (an
+    index's ids are row numbers); RequestError(404) otherwise, before anything is opened."""
+    text = request.path_params["id"]
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):
+        raise RequestError(404, f"no video with id {text[:40]!r} in this index")
+    return int(text)
 
 
 def _moment(request):
@@ -482,12 +536,27 @@ def _moment(request):
     return start, end
 
 
+def served_type(name):
+    """The Content-Type a video file is served with: its media type where the name says video
+    or audio, else application/octet-stream. A list may index any name, and a file that decodes
+    as video but is named .html or .svg must not run as a page of this origin."""
+    kind = mimetypes.guess_type(name)[0]
+    return kind if kind and kind.split("/")[0] in ("video", "audio") else \
+        "application/octet-stream"
+
+
 def _static_bytes(name):
     return (importlib.resources.files("clip_hitchhiker.search") / "static" / name).read_bytes()
 
 
-def _ascii_name(name):
-    return "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in name)
+def attachment(name):
+    """A Content-Disposition that saves the file as `name` (RFC 6266: filename*, UTF-8, where
+    browsers read it; an ASCII filename for the others; a byte that is not UTF-8 as U+FFFD)."""
+    from urllib.parse import quote
+
+    plain = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in name)
+    encoded = quote(name.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), safe="")
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{encoded}"
 
 
 async def _read_body(request, limit):
@@ -516,7 +585,8 @@ def _file_response(request, file, kind, headers=None):
         return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"},
                         content=json.dumps({"error": str(e)}), media_type="application/json")
     first, last = span if span is not None else (0, size - 1)
-    headers = {**(headers or {}), "Accept-Ranges": "bytes", "Content-Length": str(last - first + 1)}
+    headers = {**(headers or {}), "Accept-Ranges": "bytes", "Content-Length": str(last - first + 1),
+               "X-Content-Type-Options": "nosniff"}
     if span is not None:
         headers["Content-Range"] = f"bytes {first}-{last}/{size}"
     if request.method == "HEAD":
@@ -537,6 +607,55 @@ def _chunks(file, first, last):
             yield chunk
 
 
+async def _send_error(send, status, message):
+    """An ASGI response {"error": message} with this status, from a middleware."""
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def cross_site_reason(method, path, headers):
+    """Why a request comes from another web page than the server's own (None if it does not):
+    the user's browser, on any site it visits, would otherwise let that site drive this server
+    (searches, clips to cut) and load its thumbnails and videos into its own page, reading
+    their count, durations and sizes. Browsers say where a request comes from in Sec-Fetch-Site
+    (and Origin for fetches and forms); a request without either (curl, a script) is let
+    through. A top-level navigation to the page itself (a link to it, not a frame) is let
+    through too.
+    headers: {lower-case name: value}."""
+    site = headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        navigation = (headers.get("sec-fetch-mode") == "navigate" and
+                      headers.get("sec-fetch-dest", "document") == "document" and
+                      method in ("GET", "HEAD") and path == "/")
+        if not navigation:
+            return f"Sec-Fetch-Site: {site}"
+    origin = headers.get("origin")  # scheme aside: a proxy in front may add TLS
+    if origin is not None and origin.split("://", 1)[-1] != headers.get("host"):
+        return f"Origin: {origin}"
+    return None
+
+
+class _SameOriginOnly:
+    """Refuses (403, JSON) a request that another web page made (see cross_site_reason)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            headers = {name.decode("latin-1").lower(): value.decode("latin-1")
+                       for name, value in scope.get("headers", [])}
+            reason = cross_site_reason(scope["method"], scope["path"], headers)
+            if reason is not None:
+                await _send_error(send, 403, f"refused: another web page made this request "
+                                             f"({reason}); open the search page itself")
+                return
+        await self.app(scope, receive, send)
+
+
 class _TokenCheck:
     """Refuses (401, JSON) every request that does not carry the token, when one is set: as
     ?token=, as Authorization: Bearer, or as the cookie that a request with ?token= gets, so
@@ -552,12 +671,8 @@ class _TokenCheck:
         cookie = f"hitchhiker_token_{(scope.get('server') or ('', 0))[1]}"
         given = _request_tokens(scope, cookie)
         if not any(hmac.compare_digest(t.encode(), self.token.encode()) for t in given.values()):
-            body = json.dumps({"error": "this server needs its token: open the URL it printed "
-                                        "(...?token=...)"}).encode()
-            await send({"type": "http.response.start", "status": 401,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
+            await _send_error(send, 401, "this server needs its token: open the URL it printed "
+                                         "(...?token=...)")
             return
         if "query" not in given:
             await self.app(scope, receive, send)
@@ -620,4 +735,23 @@ def run_server(app, host, port):
 
 
 def is_loopback(host):
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
+    """True if `--host` host listens on this machine only: localhost or a loopback address
+    (127.0.0.0/8, ::1); not a name that merely starts with "127."."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def url_host(host):
+    """host as a URL and a Host header write it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
+def loopback_host_names(host):
+    """The Host header names a server listening on the loopback address `host` accepts: its
+    own address and this machine's usual names; a name another site resolves to 127.0.0.1 (DNS
+    rebinding) is refused."""
+    return tuple(dict.fromkeys((*LOOPBACK_HOSTS, url_host(host))))

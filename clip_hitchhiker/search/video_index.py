@@ -25,9 +25,9 @@ from clip_hitchhiker.search import candidate_index
 from clip_hitchhiker.search import index_format as fmt
 from clip_hitchhiker.search.video_listing import STAT_KEYS
 from clip_hitchhiker.errors import VideoIndexError
-from clip_hitchhiker.moments.rule import DEFAULT_MASS, moment_from_weights
+from clip_hitchhiker.moments.rule import DEFAULT_MASS, moment_from_weights, peak_frame
 from clip_hitchhiker.search.queries import (check_queries, check_search_settings,
-                                            check_text_embeds)
+                                            check_text_embeds, check_tokenised)
 from query_scoring import (queryscoring_frame_weights, similarity_meanpooling,
                            similarity_queryscoring)
 
@@ -143,9 +143,10 @@ class VideoIndex:
         """Search by text with the index's own model (model_file: its weights file where it is
         now, if it moved). texts: a list of queries (or one str: one query). returns:
         [{"query", "hits"}] per text. QueryError (a ValueError) for an empty query or a setting
-        search_embeddings refuses, before the model is loaded."""
+        search_embeddings refuses, before the model is loaded, and for a query that the model's
+        tokenizer reduces to no token, before any is encoded."""
         texts = check_queries(texts)
-        check_search_settings(k, temperature, aggregate, candidates, mass, AGGREGATES)
+        check_search_settings(k, temperature, aggregate, candidates, mass, AGGREGATES, nprobe)
         text_embeds = self.encode_texts(texts, device, model_file)
         if torch.device(device).type == "cuda":
             self.stage1 = candidate_index.on_gpus(self.stage1)
@@ -160,7 +161,7 @@ class VideoIndex:
         is. images: paths or PIL images. returns: [{"image", "hits"}] per image ("image" is the
         path, or None for a PIL image). QueryError for a setting search_embeddings refuses,
         before the model is loaded."""
-        check_search_settings(k, temperature, aggregate, candidates, mass, AGGREGATES)
+        check_search_settings(k, temperature, aggregate, candidates, mass, AGGREGATES, nprobe)
         image_embeds = self.encode_images(images, device, model_file)
         results = self.search_embeddings(image_embeds, k, temperature, aggregate, exact,
                                          candidates, mass, nprobe)
@@ -169,10 +170,12 @@ class VideoIndex:
 
     def encode_texts(self, texts, device="cpu", model_file=None):
         """float32 CPU [len(texts), D], by the model the index was built with, read from
-        model_file where its weights file has moved (it must hold the same weights)."""
+        model_file where its weights file has moved (it must hold the same weights).
+        QueryError for a text that its tokenizer reduces to no token."""
         from clip_hitchhiker.models.clip_models import encode_captions
 
         model = self._loaded_model(device, model_file)
+        check_tokenised(texts, model.tokenless(texts), self.config["model"])
         with torch.inference_mode():
             return encode_captions(model, list(texts), torch.device(device))
 
@@ -211,11 +214,13 @@ class VideoIndex:
     def search_embeddings(self, text_embeds, k=10, temperature=0.1, aggregate="queryscoring",
                           exact=False, candidates=DEFAULT_CANDIDATES, mass=DEFAULT_MASS,
                           nprobe=None):
-        """text_embeds: [T, D] finite, no row all zero, D the index's embed_dim. k, candidates:
-        integers >= 1; temperature > 0; mass in (0, 1] (QueryError, a ValueError, otherwise).
+        """text_embeds: [T, D] real, finite, no row all zero, of any scale and float dtype, D
+        the index's embed_dim. k, candidates: integers >= 1; temperature > 0; mass in (0, 1];
+        nprobe: None (the index's) or an integer >= 1, the inverted lists an IVF stage 1 probes
+        in this call (QueryError, a ValueError, otherwise).
         returns: T lists of up to k hits {"rank", "video", "score", "start", "end", "peak",
         "duration"}, best first."""
-        check_search_settings(k, temperature, aggregate, candidates, mass, AGGREGATES)
+        check_search_settings(k, temperature, aggregate, candidates, mass, AGGREGATES, nprobe)
         text_embeds = check_text_embeds(text_embeds, self.config["embed_dim"])
         if len(self) == 0:
             return [[] for _ in text_embeds]
@@ -280,7 +285,7 @@ class VideoIndex:
         times, duration = self.table["frame_times"][row], float(self.table["duration"][row])
         moment = moment_from_weights(weights, times, duration, mass)
         return {"video": self.table["path"][row], "score": score, **moment,
-                "duration": duration, "peak_frame": int(np.argmax(weights))}
+                "duration": duration, "peak_frame": peak_frame(weights)}
 
     # ------------------------------------------------------------------------------------------
     # Reporting

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from clip_hitchhiker.errors import ConfigError
 
 __all__ = ["LIST_EXTENSIONS", "STAT_KEYS", "VIDEO_EXTENSIONS", "VideoListing", "file_state",
-           "list_videos", "listing_problem", "same_state"]
+           "list_videos", "listing_problem", "prune_scope", "same_state"]
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv",
                     ".flv", ".ts", ".mts", ".3gp", ".ogv")
 LIST_EXTENSIONS = (".txt", ".csv", ".lst")
+CSV_PATH_COLUMNS = ("path", "video_path", "video")  # a .csv's first row naming one is its header
 # What a file's stat must keep for its content to count as unchanged without hashing it: a
 # replacement that restores the size and the mtime (touch -r, cp -p) still changes the inode
 # or the ctime, which no user call can set.
@@ -34,7 +35,9 @@ class VideoListing:
         folder listed already, list entries that are missing or not regular files;
     folders, files: the folders named, and the files named (on the command line or in lists,
         found or not), absolute: what a prune may look under;
-    empty: the PATHs (folders, lists) that name no video; missing: the PATHs that do not exist.
+    empty: the PATHs (folders, lists) that name no video; missing: the PATHs that do not exist;
+    unseen: the folders and links that a walk passed over (unreadable, broken, a loop): what is
+        under them was not seen, so a prune keeps it.
     """
     videos: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
@@ -42,6 +45,7 @@ class VideoListing:
     files: list = field(default_factory=list)
     empty: list = field(default_factory=list)
     missing: list = field(default_factory=list)
+    unseen: list = field(default_factory=list)
 
 
 def list_videos(paths):
@@ -55,7 +59,7 @@ def list_videos(paths):
         path = os.path.abspath(os.fspath(given))
         if os.path.isdir(path):
             listing.folders.append(path)
-            found = _videos_under(path, listing.skipped)
+            found = _videos_under(path, listing)
         elif os.path.isfile(path) and path.lower().endswith(LIST_EXTENSIONS):
             found = _paths_in_list(path, listing)
         elif os.path.isfile(path):
@@ -97,6 +101,16 @@ def listing_problem(listing, prune=False, confirmed=False):
     return None
 
 
+def prune_scope(listing):
+    """(folders, files, unseen) for IndexWriter.plan's prune: it looks under the folders and the
+    files named (or listed), and each missing PATH as either, since it may have been a folder or
+    a file (only a confirmed prune goes on with a missing PATH: see listing_problem); never at
+    or under what the walk could not see (an unreadable folder, a broken link: a drive not
+    mounted behind a link)."""
+    return (listing.folders + listing.missing, listing.files + listing.missing,
+            list(listing.unseen))
+
+
 def file_state(path):
     """{"size", "mtime_ns", "inode", "ctime_ns"} of path (links followed): OSError if it cannot
     be read (FileNotFoundError when it is gone)."""
@@ -113,30 +127,38 @@ def same_state(recorded, state):
 # ----------------------------------------------------------------------------------------------
 
 
-def _videos_under(root, skipped):
-    """The videos under root, depth first in name order; a link to a folder met already in this
-    walk (a loop, or a second way in) is skipped, so that every video is listed once."""
-    walked, found, stack = set(), [], [root]
-    while stack:
-        folder = stack.pop()
+def _videos_under(root, listing):
+    """The videos under root, depth first in name order, every folder reached without a link
+    before any link to a folder is followed; a link to a folder met already in this walk (a
+    loop, or a second way in) is skipped, so that every video is listed once, and under its own
+    folder's path where the walk can reach it so (not under a link that sorts first). What it
+    passes over goes to listing.skipped (with why) and listing.unseen."""
+    walked, found, stack, links = set(), [], [root], []
+
+    def passed_over(path, why):
+        listing.skipped.append((path, why))
+        listing.unseen.append(path)
+
+    while stack or links:
+        folder = stack.pop() if stack else links.pop(0)
         try:
             info = os.stat(folder)
             if (info.st_dev, info.st_ino) in walked:
-                skipped.append((folder, f"links to a folder listed already "
-                                        f"({os.path.realpath(folder)})"))
+                passed_over(folder, f"links to a folder listed already "
+                                    f"({os.path.realpath(folder)})")
                 continue
             walked.add((info.st_dev, info.st_ino))
             with os.scandir(folder) as scan:
                 entries = sorted(scan, key=lambda e: e.name)
         except OSError as e:
-            skipped.append((folder, f"cannot read the folder ({e.strerror or e})"))
+            passed_over(folder, f"cannot read the folder ({e.strerror or e})")
             continue
         subfolders = []
         for entry in entries:
             if entry.is_symlink() and not os.path.exists(entry.path):
-                skipped.append((entry.path, "a broken link"))
+                passed_over(entry.path, "a broken link")
             elif entry.is_dir():
-                subfolders.append(entry.path)
+                (links if entry.is_symlink() else subfolders).append(entry.path)
             elif entry.name.lower().endswith(VIDEO_EXTENSIONS) and entry.is_file():
                 found.append(entry.path)
         stack.extend(reversed(subfolders))
@@ -173,16 +195,18 @@ def _line_entries(list_path):
 
 
 def _csv_entries(list_path):
-    """A .csv list: its "path", "video_path" or "video" column, else its first column (a header
-    row is recognised when it names one of those, or when its first cell is no file)."""
+    """A .csv list: its "path", "video_path" or "video" column, else its first column. The
+    first row is a header only when it names one of those columns (any case): otherwise it is
+    data, so that a headerless list whose first video is gone reports it (and a prune drops
+    it), as it does any other row."""
     with open(list_path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         rows = [row for row in csv.reader(f) if row and row[0].strip()]
     column = 0
     if rows:
         header = [h.strip().lower() for h in rows[0]]
-        named = [i for i, h in enumerate(header) if h in ("path", "video_path", "video")]
-        if named or not os.path.exists(os.path.join(os.path.dirname(list_path), rows[0][0])):
-            column, rows = (named[0] if named else 0), rows[1:]
+        named = [i for i, h in enumerate(header) if h in CSV_PATH_COLUMNS]
+        if named:
+            column, rows = named[0], rows[1:]
     return [row[column].strip() for row in rows if len(row) > column]
 
 

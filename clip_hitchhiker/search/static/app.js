@@ -60,6 +60,8 @@ async function runSearch(request, label) {
   } catch (error) {
     if (number !== state.request) return;
     $("#summary").textContent = "";
+    $("#results").textContent = "";  // the last search's cards would pass for this one's
+    Object.assign(state, { hits: [], selected: -1 });
     showError(error.message);
   }
 }
@@ -196,7 +198,7 @@ function strip(hit, index) {
     event.stopPropagation();
     const bounds = svg.getBoundingClientRect();
     const fraction = Math.min(1, Math.max(0, (event.clientX - bounds.left) / bounds.width));
-    play(index, fraction * hit.duration);
+    play(index, Math.round(fraction * hit.duration * 1000) / 1000);  // ms, as clips are cached
   });
   return box;
 }
@@ -211,36 +213,74 @@ function select(index, scroll = true) {
 
 // ---------------------------------------------------------------------------------------------
 // Playing: from the moment's start (or where the strip was clicked); paused at the moment's end
-// when played from its start. Videos a browser cannot play come as a clip of the moment, whose
-// time 0 is `offset` seconds into the video.
+// when played from before it. Videos a browser cannot play come as a clip, whose time 0 is
+// `offset` seconds into the video: of the moment, or, for a click on the strip outside the
+// moment, of as long a stretch from there.
+
+function clipSpan(hit, from) {
+  if (from >= hit.start && from <= hit.end) return hit;
+  const length = hit.end - hit.start;
+  const start = Math.max(0, Math.min(from, hit.duration - length));
+  return { start, end: Math.min(hit.duration, start + length) };
+}
 
 async function play(index, at) {
   const hit = state.hits[index];
   if (!hit) return;
   select(index);
   const number = ++state.play;
+  const from = at === undefined ? hit.start : at;
   let where;
   try {
-    where = await api(`/api/play/${hit.id}?${momentQuery(hit)}`);
+    where = await api(`/api/play/${hit.id}?${momentQuery(clipSpan(hit, from))}`);
   } catch (error) {
     showError(error.message);
     return;
   }
   if (number !== state.play) return;
-  const from = at === undefined ? hit.start : at;
+  showError("");
   state.playing = { hit, index, offset: where.offset, stopAtEnd: from < hit.end };
   player.dataset.offset = where.offset;
   player.dataset.id = hit.id;
+  $("#player-pane").classList.remove("idle");
   if (player.dataset.url !== where.url) {
     player.dataset.url = where.url;
     player.src = where.url;
-    await new Promise((resolve) => player.addEventListener("loadedmetadata", resolve, { once: true }));
-    if (number !== state.play) return;
+    if (!(await loaded(player)) || number !== state.play) return;  // errors: see below
   }
   player.currentTime = Math.max(0, from - where.offset);
   showNow(hit, index, where);
   player.play().catch(() => {});  // refused autoplay: the controls are there
 }
+
+// true once the video's metadata is in; false if it fails to load (the error event says why).
+function loaded(media) {
+  return new Promise((resolve) => {
+    const finish = (ok) => {
+      media.removeEventListener("loadedmetadata", yes);
+      media.removeEventListener("error", no);
+      resolve(ok);
+    };
+    const yes = () => finish(true);
+    const no = () => finish(false);
+    media.addEventListener("loadedmetadata", yes);
+    media.addEventListener("error", no);
+  });
+}
+
+// A video that fails to load or to play on: the server's reason (its JSON error), else the
+// browser's.
+player.addEventListener("error", async () => {
+  const url = player.dataset.url;
+  const browserSays = (player.error && player.error.message) || "it cannot be decoded";
+  let reason = `the browser cannot play this video (${browserSays})`;
+  try {
+    const answer = await fetch(url, { headers: { Range: "bytes=0-0" } });
+    if (!answer.ok) reason = (await answer.json()).error || reason;
+  } catch (error) { /* the network's error: keep the browser's */ }
+  player.dataset.url = "";  // the next click loads it again
+  if (url === player.getAttribute("src")) showError(reason);
+});
 
 function videoTime() {
   return player.currentTime + (state.playing ? state.playing.offset : 0);
