@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 _BREAK_TIES = ("optimistically", "averaging")
+_MEDIANS = ("average", "lower")
 _CHUNK_ELEMENTS = 1 << 24
 
 
@@ -73,6 +74,30 @@ def v2t_ranks(sims, query_masks=None, break_ties="optimistically", query_to_vide
                            for cols in torch.split(columns, chunk)])
 
 
+def v2t_group_ranks(sims, query_masks=None, break_ties="optimistically", query_to_video=None):
+    """Video-to-text ranks as the multi-sentence evaluation of Portillo-Quintero et al. (2021)
+    and CLIP4Clip scores them (metrics.tensor_video_to_text_sim, then compute_metrics, in
+    ArrowLuo/CLIP4Clip): each video's caption set is one candidate, scored by its best caption,
+    and a video ranks the caption sets of all the videos. (v2t_ranks ranks every caption
+    instead, so another video's second-best caption can push a video down.)
+
+    Arguments as t2v_metrics, sims still [Q, V]. returns: [V'] float64 numpy array, the 1-based
+    rank of each video (with a kept caption) of its own caption set, in video order.
+    """
+    sims = _as_matrix(sims)
+    query_to_video = _query_videos(sims, query_to_video)
+    keep = _query_keep(sims, query_masks)
+    sims, query_to_video = sims[keep], query_to_video[keep]
+    num_videos = sims.shape[1]
+    # [G, V]: for the caption set of video g, its best caption's score for video v.
+    set_sims = sims.new_full((num_videos, num_videos), -torch.inf).scatter_reduce(
+        0, query_to_video.unsqueeze(1).expand(-1, num_videos), sims, reduce="amax")
+    has_caption = torch.bincount(query_to_video, minlength=num_videos) > 0
+    columns = torch.nonzero(has_caption).flatten()
+    by_video = set_sims[columns][:, columns].T  # [V', G']: each video's scores of the sets
+    return ground_truth_ranks(by_video, torch.diagonal(by_video), break_ties)
+
+
 def count_tied_queries(sims, query_to_video=None):
     """How many queries score their own video exactly as high as some other video: where the
     tie policy decides the rank. Same arguments as t2v_metrics. returns: int."""
@@ -120,13 +145,20 @@ def _check_break_ties(break_ties):
         raise ValueError(f"break_ties must be 'optimistically' or 'averaging', got {break_ties!r}")
 
 
-def ranks_to_metrics(ranks):
-    """ranks: [N] 1-based ranks. returns: R@K in percent, MedR and MeanR, as Python floats."""
+def ranks_to_metrics(ranks, median="average"):
+    """ranks: [N] 1-based ranks. returns: R@K in percent, MedR and MeanR, as Python floats.
+
+    median: "average" takes the mean of the two middle ranks when N is even (numpy's median,
+    the release's); "lower" the smaller of them (torch.median, which CLIP4Clip's and
+    Portillo-Quintero's multi-sentence evaluation takes)."""
+    if median not in _MEDIANS:
+        raise ValueError(f"median must be 'average' or 'lower', got {median!r}")
     ranks = np.asarray(ranks, dtype=np.float64)
     if ranks.size == 0:
         raise ValueError("no queries left to score (all masked out?)")
     metrics = {f"R{k}": float(100.0 * np.mean(ranks <= k)) for k in (1, 5, 10, 50)}
-    metrics["MedR"] = float(np.median(ranks))
+    metrics["MedR"] = float(np.median(ranks) if median == "average"
+                            else np.sort(ranks)[(ranks.size - 1) // 2])
     metrics["MeanR"] = float(np.mean(ranks))
     return metrics
 

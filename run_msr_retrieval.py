@@ -1,10 +1,14 @@
-"""Zero-shot text-to-video retrieval with CLIP on MSR-VTT (or your own CSV), by mean pooling and
-query-scoring (Bain et al., "A CLIP-Hitchhiker's Guide to Long Video Retrieval").
+"""Zero-shot evaluation of CLIP by mean pooling and query-scoring (Bain et al., "A
+CLIP-Hitchhiker's Guide to Long Video Retrieval"): text-to-video retrieval on MSR-VTT (or any
+dataset of the registry, clip_hitchhiker.datasets, or your own CSV), classification on Charades
+and Kinetics-400, or the whole standard suite in one table.
 
     python run_msr_retrieval.py --num_frames 16
+    python run_msr_retrieval.py --suite --num_frames 16 --query_scoring_temp 0.1 1
     torchrun --nproc_per_node 8 run_msr_retrieval.py --num_frames 120
 
-Stages: parse -> prepare (model, dataset) -> embed, or load from the cache -> evaluate -> report.
+Stages: parse -> prepare (model, dataset) -> embed, or load from the cache -> evaluate -> report
+(for --suite, each dataset in turn, then the table).
 The only module that chooses the device, builds the DataLoader and prints; only parse_args, main
 and cli read the argparse namespace.
 """
@@ -23,11 +27,14 @@ from clip_hitchhiker.models.backends import list_models, load_model
 from clip_hitchhiker.models.clip_models import (check_embeddings, compute_embeddings,
                                          compute_text_fields, frame_dtype_for,
                                          prefetch_factor)
+from clip_hitchhiker.datasets import get_entry, registry, suite_names
 from clip_hitchhiker.datasets.charades import charades_map
 from clip_hitchhiker.datasets.choice import (add_dataset_arguments, build_dataset,
-                                            check_dataset_arguments, dataset_folders)
-from clip_hitchhiker.errors import (ConfigError, DatasetError, HitchhikerError, PeerFailure,
-                                    VideoDecodeError)
+                                            check_dataset_arguments, count_difference,
+                                            dataset_folders, default_urls, resolve_video_root)
+from clip_hitchhiker.datasets.kinetics import kinetics_accuracy
+from clip_hitchhiker.errors import (ConfigError, DatasetError, HitchhikerError, OutputError,
+                                    PeerFailure, VideoDecodeError)
 from clip_hitchhiker.models.options import (add_encoding_arguments, add_model_arguments,
                                            check_model_arguments, decode_device, loader_workers,
                                            resolve_preprocess_on)
@@ -37,6 +44,8 @@ from clip_hitchhiker.output_files import cache_is_writable, check_output_files
 from clip_hitchhiker.video.batch_memory import (available_memory_bytes, check_decoding_memory,
                                           decoding_memory_bytes, largest_resolution)
 from clip_hitchhiker.bootstrap import MAX_RESAMPLES, MIN_RESAMPLES, bootstrap
+from clip_hitchhiker.suite import (TABLE_SUFFIXES, csv_table, markdown_table, suite_plan,
+                                   suite_rows)
 from clip_hitchhiker.plots import PLOT_FORMATS, require_matplotlib, save_figure, temperature_figure
 from clip_hitchhiker.reporting import (compare_reports, format_bootstrap_line, interruption_note,
                                        is_release_configuration, package_versions, partial_note,
@@ -47,19 +56,22 @@ from clip_hitchhiker.torchrun import (DEFAULT_TIMEOUT_S, broadcast_json, collect
 from clip_hitchhiker.video.decoders import (check_decoder, decoder_id, decoder_line,
                                             resolve_decoder)
 from data_loader import FramePreprocess
-from metrics import ranks_from_counts, ranks_to_metrics, t2v_rank_counts, v2t_ranks
+from metrics import (ranks_from_counts, ranks_to_metrics, t2v_rank_counts, v2t_group_ranks,
+                     v2t_ranks)
 from query_scoring import similarity_meanpooling, similarity_queryscoring
 
 # More queries than this tying their video's score with another's get a warning.
 TIE_WARNING_FRACTION = 0.01
+DEFAULT_TABLE = "suite"
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Zero-shot evaluation of CLIP by mean pooling and query-scoring: "
-                    "text-to-video retrieval on MSR-VTT (default: 1k-A), ActivityNet Captions "
-                    "or a CSV of your own; action recognition on Charades; moment localisation "
-                    "on Charades-STA and ActivityNet Captions.")
+                    "text-to-video retrieval on MSR-VTT (default: 1k-A), MSVD, DiDeMo, LSMDC, "
+                    "VATEX, ActivityNet Captions or a CSV of your own; action recognition on "
+                    "Charades and Kinetics-400; moment localisation on Charades-STA and "
+                    "ActivityNet Captions; or the whole suite (--suite) in one table.")
     add = parser.add_argument
     add("--num_frames", type=int, default=120, help="frames sampled per video (default 120)")
     add("--query_scoring_temp", type=float, nargs="+", default=[0.1],
@@ -93,7 +105,17 @@ def parse_args(argv=None):
     add("--compare", default=None, metavar="REPORT.json",
         help="an earlier --output_json report: print the metric differences and the videos "
              "decoded differently (frame count, sampled indices, resolution)")
+    add("--suite", nargs="*", default=None, metavar="NAME",
+        help="run the standard zero-shot suite: every dataset named (default: "
+             f"{', '.join(suite_names())}) whose data is on disk, with the same model, frames "
+             "and temperatures, and write one table (--table); the others are listed with what "
+             "to fetch. Nothing is downloaded; videos are read from each dataset's folder under "
+             "--data_root (docs/datasets.md)")
+    add("--table", default=DEFAULT_TABLE, metavar="PREFIX",
+        help=f"--suite: write the table to PREFIX.md, PREFIX.csv and PREFIX.json (default "
+             f"{DEFAULT_TABLE})")
     args = parser.parse_args(argv)
+    check_suite_arguments(parser, args)
     check_dataset_arguments(parser, args)
     check_moment_arguments(parser, args)
     check_model_arguments(parser, args)
@@ -109,6 +131,27 @@ def parse_args(argv=None):
         parser.error(f"--query_scoring_temp values must be finite and > 0, got "
                      f"{args.query_scoring_temp}")
     return args
+
+
+def check_suite_arguments(parser, args):
+    """--suite names datasets that can run in it, and takes no option of a single dataset."""
+    if args.suite is None:
+        if args.table != DEFAULT_TABLE:
+            parser.error("--table is for --suite")
+        return
+    runnable = [n for n, e in registry().items() if e.build is not None and n != "csv"]
+    unknown = [n for n in args.suite if n not in runnable]
+    if unknown:
+        parser.error(f"--suite: unknown or unsuitable dataset(s) {unknown}; choose from "
+                     f"{', '.join(runnable)}")
+    single = {"--dataset": args.dataset != "msrvtt", "--csv": args.csv, "--split": args.split,
+              "--video_root": args.video_root, "--output_json": args.output_json,
+              "--save_embeddings": args.save_embeddings, "--plot": args.plot,
+              "--compare": args.compare, "--task moments": args.task == "moments"}
+    given = [option for option, value in single.items() if value]
+    if given:
+        parser.error(f"--suite runs each dataset with its own split and folders and writes one "
+                     f"table (--table); it cannot go with {', '.join(given)}")
 
 
 def check_bootstrap_arguments(parser, args):
@@ -159,9 +202,12 @@ def check_decode_failures(skipped, skip_bad_videos, cache_file=None):
 # Evaluate
 
 
-def evaluate(content, temperatures, device=torch.device("cpu")):
+def evaluate(content, temperatures, device=torch.device("cpu"), protocol=None):
     """Metrics per aggregation over the kept videos and their queries.
 
+    protocol: the dataset's registry entry (clip_hitchhiker.datasets.DatasetEntry), which
+    says how videos rank texts (v2t), how the t2v median is taken and the classification
+    metric; None: MSR-VTT's (and Charades' mAP for classification content).
     The similarities and the ranking run on device (the same code on any device); the metrics
     are exact comparisons, so ties and tie policies behave the same everywhere. An aggregation
     that fails (ValueError) is reported in its entry ("error") and the others still run.
@@ -170,30 +216,41 @@ def evaluate(content, temperatures, device=torch.device("cpu")):
     numpy arrays: take it out before writing JSON.
     """
     if content.get("task") == "classification":
-        return evaluate_classification(content, temperatures, device)
+        return evaluate_classification(content, temperatures, device,
+                                       "mAP" if protocol is None else protocol.metric)
+    v2t, median = ("captions", "average") if protocol is None else (protocol.v2t,
+                                                                    protocol.t2v_median)
     position = {v: i for i, v in enumerate(content["video_ids"])}
     keep = [i for i, v in enumerate(content["query_video_ids"]) if v in position]
     query_to_video = torch.tensor([position[content["query_video_ids"][i]] for i in keep],
                                   dtype=torch.long, device=device)
     text = content["text_embeds"][keep].to(device)
     return _each_aggregation(text, content["video_embeds"].to(device), temperatures,
-                             lambda sims: _score(sims, query_to_video))
+                             lambda sims: _score(sims, query_to_video, v2t, median))
 
 
-def evaluate_classification(content, temperatures, device=torch.device("cpu")):
+def evaluate_classification(content, temperatures, device=torch.device("cpu"), metric="mAP"):
     """Zero-shot classification: the classes' text embeddings score every kept video, by mean
-    pooling and by query-scoring. returns: list of {"aggregation", "temperature", "mAP",
-    "per_class_AP": {class name: AP or None (no positive video)}}; mean pooling first."""
+    pooling and by query-scoring. metric: "mAP" (Charades') or "accuracy" (top-1, top-5 and
+    mean class accuracy, Kinetics').
+    returns: list of {"aggregation", "temperature", "mAP", "per_class_AP": {class name: AP or
+    None (no positive video)}} or {..., "top1", "top5", "mean_class_accuracy",
+    "per_class_accuracy": {class name: accuracy or None (no video)}}; mean pooling first."""
     text = content["text_embeds"].to(device)  # [C, D], one per class
     labels = torch.zeros(len(content["video_ids"]), len(text), dtype=torch.bool)
     for row, video_id in enumerate(content["video_ids"]):
         labels[row, content["labels"][video_id]] = True
 
+    def per_class(name, values):
+        return {name: {c: None if np.isnan(v) else float(v)
+                       for c, v in zip(content["captions"], values)}}
+
     def score(sims):
-        mean_ap, per_class = charades_map(sims, labels)
-        return {"mAP": mean_ap, "per_class_AP": {c: None if np.isnan(ap) else float(ap)
-                                                 for c, ap in zip(content["captions"],
-                                                                  per_class)}}
+        if metric == "accuracy":
+            accuracy, by_class = kinetics_accuracy(sims, labels.to(torch.uint8).argmax(1))
+            return {**accuracy, **per_class("per_class_accuracy", by_class)}
+        mean_ap, by_class = charades_map(sims, labels)
+        return {"mAP": mean_ap, **per_class("per_class_AP", by_class)}
 
     return _each_aggregation(text, content["video_embeds"].to(device), temperatures, score)
 
@@ -216,17 +273,20 @@ def _each_aggregation(text, video, temperatures, score):
     return results
 
 
-def _score(sims, query_to_video):
+def _score(sims, query_to_video, v2t="captions", median="average"):
     """t2v and v2t metrics of one similarity matrix, their per-query ranks ("ranks", for the
-    bootstrap), and how many queries tie (one pass over the matrix gives both tie policies)."""
+    bootstrap), and how many queries tie (one pass over the matrix gives both tie policies).
+    v2t, median: the dataset's protocol (clip_hitchhiker.datasets.V2T_PROTOCOLS, MEDIANS)."""
     num_higher, num_tied = t2v_rank_counts(sims, query_to_video=query_to_video)
+    video_ranks = v2t_ranks if v2t == "captions" else v2t_group_ranks
     ranks = {"t2v": ranks_from_counts(num_higher, num_tied),
-             "v2t": v2t_ranks(sims, query_to_video=query_to_video)}
-    scores = {"t2v": ranks_to_metrics(ranks["t2v"]), "v2t": ranks_to_metrics(ranks["v2t"]),
+             "v2t": video_ranks(sims, query_to_video=query_to_video)}
+    scores = {"t2v": ranks_to_metrics(ranks["t2v"], median),
+              "v2t": ranks_to_metrics(ranks["v2t"]),
               "t2v_tied_queries": int((num_tied > 1).sum()), "ranks": ranks}
     if scores["t2v_tied_queries"] > TIE_WARNING_FRACTION * len(query_to_video):
         scores["t2v_averaging"] = ranks_to_metrics(ranks_from_counts(num_higher, num_tied,
-                                                                     "averaging"))
+                                                                     "averaging"), median)
     return scores
 
 
@@ -245,23 +305,28 @@ def main(args):
         if is_moment_run(args):
             return run_moments(args, ctx, start, check_decode_failures=check_decode_failures,
                                preprocess_id=preprocess_id)
+        if args.suite is not None:
+            return _run_suite(args, ctx)
         return _run(args, ctx, start)
     finally:
         teardown(ctx)
 
 
-def _prepare(args, ctx, download):
-    model = load_model(args.backend, args.model, ctx.device, args.pretrained, args.download_root)
+def _prepare(args, ctx, download, loaded=None):
+    """The model (loaded, or taken from loaded["model"] and kept there), its preprocessing and
+    the dataset."""
+    model = (loaded or {}).get("model") or load_model(args.backend, args.model, ctx.device,
+                                                      args.pretrained, args.download_root)
+    if loaded is not None:
+        loaded["model"] = model
     frame_preprocess = FramePreprocess(model.preprocess, frame_dtype_for(model.dtype),
                                        antialias=args.antialias)
     placement = resolve_preprocess_on(args.preprocess_on, ctx.device)
-    urls = {"msrvtt": args.msrvtt_url, "charades": args.charades_url,
-            "charades_annotations": args.charades_annotations_url,
-            "activitynet": args.activitynet_url}
+    urls = {key: getattr(args, f"{key}_url") for key in default_urls()}
     dataset, dataset_id = build_dataset(
         frame_preprocess if placement == "workers" else None, args.num_frames,
         dataset=args.dataset, split=args.split, csv=args.csv, video_root=args.video_root,
-        data_root=args.data_root, urls=urls, prompts=args.prompt or ["{}"],
+        data_root=args.data_root, urls=urls, prompts=args.prompt,
         paragraph=args.paragraph, check_files=not args.skip_bad_videos, download=download,
         decoder=args.decoder, decode_device=decode_device(args.decode_on, ctx.device))
     return model, dataset, dataset_id, frame_preprocess, placement
@@ -294,15 +359,17 @@ def read_report(path):
     return report
 
 
-def _run(args, ctx, start):
+def _run(args, ctx, start, loaded=None):
+    """One dataset's run; loaded: {"model": ...} to share a model between runs (the suite)."""
     check_decoder(args.decoder, args.decode_on)
     if ctx.is_main:
         print(decoder_line(args.decoder, args.decode_on), file=sys.stderr)  # stdout: results
-    # Local rank 0 downloads weights and data first; the others then read them.
-    first = collective_step(ctx, lambda: _prepare(args, ctx, download=True)
+    # Local rank 0 downloads weights and data first; the others then read them. A suite run
+    # downloads no data: it runs what is on disk and lists the rest.
+    first = collective_step(ctx, lambda: _prepare(args, ctx, args.suite is None, loaded)
                             if ctx.local_rank == 0 else None)
     model, dataset, dataset_id, frame_preprocess, placement = collective_step(
-        ctx, lambda: first if ctx.local_rank == 0 else _prepare(args, ctx, download=False))
+        ctx, lambda: first if ctx.local_rank == 0 else _prepare(args, ctx, False, loaded))
     decoded_by = f"; decoded by {decoder_id(args.decoder, args.decode_on)}"
     key = embedding_cache.cache_key(model.model_id, model.dtype, args.num_frames, dataset_id,
                                     preprocess_id(frame_preprocess, placement, ctx.device)
@@ -310,10 +377,10 @@ def _run(args, ctx, start):
     path = embedding_cache.cache_path(args.cache_dir, key)
     write_cache, earlier = collective_step(ctx, lambda: _check_outputs(args, dataset, path)
                                            if ctx.is_main else (False, None))
-    if ctx.is_main and getattr(dataset, "missing", None):
-        print(f"{len(dataset.missing)} of {len(dataset)} videos are missing from "
-              f"{args.video_root}, e.g. {dataset.missing[:3]}; they are left out and the "
-              "result is marked partial", file=sys.stderr)
+    entry = get_entry(args.dataset)
+    if ctx.is_main:
+        _report_split(args.dataset, args.split or entry.default_split(), dataset,
+                      args.video_root)
     loaded_at = time.perf_counter()
     content, cache_hit, decoded = _embed(args, ctx, model, dataset, key, path,
                                          frame_preprocess if placement == "device" else None)
@@ -338,11 +405,12 @@ def _run(args, ctx, start):
     for video_id, reason in content["skipped"]:
         print(f"skipped {video_id}: {reason}", file=sys.stderr)
     similarity_start = time.perf_counter()
-    results = evaluate(content, args.query_scoring_temp, ctx.device)
+    results = evaluate(content, args.query_scoring_temp, ctx.device, entry)
     similarity_seconds = time.perf_counter() - similarity_start
     print_results(results, note, counts["queries"])
     rank_sets = {result_label(r): r.pop("ranks") for r in results if "ranks" in r}
-    intervals = _bootstrap(args, rank_sets, counts["queries"]) if args.bootstrap else None
+    intervals = _bootstrap(args, rank_sets, counts["queries"], entry.t2v_median) \
+        if args.bootstrap else None
     published = _published(args, results, model.model_id, bool(content["skipped"]))
     report = {
         "config": vars(args), "versions": package_versions(), "device": str(ctx.device),
@@ -364,6 +432,84 @@ def _run(args, ctx, start):
     return report
 
 
+def _report_split(dataset_name, split, dataset, video_root):
+    """Before decoding, on stderr: a split whose counts differ from the official files', and
+    the videos missing from the user's folder (left out, the result marked partial)."""
+    note = count_difference(dataset_name, split, len(dataset), len(dataset.queries))
+    if note:
+        print(note, file=sys.stderr)
+    if getattr(dataset, "missing", None):
+        print(f"{len(dataset.missing)} of {len(dataset)} videos are missing from "
+              f"{getattr(dataset, 'video_root', None) or video_root}, e.g. "
+              f"{dataset.missing[:3]}; they are left out and the result is marked partial",
+              file=sys.stderr)
+
+
+def _run_suite(args, ctx):
+    """Every dataset of --suite whose data is on disk, one after the other with one model;
+    then the table. A dataset that fails is listed as failed and the others still run (in one
+    process; under torchrun the first failure stops the suite).
+    returns: the table's JSON on rank 0 (None on other ranks)."""
+    names = args.suite or suite_names()
+    video_roots = {n: resolve_video_root(n, None, args.data_root) for n in names}
+    paths = {suffix: f"{args.table}{suffix}" for suffix in TABLE_SUFFIXES}
+    if ctx.is_main:
+        folders = [f for n in registry() if n != "csv" for f in dataset_folders(n, args.data_root)]
+        check_output_files({f"--table ({suffix})": path for suffix, path in paths.items()}, [],
+                           folders)
+    loaded, rows, not_run = {}, [], []
+    for name, missing in suite_plan(names, args.data_root, video_roots):
+        if missing:
+            not_run.append({"dataset": name, "status": "not run", "reason": missing})
+            continue
+        if ctx.is_main:
+            print(f"== {name} ==")
+        try:
+            report = _run(_suite_args(args, name), ctx, time.perf_counter(), loaded)
+        except HitchhikerError as e:
+            if ctx.world_size > 1 or isinstance(e, PeerFailure):
+                raise
+            print(f"error: {name}: {e}", file=sys.stderr)
+            not_run.append({"dataset": name, "status": "failed", "reason": str(e)})
+            continue
+        if ctx.is_main:
+            rows += suite_rows(name, report)
+    return _write_table(args, paths, rows, not_run) if ctx.is_main else None
+
+
+def _write_table(args, paths, rows, not_run):
+    """The suite's table, printed in Markdown and written as PREFIX.md, .csv and .json (each
+    atomically). returns: the JSON's content."""
+    settings = (f"{args.backend} {args.model}, {args.num_frames} frames, query-scoring τ "
+                f"{', '.join(f'{t:g}' for t in args.query_scoring_temp)}"
+                + (f", {args.bootstrap} bootstrap resamples (seed {args.seed}), 95% intervals"
+                   if args.bootstrap else ""))
+    table = {"settings": settings, "config": vars(args), "versions": package_versions(),
+             "results": rows, "not_run": not_run}
+    markdown = markdown_table(rows, not_run, settings)
+    try:
+        embedding_cache.write_atomically(paths[".md"], lambda t: Path(t).write_text(markdown))
+        embedding_cache.write_atomically(paths[".csv"],
+                                         lambda t: Path(t).write_text(csv_table(rows, not_run)))
+        embedding_cache.write_json(paths[".json"], table)
+    except OSError as e:
+        raise OutputError(f"the suite ran, but its table could not be written: {e}") from e
+    print("\n" + markdown + f"\ntable written to {', '.join(paths.values())}")
+    return table
+
+
+def _suite_args(args, name):
+    """The arguments of one dataset's run in the suite: its default split and folders, the
+    suite's model, frames and temperatures, and no per-run output file."""
+    entry = get_entry(name)
+    classification = entry.task == "classification"
+    return argparse.Namespace(**{
+        **vars(args), "dataset": name, "split": None, "video_root": None, "csv": None,
+        "output_json": None, "save_embeddings": None, "plot": None, "compare": None,
+        "prompt": args.prompt if classification else None,
+        "bootstrap": 0 if classification else args.bootstrap})
+
+
 def classification_counts(content):
     """For classification, how many of the scored videos carry no label ({} otherwise); they
     are printed as a note, and left out of every class's ranking as the official mAP does."""
@@ -377,9 +523,10 @@ def classification_counts(content):
     return {"unlabelled_videos": unlabelled}
 
 
-def _bootstrap(args, rank_sets, num_queries):
+def _bootstrap(args, rank_sets, num_queries, t2v_median="average"):
     """Intervals and paired differences from mean pooling; one line per aggregation."""
-    intervals = bootstrap(rank_sets, args.bootstrap, args.seed, baseline="mean-pooling")
+    intervals = bootstrap(rank_sets, args.bootstrap, args.seed, baseline="mean-pooling",
+                          t2v_median=t2v_median)
     for label in rank_sets:
         print(format_bootstrap_line(label, intervals, num_queries))
     return intervals
@@ -496,7 +643,8 @@ def cli(argv=None):
     except HitchhikerError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    if report is not None and any("error" in r for r in report["results"]):
+    if report is not None and (any("error" in r for r in report["results"]) or any(
+            item["status"] == "failed" for item in report.get("not_run", ()))):
         sys.exit(1)
 
 

@@ -23,6 +23,7 @@ exhaustive search's latency: the floor the stages beat. Size "long": 500 one-min
     python bench/bench_search.py --sizes 100k --runs 1 --keep /tmp/i100k   # build, keep it
     python bench/bench_search.py --sizes 100k --runs 3 --reuse /tmp/i100k  # fresh readers only
     python bench/bench_search.py --model results.jsonl    # the 10M model from saved runs
+    python bench/bench_search.py --sizes 10k --runs 3 --page   # + the search page's latency
 """
 import argparse
 import json
@@ -100,7 +101,7 @@ def build(folder, num_videos, frames, commit_size=5000, stage1=None, topics=TOPI
           long_frames=0):
     """Write the index through IndexWriter, as the indexer does (and a video of long_frames
     frames after the others, when > 0). returns: seconds."""
-    from clip_hitchhiker.search.index_writer import EncodedVideo, IndexWriter, write_videos
+    from clip_hitchhiker.search.index_writer import IndexWriter, write_videos
 
     config = {"backend": "synthetic", "model": "synthetic", "pretrained": None,
               "model_id": "synthetic", "embed_dim": DIM, "preprocess": "none",
@@ -112,11 +113,11 @@ def build(folder, num_videos, frames, commit_size=5000, stage1=None, topics=TOPI
             count = min(commit_size, num_videos - first)
             embeds, _, _ = synthetic_videos(first, count, frames, topics_count=topics)
             encoded = [_encoded(first + i, embeds[i]) for i in range(count)]
-            writer.commit([write_videos(folder, encoded, writer.generation + 1)])
+            writer.commit([write_videos(folder, encoded, writer.reserve())])
         if long_frames:
             embeds, _, _ = synthetic_videos(num_videos, 1, long_frames, topics_count=topics)
             writer.commit([write_videos(folder, [_encoded(num_videos, embeds[0])],
-                                        writer.generation + 1)])
+                                        writer.reserve())])
     finally:
         writer.close()
     return time.perf_counter() - start
@@ -126,7 +127,8 @@ def _encoded(number, frames):
     from clip_hitchhiker.search.index_writer import EncodedVideo
 
     count = len(frames)
-    return EncodedVideo(f"/synthetic/{number:08d}.mp4", {"size": 0, "mtime_ns": 0, "sha256": ""},
+    return EncodedVideo(f"/synthetic/{number:08d}.mp4", {"size": 0, "mtime_ns": 0, "inode": 0,
+                                                         "ctime_ns": 0, "sha256": ""},
                         frames, [i + 0.5 for i in range(count)], list(range(count)), float(count))
 
 
@@ -225,6 +227,104 @@ def _reset_peak():
         pass
 
 
+def measure_page(folder, num_videos, frames, num_queries, candidates, threads):
+    """In a fresh process: the search page's latency against the CLI's on the same queries.
+    The page's server (serve's app under uvicorn, on 127.0.0.1) runs in a process of its own,
+    as it does for a browser; its text encoder maps "q<i>" to query i's embedding, as the CLI
+    path takes the embedding directly, so that the difference is what the page adds: HTTP,
+    JSON, the hits' per-frame weights and the hand-over to the scorer thread. Interleaved, one
+    CLI query then the same one through the page (one kept-alive connection), so that both meet
+    the same noise. returns: {"cli_p50_ms", "page_p50_ms", "cli_p95_ms", "page_p95_ms"}."""
+    import http.client
+    import multiprocessing
+
+    import faiss
+    import torch
+
+    from clip_hitchhiker.search.video_index import VideoIndex
+
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+    index = VideoIndex.open(folder)
+    queries = torch.from_numpy(queries_for(num_queries, num_videos, frames))
+    context = multiprocessing.get_context("spawn")
+    ports = context.Queue()
+    server = context.Process(target=_page_server, daemon=True,
+                             args=(folder, num_videos, frames, num_queries, threads, ports))
+    server.start()
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", ports.get(timeout=600))
+
+        def page(q):
+            connection.request("GET", f"/api/search?q=q{q}&k=10&candidates={candidates or ''}")
+            response = connection.getresponse()
+            return json.loads(response.read()), response.status
+
+        cli_times, page_times = [], []
+        page(0)  # warm-up: page in what one query touches, open the connection
+        index.search_embeddings(queries[:1], k=10, candidates=candidates)
+        for q in range(num_queries):
+            start = time.perf_counter()
+            cli_hits = index.search_embeddings(queries[q:q + 1], k=10, candidates=candidates)[0]
+            cli_times.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            report, status = page(q)
+            page_times.append(time.perf_counter() - start)
+            page_hits = report["queries"][0]["hits"]
+            if status != 200 or [h["video"] for h in page_hits] != [h["video"]
+                                                                   for h in cli_hits]:
+                raise RuntimeError(f"the page answered query {q} otherwise than the CLI")
+    finally:
+        server.terminate()
+        server.join(30)
+    return {f"{name}_p{p}_ms": 1000 * float(np.percentile(times, p))
+            for name, times in (("cli", cli_times), ("page", page_times)) for p in (50, 95)}
+
+
+def _page_server(folder, num_videos, frames, num_queries, threads, ports):
+    """The page's server over the index, its port put on `ports` once it listens."""
+    import threading
+
+    import faiss
+    import torch
+    import uvicorn
+
+    from clip_hitchhiker.search.server import SearchService, create_app
+    from clip_hitchhiker.search.video_index import VideoIndex
+
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+    queries = torch.from_numpy(queries_for(num_queries, num_videos, frames))
+    # No clip is asked for, so the cache folder is never made.
+    service = SearchService(VideoIndex.open(folder), Path(folder) / "no-clips",
+                            encode_texts=lambda texts: queries[[int(t[1:]) for t in texts]])
+    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=0,
+                                           log_level="error", access_log=False))
+    thread = threading.Thread(target=server.run)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    ports.put(server.servers[0].sockets[0].getsockname()[1])
+    thread.join()
+
+
+def measure_page_in_child(index, size, args):
+    child = subprocess.run(
+        [sys.executable, __file__, "--_page", str(index), size, str(args.queries),
+         str(args.candidates or 0), str(args.threads)], capture_output=True, text=True)
+    if child.returncode:
+        raise RuntimeError(f"the page's reader failed: {child.stderr[-3000:]}")
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def print_page_result(r):
+    page = r["page"]
+    print(f"{r['size']} search page: one query p50 {page['page_p50_ms']:.1f} ms against the "
+          f"CLI's {page['cli_p50_ms']:.1f} ms ({page['page_p50_ms'] - page['cli_p50_ms']:+.1f} "
+          f"ms; target <= +20 ms), p95 {page['page_p95_ms']:.1f} against "
+          f"{page['cli_p95_ms']:.1f} ms")
+
+
 def _status_kb(field):
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -282,7 +382,10 @@ def measure_in_child(index, size, args):
          str(_topics_of(size, args)), args.device], capture_output=True, text=True)
     if child.returncode:
         raise RuntimeError(f"the reader failed: {child.stderr[-3000:]}")
-    return json.loads(child.stdout.strip().splitlines()[-1])
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    if args.page:
+        result["page"] = measure_page_in_child(index, size, args)
+    return result
 
 
 def print_result(r, load):
@@ -332,8 +435,9 @@ def model_10m(results):
     latency = fixed + slope * scale * work(large)
     shard_ram = large["rss_anon_mb"]
     return [f"10M x 16 (model from the 100k and 1M runs): one index would need "
-            f"{ram / 1024:.1f} GB of RAM beyond maps (codes {scale * large['codes_bytes'] / 2**30:.1f}"
-            f" GB, stage 1 {scale * large['stage1_bytes'] / 2**30:.1f} GB), "
+            f"{ram / 1024:.1f} GB of RAM beyond maps (codes "
+            f"{scale * large['codes_bytes'] / 2**30:.1f} GB, stage 1 "
+            f"{scale * large['stage1_bytes'] / 2**30:.1f} GB), "
             f"{scale * large['disk_gb']:.0f} GB of disk, one query cold p50 ~{latency:.0f} ms "
             f"(fixed {fixed:.0f} ms + {slope * 1000:.2f} ms per 1000 frames scored from codes, "
             f"{scale * large['candidates']:.0f} candidates x 16 frames); build "
@@ -378,8 +482,17 @@ def main():
                         help="print the 10M model from the last 100k and 1M runs saved in FILE")
     parser.add_argument("--device", default="cpu",
                         help="where stage 2 scores: cpu (default) or cuda")
+    parser.add_argument("--page", action="store_true",
+                        help="also measure the search page (serve's API over HTTP) against "
+                             "the CLI's latency, in another fresh reader")
     parser.add_argument("--_reader", nargs=8, help=argparse.SUPPRESS)
+    parser.add_argument("--_page", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args._page:
+        folder, size, queries, candidates, threads = args._page
+        print(json.dumps(measure_page(folder, *SIZES[size], int(queries), int(candidates) or None,
+                                      int(threads))))
+        return
     if args._reader:
         folder, size, queries, candidates, nprobe, threads, topics, device = args._reader
         print(json.dumps(measure_reader(folder, size, int(queries), int(candidates) or None,
@@ -406,6 +519,8 @@ def main():
             if args.save and "skipped" not in result:
                 with open(args.save, "a") as f:
                     f.write(json.dumps(result) + "\n")
+            if "page" in result:
+                print_page_result(result)
             sys.stdout.flush()
     measured = {r["size"] for r in results if "skipped" not in r and r.get("build_s")}
     if {"100k", "1M"} <= measured:

@@ -3,7 +3,7 @@ with its own docstring saying what it holds and may import:
 
     models/         CLIP and open_clip behind one interface, encoding, the shared options
     video/          decoders, time-based sampling, frame memory
-    datasets/       Charades, Charades-STA, ActivityNet Captions and --dataset
+    datasets/       the dataset registry behind --dataset and --suite, one module a dataset
     moments/        the moment rule, its baselines and the moment benchmark
     search/         the search index: format, writer, stage-1 candidates, VideoIndex
 
@@ -15,5 +15,6 @@ and single modules for the infrastructure they share:
     torchrun        device choice, process group, collectives that never hang a rank
     output_files    output and cache locations checked before any decoding
     run_folder      a folder's lock, moving old files aside, stale temporary files
+    suite           the --suite plan and its table (Markdown, CSV, JSON)
     reporting, bootstrap, plots, training, synthetic_data, demo
 """

@@ -29,10 +29,10 @@ def resample_counts(num_units, num_resamples, rng):
     return unit_counts.reshape(num_units, num_resamples).T
 
 
-def weighted_metrics(ranks, counts):
+def weighted_metrics(ranks, counts, median="average"):
     """ranks: [N] 1-based ranks; counts: [B, N] draw counts (each row sums to N), best as
     resample_counts lays them out. returns: {metric: [B] values}, equal to
-    metrics.ranks_to_metrics of each resample."""
+    metrics.ranks_to_metrics(resample, median) of each resample."""
     ranks = np.asarray(ranks, dtype=np.float64)
     num_units = len(ranks)
     unit_counts = np.ascontiguousarray(counts.T)  # no copy when counts come from resample_counts
@@ -43,6 +43,8 @@ def weighted_metrics(ranks, counts):
     values = {f"R{k}": 100.0 * sums[:, i] / num_units for i, k in enumerate(ks)}
     values["MeanR"] = sums[:, -1] / num_units
     middle = [num_units // 2] if num_units % 2 else [num_units // 2 - 1, num_units // 2]
+    if median == "lower":
+        middle = middle[:1]
     values["MedR"] = np.mean(weighted_order_statistics(ranks, counts, unit_counts, middle),
                              axis=0)
     return values
@@ -76,11 +78,13 @@ def weighted_order_statistics(ranks, counts, unit_counts, positions):
     return np.stack(results)
 
 
-def bootstrap(rank_sets, num_resamples, seed=0, baseline=None, confidence=0.95):
+def bootstrap(rank_sets, num_resamples, seed=0, baseline=None, confidence=0.95,
+              t2v_median="average"):
     """Percentile intervals of every metric, and paired differences against a baseline.
 
     rank_sets: {label: {"t2v": [Q] ranks, "v2t": [V] ranks}}, every label over the same queries
-        and videos in the same order; baseline: the label the others are compared with.
+        and videos in the same order; baseline: the label the others are compared with;
+        t2v_median: how the t2v MedR takes an even count's middle (metrics.ranks_to_metrics).
     returns: {"resamples", "seed", "confidence", "intervals": {label: {direction: {metric:
         [low, high]}}}, "differences": {label: {metric: {"difference", "interval",
         "p_value"}}}} with t2v R1/R5/R10 differences (label - baseline), two-sided p-values.
@@ -101,7 +105,8 @@ def bootstrap(rank_sets, num_resamples, seed=0, baseline=None, confidence=0.95):
         for start in range(0, num_resamples, chunk):
             counts = resample_counts(num_units, min(chunk, num_resamples - start), rng)
             for label, ranks in rank_sets.items():
-                parts[label].append(weighted_metrics(ranks[direction], counts))
+                parts[label].append(weighted_metrics(
+                    ranks[direction], counts, t2v_median if direction == "t2v" else "average"))
         for label in rank_sets:
             samples[label][direction] = {m: np.concatenate([p[m] for p in parts[label]])
                                          for m in METRICS}

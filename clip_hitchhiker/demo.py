@@ -1,18 +1,24 @@
 """A one-minute offline try-out: a tiny synthetic video set and a tiny CLIP with random weights,
 run through the evaluator (mean pooling and query-scoring), the bootstrap, the plot and a search.
 
-    python -m clip_hitchhiker.demo [--output_dir hitchhiker-demo]
+    python -m clip_hitchhiker.demo [--out DIR]
 
 It needs no network and no GPU. The model is random, so every figure it prints is meaningless:
-it shows the machinery working end to end, not results.
+it shows the machinery working end to end, not results. It writes into the folder it names first
+(a new temporary one unless --out says where), never into the current folder, and prints the
+commands it runs as they run where it runs: `python run_msr_retrieval.py` from the checkout's
+root, else the installed `run-msr-retrieval`, else `python -m run_msr_retrieval`.
 
 Stages: parse -> build the data and the model -> evaluate (bootstrap, plot) -> search -> say
 where the outputs are.
 """
 import argparse
+import importlib
+import os
 import shlex
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,9 +40,10 @@ def parse_args(argv=None):
         prog="python -m clip_hitchhiker.demo",
         description="A one-minute offline try-out on synthetic videos and a random tiny CLIP "
                     "(its figures are meaningless: the model is random).")
-    parser.add_argument("--output_dir", default="hitchhiker-demo",
-                        help="where the videos, the model and the outputs go (default "
-                             "./hitchhiker-demo; a previous demo's folder is replaced)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="where the videos, the model and the outputs go, to keep them "
+                             "(default: a new temporary folder; a previous demo's folder is "
+                             "replaced, any other non-empty folder refused)")
     return parser.parse_args(argv)
 
 
@@ -45,15 +52,18 @@ def parse_args(argv=None):
 
 
 def claim_output_dir(folder):
-    """An empty folder for the demo: a previous demo's folder (it holds MARKER) is replaced;
-    any other non-empty folder is refused, since it may hold the user's files."""
+    """An empty folder for the demo: a new temporary one when folder is None; a previous demo's
+    folder (it holds MARKER) is replaced; any other non-empty folder is refused, since it may
+    hold the user's files."""
+    if folder is None:
+        folder = Path(tempfile.mkdtemp(prefix="hitchhiker-demo-"))
     folder = Path(folder)
     if folder.exists():
         if not folder.is_dir():
-            raise ConfigError(f"--output_dir {folder} is a file: choose a folder")
+            raise ConfigError(f"--out {folder} is a file: choose a folder")
         if any(folder.iterdir()):
             if not (folder / MARKER).is_file():
-                raise ConfigError(f"--output_dir {folder} is not empty and was not made by the "
+                raise ConfigError(f"--out {folder} is not empty and was not made by the "
                                   "demo: choose another folder")
             shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -119,6 +129,42 @@ def search_argvs(video_root, checkpoint, folder):
     return [str(a) for a in index_argv], [str(a) for a in search_argv]
 
 
+def command_line(module, argv, cwd=None, which=shutil.which):
+    """The shell command that runs `module` (a script of this project, e.g. search_videos) with
+    argv here: `python MODULE.py` in the checkout's root (where that file is the module run),
+    else its installed console script if it is on PATH for this Python, else `python -m`."""
+    imported = Path(importlib.import_module(module).__file__).resolve()
+    script = Path(cwd or os.getcwd()) / f"{module}.py"
+    if script.is_file() and script.resolve() == imported:
+        prefix = [_python(which), f"{module}.py"]
+    elif _console_script_of_this_python(which(module.replace("_", "-"))):
+        prefix = [module.replace("_", "-")]
+    else:
+        prefix = [_python(which), "-m", module]
+    return shlex.join(prefix + [str(a) for a in argv])
+
+
+def _python(which):
+    """`python` where that is this interpreter, else this interpreter's path."""
+    on_path = which("python")
+    if on_path and Path(on_path).resolve() == Path(sys.executable).resolve():
+        return "python"
+    return sys.executable
+
+
+def _console_script_of_this_python(path):
+    """True if path is a console script that pip installed for this interpreter."""
+    if path is None:
+        return False
+    try:
+        with open(path, "rb") as f:
+            first_line = f.readline(4096).decode(errors="replace").strip()
+    except OSError:
+        return False
+    return first_line.startswith("#!") and \
+        Path(first_line[2:].split()[0]).resolve() == Path(sys.executable).resolve()
+
+
 def run_search(index_argv, search_argv):
     """Index the videos, then search them, as search_videos.py's command line does."""
     import search_videos
@@ -131,20 +177,20 @@ def main(args):
     """returns: {name: path} of the outputs."""
     started = time.perf_counter()
     print(WARNING.format("below"))
-    folder = claim_output_dir(args.output_dir).resolve()
-    print(f"\n[1/4] building 12 synthetic videos and a tiny random CLIP in {folder} ...")
+    folder = claim_output_dir(args.out).resolve()
+    kept = "" if args.out else " (a temporary folder; --out DIR writes where you choose)"
+    print(f"\n[1/4] building 12 synthetic videos and a tiny random CLIP in {folder}{kept} ...")
     csv, video_root, checkpoint = build_data(folder)
     plot = has_matplotlib()
     argv = evaluator_argv(csv, video_root, checkpoint, folder, plot)
     print("\n[2/4] the evaluator, the bootstrap" + (" and the plot" if plot else "") + ":\n"
-          "python run_msr_retrieval.py " + shlex.join(argv))
+          + command_line("run_msr_retrieval", argv))
     run_evaluation(argv)
     if not plot:
         print("(no plot: matplotlib is not installed; pip install matplotlib)")
     index_argv, search_argv = search_argvs(video_root, checkpoint, folder)
     print("\n[3/4] a search index of the videos, and a search:\n"
-          + "\n".join("python search_videos.py " + shlex.join(a)
-                      for a in (index_argv, search_argv)))
+          + "\n".join(command_line("search_videos", a) for a in (index_argv, search_argv)))
     run_search(index_argv, search_argv)
     outputs = {"videos and captions": csv, "model (random weights)": checkpoint,
                "report": folder / "report.json"}

@@ -1,10 +1,14 @@
 """Downloads and archives that are never mistaken for complete, and pickles that cannot run code.
 
     download_file        HTTP into '<dest>.part', resumed with Range, renamed when complete
+    fetch_checked_file   download_file, then named only once a check of its content passes
     extract_zip_safely   CRC-checked, zip-slip-safe, staged extraction with a completion marker
+    extract_tar_safely   the same for tar archives (regular files and folders only)
     load_restricted_pickle  plain data only: containers, numbers, strings, numpy arrays
 """
 import collections
+import contextlib
+import functools
 import hashlib
 import http.client
 import itertools
@@ -13,6 +17,7 @@ import pickle
 import shutil
 import socket
 import stat
+import tarfile
 import urllib.error
 import urllib.request
 import warnings
@@ -39,20 +44,34 @@ def sha256_file(path):
     return digest.hexdigest()
 
 
+def sha256_file_once(path):
+    """sha256_file, read once per process while the file is unchanged (a model's weights are
+    hashed to compare them with an index's before loading, and again by the loader)."""
+    version = os.stat(path)
+    return _sha256_of_version(os.path.realpath(path), version.st_size, version.st_mtime_ns,
+                              version.st_ino)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_of_version(path, size, mtime_ns, inode):
+    return sha256_file(path)
+
+
 # ----------------------------------------------------------------------------------------------
 # Download
 
-def download_file(url, dest, progress=True, retries=3, timeout=60):
+def download_file(url, dest, progress=True, retries=3, timeout=60, place_at=None):
     """Stream url into dest + '.part', resuming with HTTP Range; rename to dest when complete.
 
     A server that ignores Range (HTTP 200) restarts the file cleanly. After an interruption, up to
     ``retries`` resumes are tried before giving up; the next call resumes where this one stopped.
+    place_at: where a failed download's message tells the user to put a copy (default dest).
     """
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
     for attempt in range(retries + 1):
         try:
-            expected_size = _download_into(url, part, progress, timeout)
+            expected_size = _download_into(url, part, progress, timeout, place_at or dest)
             break
         except _Interrupted as interruption:
             if attempt == retries:
@@ -67,12 +86,39 @@ def download_file(url, dest, progress=True, retries=3, timeout=60):
     return dest
 
 
+def fetch_checked_file(url, dest, check, progress=True, retries=3):
+    """dest, downloaded (resumably) from url unless already there, and checked.
+
+    check(path) raises DatasetError unless the file is what it should be (not an HTML error
+    page, a truncated file or another file). The download takes the name dest only once it
+    passes; one that fails is moved to '<dest>.corrupt', never read again.
+    returns: Path of dest.
+    """
+    dest = Path(dest)
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    unchecked = dest.with_name(dest.name + ".unchecked")
+    if not unchecked.is_file():
+        download_file(url, unchecked, progress=progress, retries=retries, place_at=dest)
+    try:
+        check(unchecked)
+    except DatasetError as e:
+        corrupt = dest.with_name(dest.name + ".corrupt")
+        os.replace(unchecked, corrupt)
+        raise DatasetError(f"{url} did not give the expected file ({e}); it was moved to "
+                           f"{corrupt}. Check the URL, or place a good copy at {dest}") from e
+    os.replace(unchecked, dest)
+    return dest
+
+
 class _Interrupted(Exception):
     pass
 
 
-def _download_into(url, part, progress, timeout):
-    """One HTTP request that appends to (or restarts) part. returns: the full size, if known."""
+def _download_into(url, part, progress, timeout, place_at):
+    """One HTTP request that appends to (or restarts) part. returns: the full size, if known.
+    place_at: where a failure's message tells the user to put a copy downloaded by hand."""
     offset = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"User-Agent": "clip-hitchhiker"})
     if offset:
@@ -82,14 +128,12 @@ def _download_into(url, part, progress, timeout):
     except urllib.error.HTTPError as e:
         if e.code == 416 and offset:  # the .part is not a prefix we can extend: start over
             part.unlink()
-            return _download_into(url, part, progress, timeout)
+            return _download_into(url, part, progress, timeout, place_at)
         raise DatasetError(f"download of {url} failed: HTTP {e.code} {e.reason}. Check the URL, "
-                           f"or download the file by hand and place it at "
-                           f"{part.with_name(part.name[:-len('.part')])}") from e
+                           f"or download the file by hand and place it at {place_at}") from e
     except (urllib.error.URLError, OSError) as e:
         raise DatasetError(f"cannot reach {url}: {getattr(e, 'reason', e)}. Check the network, "
-                           f"or download the file by hand and place it at "
-                           f"{part.with_name(part.name[:-len('.part')])}") from e
+                           f"or download the file by hand and place it at {place_at}") from e
     with response:
         if response.status == 206:
             expected_size = _content_range_total(response, offset, url)
@@ -145,7 +189,7 @@ def fetch_and_extract(url, data_root, zip_name, top_folder, target_name=None, pr
     if (target / COMPLETE_MARKER).is_file():
         return target
     data_root.mkdir(parents=True, exist_ok=True)
-    zip_path = data_root / zip_name
+    zip_path = data_root / zip_name  # a .zip, or a .tar (.tar.gz, .tgz)
     if not zip_path.is_file():
         try:
             download_file(url, zip_path, progress=progress, retries=retries)
@@ -156,8 +200,11 @@ def fetch_and_extract(url, data_root, zip_name, top_folder, target_name=None, pr
                 f"{target} exists but is incomplete (no {COMPLETE_MARKER} marker), and "
                 f"{zip_path.name} could not be fetched: {e}. If you extracted it there by "
                 f"hand, mark it complete with: touch {target / COMPLETE_MARKER}") from e
-    extract_zip_safely(zip_path, data_root, top_folder, progress=progress,
-                       target_name=target_name)
+    if zip_path.suffix == ".zip":
+        extract_zip_safely(zip_path, data_root, top_folder, progress=progress,
+                           target_name=target_name)
+    else:
+        extract_tar_safely(zip_path, data_root, top_folder, target_name=target_name)
     return target
 
 
@@ -175,9 +222,8 @@ def extract_zip_safely(zip_path, dest_root, top_folder, progress=True, target_na
     """
     zip_path, dest_root = Path(zip_path), Path(dest_root)
     target_name = target_name or top_folder
-    staging = dest_root / f".{target_name}.extracting"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+    damaged = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError)
+    with _staging(zip_path, dest_root, target_name, damaged) as staging:
         with zipfile.ZipFile(zip_path) as archive:
             members = archive.infolist()
             for member in members:
@@ -188,26 +234,73 @@ def extract_zip_safely(zip_path, dest_root, top_folder, progress=True, target_na
                 for member in members:
                     _extract_member(archive, member, staging)
                     bar.update(member.file_size)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError) as e:
+    return _move_into_place(staging, zip_path, dest_root, top_folder, target_name)
+
+
+def extract_tar_safely(tar_path, dest_root, top_folder, target_name=None):
+    """Extract tar_path's top_folder into dest_root, all or nothing, as extract_zip_safely does
+    for zips: every entry is checked first (a regular file or a folder, no absolute path, no
+    '..'), extracted into a staging folder with tarfile's "data" filter, moved into place, then
+    marked complete. A truncated or damaged tar is renamed to '<tar>.corrupt'."""
+    tar_path, dest_root = Path(tar_path), Path(dest_root)
+    target_name = target_name or top_folder
+    damaged = (tarfile.ReadError, tarfile.CompressionError, EOFError, zlib.error)
+    with _staging(tar_path, dest_root, target_name, damaged) as staging:
+        with tarfile.open(tar_path) as archive:
+            members = archive.getmembers()
+            for member in members:
+                _check_tar_member(member, tar_path)
+            # The "data" filter where this Python has it (3.11.4, 3.12); the members are
+            # checked above in any case.
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            archive.extractall(staging, members=members, **safe)
+    return _move_into_place(staging, tar_path, dest_root, top_folder, target_name)
+
+
+@contextlib.contextmanager
+def _staging(archive_path, dest_root, target_name, damaged):
+    """The staging folder an archive is extracted into (emptied first). On an exception it is
+    removed; on one of `damaged` the archive is renamed to '<name>.corrupt', so that it is never
+    taken for a good download, and a DatasetError says so."""
+    staging = dest_root / f".{target_name}.extracting"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        yield staging
+    except damaged as e:
         shutil.rmtree(staging, ignore_errors=True)
-        corrupt = zip_path.with_name(zip_path.name + ".corrupt")
-        os.replace(zip_path, corrupt)
-        raise DatasetError(f"{zip_path} is corrupt ({e}); it was moved to {corrupt}. Run again to "
-                           "download it afresh, or place a good copy at that path") from e
+        corrupt = archive_path.with_name(archive_path.name + ".corrupt")
+        os.replace(archive_path, corrupt)
+        raise DatasetError(f"{archive_path} is corrupt ({e}); it was moved to {corrupt}. Run "
+                           "again to download it afresh, or place a good copy at that path") from e
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _check_tar_member(member, tar_path):
+    if not (member.isfile() or member.isdir()):
+        raise DatasetError(f"{tar_path} has an entry that is not a file or a folder (a link or "
+                           f"a device), {member.name!r}; refusing to extract it")
+    path = PurePosixPath(member.name)
+    if path.is_absolute() or ".." in path.parts:
+        raise DatasetError(f"{tar_path} has an entry that leaves the target folder, "
+                           f"{member.name!r}; refusing to extract it")
+
+
+def _move_into_place(staging, archive_path, dest_root, top_folder, target_name):
+    """The staged extraction's top_folder (or all of it) becomes dest_root/target_name, any
+    folder already there moved aside; then the completion marker. returns: the target."""
     extracted = staging if top_folder is None else staging / top_folder
     if not extracted.is_dir():
         shutil.rmtree(staging, ignore_errors=True)
-        raise DatasetError(f"{zip_path} has no {top_folder}/ folder; is it the right file?")
+        raise DatasetError(f"{archive_path} has no {top_folder}/ folder; is it the right file?")
     target = dest_root / target_name
     if target.exists():
         move_aside(target)
     os.replace(extracted, target)
     if top_folder is not None:
         shutil.rmtree(staging, ignore_errors=True)
-    (target / COMPLETE_MARKER).write_text(f"extracted from {zip_path.name}\n")
+    (target / COMPLETE_MARKER).write_text(f"extracted from {archive_path.name}\n")
     return target
 
 

@@ -4,6 +4,8 @@ An entry is a torch.save'd dict of plain tensors, strings and lists, read back w
 weights_only=True, so a tampered file cannot run code. Writes go to a temporary file that is
 renamed into place, so an interrupted write never leaves a half-written entry.
 """
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -76,22 +78,36 @@ def write_json(path, obj):
     write_atomically(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
 
 
-def write_atomically(path, write):
+def write_atomically(path, write, replace=True, make_folder=True, temporary=None):
     """write(tmp_path) into a temporary file beside path, then os.replace: never half-written.
 
     The file gets the permissions the user's umask gives any new file (the temporary file's
-    own are 0600)."""
+    own are 0600). replace=False: an existing path is never replaced (FileExistsError);
+    make_folder=False: a missing folder is an error, not made again (one moved away meanwhile);
+    temporary: the temporary file's path, one the caller has recorded so that it can remove what
+    a kill leaves by that record rather than by a name pattern (created anew: FileExistsError
+    if it exists); default a random name beginning with temporary_prefix(path)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=temporary_prefix(path),
-                                     delete=False) as f:
-        tmp_name = f.name
+    if make_folder:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    if temporary is not None:
+        tmp_name = str(temporary)
+        os.close(os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    else:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=temporary_prefix(path),
+                                         delete=False) as f:
+            tmp_name = f.name
     try:
         write(tmp_name)
         os.chmod(tmp_name, 0o666 & ~current_umask())
+        if not replace and os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, "a file of that name exists", str(path))
         os.replace(tmp_name, path)
     except BaseException:
-        os.unlink(tmp_name)
+        # Some writers (pyarrow) remove their half-written file themselves: the cause, not a
+        # FileNotFoundError about the temporary file, is what the caller must see.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
         raise
 
 

@@ -37,3 +37,8 @@ class OutputError(HitchhikerError, OSError):
 class VideoIndexError(HitchhikerError, RuntimeError):
     """A search index folder that is damaged, in use, or made with other settings; the message
     names the file and how to repair or rebuild it."""
+
+
+class QueryError(HitchhikerError, ValueError):
+    """A search that cannot be answered as asked: an empty query, k < 1, text embeddings of the
+    wrong width or not finite; the message names the query or setting."""

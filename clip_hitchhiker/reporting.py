@@ -33,12 +33,21 @@ def signed(differences):
     return f"{{{parts}}}"
 
 
+# A classification result's metrics, in the order they print: Charades' mAP, Kinetics' accuracies.
+CLASSIFICATION_METRICS = ("mAP", "top1", "top5", "mean_class_accuracy")
+
+
+def classification_metrics(result):
+    """{metric: value} of a classification result ({} for retrieval)."""
+    return {k: result[k] for k in CLASSIFICATION_METRICS if k in result}
+
+
 def format_result_line(result, skipped_note=""):
     """The release's printed line, rounded: R@K and MedR to one decimal, MeanR to three (for
-    classification, the same form with the mAP)."""
-    if "mAP" in result:
-        return f"{{'mAP': {round(result['mAP'], 1)}}}  agg: {result_label(result)}{skipped_note}"
-    return f"{rounded(result['t2v'])}  agg: {result_label(result)}{skipped_note}"
+    classification, the same form with the mAP or the accuracies, to one decimal)."""
+    shown = classification_metrics(result)
+    metrics = {k: round(v, 1) for k, v in shown.items()} if shown else rounded(result["t2v"])
+    return f"{metrics}  agg: {result_label(result)}{skipped_note}"
 
 
 def print_results(results, note, num_queries):
@@ -273,9 +282,10 @@ def _metric_differences(old_results, new_results):
 
 
 def _metrics_of(result):
-    """{metric: value} of one result entry: its t2v metrics, or its mAP; {} if it has none."""
-    if "mAP" in result:
-        return {"mAP": result["mAP"]}
+    """{metric: value} of one result entry: its t2v metrics, or its classification metrics;
+    {} if it has none."""
+    if classification_metrics(result):
+        return classification_metrics(result)
     return result["t2v"] if isinstance(result.get("t2v"), dict) else {}
 
 

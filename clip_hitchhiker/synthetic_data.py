@@ -64,16 +64,19 @@ def write_colour_video(path, colour, num_frames, relevant, seed, size=32):
     write_noise_video(path, num_frames, {i: colour for i in where}, rng, size=size)
 
 
-def write_noise_video(path, num_frames, coloured, rng, fps=10, size=32):
+def write_noise_video(path, num_frames, coloured, rng, fps=10, size=32, pix_fmt="yuv444p",
+                      gop=None):
     """An H.264 video of random-noise frames (drawn from the numpy Generator rng), except the
-    frames {index: (r, g, b)} in coloured, which are that one colour."""
+    frames {index: (r, g, b)} in coloured, which are that one colour. pix_fmt "yuv420p" gives
+    a video every browser plays; gop: a key frame every gop frames (x264's default: 250)."""
     import av
 
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width = stream.height = size
-        stream.pix_fmt = "yuv444p"
-        stream.options = {"crf": "10", "preset": "ultrafast"}
+        stream.pix_fmt = pix_fmt
+        stream.options = {"crf": "10", "preset": "ultrafast",
+                          **({"g": str(gop), "keyint_min": str(gop)} if gop else {})}
         for i in range(num_frames):
             if i in coloured:
                 image = np.empty((size, size, 3), np.uint8)

@@ -56,9 +56,7 @@ def setup_context(device_arg, timeout_s=DEFAULT_TIMEOUT_S):
             warnings.warn("no CUDA device found: running on the CPU, which is slow for the real "
                           "dataset (pass --device cpu to silence this)", stacklevel=2)
     else:
-        device = torch.device(device_arg)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"--device {device_arg}: CUDA is not available on this machine")
+        device = explicit_device(device_arg)
     if device.type == "cuda" and world_size > 1:
         device = torch.device("cuda", local_rank)
     if device.type == "cuda":
@@ -71,6 +69,20 @@ def setup_context(device_arg, timeout_s=DEFAULT_TIMEOUT_S):
         if backend != "gloo":  # monitored barriers exist for gloo only
             monitor_group = dist.new_group(backend="gloo", timeout=timeout)
     return Context(device, rank, local_rank, world_size, timeout_s, monitor_group)
+
+
+def explicit_device(device_arg):
+    """torch.device of "cpu", "cuda" or "cuda:N"; ConfigError (one line) where that GPU is not
+    here, before a model is loaded onto it."""
+    device = torch.device(device_arg)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device_arg}: CUDA is not available on this machine (no "
+                          "GPU, or a CPU-only build of torch); use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device_arg}: this machine has "
+                          f"{torch.cuda.device_count()} GPU(s), cuda:0 to "
+                          f"cuda:{torch.cuda.device_count() - 1}")
+    return device
 
 
 def teardown(ctx):

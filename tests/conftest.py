@@ -1,6 +1,24 @@
+import os
+
 import pytest
 
 from tests import synthetic
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (the pytest config's -n auto: a worker per CPU), the workers share
+    the CPUs: torch in each, and the processes its tests start, get cpus // workers threads.
+    Two threads per worker on two CPUs made a training step of the tiny CLIP 10x slower (the
+    threads wait on each other's busy CPU), not faster."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        import torch
+
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+            os.cpu_count() or 1
+        threads = max(1, cpus // int(workers))
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

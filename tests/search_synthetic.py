@@ -16,17 +16,18 @@ SEARCH_COLOURS = {"red": (230, 30, 30), "green": (30, 200, 30), "blue": (30, 30,
 VIDEO_FPS = 4
 
 
-def write_segment_video(path, colour, seconds, segment, seed, size=32):
+def write_segment_video(path, colour, seconds, segment, seed, size=32, **video_options):
     """Noise frames at VIDEO_FPS, except those whose time lies in segment = (start, end)
-    seconds, which are uniformly `colour`."""
+    seconds, which are uniformly `colour`. video_options: write_noise_video's pix_fmt, gop."""
     num_frames = int(seconds * VIDEO_FPS)
     coloured = {i: colour for i in range(num_frames) if segment[0] <= i / VIDEO_FPS < segment[1]}
     write_noise_video(path, num_frames, coloured, np.random.default_rng(seed), fps=VIDEO_FPS,
-                      size=size)
+                      size=size, **video_options)
 
 
-def build_segment_videos(folder, colours=tuple(SEARCH_COLOURS), seed=0):
+def build_segment_videos(folder, colours=tuple(SEARCH_COLOURS), seed=0, **video_options):
     """One video per colour, 8 to 14 s long, its colour in a 3 or 5 s segment at a seeded place.
+    video_options: write_noise_video's pix_fmt, gop (the same videos otherwise).
     returns: {colour: (path, (start, end))}."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -38,7 +39,7 @@ def build_segment_videos(folder, colours=tuple(SEARCH_COLOURS), seed=0):
         start = int(rng.integers(0, seconds - length + 1))
         path = folder / f"{name}.mp4"
         write_segment_video(path, SEARCH_COLOURS[name], seconds, (start, start + length),
-                            seed=seed * 1000 + c)
+                            seed=seed * 1000 + c, **video_options)
         truth[name] = (str(path.resolve()), (float(start), float(start + length)))
     return truth
 
@@ -92,4 +93,27 @@ def save_colour_clip(path):
     import torch
 
     torch.save(colour_clip_state_dict(), path)
+    return Path(path)
+
+
+def build_colour_index(root, **video_options):
+    """The colour CLIP, the ten segment videos (video_options: write_noise_video's) and an index
+    of them under root. returns: {"root", "model", "truth", "index"}."""
+    import search_videos
+
+    root = Path(root)
+    model = save_colour_clip(root / "colour.pt")
+    truth = build_segment_videos(root / "videos", **video_options)
+    index = root / "index"
+    search_videos.main(search_videos.parse_args(
+        ["index", str(root / "videos"), "--index", str(index), "--model", str(model),
+         "--device", "cpu", "--num_workers", "0"]))
+    return {"root": root, "model": model, "truth": truth, "index": index}
+
+
+def colour_image(path, colour, size=(40, 30)):
+    """A PNG of one colour (a name of SEARCH_COLOURS)."""
+    from PIL import Image
+
+    Image.new("RGB", size, SEARCH_COLOURS[colour]).save(path)
     return Path(path)

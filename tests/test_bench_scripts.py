@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.system_libraries import needs_ffmpeg
+
 REPO = Path(__file__).resolve().parent.parent
 
 
+@needs_ffmpeg  # it decodes with torchcodec on the "device"
 def test_gpu_check_cpu_dry_run(tmp_path):
     out = tmp_path / "results" / "gpu_check.txt"
     env = {**os.environ, "PYTHON": sys.executable, "TMPDIR": str(tmp_path)}
@@ -54,6 +57,7 @@ def test_bench_query_scoring_quick():
     assert re.search(r"speed-up \d+\.\dx", result.stdout)
 
 
+@needs_ffmpeg  # it measures torchcodec too
 def test_bench_long_video_quick(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "bench" / "bench_long_video.py"),
                              "--quick", "--repeats", "1", "--work_dir", str(tmp_path)],
@@ -147,6 +151,20 @@ def test_bench_search_quick(tmp_path):
                      r"stage 2 on cpu\): build \d+ s, .* one query cold p50 [\d.]+ / p95 [\d.]+ / "
                      r"p99 [\d.]+ ms .* warm p50 .* recall@10 [01]\.\d{3}, recall@1 [01]\.\d{3}; "
                      r"exhaustive \d+ ms", result.stdout, re.M)
+    assert list(tmp_path.iterdir()) == []  # the bench deletes what it wrote
+
+
+def test_bench_search_page_against_the_cli(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "bench_search.py"), "--quick",
+                             "--page", "--workdir", str(tmp_path)], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = re.search(r"^quick search page: one query p50 ([\d.]+) ms against the CLI's ([\d.]+) "
+                     r"ms \(([+-][\d.]+) ms; target <= \+20 ms\), p95 [\d.]+ against [\d.]+ ms$",
+                     result.stdout, re.M)
+    assert line, result.stdout
+    page, cli, added = map(float, line.groups())
+    assert abs(page - cli - added) < 0.11  # the line's difference is its two figures'
     assert list(tmp_path.iterdir()) == []  # the bench deletes what it wrote
 
 

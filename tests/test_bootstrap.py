@@ -68,3 +68,18 @@ def test_mismatched_queries_are_refused():
     with pytest.raises(ValueError, match="same t2v queries"):
         bootstrap({"a": {"t2v": np.ones(3), "v2t": np.ones(2)},
                    "b": {"t2v": np.ones(4), "v2t": np.ones(2)}}, 10)
+
+
+@pytest.mark.parametrize("num_units", [8, 2000])
+def test_weighted_lower_median_equals_metrics_of_each_resample(num_units):
+    rng = np.random.default_rng(3)
+    ranks = rng.integers(1, 60, num_units).astype(float)
+    counts = resample_counts(num_units, 40, rng)
+    values = weighted_metrics(ranks, counts, median="lower")
+    for b in range(40):
+        expected = ranks_to_metrics(np.repeat(ranks, counts[b]), median="lower")
+        assert values["MedR"][b] == expected["MedR"]
+    sets = {"a": {"t2v": ranks, "v2t": ranks}}
+    lower = bootstrap(sets, 200, seed=1, t2v_median="lower")["intervals"]["a"]
+    average = bootstrap(sets, 200, seed=1)["intervals"]["a"]
+    assert lower["v2t"] == average["v2t"]  # v2t keeps the average median

@@ -61,6 +61,16 @@ def test_a_tiny_ivfsq8_with_every_list_probed_proposes_what_flat_does():
     assert ci.search(ivf, queries, 5, nprobe=params["nlist"]) == expected
 
 
+def test_an_nprobe_holds_for_its_own_search_only():
+    import faiss
+
+    means, ids = clustered_means()
+    ivf, params = ci.build("ivfsq8", means, ids)
+    queries = np.stack([basis(t) for t in range(TOPICS)])
+    ci.search(ivf, queries, 5, nprobe=1)
+    assert faiss.extract_index_ivf(ivf).nprobe == params["nprobe"] == 2
+
+
 def test_ivfsq8_is_updated_in_place_and_survives_serialisation():
     means, ids = clustered_means()
     ivf, params = ci.build("ivfsq8", means, ids)
@@ -90,11 +100,12 @@ def test_an_ivf_index_is_trained_again_once_it_holds_four_times_its_training_set
         # updated in place), then 7 more (24 > 16: trained again on all 24).
         for first, count in [(0, 2), (2, 3), (5, 7)]:
             encoded = [EncodedVideo(f"/synthetic/{v}.mp4", {"size": 0, "mtime_ns": 0,
+                                                            "inode": 0, "ctime_ns": 0,
                                                             "sha256": ""},
                                     generator.standard_normal((16, DIM)).astype(np.float16),
                                     [i + 0.5 for i in range(16)], list(range(16)), 16.0)
                        for v in range(first, first + count)]
-            writer.commit([write_videos(tmp_path / "index", encoded, writer.generation + 1)])
+            writer.commit([write_videos(tmp_path / "index", encoded, writer.reserve())])
             stage1 = fmt.read_manifest(tmp_path / "index")["stage1"]
             trained_on.append((stage1["type"], stage1["params"]["trained_on"]))
     finally:

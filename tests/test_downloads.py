@@ -143,3 +143,83 @@ def test_restricted_pickle_accepts_plain_data(tmp_path):
     np.testing.assert_array_equal(loaded["c"], np.arange(4))
 
 
+
+
+# ---------------------------------------------------------------- single files and tar archives
+
+def test_checked_file_is_named_only_once_its_check_passes(tmp_path):
+    from clip_hitchhiker.downloads import fetch_checked_file
+
+    def check(path):
+        if not path.read_bytes().startswith(b"{"):
+            raise DatasetError("not JSON")
+
+    dest = tmp_path / "folder" / "test_data.json"
+    with synthetic.FileServer(b"<html>error</html>") as server:
+        with pytest.raises(DatasetError, match=r"did not give the expected file \(not JSON\); "
+                                               r"it was moved to .*test_data.json.corrupt"):
+            fetch_checked_file(server.url, dest, check, progress=False)
+    assert not dest.exists() and (tmp_path / "folder" / "test_data.json.corrupt").is_file()
+    with synthetic.FileServer(b'{"a": 1}', cut_after=3) as server:  # resumed after a cut
+        assert fetch_checked_file(server.url, dest, check, progress=False) == dest
+    assert dest.read_bytes() == b'{"a": 1}' and server.ranges == [None, "bytes=3-"]
+    assert not list(dest.parent.glob("*.unchecked*"))
+    # There: nothing is asked again.
+    assert fetch_checked_file("http://127.0.0.1:9/x", dest, check, progress=False) == dest
+    # A failed download says where a copy fetched by hand goes: the file's own name, not the
+    # name it has while it waits for its check.
+    other = tmp_path / "folder" / "val.csv"
+    with synthetic.FileServer(b"", status=404) as server, pytest.raises(DatasetError) as error:
+        fetch_checked_file(server.url, other, check, progress=False)
+    assert str(error.value).endswith(f"download the file by hand and place it at {other}")
+
+
+def tar_of(entries):
+    """A tar (bytes) of (TarInfo, data or None) entries."""
+    import io
+    import tarfile
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for info, payload in entries:
+            info.size = len(payload or b"")
+            archive.addfile(info, io.BytesIO(payload) if payload is not None else None)
+    return buffer.getvalue()
+
+
+def test_tar_download_extracts_all_or_nothing(tmp_path):
+    import tarfile
+    from clip_hitchhiker.downloads import fetch_and_extract
+    good = tar_of([(tarfile.TarInfo("YouTubeClips/a.avi"), b"video a"),
+                   (tarfile.TarInfo("YouTubeClips/b.avi"), b"video b")])
+    with synthetic.FileServer(good) as server:
+        target = fetch_and_extract(server.url, tmp_path, "YouTubeClips.tar", "YouTubeClips",
+                                   progress=False)
+    assert sorted(p.name for p in target.iterdir()) == [COMPLETE_MARKER, "a.avi", "b.avi"]
+    assert (target / "b.avi").read_bytes() == b"video b"
+    assert not list(tmp_path.glob(".YouTubeClips.extracting"))
+
+
+@pytest.mark.parametrize("entry,message", [
+    ("symlink", "not a file or a folder"), ("parent", "leaves the target folder"),
+    ("absolute", "leaves the target folder"), ("truncated", "is corrupt")])
+def test_unsafe_or_damaged_tars_are_refused(tmp_path, entry, message):
+    import tarfile
+    from clip_hitchhiker.downloads import extract_tar_safely
+    entries = [(tarfile.TarInfo("YouTubeClips/a.avi"), b"x" * 2000)]
+    if entry == "symlink":
+        link = tarfile.TarInfo("YouTubeClips/link.avi")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        entries.append((link, None))
+    elif entry in ("parent", "absolute"):
+        name = "YouTubeClips/../../evil.avi" if entry == "parent" else "/tmp/evil.avi"
+        entries.append((tarfile.TarInfo(name), b"evil"))
+    payload = tar_of(entries)
+    if entry == "truncated":
+        payload = payload[:1000]
+    (tmp_path / "YouTubeClips.tar").write_bytes(payload)
+    with pytest.raises(DatasetError, match=message):
+        extract_tar_safely(tmp_path / "YouTubeClips.tar", tmp_path / "data", "YouTubeClips")
+    assert not (tmp_path / "data" / "YouTubeClips").exists()
+    assert not (tmp_path / "evil.avi").exists() and not list(tmp_path.glob("data/.*extracting"))
+    if entry == "truncated":
+        assert (tmp_path / "YouTubeClips.tar.corrupt").is_file()

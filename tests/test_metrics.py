@@ -127,3 +127,53 @@ def test_count_tied_queries():
     assert count_tied_queries(np.zeros((4, 4))) == 4
     assert count_tied_queries(np.eye(4)) == 0
     assert count_tied_queries(torch.zeros(4, 2), query_to_video=np.array([0, 0, 1, 1])) == 4
+
+
+def test_lower_median_is_the_official_multi_sentence_medr():
+    # Ranks 1, 2, 4, 9: numpy's median 3.0, torch's (CLIP4Clip's multi-sentence MedR) 2.0.
+    assert ranks_to_metrics([4, 1, 9, 2])["MedR"] == 3.0
+    assert ranks_to_metrics([4, 1, 9, 2], median="lower")["MedR"] == 2.0
+    assert ranks_to_metrics([4, 1, 9, 2], median="lower")["MedR"] == float(
+        torch.median(torch.tensor([4.0, 1.0, 9.0, 2.0])))
+    assert ranks_to_metrics([5, 1, 3], median="lower")["MedR"] == 3.0  # odd: the same
+    with pytest.raises(ValueError, match="median must be"):
+        ranks_to_metrics([1], median="mean")
+
+
+def test_v2t_over_caption_sets_by_hand():
+    from metrics import v2t_group_ranks
+    # Video 0's captions are queries 0, 1; video 1's are 2, 3; video 2's is 4.
+    sims = np.array([[0.9, 0.1, 0.0],
+                     [0.5, 0.2, 0.0],
+                     [0.8, 0.7, 0.0],
+                     [0.6, 0.3, 0.0],
+                     [0.1, 0.0, 0.4]])
+    query_to_video = np.array([0, 0, 1, 1, 2])
+    # Video 1 scores the caption sets: {0, 1} by 0.2, {2, 3} by 0.7, {4} by 0.0: rank 1. Ranking
+    # every caption instead, query 2 (0.7) comes first too; video 0: its set 0.9 beats 0.8.
+    # Video 2: set {4} 0.4 against 0.0 and 0.0: rank 1.
+    np.testing.assert_array_equal(v2t_group_ranks(sims, query_to_video=query_to_video),
+                                  [1, 1, 1])
+    # Where the protocols differ: video 0 against video 1's two captions 0.95 and 0.92; its own
+    # best is 0.9, so it ranks third among captions but second among caption sets.
+    sims[2:4, 0] = [0.95, 0.92]
+    np.testing.assert_array_equal(v2t_group_ranks(sims, query_to_video=query_to_video)[0], 2)
+    assert v2t_metrics(sims, query_to_video=query_to_video)["MeanR"] == pytest.approx(5 / 3)
+
+
+@pytest.mark.parametrize("break_ties", ["optimistically", "averaging"])
+def test_v2t_over_caption_sets_equals_the_definition(break_ties):
+    from metrics import v2t_group_ranks
+    rng = np.random.default_rng(4)
+    sims = rng.integers(0, 4, size=(13, 5)).astype(float)  # many ties
+    query_to_video = np.array([0, 0, 0, 1, 2, 2, 3, 3, 3, 3, 4, 4, 1])
+    masks = np.ones(13, dtype=bool)
+    masks[4:6] = False  # video 2 loses every caption: it is left out, and so is its set
+    kept = [v for v in range(5) if v != 2]
+    expected = []
+    for v in kept:
+        set_scores = [max(sims[q, v] for q in range(13) if masks[q] and query_to_video[q] == g)
+                      for g in kept]
+        expected.append(slow_rank(set_scores, set_scores[kept.index(v)], break_ties))
+    np.testing.assert_array_equal(
+        v2t_group_ranks(sims, masks, break_ties, query_to_video), expected)

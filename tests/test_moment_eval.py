@@ -1,14 +1,17 @@
 """Moment metrics and baselines against hand-worked cases, where the official evaluations
 (TALL's calculate_IoU, densevid_eval's iou) differ included; the sliding windows against a
-brute-force mean pooling; bootstrap_means against resampling by hand; localise on frames whose
-embeddings put the moment where it is known."""
+brute-force mean pooling, ties included (in exact arithmetic); bootstrap_means against
+resampling by hand; localise on frames whose embeddings put the moment where it is known."""
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import torch
 
 from clip_hitchhiker.bootstrap import bootstrap_means, resample_counts
-from clip_hitchhiker.moments.evaluation import (best_frame_window, centred_window, clip_to_video,
-                                         interval_iou, moment_metrics, sliding_window_moments)
+from clip_hitchhiker.moments.evaluation import (WINDOW_FRACTIONS, best_frame_window,
+                                                centred_window, clip_to_video, interval_iou,
+                                                moment_metrics, sliding_window_moments)
 from clip_hitchhiker.moments.run import (BEST_FRAME, CENTRED, SLIDING, WHOLE_VIDEO, localise,
                                         moment_content)
 from clip_hitchhiker.moments.rule import frame_cells
@@ -77,6 +80,8 @@ def test_centred_and_best_frame_windows():
     assert best_frame_window([0.9, 0.1, 0.2], times, 3, 2) == (0, 2)  # shifted into the video
     assert best_frame_window([0.1, 0.2, 0.9], times, 3, 2) == (1, 3)
     assert best_frame_window([0.1, 0.5, 0.5], times, 3, 1) == (1, 2)  # a tie: the first
+    # Equal frames whose cosines differ by rounding only: still the first.
+    assert best_frame_window([0.5 - 1e-16, 0.5, 0.5 + 1e-15], times, 3, 1) == (0, 1)
 
 
 def test_sliding_window_hand_case():
@@ -108,6 +113,63 @@ def test_sliding_window_equals_brute_force_mean_pooling():
                                              fractions)
     assert moments[0].tolist() == [best[0], best[1]]
     assert scores[0] == pytest.approx(best[2], abs=1e-12)
+
+
+def test_identical_frames_tie_exactly_shorter_then_earlier():
+    """Every window of equal frames has the same mean: the shortest and earliest wins, whatever
+    rounding the window sums take."""
+    frame = np.random.default_rng(1).normal(size=(1, 16))
+    texts = np.random.default_rng(2).normal(size=(3, 16))
+    for num_frames, shortest in ((7, 1), (10, 1), (33, 3)):  # round(0.1 F) frames
+        frames = np.repeat(frame, num_frames, axis=0) * 3.7
+        moments, scores = sliding_window_moments(texts, frames, np.arange(num_frames) + 0.5,
+                                                 float(num_frames))
+        assert moments.tolist() == [[0.0, float(shortest)]] * 3
+        cosines = (texts @ frame[0]) / (np.linalg.norm(texts, axis=1) * np.linalg.norm(frame))
+        assert scores == pytest.approx(cosines, abs=1e-12)
+
+
+def exact_cosine_key(window_sum, text):
+    """A rational that orders windows as their cosines with `text` do: sign(s.t) (s.t)^2 / |s|^2
+    (|text| is the same for every window; a zero sum has cosine 0)."""
+    dot, norm2 = int(np.dot(window_sum, text)), int(np.dot(window_sum, window_sum))
+    return Fraction(0) if norm2 == 0 else Fraction(dot * abs(dot), norm2)
+
+
+def brute_force_windows(text, frames, fractions):
+    """(first, length) of the best window: the largest cosine exactly, then the shortest, then
+    the earliest, over every window of every length."""
+    num_frames = len(frames)
+    lengths = {min(num_frames, max(1, int(round(f * num_frames)))) for f in fractions}
+    keyed = [(exact_cosine_key(frames[first:first + length].sum(0), text), -length, -first)
+             for length in lengths for first in range(num_frames - length + 1)]
+    _, length, first = max(keyed)
+    return -first, -length
+
+
+@pytest.mark.parametrize("num_frames", range(1, 9))
+def test_sliding_windows_equal_brute_force_with_ties(num_frames):
+    """Integer frames from a palette of three (so that many windows tie), or all equal, or
+    random; integer texts: the cosines' order is exact in rationals."""
+    rng = np.random.default_rng(num_frames)
+    palette = np.array([[2, 0, 1], [0, 1, 0], [-1, 2, 2]])
+    videos = [palette[rng.integers(0, 3, num_frames)] for _ in range(8)]
+    videos += [np.repeat(palette[:1], num_frames, axis=0),
+               rng.integers(-2, 3, (num_frames, 3))]
+    times = np.arange(num_frames) + 0.5
+    starts, ends = frame_cells(times, float(num_frames))
+    for frames in videos:
+        texts = rng.integers(-2, 3, (4, 3))
+        for fractions in (WINDOW_FRACTIONS, (0.3, 0.5, 1.0), (0.25,)):
+            moments, scores = sliding_window_moments(texts, frames, times, float(num_frames),
+                                                     fractions)
+            for t, text in enumerate(texts):
+                first, length = brute_force_windows(text, frames, fractions)
+                assert moments[t].tolist() == [starts[first], ends[first + length - 1]]
+                window = frames[first:first + length].sum(0)
+                expected = 0.0 if not window.any() else np.dot(window, text) / (
+                    np.linalg.norm(window) * max(np.linalg.norm(text), 1e-12))
+                assert scores[t] == pytest.approx(expected, abs=1e-12)
 
 
 # ---------------------------------------------------------------- bootstrap_means
@@ -183,3 +245,24 @@ def test_localise_leaves_out_queries_of_skipped_videos():
     content["query_video_ids"][1] = "gone"
     results, facts = localise(content, [0.1])
     assert facts["queries"] == [0, 2] and all(len(r["ious"]) == 2 for r in results)
+
+
+def test_localise_on_identical_frames_picks_the_first_frame_by_every_method():
+    """Equal frames are equally good: each method takes the earliest, although the cosines of
+    the frames come from one matrix product whose rounding differs from row to row."""
+    generator = torch.Generator().manual_seed(4)
+    frame = torch.randn(512, generator=generator)
+    texts = torch.randn(3, 512, generator=generator)
+    num_frames = 33
+    decoded = [{"times": [i + 0.5 for i in range(num_frames)], "duration": float(num_frames)}]
+    content = moment_content(texts, frame.repeat(num_frames, 1), [num_frames], ["A"], decoded,
+                             query_video_ids=["A"] * 3, captions=["a", "b", "c"],
+                             moments=[[0, 3]] * 3, skipped=[])
+    results, _ = localise(content, [0.01])
+    by_label = {r["label"]: r["moments"].tolist() for r in results}
+    # Uniform weights: half the mass is 16.5 of 33 cells, so 17 from the first.
+    assert by_label["query-scoring, temp: 0.01"] == [[0, 17]] * 3
+    assert by_label[SLIDING] == [[0, 3]] * 3  # the shortest windows: round(0.1 * 33) frames
+    # Centred on frame 0 (0.5 s), shifted into the video; 3 s is the mean truth length (3/33 of
+    # the video, times 33, rounded).
+    assert np.array(by_label[BEST_FRAME]) == pytest.approx(np.array([[0, 3]] * 3), abs=1e-12)

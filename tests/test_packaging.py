@@ -14,6 +14,7 @@ PUBLIC_IMPORTS = {
     "metrics": ["t2v_metrics", "v2t_metrics"],
     "search_videos": ["parse_args", "main", "cli"],
     "clip_hitchhiker.search.video_index": ["VideoIndex"],
+    "clip_hitchhiker.search.server": ["create_app", "SearchService"],
     "data_loader": ["sample_frame_indices", "read_video_decord", "MSRVTTDataset", "CSVDataset",
                     "download_msrvtt", "load_msrvtt_split"],
 }
@@ -59,9 +60,17 @@ def test_fresh_install_runs_from_another_directory(tmp_path):
                                  text=True, timeout=120)
     assert search_help.returncode == 0, search_help.stderr[-2000:]
     assert "--max_frames" in search_help.stdout and "--decoder" in search_help.stdout
+    serve_help = subprocess.run([sys.executable, str(target / "bin" / "search-videos"), "serve",
+                                 "--help"], cwd=elsewhere, env=env, capture_output=True,
+                                text=True, timeout=120)
+    assert serve_help.returncode == 0 and "--token" in serve_help.stdout, serve_help.stderr
+    static = target / "clip_hitchhiker" / "search" / "static"
+    assert sorted(p.name for p in static.iterdir()) == ["app.js", "index.html", "style.css"]
     imports = "; ".join(f"from {module} import {', '.join(names)}"
                         for module, names in PUBLIC_IMPORTS.items())
     check = (f"{imports}; import clip_hitchhiker.embedding_cache as c, query_scoring as q; "
+             "from clip_hitchhiker.search.server import STATIC_FILES, _static_bytes; "
+             "assert all(_static_bytes(n) for n, _ in STATIC_FILES.values()); "
              "print(c.__file__); print(q.__file__)")
     result = subprocess.run([sys.executable, "-c", check], cwd=elsewhere, env=env,
                             capture_output=True, text=True, timeout=120)

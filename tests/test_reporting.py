@@ -198,3 +198,18 @@ def test_compare_needs_a_report(tmp_path, data_root, tiny_clip_files):
     with pytest.raises(cli_module.ConfigError, match="--compare .*bad.json is not a readable"):
         run(tmp_path, data_root, tiny_clip_files["torchscript"], "--compare",
             tmp_path / "bad.json")
+
+
+def test_classification_lines_and_comparison():
+    charades = {"aggregation": "mean-pooling", "temperature": None, "mAP": 21.149,
+                "per_class_AP": {}}
+    assert reporting.format_result_line(charades) == "{'mAP': 21.1}  agg: mean-pooling"
+    kinetics = {"aggregation": "query-scoring", "temperature": 0.1, "top1": 40.04,
+                "top5": 71.96, "mean_class_accuracy": 39.55, "per_class_accuracy": {}}
+    assert reporting.format_result_line(kinetics, "  [partial]") == (
+        "{'top1': 40.0, 'top5': 72.0, 'mean_class_accuracy': 39.5}  agg: query-scoring, "
+        "temp: 0.1  [partial]")
+    earlier = {**kinetics, "top1": 38.04, "top5": 71.96, "mean_class_accuracy": 40.05}
+    assert reporting._metric_differences([earlier], [kinetics]) == [
+        "this run minus earlier: {'top1': +2.0, 'top5': +0.0, 'mean_class_accuracy': -0.5}  "
+        "agg: query-scoring, temp: 0.1"]

@@ -220,7 +220,8 @@ def test_cli_prints_config_errors_as_one_line(monkeypatch, capsys):
         cli_module.cli(["--device", "cuda"])
     assert exit_info.value.code == 1
     assert capsys.readouterr().err == "error: --device cuda: CUDA is not available on this " \
-                                      "machine\n"
+                                      "machine (no GPU, or a CPU-only build of torch); use " \
+                                      "--device cpu\n"
 
 
 def test_cli_keeps_the_traceback_of_errors_from_libraries(monkeypatch):

@@ -1,11 +1,13 @@
-"""Time-based sampling, the moment rule and the per-frame weights, on hand-worked cases."""
+"""Time-based sampling, the moment rule and the per-frame weights, on hand-worked cases; the
+moment rule also against a brute-force enumeration of every run in exact arithmetic."""
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
 import torch
 
-from clip_hitchhiker.moments.rule import frame_cells, moment_from_weights
+from clip_hitchhiker.moments.rule import first_best, frame_cells, moment_from_weights
 from clip_hitchhiker.video.sampling import (fps_sample_times, fps_segment_edges,
                                       nearest_frame_indices)
 from query_scoring import queryscoring_frame_weights, similarity_queryscoring
@@ -92,6 +94,119 @@ def test_moment_unequal_cells_prefers_shorter_seconds():
     # together) and frames 1-2 (5.45 s) both reach 0.5 with the peak at frame 1.
     moment = moment_from_weights([0.3, 0.4, 0.3], [0.1, 1.0, 2.0], 6.0)
     assert moment == {"start": 0.0, "end": 1.5, "peak": 1.0}
+
+
+def test_moment_never_holds_less_than_the_mass_at_either_end():
+    """The run must hold the mass wherever it ends: [5, 6] holds 0.4 of this weight, not 0.5."""
+    times = [0.5, 1.5, 2.5, 3.5, 4.5, 5.5]
+    late = moment_from_weights([.1, .1, .1, .1, .2, .4], times, 6.0)
+    early = moment_from_weights([.4, .2, .1, .1, .1, .1], times, 6.0)
+    assert late == {"start": 4.0, "end": 6.0, "peak": 5.5}  # frames 4-5 hold 0.6
+    assert early == {"start": 0.0, "end": 2.0, "peak": 0.5}  # its mirror image
+    # The peak alone at either end holds 0.9: its own cell.
+    assert moment_from_weights([0, 0, 0, 0, 1, 9], times, 6.0) == {"start": 5.0, "end": 6.0,
+                                                                   "peak": 5.5}
+    assert moment_from_weights([9, 1, 0, 0, 0, 0], times, 6.0) == {"start": 0.0, "end": 1.0,
+                                                                   "peak": 0.5}
+    # A peak at the end with the rest spread: 0.3 + 0.1 + 0.1 reaches 0.5 in three cells.
+    assert moment_from_weights([.1, .1, .1, .1, .1, .1, .1, .3], times + [6.5, 7.5], 8.0) == {
+        "start": 5.0, "end": 8.0, "peak": 7.5}
+
+
+def test_a_cell_of_no_width_adds_weight_but_not_length():
+    # Cells [0, .75], [.75, 1.25], [1.25, 1.75], [1.75, 2], [2, 2] (two frames at the end).
+    # Frames 0-1, 1-3 and 1-4 all last 1.25 s; frames 1-4 hold the most (6 of 7).
+    moment = moment_from_weights([1, 3, 0, 1, 2], [0.5, 1, 1.5, 2, 2], 2.0)
+    assert moment == {"start": 0.75, "end": 2.0, "peak": 1.0}
+
+
+def brute_force_moment(weights, times, duration, mass):
+    """The rule as documented, over every run of cells in exact rational arithmetic (of the
+    float inputs): the runs that hold the first largest weight's frame and >= mass of the
+    weight; the shortest, then the heaviest, then the earliest."""
+    shares = [Fraction(w) for w in weights]
+    shares = [w / sum(shares) for w in shares]
+    end_of_video = Fraction(duration)
+    clipped = [min(max(Fraction(t), Fraction(0)), end_of_video) for t in times]
+    starts = [Fraction(0)] + [(a + b) / 2 for a, b in zip(clipped, clipped[1:])]
+    ends = starts[1:] + [end_of_video]
+    cumulative = [Fraction(0)]
+    for w in shares:
+        cumulative.append(cumulative[-1] + w)
+    peak = shares.index(max(shares))
+    runs = [(ends[last] - starts[first], -(cumulative[last + 1] - cumulative[first]), first,
+             last)
+            for first in range(peak + 1) for last in range(peak, len(shares))
+            if cumulative[last + 1] - cumulative[first] >= Fraction(mass)]
+    _, _, first, last = min(runs)
+    peak_time = min(max(Fraction(times[peak]), starts[first]), ends[last])
+    return {"start": float(starts[first]), "end": float(ends[last]), "peak": float(peak_time)}
+
+
+def weight_vectors(num_frames, rng):
+    """Random shares, small integers (ties and zeros), and hand-made shapes: uniform, a single
+    peak at every frame, equal peaks at both ends, and ramps up and down."""
+    vectors = [rng.dirichlet(np.ones(num_frames)) for _ in range(10)]
+    vectors += [rng.dirichlet(np.full(num_frames, 0.3)) for _ in range(4)]
+    vectors += [v for v in (rng.integers(0, 4, num_frames).astype(float) for _ in range(14))
+                if v.sum() > 0]
+    vectors.append(np.ones(num_frames))
+    vectors += [np.eye(num_frames)[i] + 0.05 for i in range(num_frames)]
+    ends = np.ones(num_frames)
+    ends[[0, -1]] = 5.0
+    ramp = np.arange(1.0, num_frames + 1)
+    return vectors + [ends, ramp, ramp[::-1].copy()]
+
+
+def frame_time_layouts(num_frames, rng):
+    """(times, duration): one frame a second; times on a quarter-second grid, some repeated
+    or past the end; five distinct times in a 2-s video (many cells of no width); random."""
+    grid = np.sort(rng.integers(0, 4 * num_frames + 3, num_frames)) / 4
+    crowded = np.sort(rng.integers(0, 5, num_frames)) / 2  # 0, 0.5, ..., 2 (the end)
+    return [(np.arange(num_frames) + 0.5, float(num_frames)), (grid, float(num_frames)),
+            (crowded, 2.0), (np.sort(rng.uniform(0, num_frames, num_frames)), float(num_frames))]
+
+
+@pytest.mark.parametrize("num_frames", range(1, 9))
+def test_moment_equals_brute_force_over_every_run(num_frames):
+    rng = np.random.default_rng(num_frames)
+    masses = (0.1, 0.3, 0.5, 0.7, 1.0, float(rng.uniform(0.05, 1)))
+    checked = 0
+    for weights in weight_vectors(num_frames, rng):
+        for times, duration in frame_time_layouts(num_frames, rng):
+            for mass in masses:
+                got = moment_from_weights(weights, times, duration, mass)
+                expected = brute_force_moment(weights, times, duration, mass)
+                assert got == pytest.approx(expected, abs=1e-12), (weights, times, mass)
+                checked += 1
+    assert checked >= 8 * 4 * 6
+
+
+@pytest.mark.parametrize("num_frames", range(1, 9))
+def test_moment_of_mirrored_weights_is_the_mirror_image(num_frames):
+    """Reversing the weights and the times mirrors the moment (random weights and times, so no
+    run ties with another and "the earliest" never decides)."""
+    rng = np.random.default_rng(100 + num_frames)
+    for _ in range(20):
+        weights = rng.dirichlet(np.ones(num_frames))
+        times = np.sort(rng.uniform(0, 10, num_frames))
+        for mass in (0.3, 0.5, 0.8):
+            moment = moment_from_weights(weights, times, 10.0, mass)
+            mirrored = moment_from_weights(weights[::-1], 10.0 - times[::-1], 10.0, mass)
+            assert mirrored == pytest.approx({"start": 10.0 - moment["end"],
+                                              "end": 10.0 - moment["start"],
+                                              "peak": 10.0 - moment["peak"]}, abs=1e-12)
+
+
+def test_rounding_does_not_decide_a_tie():
+    """Equal frames whose weights differ by rounding only (a softmax of equal cosines computed
+    in different orders) are equal: the peak is the earliest, the run the earliest."""
+    weights = np.full(10, 0.1)
+    weights[7] += 1e-15
+    weights[3] += 5e-16
+    assert moment_from_weights(weights, np.arange(10) + 0.5, 10.0) == {
+        "start": 0.0, "end": 5.0, "peak": 0.5}
+    assert first_best([0.5, 0.5 + 1e-12, 0.2]) == 0 and first_best([0.5, 0.6, 0.6]) == 1
 
 
 def test_moment_refuses_bad_weights():

@@ -1,4 +1,4 @@
-"""Search at scale, in miniature: the codes (format version 2) in the manifest and their error
+"""Search at scale, in miniature: the codes (format version 3) in the manifest and their error
 bounds, stage 2's finalists against the exhaustive search (recall and scores to the bit), reads
 of one pread per finalist, the upgrade of a version 1 index (equal to a fresh build, also after a
 kill -9), memory bounded whatever the longest video, and stage-1 ids past 524 288 frames."""
@@ -53,7 +53,7 @@ def clustered_videos(count, topics, seed=0, frames=(6, 21), first=0):
 
 def encoded(path, frames):
     count = len(frames)
-    return EncodedVideo(path, {"size": 0, "mtime_ns": 0, "sha256": ""},
+    return EncodedVideo(path, {"size": 0, "mtime_ns": 0, "inode": 0, "ctime_ns": 0, "sha256": ""},
                         np.asarray(frames, np.float16), [i + 0.5 for i in range(count)],
                         list(range(count)), float(count))
 
@@ -64,7 +64,7 @@ def build(folder, videos, per_commit=None, stage1=None, config=CONFIG):
         per_commit = per_commit or len(videos)
         for start in range(0, len(videos), per_commit):
             writer.commit([write_videos(folder, videos[start:start + per_commit],
-                                        writer.generation + 1)])
+                                        writer.reserve())])
     finally:
         writer.close()
     return VideoIndex.open(folder)
@@ -98,7 +98,7 @@ def dense_index(tmp_path_factory):
 def test_codes_are_files_of_the_manifest_with_sizes_and_digests(dense_index):
     manifest, folder = dense_index.manifest, dense_index.folder
     codes = manifest["codes"]
-    assert manifest["version"] == fmt.VERSION == 2
+    assert manifest["version"] == fmt.VERSION == 3
     assert manifest["stage1"]["params"]["segment_bits"] == 32
     named = {codes["codebook"], codes["mean_range"]} | {c for c, _ in codes["frames"].values()} \
         | {c for c, _ in codes["means"].values()}
@@ -226,9 +226,11 @@ def contents(folder):
     return per_path, codec, codes and codes["error_step"], stage1, index.manifest["version"]
 
 
-def test_a_version_1_index_opens_and_is_upgraded_to_equal_a_fresh_build(tmp_path):
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_index_opens_and_is_upgraded_to_equal_a_fresh_build(tmp_path, version):
+    """Versions 1 and 2: no codes, 16-bit segment numbers in stage 1's ids."""
     videos = clustered_videos(600, 6)
-    write_v1_index(tmp_path / "old", CONFIG, videos)
+    write_v1_index(tmp_path / "old", CONFIG, videos, version=version)
     old = VideoIndex.open(tmp_path / "old")
     assert old._codes is None and old.segment_bits == 16
     texts = queries(6, 6)
@@ -245,10 +247,11 @@ def test_a_version_1_index_opens_and_is_upgraded_to_equal_a_fresh_build(tmp_path
     finally:
         writer.close()
     upgraded, fresh = contents(tmp_path / "old"), contents(tmp_path / "fresh")
-    assert upgraded[-1] == 2 and upgraded[1] is not None
+    assert upgraded[-1] == fmt.VERSION == 3 and upgraded[1] is not None
     assert upgraded == fresh
     manifest = json.loads((tmp_path / "old" / fmt.MANIFEST).read_text())
-    assert sorted(os.listdir(tmp_path / "old")) == sorted([fmt.MANIFEST, *manifest["files"]])
+    assert sorted(os.listdir(tmp_path / "old")) == sorted([fmt.MANIFEST, fmt.JOURNAL,
+                                                           *manifest["files"]])
 
 
 UPGRADE = textwrap.dedent("""
@@ -272,7 +275,7 @@ def upgrade_in_a_process(folder, pause=None, signal_file=None):
                             env=env, cwd=REPO, stderr=subprocess.PIPE)
 
 
-@pytest.mark.parametrize("point", ["codes", "manifest"])
+@pytest.mark.parametrize("point", ["codes", "manifest", "cleanup"])
 def test_kill_9_during_the_upgrade_then_a_rerun_equals_a_clean_build(tmp_path, point):
     videos = clustered_videos(600, 6)
     write_v1_index(tmp_path / "old", CONFIG, videos)
@@ -286,14 +289,17 @@ def test_kill_9_during_the_upgrade_then_a_rerun_equals_a_clean_build(tmp_path, p
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
     process.stderr.close()
-    assert contents(tmp_path / "old") == before  # still the version 1 index, usable
+    if point != "cleanup":  # killed before its manifest: still the version 1 index, usable
+        assert contents(tmp_path / "old") == before
+    assert VideoIndex.open(tmp_path / "old").search_embeddings(queries(6, 6), k=5, exact=True)
     rerun = upgrade_in_a_process(tmp_path / "old")
     assert rerun.wait(timeout=300) == 0, rerun.stderr.read()[-2000:]
     rerun.stderr.close()
     build(tmp_path / "fresh", videos)
     assert contents(tmp_path / "old") == contents(tmp_path / "fresh")
     manifest = json.loads((tmp_path / "old" / fmt.MANIFEST).read_text())
-    assert sorted(os.listdir(tmp_path / "old")) == sorted([fmt.MANIFEST, *manifest["files"]])
+    assert sorted(os.listdir(tmp_path / "old")) == sorted([fmt.MANIFEST, fmt.JOURNAL,
+                                                           *manifest["files"]])
 
 
 # ----------------------------------------------------------------------------------------------

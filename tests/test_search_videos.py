@@ -15,7 +15,8 @@ import pytest
 import search_videos
 from clip_hitchhiker.search import index_format as fmt
 from clip_hitchhiker.errors import VideoIndexError
-from clip_hitchhiker.search.index_writer import IndexWriter, fingerprint, list_videos
+from clip_hitchhiker.search.index_writer import IndexWriter, fingerprint
+from clip_hitchhiker.search.video_listing import list_videos
 from clip_hitchhiker.search.video_index import VideoIndex
 from tests import search_synthetic
 
@@ -59,9 +60,11 @@ def contents(folder):
 
 
 def assert_only_committed_files(folder):
-    """No temporary, superseded or crashed run's file is left: only what the manifest names."""
+    """No temporary, superseded or crashed run's file is left: only what the manifest names, and
+    the journal, which records nothing pending."""
     manifest = json.loads((Path(folder) / fmt.MANIFEST).read_text())
-    assert sorted(os.listdir(folder)) == sorted([fmt.MANIFEST, *manifest["files"]])
+    assert sorted(os.listdir(folder)) == sorted([fmt.MANIFEST, fmt.JOURNAL, *manifest["files"]])
+    assert fmt.read_journal(folder) == []
 
 
 def iou(a, b):
@@ -105,7 +108,7 @@ def test_cli_table_json_thumbnails_and_queries_file(colour_data, tmp_path, capsy
     report = run("search", "--index", colour_data["index"], "--queries", queries, "-k", 2,
                  "--json", "--thumbnails", tmp_path / "thumbs")
     printed = json.loads(capsys.readouterr().out)
-    assert printed == json.loads(json.dumps(report))
+    assert printed == json.loads(json.dumps(search_videos.rounded_for_print(report)))
     assert [q["query"] for q in printed["queries"]] == ["a red video", "a blue video"]
     hit = printed["queries"][0]["hits"][0]
     assert set(hit) >= {"rank", "video", "score", "start", "end", "peak", "thumbnail"}
@@ -133,7 +136,7 @@ def test_mean_aggregate_ranks_by_mean_pooling(colour_data):
 
 
 def test_info_reports_model_sampling_times_and_verifies(colour_data, capsys):
-    info = run("info", "--index", colour_data["index"], "--verify", "--json")
+    info = run("info", "--index", colour_data["index"], "--verify", "--json", "--times")
     assert info["num_videos"] == 10 and info["config"]["sampling"] == {
         "rule": "fps", "fps": 1.0, "max_frames": None}
     red = next(v for v in info["videos"] if v["video"].endswith("red.mp4"))
@@ -172,19 +175,24 @@ def test_add_change_delete_and_prune_equal_a_fresh_build(colour_data, tmp_path, 
 
 
 def test_a_same_size_edit_that_keeps_the_mtime_is_a_change(tmp_path):
+    """touch -r: the size and the mtime restored, the content not; the ctime tells."""
     video = tmp_path / "v.mp4"
     video.write_bytes(b"abc")
     before = fingerprint(video)
+    time.sleep(0.01)
     video.write_bytes(b"abd")
     os.utime(video, ns=(before["mtime_ns"], before["mtime_ns"]))
     after = fingerprint(video)
     assert (after["size"], after["mtime_ns"]) == (before["size"], before["mtime_ns"])
     writer = IndexWriter(tmp_path / "index", {"embed_dim": 4})
     try:
-        writer.table["path"], writer.table["size"] = [str(video)], [before["size"]]
-        writer.table["mtime_ns"], writer.table["sha256"] = [before["mtime_ns"]], [before["sha256"]]
-        assert writer.plan({str(video): before}, prune=False) == ([], [])
-        assert writer.plan({str(video): after}, prune=False) == ([str(video)], [])
+        for key in ("path", "size", "mtime_ns", "inode", "ctime_ns", "sha256"):
+            writer.table[key] = [str(video) if key == "path" else before[key]]
+        plan = writer.plan([str(video)])
+        assert (plan["to_encode"], plan["up_to_date"]) == ([str(video)], 0)
+        writer.table["ctime_ns"] = [after["ctime_ns"]]
+        writer.table["sha256"] = [after["sha256"]]
+        assert writer.plan([str(video)])["up_to_date"] == 1
     finally:
         writer.close()
 
@@ -196,7 +204,7 @@ def test_paths_may_be_files_folders_and_lists(tmp_path):
     (tmp_path / "list.txt").write_text("w.avi\n\n")
     (tmp_path / "list.csv").write_text("video_path,caption\nz.webm,a caption\n")
     found = list_videos([tmp_path / "a", tmp_path / "list.txt", tmp_path / "list.csv",
-                         tmp_path / "z.webm"])
+                         tmp_path / "z.webm"]).videos
     assert found == sorted(str((tmp_path / n).resolve())
                            for n in ["a/x.mp4", "a/deep/y.MKV", "z.webm", "w.avi"])
 
@@ -239,7 +247,8 @@ def test_other_sampling_or_model_is_refused_in_one_line(colour_data, tmp_path, c
     with open(other, "ab") as f:
         f.write(b"\0")  # another file: another model id
     code, err = cli_error(capsys, *base, "--model", other)
-    assert code == 1 and err.count("\n") == 1 and "model_id" in err
+    assert code == 1 and err.count("\n") == 1 and f"this run has {other} (sha256:" in err
+    assert f"built with the model {colour_data['model']} (sha256:" in err
 
 
 # ----------------------------------------------------------------------------------------------
@@ -281,14 +290,17 @@ def six_videos(colour_data, tmp_path_factory):
     return folder / "videos", contents(folder / "clean")
 
 
-@pytest.mark.parametrize("point", ["video:3", "shard:2", "manifest:2"])
+@pytest.mark.parametrize("point, committed_videos", [
+    ("video:3", 2), ("shard:2", 2), ("manifest:2", 2),
+    ("cleanup:2", 4)])  # after the second manifest, before the files it superseded are removed
 def test_kill_9_then_the_next_run_equals_a_clean_build(colour_data, six_videos, tmp_path,
-                                                       point):
+                                                       point, committed_videos):
     videos, clean = six_videos
     index = tmp_path / "index"
     kill_9(start_paused(videos, index, colour_data["model"], point, tmp_path))
     committed = contents(index)  # the last commit: usable, and a subset of the clean build
-    assert len(committed) == 2 and all(clean[p] == c for p, c in committed.items())
+    assert len(committed) == committed_videos
+    assert all(clean[p] == c for p, c in committed.items())
     run("index", videos, "--index", index, "--model", colour_data["model"])
     assert contents(index) == clean
     assert_only_committed_files(index)
@@ -443,3 +455,37 @@ def test_keyframes_indexes_the_nearest_key_frames_at_their_true_times(colour_dat
     assert code == 1 and err.count("\n") == 1 and "sampling" in err
     code, err = cli_error(capsys, *base, "--keyframes", "--num_frames", 4)
     assert code == 2 and "--keyframes samples by time (--fps); it takes no --num_frames" in err
+
+
+def write_offset_transport_stream(path, num_frames=40, fps=4, first_pts=20):
+    """An MPEG-TS video whose first frame is at first_pts / fps seconds (5 s), as transport
+    streams and some WebM files start: frame i at (first_pts + i) / fps."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(path), "w", format="mpegts") as container:
+        stream = container.add_stream("mpeg2video", rate=fps)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = Fraction(1, fps)
+        for i in range(num_frames):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 8 * i % 256, np.uint8),
+                                               format="rgb24")
+            frame.pts, frame.time_base = first_pts + i, Fraction(1, fps)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.mark.parametrize("sampling", [{"rule": "uniform", "num_frames": 5},
+                                      {"rule": "fps", "fps": 1.0, "max_frames": None}])
+def test_frame_times_count_from_the_first_frame_under_either_sampling_rule(tmp_path, sampling):
+    """A stream that starts at 5 s: every rule stores seconds from its first frame, so that the
+    moments fall inside [0, duration] where the player shows them."""
+    path = tmp_path / "late_start.ts"
+    write_offset_transport_stream(path)
+    _, info = search_videos.decode_video(str(path), sampling, "pyav")
+    assert info["duration"] == 10.0
+    assert info["times"] == [i / 4 for i in info["indices"]]

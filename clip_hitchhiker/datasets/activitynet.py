@@ -5,13 +5,14 @@ The captions come from the public annotation zip (val_1.json: video id -> durati
 sentences). The videos have no stable public host: pass --video_root, a folder of
 v_<id>.mp4 / .mkv / .webm files.
 """
-import json
 import os
 from pathlib import Path
 
 import pandas as pd
 
-from clip_hitchhiker.downloads import fetch_and_extract
+from clip_hitchhiker.datasets import DatasetEntry, UrlOption, register
+from clip_hitchhiker.datasets.local_files import read_json, videos_dataset_id, videos_missing
+from clip_hitchhiker.downloads import COMPLETE_MARKER, fetch_and_extract
 from clip_hitchhiker.errors import DatasetError
 from data_loader import VideoDataset
 
@@ -38,13 +39,8 @@ def load_paragraphs(path):
 def read_annotations(path):
     """A split's annotation file (val_1.json...), checked: a non-empty JSON object.
     returns: {video id: entry}, entries unchecked (see entry_sentences)."""
-    try:
-        annotations = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise DatasetError(f"missing {path}; download the ActivityNet Captions annotations "
-                           "(the default) or set --data_root") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path} is not JSON ({e})") from e
+    annotations = read_json(path, "download the ActivityNet Captions annotations (the default) "
+                                  "or set --data_root")
     if not isinstance(annotations, dict):
         raise DatasetError(f"{path} should map each video id to its timestamps and sentences "
                            f"(a JSON object), got a {type(annotations).__name__}; is it the "
@@ -99,7 +95,22 @@ def find_video(video_root, video_id):
     return None
 
 
-class ActivityNetCaptionsDataset(VideoDataset):
+class ParagraphQueries:
+    """The texts of paragraph queries (a mixin before VideoDataset): self.paragraphs maps each
+    video id to its sentences, in order; self.paragraph "concat" encodes the queries' captions
+    (the sentences joined), "mean" each sentence, averaged per query by the encoder."""
+
+    def text_rows(self):
+        if self.paragraph == "concat":
+            return super().text_rows()
+        texts, queries = [], []
+        for query, video_id in enumerate(self.video_ids):
+            texts += self.paragraphs[video_id]
+            queries += [query] * len(self.paragraphs[video_id])
+        return texts, queries
+
+
+class ActivityNetCaptionsDataset(ParagraphQueries, VideoDataset):
     """Paragraph-to-video retrieval on a split of ActivityNet Captions.
 
     paragraph: "concat" joins the sentences into one caption (cut to the text encoder's
@@ -124,7 +135,7 @@ class ActivityNetCaptionsDataset(VideoDataset):
             download_activitynet_captions(data_root, url, progress)
         self.paragraphs = load_paragraphs(Path(data_root) / "ActivityNetCaptions" /
                                           f"{split}.json")
-        self.paragraph = paragraph
+        self.paragraph, self.video_root = paragraph, video_root
         video_ids = list(self.paragraphs)
         paths = [find_video(video_root, v) for v in video_ids]
         self.missing = [v for v, p in zip(video_ids, paths) if p is None]
@@ -137,11 +148,40 @@ class ActivityNetCaptionsDataset(VideoDataset):
                                 "caption": [" ".join(self.paragraphs[v]) for v in video_ids]})
         super().__init__(video_ids, paths, queries, preprocess, num_frames, on_error)
 
-    def text_rows(self):
-        if self.paragraph == "concat":
-            return super().text_rows()
-        texts, queries = [], []
-        for query, video_id in enumerate(self.video_ids):
-            texts += self.paragraphs[video_id]
-            queries += [query] * len(self.paragraphs[video_id])
-        return texts, queries
+
+# ----------------------------------------------------------------------------------------------
+# Registry entry
+
+
+def build_activitynet(preprocess, num_frames, request):
+    """The ActivityNet Captions entry's build: see clip_hitchhiker.datasets.DatasetEntry."""
+    split = request.split or ACTIVITYNET_SPLITS[0]
+    built = ActivityNetCaptionsDataset(
+        preprocess, num_frames, request.video_root, split=split, data_root=request.data_root,
+        paragraph=request.paragraph, download=request.download, url=request.urls["activitynet"],
+        check_files=request.check_files, on_error="report", progress=request.download)
+    return built, videos_dataset_id("activitynet", split, request.video_root)
+
+
+def activitynet_missing(data_root, video_root=None):
+    """What the suite must fetch before it can run ActivityNet Captions, or None."""
+    if not (Path(data_root) / "ActivityNetCaptions" / COMPLETE_MARKER).is_file():
+        return (f"the ActivityNet Captions annotations are not in {data_root}: run `python "
+                f"run_msr_retrieval.py --dataset activitynet --data_root {data_root} "
+                "--video_root VIDEOS` once to download them")
+    return videos_missing("ActivityNet", video_root, ACTIVITYNET_VIDEO_FOLDER, data_root,
+                          "fetch them from the ActivityNet challenge's request form "
+                          "(activity-net.org/download.html) as v_<id>.mp4/.mkv/.webm")
+
+
+ACTIVITYNET_VIDEO_FOLDER = "ActivityNet/videos"
+
+register(DatasetEntry(
+    name="activitynet", title="ActivityNet Captions", task="retrieval",
+    splits=ACTIVITYNET_SPLITS,
+    queries="paragraph-to-video: each video is one query, its sentences in timestamp order "
+            "(--paragraph concat or mean)", metric="recall", build=build_activitynet,
+    folders=("ActivityNetCaptions",), video_folder=ACTIVITYNET_VIDEO_FOLDER,
+    urls=(UrlOption("activitynet", ACTIVITYNET_CAPTIONS_URL,
+                    "where to download the ActivityNet Captions annotation zip"),),
+    missing=activitynet_missing, counts={"val_1": {"videos": 4917, "queries": 4917}}))

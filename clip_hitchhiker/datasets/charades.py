@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from clip_hitchhiker.downloads import fetch_and_extract
+from clip_hitchhiker.datasets import DatasetEntry, Reference, UrlOption, register
+from clip_hitchhiker.downloads import COMPLETE_MARKER, fetch_and_extract
 from clip_hitchhiker.errors import DatasetError
 from data_loader import VideoDataset
 
@@ -96,23 +97,39 @@ def load_charades_split(path, class_ids):
     return video_ids, labels
 
 
-class CharadesDataset(VideoDataset):
-    """Charades test videos for classification: each class is a text query, made from the
-    prompt templates ("{}" is replaced by the class name; several templates are averaged)."""
+def check_prompts(prompts):
+    """ValueError unless prompts holds templates that each take one class name."""
+    if not prompts:
+        raise ValueError("prompts must hold at least one template")
+    for prompt in prompts:
+        problem = prompt_template_problem(prompt)
+        if problem:
+            raise ValueError(f"prompt {prompt!r} {problem}")
+
+
+class ClassNameQueries:
+    """The texts of classification queries (a mixin before VideoDataset): each of
+    self.class_names filled into every template of self.prompts; a class's query is the mean
+    of its prompts' unit embeddings (CLIP's prompt ensembling)."""
 
     task = "classification"
+
+    def text_rows(self):
+        texts = [p.format(name) for name in self.class_names for p in self.prompts]
+        classes = [c for c in range(len(self.class_names)) for _ in self.prompts]
+        return texts, classes
+
+
+class CharadesDataset(ClassNameQueries, VideoDataset):
+    """Charades test videos for classification: each class is a text query, made from the
+    prompt templates ("{}" is replaced by the class name; several templates are averaged)."""
 
     def __init__(self, preprocess, num_frames, split="test", data_root="./data",
                  prompts=("{}",), download=True, annotations_url=CHARADES_ANNOTATIONS_URL,
                  videos_url=CHARADES_VIDEOS_URL, on_error="raise", progress=True):
         if split not in CHARADES_SPLITS:
             raise ValueError(f"Charades split must be one of {CHARADES_SPLITS}, got {split!r}")
-        if not prompts:
-            raise ValueError("prompts must hold at least one template")
-        for prompt in prompts:
-            problem = prompt_template_problem(prompt)
-            if problem:
-                raise ValueError(f"prompt {prompt!r} {problem}")
+        check_prompts(prompts)
         if download:
             download_charades(data_root, annotations_url, videos_url, progress)
         root = Path(data_root)
@@ -125,11 +142,6 @@ class CharadesDataset(VideoDataset):
                                 "caption": self.class_names})
         super().__init__(video_ids, [root / "Charades_v1_480" / f"{v}.mp4" for v in video_ids],
                          queries, preprocess, num_frames, on_error)
-
-    def text_rows(self):
-        texts = [p.format(name) for name in self.class_names for p in self.prompts]
-        classes = [c for c in range(len(self.class_names)) for _ in self.prompts]
-        return texts, classes
 
 
 def charades_map(scores, labels):
@@ -168,3 +180,43 @@ def charades_map(scores, labels):
     if np.isnan(ap).all():
         raise ValueError("no class has a positive video: mAP is undefined")
     return float(np.nanmean(ap)), ap
+
+
+# ----------------------------------------------------------------------------------------------
+# Registry entry
+
+
+def build_charades(preprocess, num_frames, request):
+    """The Charades entry's build: see clip_hitchhiker.datasets.DatasetEntry."""
+    split = request.split or CHARADES_SPLITS[0]
+    built = CharadesDataset(preprocess, num_frames, split=split, data_root=request.data_root,
+                            prompts=request.prompts, download=request.download,
+                            annotations_url=request.urls["charades_annotations"],
+                            videos_url=request.urls["charades"], on_error="report",
+                            progress=request.download)
+    return built, {"dataset": "charades", "split": split}
+
+
+def charades_missing(data_root, video_root=None):
+    """What the suite must fetch before it can run Charades, or None when it is on disk."""
+    folders = [Path(data_root) / name for name in ("Charades", "Charades_v1_480")]
+    absent = [str(f) for f in folders if not (f / COMPLETE_MARKER).is_file()]
+    if not absent:
+        return None
+    return (f"Charades is not complete in {', '.join(absent)}: run `python run_msr_retrieval.py "
+            f"--dataset charades --data_root {data_root}` once to download it")
+
+
+register(DatasetEntry(
+    name="charades", title="Charades", task="classification", splits=CHARADES_SPLITS,
+    queries="each of the 157 classes is a query, its name filled into --prompt templates; a "
+            "video's labels are the classes in its actions field", metric="mAP",
+    build=build_charades, folders=("Charades", "Charades_v1_480"),
+    urls=(UrlOption("charades", CHARADES_VIDEOS_URL,
+                    "where to download the Charades 480p video zip"),
+          UrlOption("charades_annotations", CHARADES_ANNOTATIONS_URL,
+                    "where to download the Charades annotation zip")),
+    missing=charades_missing,
+    references=(Reference("Bain et al. 2022 (arXiv 2205.08508)", "ViT-B/16", "32",
+                          "query-scoring", {"mAP": 21.1}),),
+    counts={"test": {"videos": 1863, "queries": 157}}))

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from urllib.parse import urlparse
 
+from clip_hitchhiker.datasets import DatasetEntry, register
 from clip_hitchhiker.downloads import download_file
 from clip_hitchhiker.errors import DatasetError
 
@@ -96,3 +97,10 @@ def check_time(value, where):
     if isinstance(value, bool) or not (math.isfinite(seconds) and seconds >= 0):
         raise DatasetError(f"{where}: {value!r} is not a time in seconds (a number >= 0)")
     return seconds
+
+
+register(DatasetEntry(
+    name="charades_sta", title="Charades-STA", task="moments", splits=("test",),
+    queries="each sentence is a query, localised in its own video (docs/moments.md)",
+    metric="moments", folders=(CHARADES_STA_FOLDER, "Charades_v1_480"), in_suite=False,
+    counts={"test": {"videos": 1334, "queries": 3720}}))

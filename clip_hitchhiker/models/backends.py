@@ -3,7 +3,9 @@
 
 load_model gives a LoadedModel: the module, its preprocessing Compose (from which
 data_loader.FramePreprocess takes its numbers), its own tokenizer, which cuts captions to its
-own context, an id for the cache key and a description for the JSON report.
+own context, an id for the cache key and a description for the JSON report. model_id_of gives
+that id without loading the model, and content_id puts the ids of the same weights (OpenAI's
+ViT-B/16 by name, or its downloaded file) in one form, so that a moved file is still its model.
 """
 import logging
 import os
@@ -12,8 +14,8 @@ from typing import Callable
 
 import torch
 
-from clip_hitchhiker.models.clip_models import _is_torchscript, load_clip_model
-from clip_hitchhiker.downloads import sha256_file
+from clip_hitchhiker.models.clip_models import _is_torchscript, file_model_id, load_clip_model
+from clip_hitchhiker.downloads import sha256_file_once
 from clip_hitchhiker.errors import ConfigError, ModelLoadError
 
 BACKENDS = ("clip", "open_clip")
@@ -43,6 +45,12 @@ class LoadedModel:
     def encode_text(self, captions, device):
         """captions: list of str. returns: [len(captions), D] in the model's dtype."""
         return self.module.encode_text(self.tokenize(captions).to(device))
+
+    def tokenless(self, captions):
+        """One bool per caption: True where the tokenizer leaves no token between the start and
+        end tokens (it drops every character), i.e. the caption tokenises as "" does."""
+        tokens = self.tokenize(list(captions) + [""])  # [N + 1, context_length]
+        return (tokens[:-1] == tokens[-1]).all(dim=1).tolist()
 
     def count_truncated(self, captions):
         """How many captions are longer than the context and get cut."""
@@ -87,7 +95,11 @@ def _load_with_clip(name, device, download_root):
 
 def _load_with_open_clip(architecture, pretrained, device, download_root):
     open_clip = _import_open_clip()
-    architecture = architecture.replace("/", "-")  # clip's ViT-B/16 is open_clip's ViT-B-16
+    if os.path.isfile(architecture):
+        raise ModelLoadError(f"--model {architecture} is a file; with --backend open_clip, "
+                             "--model names the architecture (ViT-B-16, ...) and --pretrained "
+                             f"the weights: --model ARCHITECTURE --pretrained {architecture}")
+    architecture = open_clip_architecture(architecture)
     precision = "fp16" if device.type == "cuda" else "fp32"  # as clip.load does
     if os.path.isfile(pretrained) and _is_torchscript(pretrained):
         module = open_clip.openai.load_openai_model(pretrained, precision=precision, device=device)
@@ -107,12 +119,66 @@ def _load_with_open_clip(architecture, pretrained, device, download_root):
                                                   precision, device, download_root)
         tokenizer_name = architecture
     tokenizer = open_clip.get_tokenizer(tokenizer_name)
-    weights = f"sha256:{sha256_file(pretrained)}" if os.path.isfile(pretrained) else pretrained
+    model_id = model_id_of("open_clip", architecture, pretrained)
     return LoadedModel(
         module.eval(), preprocess, tokenize=tokenizer, count_tokens=_token_counter(tokenizer),
-        context_length=tokenizer.context_length,
-        model_id=f"open_clip:{architecture}:{weights}",
-        info={"backend": "open_clip", "architecture": architecture, "pretrained": weights})
+        context_length=tokenizer.context_length, model_id=model_id,
+        info={"backend": "open_clip", "architecture": architecture,
+              "pretrained": model_id.split(":", 2)[2]})
+
+
+def open_clip_architecture(name):
+    """open_clip's name for an architecture that clip names its own way (ViT-B/16 is ViT-B-16,
+    ViT-L/14@336px is ViT-L-14-336); any other name as it is."""
+    import clip
+
+    if name in clip.available_models():
+        return name.replace("/", "-").replace("@336px", "-336")
+    return name
+
+
+# ----------------------------------------------------------------------------------------------
+# Which weights
+
+
+def model_id_of(backend, model, pretrained=None):
+    """The model_id that load_model gives these arguments, without loading the model (a weights
+    file is hashed): clip's model name, "sha256:<digest>" of a clip checkpoint, or
+    "open_clip:<architecture>:<tag or sha256:digest>"."""
+    if backend == "clip":
+        return file_model_id(model) if os.path.isfile(model) else model
+    pretrained = pretrained or "openai"
+    if not os.path.isfile(pretrained):
+        return f"open_clip:{open_clip_architecture(model)}:{pretrained}"
+    # An OpenAI TorchScript file carries its own architecture, whatever --model says.
+    architecture = ("openai-format file" if _is_torchscript(pretrained)
+                    else open_clip_architecture(model))
+    return f"open_clip:{architecture}:sha256:{sha256_file_once(pretrained)}"
+
+
+def content_id(model_id):
+    """model_id with clip's model names as "sha256:<digest>" of the file clip downloads for them
+    (clip checks the download against that digest), so that the same weights by name or by file
+    compare equal. Every other id as it is."""
+    import clip
+
+    if model_id in clip.available_models():
+        return f"sha256:{clip.clip._MODELS[model_id].split('/')[-2]}"
+    return model_id
+
+
+def weights_digest(model_id):
+    """The sha256 of the weights file behind model_id, or None (an open_clip tag)."""
+    identity = content_id(model_id)
+    return identity.rsplit("sha256:", 1)[1] if "sha256:" in identity else None
+
+
+def describe_model(backend, model, pretrained, model_id):
+    """The model by name and digest, for messages: "/x/colour.pt (sha256:...)",
+    "ViT-B/16 (sha256:...)", "open_clip ViT-B-16 --pretrained laion2b_s34b_b88k"."""
+    name = model if backend == "clip" else f"open_clip {model} --pretrained {pretrained}"
+    digest = weights_digest(model_id)
+    return f"{name} (sha256:{digest})" if digest else name
 
 
 def _create_open_clip(open_clip, architecture, pretrained, precision, device, download_root):

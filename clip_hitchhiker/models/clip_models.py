@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from clip_hitchhiker.downloads import sha256_file
+from clip_hitchhiker.downloads import sha256_file_once
 from clip_hitchhiker.embedding_cache import cache_content
 from clip_hitchhiker.errors import EmbeddingError, ModelLoadError
 from clip_hitchhiker.torchrun import all_gather_json, all_gather_rows, collective_step, shard
@@ -34,7 +34,7 @@ def load_clip_model(name_or_path, device, download_root=None):
         if os.path.getsize(name_or_path) == 0:
             raise ModelLoadError(f"--model {name_or_path} is an empty file; pass a CLIP "
                                  "checkpoint (TorchScript or state dict)")
-        model_id = f"sha256:{sha256_file(name_or_path)}"
+        model_id = file_model_id(name_or_path)
         if _is_torchscript(name_or_path):
             model, preprocess = _load_torchscript_checkpoint(name_or_path, device)
         else:
@@ -52,6 +52,11 @@ def load_clip_model(name_or_path, device, download_root=None):
                              f"Fetch {url} on a machine with internet and pass the file with "
                              f"--model /path/to/{os.path.basename(url)}") from e
     return model.eval(), preprocess, name_or_path
+
+
+def file_model_id(path):
+    """The model id of a checkpoint file: "sha256:<its digest>"."""
+    return f"sha256:{sha256_file_once(path)}"
 
 
 def _is_torchscript(path):

@@ -16,17 +16,21 @@ PREPROCESS_ON = ("auto", "workers", "device")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
-def add_model_arguments(parser, *, download_root=True):
+def add_model_arguments(parser, *, download_root=True, index_defaults=False):
     """--backend, --model, --pretrained, (--download_root), --device, --num_workers, --antialias,
-    --preprocess_on, --decoder, --decode_on, as one argument group."""
+    --preprocess_on, --decoder, --decode_on, as one argument group. index_defaults: --backend
+    and --model default to None, for the search index's own model to fill in."""
     group = parser.add_argument_group("model and preprocessing")
     add = group.add_argument
-    add("--backend", default="clip", choices=BACKENDS,
-        help="the CLIP library: clip (OpenAI's, the release's; default) or open_clip (any "
-             "open_clip model)")
-    add("--model", default="ViT-B/16",
+    default = ("default: the index's own model; for a new index, clip's ViT-B/16"
+               if index_defaults else None)
+    add("--backend", default=None if index_defaults else "clip", choices=BACKENDS,
+        help="the CLIP library: clip (OpenAI's, the release's) or open_clip (any open_clip "
+             f"model) ({default or 'default clip'})")
+    add("--model", default=None if index_defaults else "ViT-B/16",
         help="clip: a clip.available_models() name or a checkpoint file (TorchScript or state "
-             "dict); open_clip: an architecture such as ViT-B-16 (default ViT-B/16)")
+             "dict); open_clip: an architecture such as ViT-B-16 "
+             f"({default or 'default ViT-B/16'})")
     add("--pretrained", default=None, metavar="TAG_OR_FILE",
         help="open_clip only: a pretrained tag (openai, laion2b_s34b_b88k, ...) or a local "
              "weights file (default openai)")
@@ -72,7 +76,7 @@ def check_model_arguments(parser, args):
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.num_workers < 0:
         parser.error(f"--num_workers must be >= 0, got {args.num_workers}")
-    if args.pretrained is not None and args.backend != "open_clip":
+    if args.pretrained is not None and args.backend not in ("open_clip", None):
         parser.error("--pretrained is for --backend open_clip; with clip, --model names the "
                      "weights")
     decode_on = getattr(args, "decode_on", "cpu")

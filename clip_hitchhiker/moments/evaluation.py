@@ -22,7 +22,7 @@ R@1 and mIoU are percentages over the queries.
 """
 import numpy as np
 
-from clip_hitchhiker.moments.rule import frame_cells
+from clip_hitchhiker.moments.rule import TIE_TOLERANCE, first_best, frame_cells
 
 __all__ = ["IOU_THRESHOLDS", "WINDOW_FRACTIONS", "best_frame_window", "centred_window",
            "clip_to_video", "interval_iou", "moment_metrics", "per_query_columns",
@@ -103,8 +103,10 @@ def centred_window(duration, length):
 def best_frame_window(frame_scores, frame_times, duration, length):
     """A fixed-length window centred on the best-scoring frame, shifted to lie in the video.
 
-    frame_scores: [F] text-frame similarities (the first maximum wins); frame_times: [F]
-    seconds; length: seconds (cut to the duration). returns: (start, end) seconds.
+    frame_scores: [F] text-frame similarities; of equally good frames (within
+    moments.rule.TIE_TOLERANCE, so that rounding does not choose) the earliest wins;
+    frame_times: [F] seconds; length: seconds (cut to the duration). returns: (start, end)
+    seconds.
     """
     scores = np.asarray(frame_scores, dtype=np.float64)
     if scores.shape != np.shape(frame_times) or len(scores) == 0:
@@ -112,7 +114,7 @@ def best_frame_window(frame_scores, frame_times, duration, length):
                          "must be the same non-empty shape")
     duration = float(duration)
     length = min(float(length), duration)
-    peak = float(np.clip(frame_times[int(np.argmax(scores))], 0.0, duration))
+    peak = float(np.clip(frame_times[first_best(scores)], 0.0, duration))
     start = min(max(peak - length / 2, 0.0), duration - length)
     return start, start + length
 
@@ -127,8 +129,9 @@ def sliding_window_moments(text_embeds, frame_embeds, frame_times, duration,
     (each rounded to a whole number of frames, at least 1). A window's score is the cosine of
     the text with the mean of its frames (query_scoring.similarity_meanpooling); its moment
     runs from its first frame's cell start to its last frame's cell end (moments.frame_cells).
-    Ties go to the shorter window, then the earlier. returns: (moments [T, 2] seconds,
-    scores [T]).
+    Windows whose scores are within moments.rule.TIE_TOLERANCE of the best tie (rounding must
+    not choose among equal frames); ties go to the shorter window, then the earlier.
+    returns: (moments [T, 2] seconds, scores [T] of the chosen windows).
     """
     frames = np.asarray(frame_embeds, dtype=np.float64)
     texts = np.asarray(text_embeds, dtype=np.float64)
@@ -139,19 +142,24 @@ def sliding_window_moments(text_embeds, frame_embeds, frame_times, duration,
     if not fractions or any(not (0 < f <= 1) for f in fractions):
         raise ValueError(f"window fractions must be in (0, 1], got {fractions}")
     starts, ends = frame_cells(frame_times, duration)
-    text_units = texts / np.maximum(np.linalg.norm(texts, axis=1, keepdims=True), 1e-12)
-    prefix = np.concatenate([np.zeros((1, frames.shape[1])), np.cumsum(frames, axis=0)])
     lengths = sorted({min(num_frames, max(1, int(round(f * num_frames)))) for f in fractions})
-    moments = np.zeros((len(texts), 2))
-    best = np.full(len(texts), -np.inf)
-    for length in lengths:
-        sums = prefix[length:] - prefix[:-length]  # [W, D]: each window's sum of frames
-        norms = np.maximum(np.linalg.norm(sums, axis=1), 1e-12)
-        scores = (sums @ text_units.T) / norms[:, None]  # [W, T]
-        first = np.argmax(scores, axis=0)  # [T]: the earliest best window of this length
-        top = scores[first, np.arange(len(texts))]
-        better = top > best  # strictly: a longer window must beat a shorter one
-        best[better] = top[better]
-        moments[better, 0] = starts[first[better]]
-        moments[better, 1] = ends[first[better] + length - 1]
-    return moments, best
+    prefix = np.concatenate([np.zeros((1, frames.shape[1])), np.cumsum(frames, axis=0)])
+    text_units = texts / np.maximum(np.linalg.norm(texts, axis=1, keepdims=True), 1e-12)
+    scores = [_window_scores(text_units, prefix, length) for length in lengths]  # each [W, T]
+    best = np.max([s.max(axis=0) for s in scores], axis=0)  # [T]
+    moments, chosen = np.zeros((len(texts), 2)), np.full(len(texts), np.nan)
+    for length, window_scores in zip(lengths, scores):  # shortest first
+        tied = window_scores >= best - TIE_TOLERANCE  # [W, T]
+        new = np.isnan(chosen) & tied.any(axis=0)
+        first = np.argmax(tied, axis=0)[new]  # the earliest tied window of this length
+        chosen[new] = window_scores[first, np.flatnonzero(new)]
+        moments[new, 0] = starts[first]
+        moments[new, 1] = ends[first + length - 1]
+    return moments, chosen
+
+
+def _window_scores(text_units, prefix, length):
+    """[W, T] cosines of unit texts [T, D] with every window of `length` frames, from the
+    frames' prefix sums [F + 1, D] (a window's sum has its mean's cosine)."""
+    sums = prefix[length:] - prefix[:-length]  # [W, D]
+    return (sums @ text_units.T) / np.maximum(np.linalg.norm(sums, axis=1), 1e-12)[:, None]

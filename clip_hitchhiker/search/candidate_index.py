@@ -11,11 +11,12 @@ Types, chosen by the number of vectors unless the user says otherwise (`--stage1
             ivfsq8, and less exact: the auto choice beyond SQ8_LIMIT, where stage 2's codes rank
             its proposals)
     hnsw    a graph over the full vectors (no removal: pruning rebuilds it)
-A vector's id is video id * 2^32 + its segment number (SEGMENT_BITS; indexes of format version
-1 used 2^16, which a video of more than 524,288 frames overflowed into the next video's ids), so
-additions and removals update the index in place and a search gives videos, not rows. The inverted lists of ivfsq8 and ivfpq are
-trained on the vectors there are when the type is chosen; once the index holds RETRAIN_GROWTH
-times as many, the writer trains them again (`outgrown`), so that lists stay short.
+A vector's id is video id * 2^32 + its segment number (SEGMENT_BITS; indexes of format versions
+1 and 2 used 2^16, which a video of more than 524,288 frames overflowed into the next video's
+ids), so additions and removals update the index in place and a search gives videos, not rows.
+The inverted lists of ivfsq8 and ivfpq are trained on the vectors there are when the type is
+chosen; once the index holds RETRAIN_GROWTH times as many, the writer trains them again
+(`outgrown`), so that lists stay short.
 
 Measured on bench/bench_search.py's 100k videos x 60 frames (800 000 segment means), the share
 of the exact top 10 among the 100 proposed videos: flat 0.998 (25 ms a query), ivfsq8 with 979
@@ -39,7 +40,7 @@ SEGMENT_FRAMES = 8
 # at 60 frames) can take 8 places of the ranking, and the videos behind it must still come up.
 SEGMENTS_PER_CANDIDATE = 8
 # A vector id is video id << SEGMENT_BITS | segment: 2^31 videos of up to 2^32 segments each fit
-# an int64. Format version 1 used 16 bits (see VideoIndex: its manifests record none).
+# an int64. Format versions 1 and 2 used 16 bits (see VideoIndex: its manifests record none).
 SEGMENT_BITS = 32
 _PQ_BYTES = 64
 _HNSW_NEIGHBOURS = 32
@@ -215,15 +216,22 @@ def deserialize(data, params):
 
 
 def search(index, queries, count, nprobe=None, segment_bits=SEGMENT_BITS):
-    """queries: [T, D] (any scale). returns: T lists of up to `count` video ids, best first
-    (the videos of the best SEGMENTS_PER_CANDIDATE * count segment vectors)."""
+    """queries: [T, D] (any scale); nprobe: the lists an IVF index probes in this call (None:
+    its own); segment_bits: of the index's ids (16 before format version 3). returns: T lists
+    of up to `count` video ids, best first (the videos of the best SEGMENTS_PER_CANDIDATE *
+    count segment vectors)."""
     import faiss
 
     ivf = faiss.try_extract_index_ivf(index)
+    recorded = ivf.nprobe if ivf is not None else None
     if nprobe is not None and ivf is not None:
         ivf.nprobe = nprobe
     wanted = max(1, min(SEGMENTS_PER_CANDIDATE * count, index.ntotal))
-    _, ids = index.search(unit_rows(queries), wanted)
+    try:
+        _, ids = index.search(unit_rows(queries), wanted)
+    finally:
+        if ivf is not None:  # this call's nprobe, not every later search's
+            ivf.nprobe = recorded
     videos = []
     for row in video_ids_of(ids, segment_bits):
         row = row[row >= 0]

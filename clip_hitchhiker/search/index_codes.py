@@ -1,8 +1,8 @@
-"""Writing the codes of an index (format version 2; frame_codes.py is the codec, index_format.py
+"""Writing the codes of an index (format version 3; frame_codes.py is the codec, index_format.py
 the files): at each commit, the codes of the frames files it adds, or, when the index has grown
 RETRAIN_GROWTH times past the frames the codec was trained on (while those were fewer than
-SETTLED_TRAINING), or has none yet, or is upgraded from version 1, a codec trained again and the
-codes of every frame.
+SETTLED_TRAINING), or has none yet, or is upgraded from version 1 or 2, a codec trained again
+and the codes of every frame.
 
 A codes file mirrors the rows of the frames files it covers (a frames file's rows are rows
 first..first + N - 1 of its codes file), so a video's codes are found from its table row alone;

@@ -7,20 +7,25 @@ An index folder holds:
     frames-<generation>-r<rank>.npy   float16 [N, D] frame embeddings, row-major, memory-mappable
     means-<generation>-r<rank>.npy    float32 [n, D] segment means: of each run of 8 frames
     stage1-<generation>.faiss      FAISS index over the segment means (ids: the table's "id"
-                                   * 2^32 + the segment's number; 2^16 in version 1)
+                                   * 2^32 + the segment's number; 2^16 before version 3)
     codes-<generation>[-r<rank>].npy      uint8 [N, M + 1] the frames' codes (frame_codes.py)
     meancodes-<generation>[-r<rank>].npy  uint8 [n, ceil(D / 2)] the segment means' codes
     codebook-<generation>.npy      float32 [M, 256, D / M] the residuals' product quantiser
     meanrange-<generation>.npy     float32 [2, D] the segment means' quantiser (low, step)
+    .index-files.json              the journal: which files a writer is creating or removing
+                                   (JOURNAL); it also marks the folder as an index
     .lock                          held by the one writer
 
-The codes (version 2) are a compressed copy of every frame, held in memory by readers for
+The codes (version 3) are a compressed copy of every frame, held in memory by readers for
 stage 2; the manifest's "codes" entry says which rows of which codes file hold the codes of each
-frames file (and means file). Version 1 indexes have none: readers score their candidates from
-the frames, and the writer upgrades them (`upgrade_v1`, in index_writer) at its next commit.
+frames file (and means file). Versions 1 and 2 have none: readers score their candidates from
+the frames, and the writer upgrades them (`upgrade_pending`, in index_writer) at its next commit.
 
-Files are never changed once written: a commit writes new files under new names, then the
-manifest that names them, then removes what no manifest names any more. A reader that reads the
+Files are never changed once written: a commit records in the journal the names it is about to
+write, writes them under new names, then the manifest that names them, then removes what it
+superseded. The folder may hold the user's own files: the writer creates, replaces or removes
+only the files that the manifest or the journal records (so a new file type needs only to be
+named in commit_file_names), never a file because of its name alone. A reader that reads the
 manifest and then opens the files sees one committed state, never a mix. Everything is plain
 data (JSON, Parquet, .npy without pickle, a FAISS index): nothing is unpickled.
 
@@ -32,7 +37,6 @@ every file's sha256.
 import hashlib
 import json
 import os
-import re
 import zlib
 from pathlib import Path
 
@@ -40,23 +44,33 @@ import numpy as np
 
 from clip_hitchhiker.embedding_cache import write_atomically
 from clip_hitchhiker.errors import VideoIndexError
+from clip_hitchhiker.run_folder import remove_stale_temporaries
 
-__all__ = ["FORMAT", "VERSION", "MANIFEST", "TABLE_COLUMNS", "FrameFiles", "RaggedColumn",
-           "check_files", "file_record", "frames_crc32", "index_file_pattern", "read_codes",
-           "read_manifest", "read_table", "verify_files", "write_manifest", "write_npy",
-           "write_table"]
+__all__ = ["FORMAT", "VERSION", "MANIFEST", "JOURNAL", "TABLE_COLUMNS", "FrameFiles",
+           "RaggedColumn", "check_files", "commit_file_names", "file_record", "frames_crc32",
+           "index_marker", "manifest_temporary", "read_codes", "read_journal", "read_manifest",
+           "read_table", "remove_uncommitted", "verify_files", "write_journal", "write_manifest",
+           "write_npy", "write_table"]
 
 FORMAT = "clip-hitchhiker-video-index"
-VERSION = 2
-# Versions this code reads: 1 (no codes, 16-bit segment ids) is upgraded by the next commit.
-READABLE_VERSIONS = (1, 2)
+# 2: the table's path_bytes, inode and ctime_ns columns. 3: the codes, and 32-bit segment
+# numbers in stage 1's ids (16 before). Versions 1 and 2 are read as they are (a version 1
+# table's inode and ctime_ns unknown) and written as version 3 by their next commit.
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+# Below this version an index has no codes and 16-bit segment numbers in stage 1's ids.
+CODES_VERSION = 3
 MANIFEST = "manifest.json"
-# The table's columns, in order, and what each holds.
+JOURNAL = ".index-files.json"
+# The table's columns, in order, and what each holds (in memory, "path" is the path as the file
+# system gives it to Python, undecodable bytes as surrogate escapes; see path_bytes).
 TABLE_COLUMNS = {
     "id": "int64: the video's id in the FAISS index (stable across commits)",
-    "path": "string: absolute path of the video file",
+    "path": "string: absolute path of the video file, as given (symbolic links kept)",
     "size": "int64: file size in bytes when indexed",
     "mtime_ns": "int64: modification time (ns) when indexed",
+    "inode": "int64: inode number when indexed (-1: not recorded, version 1)",
+    "ctime_ns": "int64: inode change time (ns) when indexed (-1: not recorded, version 1)",
     "sha256": "string: hex digest of the file's content when indexed",
     "duration": "float64: seconds",
     "frame_times": "list<float64>: each frame's presentation time, seconds, ascending",
@@ -68,16 +82,12 @@ TABLE_COLUMNS = {
     "mean_row": "int64: its first row there (it has ceil(F / 8) rows: the means of frames "
                 "0-7, 8-15, ...)",
 }
-_INDEX_FILE = re.compile(r"(manifest\.json|videos-\d+\.parquet|(frames|means)-\d+-r\d+\.npy|"
-                         r"stage1-\d+\.faiss|(codes|meancodes)-\d+(-r\d+)?\.npy|"
-                         r"(codebook|meanrange)-\d+\.npy)")
+# In the Parquet file only: the exact bytes of a path that is not valid UTF-8 (null for every
+# other path), whose "path" then holds a readable form (invalid bytes as \xNN).
+PATH_BYTES = "path_bytes"
+_VERSION_1_COLUMNS = [c for c in TABLE_COLUMNS if c not in ("inode", "ctime_ns")]
 _REPAIR = ("rebuild it: move the folder aside and run search_videos.py index again with the same "
            "options")
-
-
-def index_file_pattern():
-    """The names the indexer writes (and may remove when no manifest names them)."""
-    return _INDEX_FILE
 
 
 def sha256_of(path):
@@ -105,9 +115,10 @@ def frames_crc32(rows):
 # Manifest
 
 
-def write_manifest(folder, manifest, before_replace=None):
+def write_manifest(folder, manifest, before_replace=None, temporary=None):
     """Write manifest.json atomically, with a checksum of its own content.
-    before_replace(tmp_path): called with the complete temporary file (a test hook)."""
+    before_replace(tmp_path): called with the complete temporary file (a test hook); temporary:
+    the temporary file's name in folder, as the journal records it (manifest_temporary)."""
     body = dict(manifest, checksum=_manifest_checksum(manifest))
 
     def write(tmp):
@@ -115,7 +126,8 @@ def write_manifest(folder, manifest, before_replace=None):
         if before_replace is not None:
             before_replace(tmp)
 
-    write_atomically(Path(folder) / MANIFEST, write)
+    write_atomically(Path(folder) / MANIFEST, write, make_folder=False,
+                     temporary=None if temporary is None else Path(folder) / temporary)
 
 
 def _manifest_checksum(manifest):
@@ -199,7 +211,7 @@ def write_npy(path, array, between_halves=None):
                 between_halves()
             f.write(data[half:])
 
-    write_atomically(path, write)
+    write_atomically(path, write, replace=False, make_folder=False)
 
 
 def open_npy(folder, name, dtype):
@@ -294,7 +306,7 @@ def _read_npy_header(f):
 
 
 def read_codes(folder, manifest):
-    """The codes of a version 2 index, read whole into memory and checked against their sha256:
+    """The codes of a version 3 index, read whole into memory and checked against their sha256:
     {"codec": frame_codes.Codec, "error_step": float, "frames": uint8 [N, M + 1] every frame's
     codes, "means": uint8 [n, ceil(D / 2)] every segment mean's, "frame_base": {frames file:
     its first row in "frames"}, "mean_base": {means file: its first row in "means"}}; None for
@@ -376,19 +388,40 @@ def _checked_npy(folder, name, manifest):
 # Table
 
 
+def file_columns():
+    """The Parquet file's columns, in order: TABLE_COLUMNS with path_bytes after path."""
+    names = list(TABLE_COLUMNS)
+    return names[:2] + [PATH_BYTES] + names[2:]
+
+
+def path_text_and_bytes(path):
+    """(the Parquet "path": valid UTF-8, and "path_bytes": None, or the exact bytes of a path
+    that is not valid UTF-8, whose text then shows its invalid bytes as \\xNN)."""
+    raw = os.fsencode(path)
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "backslashreplace"), raw
+
+
 def write_table(path, columns):
-    """Write the videos table (columns: {name: list or array}, TABLE_COLUMNS' names) as Parquet,
-    atomically."""
+    """Write the videos table (columns: {name: list or array}, TABLE_COLUMNS' names) as a new
+    Parquet file, atomically."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    types = {"id": pa.int64(), "path": pa.string(), "size": pa.int64(), "mtime_ns": pa.int64(),
+    types = {"id": pa.int64(), "path": pa.string(), PATH_BYTES: pa.binary(), "size": pa.int64(),
+             "mtime_ns": pa.int64(), "inode": pa.int64(), "ctime_ns": pa.int64(),
              "sha256": pa.string(), "duration": pa.float64(),
              "frame_times": pa.list_(pa.float64()), "frame_indices": pa.list_(pa.int64()),
              "frames_file": pa.string(), "offset": pa.int64(), "frames_crc32": pa.int64(),
              "means_file": pa.string(), "mean_row": pa.int64()}
-    table = pa.table({name: pa.array(columns[name], type=types[name]) for name in TABLE_COLUMNS})
-    write_atomically(path, lambda tmp: pq.write_table(table, tmp))
+    texts, raws = zip(*map(path_text_and_bytes, columns["path"])) if columns["path"] else ((), ())
+    values = {**columns, "path": list(texts), PATH_BYTES: list(raws)}
+    table = pa.table({name: pa.array(values[name], type=types[name])
+                      for name in file_columns()})
+    write_atomically(path, lambda tmp: pq.write_table(table, tmp), replace=False,
+                     make_folder=False)
 
 
 class RaggedColumn:
@@ -431,21 +464,36 @@ class StringColumn:
     def __iter__(self):
         return iter(self.array.to_pylist())
 
+    def index(self, value):
+        """The first row holding value (list.index); ValueError where none does."""
+        import pyarrow.compute as pc
+
+        row = pc.index(self.array, value).as_py()
+        if row < 0:
+            raise ValueError(f"{value!r} is not in the column")
+        return row
+
 
 def read_table(folder, manifest, compact=False):
-    """The committed videos table as {column: list, numpy array or RaggedColumn}, checked
-    against its sha256. compact: string columns as StringColumn, not lists (readers)."""
+    """The committed videos table as {column: list, numpy array or RaggedColumn}
+    (TABLE_COLUMNS), checked against its sha256; a version 1 table gets inode and ctime_ns -1
+    (not recorded). compact: string columns as StringColumn, not lists (readers; "path" too
+    when every path is valid UTF-8)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     name = manifest["table"]
     data = checked_bytes(folder, name, manifest)
     table = pq.read_table(pa.BufferReader(data))
-    if table.column_names != list(TABLE_COLUMNS):
+    version_1 = manifest["version"] == 1 and table.column_names == _VERSION_1_COLUMNS
+    if table.column_names != file_columns() and not version_1:
         raise VideoIndexError(f"{Path(folder) / name} has columns {table.column_names}, "
-                              f"expected {list(TABLE_COLUMNS)}; {_REPAIR}")
+                              f"expected {file_columns()}; {_REPAIR}")
     columns = {}
     for column in TABLE_COLUMNS:
+        if version_1 and column in ("inode", "ctime_ns"):
+            columns[column] = np.full(table.num_rows, -1, dtype=np.int64)
+            continue
         values = table.column(column)
         if column in ("frame_times", "frame_indices"):
             flat = values.combine_chunks()
@@ -458,6 +506,10 @@ def read_table(folder, manifest, compact=False):
                                else values.to_pylist())
         else:
             columns[column] = values.to_numpy()
+    raws = None if version_1 else table.column(PATH_BYTES)
+    if raws is not None and raws.null_count < len(raws):  # a path that is not UTF-8
+        columns["path"] = [os.fsdecode(raw) if raw is not None else text for text, raw in
+                           zip(table.column("path").to_pylist(), raws.to_pylist())]
     return columns
 
 
@@ -481,12 +533,100 @@ def empty_table():
     return {name: [] for name in TABLE_COLUMNS}
 
 
-def remove_unnamed_files(folder, manifest):
-    """Remove the index files no manifest names (a crashed run's, or superseded ones); only names
-    the indexer writes, and only by the writer holding the lock."""
-    named = set(manifest["files"]) | {MANIFEST} if manifest else {MANIFEST}
-    for entry in os.scandir(folder):
-        stale_tmp = entry.name.startswith(".") and _INDEX_FILE.fullmatch(
-            entry.name[1:].rsplit(".", 1)[0])
-        if (_INDEX_FILE.fullmatch(entry.name) and entry.name not in named) or stale_tmp:
-            os.unlink(entry.path)
+# ----------------------------------------------------------------------------------------------
+# What belongs to the index: the files the manifest and the journal record
+
+
+def table_name(generation):
+    return f"videos-{generation:06d}.parquet"
+
+
+def stage1_name(generation):
+    return f"stage1-{generation:06d}.faiss"
+
+
+def shard_name(kind, generation, rank):
+    """kind: "frames" or "means"."""
+    return f"{kind}-{generation:06d}-r{rank}.npy"
+
+
+def manifest_temporary(generation):
+    """The name under which a commit of generation writes its manifest before it replaces
+    manifest.json: recorded in the journal, so that a kill's leftover is removed by that record
+    (a name pattern, .manifest.json.XXXXXXXX, would also take a user's .manifest.json.20240101)."""
+    return f"manifest-{generation:06d}.json.partial"
+
+
+def commit_file_names(generation, ranks):
+    """Every name a commit of generation may write, ranks writing shards: the journal records
+    them before the first is written."""
+    return [table_name(generation), stage1_name(generation), manifest_temporary(generation),
+            *(shard_name(kind, generation, rank) for kind in ("frames", "means")
+              for rank in range(ranks)),
+            *codes_file_names(generation, ranks)]
+
+
+def codes_file_names(generation, ranks):
+    """The names a commit's codes may take (index_codes): per rank's shards, or one file each
+    when every frame is coded again, and the codec's two files."""
+    return [*(f"{kind}-{generation:06d}-r{rank}.npy" for kind in ("codes", "meancodes")
+              for rank in range(ranks)),
+            *(f"{kind}-{generation:06d}.npy" for kind in ("codes", "meancodes", "codebook",
+                                                          "meanrange"))]
+
+
+def index_marker(folder):
+    """The file that marks folder as an index: JOURNAL, or MANIFEST of this format (an index
+    written before the journal existed); None when neither does."""
+    for name in (JOURNAL, MANIFEST):
+        try:
+            record = json.loads((Path(folder) / name).read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get("format") == FORMAT:
+            return name
+    return None
+
+
+def read_journal(folder):
+    """The names the journal records as written (or being written) and not yet known to be
+    committed or removed; [] when the folder has no journal."""
+    path = Path(folder) / JOURNAL
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise VideoIndexError(f"{path} is unreadable ({type(e).__name__}); {_REPAIR}") from e
+    if not isinstance(record, dict):
+        record = {}
+    pending = record.get("pending")
+    if record.get("format") != FORMAT or not isinstance(pending, list) or not all(
+            isinstance(name, str) and "/" not in name for name in pending):
+        raise VideoIndexError(f"{path} is not this index's journal; {_REPAIR}")
+    return pending
+
+
+def write_journal(folder, pending):
+    """Record pending (names of files the writer may have created) before they are written."""
+    body = json.dumps({"format": FORMAT, "pending": sorted(set(pending))}, indent=1) + "\n"
+    write_atomically(Path(folder) / JOURNAL, lambda tmp: Path(tmp).write_text(body),
+                     make_folder=False)
+
+
+def remove_uncommitted(folder, manifest, pending):
+    """Remove the files of pending that manifest does not name (the manifest's temporary among
+    them), and the temporary files that writing them or the journal left: all of them the
+    writer's own. Only by the writer holding the lock."""
+    committed = set(manifest["files"]) if manifest else set()
+    remove_files(folder, set(pending) - committed)
+    remove_stale_temporaries(folder, [*pending, JOURNAL])
+
+
+def remove_files(folder, names):
+    """Remove folder's files of those names (the writer's own; missing ones are no error)."""
+    for name in sorted(names):
+        try:
+            os.unlink(Path(folder) / name)
+        except FileNotFoundError:
+            pass

@@ -1,15 +1,22 @@
-"""Writing a video index: which videos are new, changed or gone, and commits that a SIGKILL at
-any moment leaves usable (see clip_hitchhiker.search.index_format for the files).
+"""Writing a video index: which videos are new, changed, moved or gone, and commits that a
+SIGKILL at any moment leaves usable (see clip_hitchhiker.search.index_format for the files).
 
-A video is up to date when its size, mtime and content sha256 all equal the recorded ones
-(hashing a file costs far less than decoding it, and catches a same-size edit that kept the old
-mtime). Each commit writes the new videos' frames and means to new files, the whole table, the
-updated stage-1 index, then the manifest; files no manifest names are removed afterwards, and at
-the next start, by the one writer that holds the folder's lock.
+A video is up to date when its size, mtime, inode and ctime equal the recorded ones; only a
+file that differs in one of them is read, and its content sha256 decides: the same content
+again (a touch) only updates the record, content that the index holds under a path that no
+longer has it (a moved or renamed video) moves that entry, and other content is encoded. Each
+commit records the names of the files it will write in the folder's journal, writes the new
+videos' frames and means, the whole table, the updated stage-1 index, then the manifest, and
+removes what it superseded; a killed commit's files are removed by the next writer, from the
+journal. The writer touches no other file of the folder, and refuses a folder that holds files
+and is not an index.
 """
-import hashlib
+import errno
 import os
+import tempfile
 import time
+from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,27 +24,26 @@ import numpy as np
 
 from clip_hitchhiker.search import candidate_index, index_codes
 from clip_hitchhiker.search import index_format as fmt
+from clip_hitchhiker.search.video_listing import STAT_KEYS, file_state, same_state
 from clip_hitchhiker.embedding_cache import write_atomically
-from clip_hitchhiker.errors import ConfigError, VideoIndexError
+from clip_hitchhiker.errors import VideoIndexError
 from clip_hitchhiker.run_folder import FolderLock
 
-__all__ = ["CONFIG_KEYS", "EncodedVideo", "IndexWriter", "VIDEO_EXTENSIONS", "fingerprint",
-           "list_videos", "test_pause", "write_videos"]
+__all__ = ["CONFIG_KEYS", "EncodedVideo", "IndexWriter", "fingerprint", "index_folder_problem",
+           "test_pause", "write_videos"]
 
-VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv",
-                    ".flv", ".ts", ".mts", ".3gp", ".ogv")
-LIST_EXTENSIONS = (".txt", ".csv", ".lst")
-# What the embeddings depend on: an index refuses additions that differ in any of these.
-CONFIG_KEYS = ("backend", "model_id", "pretrained", "embed_dim", "preprocess", "sampling",
-               "decoder")
+# What the embeddings depend on: an index refuses additions that differ in any of these. (The
+# weights are model_id's, by content: not "model" or "pretrained", the paths they were read from.)
+CONFIG_KEYS = ("backend", "model_id", "embed_dim", "preprocess", "sampling", "decoder")
 _PAUSE_ENV, _PAUSE_SIGNAL_ENV = "CLIP_HITCHHIKER_INDEX_PAUSE", "CLIP_HITCHHIKER_INDEX_PAUSED"
 _pause_counts = {}
 
 
 def test_pause(point):
     """A test hook: with CLIP_HITCHHIKER_INDEX_PAUSE=<point>[:<n>], the n-th time (default the
-    first) the indexer reaches `point` ("video", "shard", "codes", "manifest"), it writes the file named
-    by CLIP_HITCHHIKER_INDEX_PAUSED and sleeps, for a test to kill -9 it there."""
+    first) the indexer reaches `point` ("video", "shard", "codes", "manifest", "cleanup"), it
+    writes the file named by CLIP_HITCHHIKER_INDEX_PAUSED and sleeps, for a test to kill -9 it
+    there."""
     wanted = os.environ.get(_PAUSE_ENV)
     if not wanted:
         return
@@ -50,51 +56,65 @@ def test_pause(point):
         time.sleep(3600)
 
 
-# ----------------------------------------------------------------------------------------------
-# Finding videos
-
-
-def list_videos(paths):
-    """Absolute paths of the videos that PATHs name: files, folders (searched recursively for
-    VIDEO_EXTENSIONS) and lists (.txt/.csv/.lst, one path per line or a CSV whose first column,
-    or "path"/"video_path" column, holds paths relative to the list's folder). Sorted, unique."""
-    found = set()
-    for given in paths:
-        path = Path(given)
-        if path.is_dir():
-            found.update(p.resolve() for p in path.rglob("*")
-                         if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
-        elif path.is_file() and path.suffix.lower() in LIST_EXTENSIONS:
-            found.update(_paths_in_list(path))
-        elif path.is_file():
-            found.add(path.resolve())
-        else:
-            raise ConfigError(f"PATH {given} is neither a file nor a folder")
-    return sorted(str(p) for p in found)
-
-
-def _paths_in_list(list_path):
-    import csv
-
-    with open(list_path, newline="") as f:
-        rows = [row for row in csv.reader(f) if row and row[0].strip()]
-    column = 0
-    if list_path.suffix.lower() == ".csv" and rows:
-        header = [h.strip().lower() for h in rows[0]]
-        named = [i for i, h in enumerate(header) if h in ("path", "video_path", "video")]
-        if named or not (list_path.parent / rows[0][0]).exists():
-            column, rows = (named[0] if named else 0), rows[1:]
-    return [(list_path.parent / row[column].strip()).resolve() for row in rows]
-
-
 def fingerprint(path):
-    """{"size", "mtime_ns", "sha256"} of a file."""
-    stat = os.stat(path)
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
+    """{"size", "mtime_ns", "inode", "ctime_ns", "sha256"} of a file."""
+    state = file_state(path)
+    return {**state, "sha256": fmt.sha256_of(path)}
+
+
+# ----------------------------------------------------------------------------------------------
+# The folder
+
+
+def index_folder_problem(folder):
+    """Why folder cannot receive an index (one line naming it), or None: it is a file; it holds
+    files and is not an index (the writer would mix its files with the user's); or no file can
+    be created in it. Nothing is created."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        return (f"--index {folder} is a file, not a folder; give the index's folder (a new or "
+                "empty one for a new index)")
+    probe = folder
+    if folder.is_dir():
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError as e:
+            return f"--index {folder} cannot be read ({e.strerror or e})"
+        if names and fmt.index_marker(folder) is None:
+            shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            return (f"--index {folder} holds other files ({shown}) and is not a search index; "
+                    "give a new or empty folder, or the folder of an index")
+    else:
+        while not probe.exists():
+            probe = probe.parent
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        return (f"--index {folder} cannot be written ({e.strerror or e}): adding videos writes "
+                "there; make it writable or choose another folder (search and info only read "
+                "an index)")
+    return None
+
+
+@contextmanager
+def _writing(folder):
+    """An OSError while writing the index becomes one line that names the folder and the cause
+    (not the temporary file that met it)."""
+    try:
+        yield
+    except OSError as e:
+        cause = ("no space left on device" if e.errno == errno.ENOSPC else
+                 e.strerror or str(e))
+        name = f" {e.filename}" if isinstance(e, FileExistsError) else ""
+        raise VideoIndexError(f"cannot write the index in {folder}{name}: {cause}; the index "
+                              "keeps its last commit: free space or fix the folder, then run "
+                              "the same command again") from e
+
+
+def _folder_identity(folder):
+    info = os.stat(folder)
+    return info.st_dev, info.st_ino
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,7 +123,8 @@ def fingerprint(path):
 
 @dataclass
 class EncodedVideo:
-    """One encoded video: frames float16 [F, D], times [F] seconds, indices [F]."""
+    """One encoded video: frames float16 [F, D], times [F] seconds, indices [F]; fingerprint:
+    fingerprint(path) when it was read."""
     path: str
     fingerprint: dict
     frames: np.ndarray
@@ -113,13 +134,25 @@ class EncodedVideo:
 
 
 class IndexWriter:
-    """The one writer of an index folder (holds its lock until close())."""
+    """The one writer of an index folder (holds its lock until close()). A commit writes the
+    files of the generation that reserve() numbered:
+
+        writer.commit([write_videos(folder, encoded, writer.reserve())])
+    """
 
     def __init__(self, folder, config, stage1_request=None):
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._lock = _take_lock(self.folder)
+        self._lock, self.pending, self._reserved = None, set(), None
+        problem = index_folder_problem(self.folder)
+        if problem:
+            raise VideoIndexError(problem)
+        with _writing(self.folder):
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if fmt.index_marker(self.folder) is None:
+                fmt.write_journal(self.folder, [])  # marks the folder as an index
+            self._lock = _take_lock(self.folder)
         try:
+            self._identity = _folder_identity(self.folder)
             self._open(config, stage1_request)
         except BaseException:
             self.close()
@@ -127,13 +160,16 @@ class IndexWriter:
 
     def _open(self, config, stage1_request):
         manifest = fmt.read_manifest(self.folder)
+        pending = fmt.read_journal(self.folder)
         if manifest is not None:
             refuse_other_config(self.folder, manifest["config"], config)
             fmt.check_files(self.folder, manifest)
             self.table = fmt.read_table(self.folder, manifest)
         else:
             self.table = fmt.empty_table()
-        fmt.remove_unnamed_files(self.folder, manifest)
+        with _writing(self.folder):  # what a killed writer left
+            fmt.remove_uncommitted(self.folder, manifest, pending)
+            fmt.write_journal(self.folder, [])
         self.manifest, self.config = manifest, config
         self.generation = manifest["generation"] if manifest else 0
         self.next_id = manifest["next_id"] if manifest else 0
@@ -151,12 +187,13 @@ class IndexWriter:
         self.stage1_params = recorded.get("params", {})
 
     def _open_v2_parts(self, manifest):
-        """What format version 2 added: the codes, and 32-bit segment ids in stage 1 (a
-        version 1 index has neither; the next commit upgrades it: upgrade_pending)."""
-        old = manifest is not None and manifest["version"] < 2
+        """What format version 3 added: the codes, and 32-bit segment ids in stage 1 (a
+        version 1 or 2 index has neither; the next commit upgrades it: upgrade_pending)."""
+        old = manifest is not None and manifest["version"] < fmt.CODES_VERSION
         self.codes = None if manifest is None or old else manifest["codes"]
-        self.segment_bits = (16 if old else manifest["stage1"]["params"]["segment_bits"]
-                             if manifest else candidate_index.SEGMENT_BITS)
+        # Indexes before version 3 numbered segments with 16 bits, and recorded none.
+        self.segment_bits = (manifest["stage1"]["params"].get("segment_bits", 16) if manifest
+                             else candidate_index.SEGMENT_BITS)
 
     @property
     def upgrade_pending(self):
@@ -165,31 +202,154 @@ class IndexWriter:
         return self.manifest is not None and self.manifest["version"] < fmt.VERSION
 
     def close(self):
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        """Remove the files reserved and not committed (an interrupted commit's), then unlock."""
+        if self._lock is None:
+            return
+        try:
+            if self.pending and _folder_identity(self.folder) == self._identity:
+                fmt.remove_uncommitted(self.folder, self.manifest, self.pending)
+                fmt.write_journal(self.folder, [])
+        except OSError:
+            pass  # the next writer removes them, from the journal
+        self._lock.release()
+        self._lock = None
+
+    def _check_not_moved(self):
+        try:
+            moved = _folder_identity(self.folder) != self._identity
+        except FileNotFoundError:
+            moved = True
+        if moved:
+            raise VideoIndexError(
+                f"--index {self.folder} was moved or removed while this run wrote it; nothing "
+                "more is written: the index keeps its last commit, wherever it is now; run the "
+                "command again with --index at its new place")
 
     # ------------------------------------------------------------------------------------------
 
-    def plan(self, found, prune):
-        """found: {path: fingerprint} of the videos this run names. returns: (paths to encode,
-        paths to drop: gone from the disk, with prune)."""
-        indexed = {p: {"size": int(s), "mtime_ns": int(m), "sha256": h} for p, s, m, h in zip(
-            self.table["path"], self.table["size"], self.table["mtime_ns"],
-            self.table["sha256"])}
-        skipped = {p: {k: s[k] for k in ("size", "mtime_ns", "sha256")}
-                   for p, s in self.skipped.items()}
-        to_encode = [p for p, fp in found.items()
-                     if indexed.get(p) != fp and skipped.get(p) != fp]
-        gone = []
-        if prune:
-            gone = sorted(p for p in set(indexed) | set(skipped) if not os.path.exists(p))
-        return to_encode, gone
+    def plan(self, videos, prune_under=None, confirm_prune=False, read_sha256=fmt.sha256_of):
+        """What to do with the videos a run lists (see the module's docstring). Only files whose
+        stat differs from the record are read (read_sha256(path)).
 
-    def commit(self, written, failed=(), drop=(), before_manifest=None):
-        """Commit videos already written by write_videos (its rows, from every rank, for
-        generation self.generation + 1), failed ones ([(path, fingerprint, reason)]) and dropped
-        paths: rows of the same paths are replaced. Atomic: the manifest comes last."""
+        prune_under: None, or (folders, files[, unseen]): the recorded videos gone from the
+        disk (not found: one that cannot be looked at, under a folder without permission, is
+        not gone) that lie under one of the folders, or are one of the files, and not at or
+        under one of the unseen paths (what the listing's walk passed over), are dropped; a
+        prune that would drop more than half the index's videos is refused unless
+        confirm_prune.
+        returns: a JSON-able dict: "to_encode" [paths], "found" {path: fingerprint} of those,
+        "renamed" {recorded path: [path, fingerprint]} (moved, or the same content again),
+        "drop" [recorded paths], "failed" [[path, fingerprint, reason]] (unreadable, to record
+        as skipped), "kept" [[path, reason]] (indexed videos that cannot be read now: their
+        entries stay, since an unreadable file's content may well be the one indexed),
+        "vanished" [paths], "up_to_date", "moved", "pruned" (counts).
+        """
+        recorded, indexed = self._recorded(), set(self.table["path"])
+        listed, changed = set(videos), {}
+        result = {"to_encode": [], "found": {}, "renamed": {}, "drop": [], "failed": [],
+                  "kept": [], "vanished": [], "up_to_date": 0, "moved": 0, "pruned": 0}
+        for path in videos:
+            found = _fingerprint_or_failure(path, recorded.get(path), read_sha256)
+            if found is None:
+                result["up_to_date"] += 1
+            elif "vanished" in found:
+                result["vanished"].append(path)
+            elif "failure" in found and path in indexed:
+                result["kept"].append([path, found["failure"]])
+            elif "failure" in found:
+                result["failed"].append([path, found["fingerprint"], found["failure"]])
+            elif recorded.get(path, {}).get("sha256") == found["sha256"]:
+                result["renamed"][path] = [path, found]  # the same content (a touch)
+                result["up_to_date"] += 1
+            else:
+                changed[path] = found
+        self._claim_moved_content(changed, listed, recorded, result)
+        if prune_under is not None:
+            self._prune(prune_under, confirm_prune, recorded, result)
+        return result
+
+    def _recorded(self):
+        """{path: fingerprint} of every video the index records, indexed or skipped."""
+        keys = ("size", "mtime_ns", "inode", "ctime_ns", "sha256")
+        recorded = {p: {k: s.get(k, -1) for k in keys} for p, s in self.skipped.items()}
+        for r, path in enumerate(self.table["path"]):
+            recorded[path] = {k: (self.table[k][r] if k == "sha256" else int(self.table[k][r]))
+                              for k in keys}
+        return recorded
+
+    def _claim_moved_content(self, changed, listed, recorded, result):
+        """A new or changed file whose content the index records under a path that no longer
+        holds it (gone, changed, or the file that the link now given resolves to) takes that
+        record over; the others are encoded. A recorded path whose content went elsewhere
+        and that now holds other content is dropped unless its own record moved on."""
+        by_content = defaultdict(list)
+        for path, record in sorted(recorded.items()):
+            by_content[record["sha256"]].append(path)
+        claimed = set()
+        for path, found in sorted(changed.items()):
+            source = next((old for old in by_content.get(found["sha256"], [])
+                           if old not in claimed and old != path
+                           and _released(old, path, changed, listed)), None)
+            if source is None:
+                result["to_encode"].append(path)
+                result["found"][path] = found
+                continue
+            claimed.add(source)
+            result["renamed"][source] = [path, found]
+            result["moved"] += 1
+        result["drop"] += sorted(path for path in changed if path in recorded
+                                 and path not in claimed and path not in result["found"])
+
+    def _prune(self, prune_under, confirm_prune, recorded, result):
+        folders, files = prune_under[0], set(prune_under[1])
+        unseen = set(prune_under[2]) if len(prune_under) > 2 else set()
+        inside = tuple(os.path.join(folder, "") for folder in folders)
+        hidden = tuple(os.path.join(path, "") for path in unseen)
+        taken = set(result["renamed"]) | set(result["drop"])
+        gone = sorted(path for path in recorded if path not in taken
+                      and (path in files or path.startswith(inside))
+                      and not (path in unseen or path.startswith(hidden)) and _gone(path))
+        videos = len(self.table["path"])
+        gone_videos = len(set(gone) & set(self.table["path"]))
+        if prune_refused(gone_videos, videos) and not confirm_prune:
+            raise VideoIndexError(
+                f"--prune would remove {gone_videos} of the {videos} videos of {self.folder} "
+                f"(their files are gone, e.g. {gone[0]}); if a drive is not mounted, mount it; "
+                "to prune them all the same, add --confirm_prune")
+        result["drop"] += gone
+        result["pruned"] = len(gone)
+
+    def reserve(self, ranks=1):
+        """Number the next commit, recording the names of the files it may write (ranks: how
+        many ranks write shards) in the journal first. A file of such a name that the index did
+        not write is refused, never replaced. returns: the generation."""
+        generation = self.generation + 1
+        names = fmt.commit_file_names(generation, ranks)
+        self._check_not_moved()
+        for name in names:
+            if name not in self.pending and os.path.lexists(self.folder / name):
+                raise VideoIndexError(
+                    f"{self.folder / name} is in the way: the index did not write it (a file of "
+                    "yours, or one that a killed run of an older version left); move it out of "
+                    f"{self.folder} and run again")
+        with _writing(self.folder):
+            fmt.write_journal(self.folder, self.pending | set(names))
+        self.pending |= set(names)
+        self._reserved = generation
+        return generation
+
+    def commit(self, written, failed=(), drop=(), renamed=None, before_manifest=None):
+        """Commit videos already written by write_videos (its rows, from every rank, for the
+        generation reserve() numbered), failed ones ([(path, fingerprint, reason)]), dropped
+        paths, and renamed records ({recorded path: (path, fingerprint)}: the record moves to
+        path, its frames kept); rows of the same paths are replaced. Atomic: the manifest comes
+        last."""
+        if self._reserved != self.generation + 1:
+            self.reserve()
+        with _writing(self.folder):
+            self._commit(written, failed, drop, renamed or {}, before_manifest)
+
+    def _commit(self, written, failed, drop, renamed, before_manifest):
         generation = self.generation + 1
         new_rows = {c: [] for c in fmt.TABLE_COLUMNS}
         for rows in written:
@@ -197,21 +357,20 @@ class IndexWriter:
                 new_rows[column] += rows[column] if column != "id" else []
         new_rows["id"] = list(range(self.next_id, self.next_id + len(new_rows["path"])))
         self.next_id += len(new_rows["path"])
-        replaced = set(drop) | set(new_rows["path"]) | {p for p, _, _ in failed}
+        replaced = (set(drop) | set(new_rows["path"]) | {p for p, _, _ in failed}) - set(renamed)
         keep = [r for r, p in enumerate(self.table["path"]) if p not in replaced]
-        removed = [r for r in range(len(self.table["path"])) if self.table["path"][r] in replaced]
+        removed = [r for r, p in enumerate(self.table["path"]) if p in replaced]
         removed_ids = candidate_index.vector_ids(
             [self.table["id"][r] for r in removed],
             [len(self.table["frame_times"][r]) for r in removed], self.segment_bits)
         new_means, _ = fmt.segment_vectors(self.folder, new_rows, self.config["embed_dim"])
-        table = {c: [self.table[c][r] for r in keep] + new_rows[c] for c in fmt.TABLE_COLUMNS}
+        kept = {c: [self.table[c][r] for r in keep] for c in fmt.TABLE_COLUMNS}
+        _rename_rows(kept, renamed)
+        table = {c: kept[c] + new_rows[c] for c in fmt.TABLE_COLUMNS}
         order = sorted(range(len(table["path"])), key=lambda r: table["path"][r])
         table = {c: [values[r] for r in order] for c, values in table.items()}
-        for path in replaced:
-            self.skipped.pop(path, None)
-        for path, fp, reason in failed:
-            self.skipped[path] = {"path": path, **fp, "reason": reason}
-        table_name = f"videos-{generation:06d}.parquet"
+        self._update_skipped(replaced, renamed, failed)
+        table_name = fmt.table_name(generation)
         fmt.write_table(self.folder / table_name, table)
         added_ids = candidate_index.vector_ids(new_rows["id"],
                                                [len(t) for t in new_rows["frame_times"]])
@@ -237,9 +396,28 @@ class IndexWriter:
                     "skipped": sorted(self.skipped.values(), key=lambda s: s["path"]),
                     "files": files, "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                   time.gmtime())}
-        fmt.write_manifest(self.folder, manifest, before_replace=before_manifest)
+        # The files this commit supersedes are recorded before the manifest stops naming them.
+        superseded = set(self.manifest["files"]) - set(files) if self.manifest else set()
+        self._check_not_moved()
+        fmt.write_journal(self.folder, self.pending | superseded)
+        self.pending |= superseded
+        fmt.write_manifest(self.folder, manifest, before_replace=before_manifest,
+                           temporary=fmt.manifest_temporary(generation))
         self.manifest, self.table, self.generation = manifest, table, generation
-        fmt.remove_unnamed_files(self.folder, manifest)
+        test_pause("cleanup")
+        fmt.remove_files(self.folder, self.pending - set(files))
+        fmt.write_journal(self.folder, [])
+        self.pending = set()
+
+    def _update_skipped(self, replaced, renamed, failed):
+        moving = {old: self.skipped.pop(old) for old in renamed if old in self.skipped}
+        for path in replaced:
+            self.skipped.pop(path, None)
+        for old, record in moving.items():
+            path, found = renamed[old]
+            self.skipped[path] = {**record, "path": path, **found}
+        for path, found, reason in failed:
+            self.skipped[path] = {"path": path, **found, "reason": reason}
 
     def _write_codes(self, table, new_rows, generation):
         """The codes of this commit's new frames files (or of all, with a codec trained again):
@@ -262,26 +440,87 @@ class IndexWriter:
             means, ids = fmt.segment_vectors(self.folder, table, self.config["embed_dim"])
             self.stage1, self.stage1_params = candidate_index.build(kind, means, ids)
             self.stage1_kind, self.segment_bits = kind, candidate_index.SEGMENT_BITS
-        name = f"stage1-{generation:06d}.faiss"
+        name = fmt.stage1_name(generation)
         data = candidate_index.serialize(self.stage1)
-        write_atomically(self.folder / name, lambda tmp: Path(tmp).write_bytes(data))
+        write_atomically(self.folder / name, lambda tmp: Path(tmp).write_bytes(data),
+                         replace=False, make_folder=False)
         return name
 
 
+def _fingerprint_or_failure(path, recorded, read_sha256):
+    """None if path's stat equals its record's; else its fingerprint, or {"vanished": True} if
+    it is gone, or {"failure": reason, "fingerprint": what is known} if it cannot be read."""
+    try:
+        state = file_state(path)
+    except FileNotFoundError:
+        return {"vanished": True}
+    except OSError as e:
+        return {"failure": f"cannot read {path} ({e.strerror or e})",
+                "fingerprint": {**{key: -1 for key in STAT_KEYS}, "sha256": None}}
+    if recorded is not None and same_state(recorded, state):
+        return None
+    try:
+        return {**state, "sha256": read_sha256(path)}
+    except FileNotFoundError:
+        return {"vanished": True}
+    except OSError as e:
+        return {"failure": f"cannot read {path} ({e.strerror or e})",
+                "fingerprint": {**state, "sha256": None}}
+
+
+def _gone(path):
+    """True when path is known not to exist; False when it exists or cannot be looked at (a
+    folder on its way without permission: EACCES is no proof that the video is gone)."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def prune_refused(gone_videos, indexed_videos):
+    """True when a prune would remove most of an index: more than half of its videos."""
+    return 2 * gone_videos > indexed_videos
+
+
+def _released(old, new, changed, listed):
+    """True if recorded path `old` no longer holds its recorded content, so that `new`, which
+    holds that content now, may take its record: old changed, is gone, or is, unlisted, another
+    name of the same file through symbolic links (the resolved path that older versions stored,
+    or a link's path that the file was indexed through before its folder was named)."""
+    if old in changed:
+        return True
+    if old in listed:
+        return False
+    return not os.path.exists(old) or os.path.realpath(new) == os.path.realpath(old)
+
+
+def _rename_rows(table, renamed):
+    """Give the rows of renamed's recorded paths their new path and fingerprint, in place."""
+    for r, path in enumerate(list(table["path"])):  # each path once: the table's are unique
+        if path in renamed:
+            table["path"][r], found = renamed[path]
+            for key in ("size", "mtime_ns", "inode", "ctime_ns", "sha256"):
+                table[key][r] = found[key]
+
+
 def write_videos(folder, encoded, generation, rank=0, between_halves=None):
-    """Write encoded videos' frames and segment means to this rank's files of generation
-    (nothing when encoded is empty). returns: their table rows ({column: list}, JSON-able, "id"
-    left to the commit)."""
+    """Write encoded videos' frames and segment means to this rank's files of generation (new
+    files, whose names IndexWriter.reserve recorded; nothing when encoded is empty).
+    returns: their table rows ({column: list}, JSON-able, "id" left to the commit)."""
     rows = {c: [] for c in fmt.TABLE_COLUMNS if c != "id"}
     if not encoded:
         return rows
     folder = Path(folder)
-    frames_name = f"frames-{generation:06d}-r{rank}.npy"
-    means_name = f"means-{generation:06d}-r{rank}.npy"
+    frames_name = fmt.shard_name("frames", generation, rank)
+    means_name = fmt.shard_name("means", generation, rank)
     segment_means = [candidate_index.segment_means(v.frames) for v in encoded]
-    fmt.write_npy(folder / frames_name, np.concatenate([v.frames for v in encoded]),
-                  between_halves)
-    fmt.write_npy(folder / means_name, np.concatenate(segment_means))
+    with _writing(folder):
+        fmt.write_npy(folder / frames_name, np.concatenate([v.frames for v in encoded]),
+                      between_halves)
+        fmt.write_npy(folder / means_name, np.concatenate(segment_means))
     offset, mean_row = 0, 0
     for video, video_means in zip(encoded, segment_means):
         values = {"path": video.path, **video.fingerprint, "duration": float(video.duration),

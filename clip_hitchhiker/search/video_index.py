@@ -13,7 +13,7 @@
        its frame weights point at (clip_hitchhiker.moments.rule.moment_from_weights).
 
 `exact=True` skips stage 1 and scores every video: the ground truth stage 1 is measured against.
-An index of format version 1 (no codes) scores every candidate from its frames.
+An index of format version 1 or 2 (no codes) scores every candidate from its frames.
 Memory: videos are scored in blocks of similar lengths (or one at a time), so that what
 scoring holds is a constant plus the scored videos' own frames, whatever the longest video.
 
@@ -32,8 +32,11 @@ from clip_hitchhiker.search import candidate_index, frame_codes, index_codes
 from clip_hitchhiker.search import index_format as fmt
 from clip_hitchhiker.search.ragged_scoring import (AGGREGATES, approximate_scores,
                                                    ragged_scores, unit_text, video_score)
+from clip_hitchhiker.search.video_listing import STAT_KEYS
 from clip_hitchhiker.errors import VideoIndexError
-from clip_hitchhiker.moments.rule import DEFAULT_MASS, moment_from_weights
+from clip_hitchhiker.moments.rule import DEFAULT_MASS, moment_from_weights, peak_frame
+from clip_hitchhiker.search.queries import (check_queries, check_search_settings,
+                                            check_text_embeds, check_tokenised)
 from query_scoring import similarity_meanpooling, similarity_queryscoring
 
 __all__ = ["AGGREGATES", "VideoIndex"]
@@ -75,6 +78,7 @@ class VideoIndex:
                                               if n.startswith("frames-")],
                                      self.config["embed_dim"])
         self._model, self._model_device, self._device_codecs = None, None, {}
+        self._row_of_path = None  # built when first asked (recorded_file only)
 
     # ------------------------------------------------------------------------------------------
     # Opening
@@ -159,6 +163,14 @@ class VideoIndex:
         return (torch.from_numpy(frames).to(device).float(),
                 torch.as_tensor(self._lengths[np.asarray(rows, dtype=np.int64)]))
 
+    def recorded_file(self, path):
+        """The stat fingerprint of the video file `path` as it was when indexed: {key: value}
+        for video_listing.STAT_KEYS (-1 where a version 1 index did not record it)."""
+        if self._row_of_path is None:
+            self._row_of_path = {p: r for r, p in enumerate(self.table["path"])}
+        row = self._row_of_path[path]
+        return {key: int(self.table[key][row]) for key in STAT_KEYS}
+
     def padded_frames(self, rows):
         """(float32 [len(rows), F_max, D], bool mask [len(rows), F_max]) of table rows, padded
         with zeros: memory len(rows) x the longest of them; for a few videos of like lengths."""
@@ -175,49 +187,98 @@ class VideoIndex:
     # Searching
 
     def search(self, texts, k=10, temperature=0.1, aggregate="queryscoring", exact=False,
-               candidates=None, device="cpu", mass=DEFAULT_MASS, nprobe=None):
+               candidates=None, device="cpu", mass=DEFAULT_MASS, nprobe=None,
+               model_file=None):
         """Search by text with the index's own model (on `device`, where stage 2 runs too when it
-        is a GPU). returns: [{"query", "hits"}] per text."""
-        text_embeds = self.encode_texts(texts, device)
+        is a GPU; model_file: its weights file where it is now, if it moved). texts: a list of
+        queries (or one str: one query). returns: [{"query", "hits"}] per text. QueryError (a
+        ValueError) for an empty query or a setting search_embeddings refuses, before the model
+        is loaded, and for a query that the model's tokenizer reduces to no token, before any is
+        encoded."""
+        texts = check_queries(texts)
+        check_search_settings(k, temperature, aggregate, candidates, mass, AGGREGATES, nprobe)
+        text_embeds = self.encode_texts(texts, device, model_file)
+        if torch.device(device).type == "cuda":
+            self.stage1 = candidate_index.on_gpus(self.stage1)
         results = self.search_embeddings(text_embeds, k, temperature, aggregate, exact,
                                          candidates, mass, nprobe, device)
         return [{"query": t, "hits": hits} for t, hits in zip(texts, results)]
 
-    def encode_texts(self, texts, device="cpu"):
-        """float32 CPU [len(texts), D], by the model the index was built with."""
-        from clip_hitchhiker.models.backends import load_model
+    def search_images(self, images, k=10, temperature=0.1, aggregate="queryscoring",
+                      exact=False, candidates=None, device="cpu",
+                      mass=DEFAULT_MASS, nprobe=None, model_file=None):
+        """Search by image: each image's CLIP embedding is the query, scored exactly as a text's
+        is. images: paths or PIL images. returns: [{"image", "hits"}] per image ("image" is the
+        path, or None for a PIL image). QueryError for a setting search_embeddings refuses,
+        before the model is loaded."""
+        check_search_settings(k, temperature, aggregate, candidates, mass, AGGREGATES, nprobe)
+        image_embeds = self.encode_images(images, device, model_file)
+        results = self.search_embeddings(image_embeds, k, temperature, aggregate, exact,
+                                         candidates, mass, nprobe)
+        return [{"image": str(Path(i).resolve()) if isinstance(i, (str, Path)) else None,
+                 "hits": hits} for i, hits in zip(images, results)]
+
+    def encode_texts(self, texts, device="cpu", model_file=None):
+        """float32 CPU [len(texts), D], by the model the index was built with, read from
+        model_file where its weights file has moved (it must hold the same weights).
+        QueryError for a text that its tokenizer reduces to no token."""
         from clip_hitchhiker.models.clip_models import encode_captions
 
-        device = torch.device(device)
-        if self._model is None or self._model_device != device:
+        model = self._loaded_model(device, model_file)
+        check_tokenised(texts, model.tokenless(texts), self.config["model"])
+        with torch.inference_mode():
+            return encode_captions(model, list(texts), torch.device(device))
+
+    def encode_images(self, images, device="cpu", model_file=None):
+        """float32 CPU [len(images), D]: each image (a path or a PIL image) preprocessed as the
+        index's frames were (the recorded resize, crop and antialias) and encoded by its model."""
+        from clip_hitchhiker.search.query_embeddings import frame_preprocess_of, image_tensor
+
+        model = self._loaded_model(device, model_file)
+        preprocess = frame_preprocess_of(model, self.config["preprocess"], self.folder)
+        with torch.inference_mode():
+            return torch.cat([torch.zeros(0, model.embed_dim)] + [
+                model.encode_image(preprocess(image_tensor(i).to(device))).float().cpu()
+                for i in images])
+
+    def _loaded_model(self, device, model_file=None):
+        """The index's own model on device, loaded once (and checked to be that model), from
+        model_file where its weights file has moved (it must hold the same weights)."""
+        from clip_hitchhiker.models.backends import content_id, load_model
+        from clip_hitchhiker.search.index_model import search_model
+        from clip_hitchhiker.torchrun import explicit_device
+
+        device = explicit_device(str(device))
+        if self._model is None or self._model_device != (device, model_file):
             config = self.config
-            self._model = load_model(config["backend"], config["model"], device,
-                                     config["pretrained"])
-            self._model_device = device
-            if self._model.model_id != config["model_id"]:
+            backend, model, pretrained = search_model(self.folder, config, model_file)
+            self._model = load_model(backend, model, device, pretrained)
+            self._model_device = (device, model_file)
+            if content_id(self._model.model_id) != content_id(config["model_id"]):
                 raise VideoIndexError(
-                    f"the model {config['model']} is not the one {self.folder} was built with "
+                    f"the model {model} is not the one {self.folder} was built with "
                     f"({self._model.model_id} now, {config['model_id']} then); restore that "
                     "file or rebuild the index")
-        with torch.inference_mode():
-            return encode_captions(self._model, list(texts), device)
+        return self._model
 
     def search_embeddings(self, text_embeds, k=10, temperature=0.1, aggregate="queryscoring",
                           exact=False, candidates=None, mass=DEFAULT_MASS, nprobe=None,
                           device="cpu", stats=None):
-        """text_embeds: [T, D]. returns: T lists of up to k hits {"rank", "video", "score",
-        "start", "end", "peak", "duration", "peak_frame"}, best first.
+        """text_embeds: [T, D] real, finite, no row all zero, of any scale and float dtype, D
+        the index's embed_dim. k: an integer >= 1; temperature > 0; mass in (0, 1]; nprobe: None
+        (the index's) or an integer >= 1, the inverted lists an IVF stage 1 probes in this call
+        (QueryError, a ValueError, otherwise). returns: T lists of up to k hits {"rank",
+        "video", "score", "start", "end", "peak", "duration", "peak_frame"}, best first.
 
-        candidates: videos stage 1 proposes per query. None (the default): first
-        candidate_index.candidate_count of the index's size, then twice as many while the
+        candidates: videos stage 1 proposes per query (an integer >= 1). None (the default):
+        first candidate_index.candidate_count of the index's size, then twice as many while the
         lower half of those proposed holds a video whose bound reaches the k-th exact score (up
         to DEEPEN_LIMIT times as many): the proposals go as deep as the query's look-alikes do.
         device: where stage 2 scores; the hits' own scores are always computed on the CPU.
         stats: a list, to which each query's {"candidates", "finalists"} (videos stage 2 scored
         from codes, and from their frames) is appended (diagnostics: bench_search.py)."""
-        text_embeds = torch.as_tensor(text_embeds, dtype=torch.float32)
-        if aggregate not in AGGREGATES:
-            raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
+        check_search_settings(k, temperature, aggregate, candidates, mass, AGGREGATES, nprobe)
+        text_embeds = check_text_embeds(text_embeds, self.config["embed_dim"])
         if len(self) == 0:
             return [[] for _ in text_embeds]
         if exact:
@@ -315,16 +376,17 @@ class VideoIndex:
         times, duration = self.table["frame_times"][row], float(self.table["duration"][row])
         moment = moment_from_weights(weights, times, duration, mass)
         return {"video": self.table["path"][row], "score": score, **moment,
-                "duration": duration, "peak_frame": int(np.argmax(weights))}
+                "duration": duration, "peak_frame": peak_frame(weights)}
 
     # ------------------------------------------------------------------------------------------
     # Reporting
 
     def info(self, with_times=True):
-        """A plain dict: model, sampling, counts, skipped videos, disk use (and frame times)."""
+        """A plain dict: model, sampling, counts, skipped videos, disk use (and frame times,
+        full precision, in seconds)."""
         manifest = self.manifest
         videos = [{"video": p, "duration": float(d), "frames": len(t),
-                   **({"times": [round(float(x), 3) for x in t]} if with_times else {})}
+                   **({"times": [float(x) for x in t]} if with_times else {})}
                   for p, d, t in zip(self.table["path"], self.table["duration"],
                                      self.table["frame_times"])]
         return {"index": str(self.folder.resolve()), "generation": manifest["generation"],
@@ -457,12 +519,11 @@ def _best_rows(scores, rows, k):
     return [row for row, _ in _top_k(np.asarray(scores), np.asarray(rows), k)]
 
 
-def write_thumbnail(video_path, time_s, out_path):
-    """Write the frame of video_path nearest time_s (seconds) as a JPEG at out_path."""
+def read_frame_near(video, time_s):
+    """uint8 RGB [H, W, 3]: the frame of video (a path or a binary file object) nearest time_s."""
     import av
-    from PIL import Image
 
-    with av.open(str(video_path)) as container:
+    with av.open(video if hasattr(video, "read") else str(video)) as container:
         stream = container.streams.video[0]
         if time_s > 2 and stream.time_base:
             # To the key frame before (time - 2 s), so that a long video is not decoded whole.
@@ -475,6 +536,5 @@ def write_thumbnail(video_path, time_s, out_path):
             elif t > time_s:
                 break
     if best is None:
-        raise VideoIndexError(f"{video_path} has no frame to show")
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(best[1]).save(out_path, "JPEG", quality=90)
+        raise VideoIndexError(f"{getattr(video, 'name', video)} has no frame to show")
+    return best[1]

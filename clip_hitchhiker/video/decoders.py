@@ -12,10 +12,14 @@ length) or by time (clip_hitchhiker.video.sampling: the frame nearest each 1/fps
 midpoint; with keyframes=True, the nearest key frame). Each decoder then only decodes a sorted
 list of frame indices, seeking where the chosen frames are far apart.
 """
+import contextlib
 import ctypes.util
 import functools
 import itertools
 import os
+import re
+import sys
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,8 +29,8 @@ from clip_hitchhiker.errors import ConfigError, VideoDecodeError
 from clip_hitchhiker.video.sampling import fps_sample_times, nearest_frame_indices
 
 __all__ = ["DECODERS", "DECODE_ON", "FFMPEG_LIBRARIES", "FrameTable", "check_decoder",
-           "choose_frames", "decode_frames", "decoder_id", "decoder_line", "frame_table",
-           "resolve_decoder"]
+           "choose_frames", "decode_frames", "decoder_id", "decoder_line", "decoder_log",
+           "frame_table", "resolve_decoder"]
 
 DECODERS = ("decord", "pyav", "torchcodec", "auto")
 DECODE_ON = ("cpu", "device")
@@ -546,3 +550,33 @@ def _first_at_or_after(frames, target):
             return frame
         last = frame
     return last
+
+
+# ----------------------------------------------------------------------------------------------
+# What decoders print
+
+# "[mov,mp4,... @ 0x55d0]" (FFmpeg) and "[00:42:13] /src/video/video_reader.cc:83:" (decord).
+_LOG_PREFIX = re.compile(r"^\[[^\]]*\]\s*(\S+\.(cc|h|cpp):\d+:\s*)?")
+
+
+@contextlib.contextmanager
+def decoder_log():
+    """Keep what a decoder writes to file descriptor 2 off the terminal for the duration: decord
+    prints its C++ errors and FFmpeg's there, past any logger setting (decord.logging only sets
+    FFmpeg's level). yields: a list that holds, afterwards, the lines written, their
+    "[...] file.cc:N:" prefixes removed."""
+    lines = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace")
+            lines += [_LOG_PREFIX.sub("", line).strip() for line in text.splitlines()
+                      if line.strip()]
