@@ -214,7 +214,11 @@ def test_sigint_prints_one_note(videos, tmp_path):
         [sys.executable, str(REPO / "train_msr_retrieval.py"),
          *argv(videos, run, "--save_every", 1, "--epochs", 50, "--num_workers", 1)],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        # A command started in the background (cmd &) without job control inherits SIGINT
+        # ignored, and Python then leaves it ignored: the run finished and exited 0. A
+        # terminal's Ctrl-C meets a process whose SIGINT has its default action.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 180
     while not (run / "last.pt").exists():
         assert process.poll() is None and time.monotonic() < deadline
