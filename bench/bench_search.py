@@ -136,9 +136,12 @@ def disk_bytes(folder):
     return sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file())
 
 
-def measure_reader(folder, size, num_queries, candidates, nprobe, threads, topics, device):
+def measure_reader(folder, size, num_queries, candidates, nprobe, threads, topics, device,
+                   truth_file=""):
     """In a fresh process: open, latencies cold and warm, recall against the exhaustive search,
-    RAM beyond the maps."""
+    RAM beyond the maps. truth_file: where the exhaustive search's answers (and its timings) are
+    kept for this index and these queries, so that fresh readers of one --reuse index need not
+    repeat it (8-9 minutes at 1M); "" to search exhaustively each time."""
     import faiss
     import torch
 
@@ -174,13 +177,26 @@ def measure_reader(folder, size, num_queries, candidates, nprobe, threads, topic
     batch = (time.perf_counter() - start) / min(BATCH, num_queries)
     serving_rss = _status_kb("RssAnon") / 1024
     peak_before_exact = _status_kb("VmHWM") / 1024
-    _reset_peak()
-    start = time.perf_counter()
-    exact = search(queries, exact=True)
-    exact_seconds = (time.perf_counter() - start) / num_queries
-    start = time.perf_counter()
-    search(queries[:1], exact=True)
-    exact_single = time.perf_counter() - start
+    key = {"manifest": index.manifest["checksum"], "queries": num_queries, "topics": topics}
+    kept = json.loads(Path(truth_file).read_text()) if truth_file and Path(
+        truth_file).is_file() else None
+    reused = kept is not None
+    if kept is not None and kept["key"] != key:
+        raise SystemExit(f"{truth_file} holds the answers for another index or other queries")
+    if kept is None:
+        _reset_peak()
+        start = time.perf_counter()
+        exact_hits = search(queries, exact=True)
+        exact_seconds = (time.perf_counter() - start) / num_queries
+        start = time.perf_counter()
+        search(queries[:1], exact=True)
+        kept = {"key": key, "exact": [[h["video"] for h in hits] for hits in exact_hits],
+                "exact_ms_per_query_batched": 1000 * exact_seconds,
+                "exact_ms_single": 1000 * (time.perf_counter() - start),
+                "peak_rss_exact_mb": _status_kb("VmHWM") / 1024}
+        if truth_file:
+            Path(truth_file).write_text(json.dumps(kept))
+    exact = [[{"video": v} for v in videos] for videos in kept["exact"]]
     return {**opened, **_latencies("cold", cold), **_latencies("warm", warm),
             "batch_ms_per_query": 1000 * batch,
             "recall_at_10": _recall(two_stage, exact, 10), "recall_at_1": _recall(two_stage,
@@ -189,10 +205,11 @@ def measure_reader(folder, size, num_queries, candidates, nprobe, threads, topic
             "finalists": float(np.mean([s["finalists"] for s in stats])),
             "finalists_p95": float(np.percentile([s["finalists"] for s in stats], 95)),
             "frames_resident_mb": float(np.max(resident)) / 2 ** 20 if resident else 0.0,
-            "exact_ms_per_query_batched": 1000 * exact_seconds,
-            "exact_ms_single": 1000 * exact_single, "rss_anon_mb": serving_rss,
+            "exact_ms_per_query_batched": kept["exact_ms_per_query_batched"],
+            "exact_ms_single": kept["exact_ms_single"], "rss_anon_mb": serving_rss,
             "peak_rss_queries_mb": peak_before_exact,
-            "peak_rss_exact_mb": _status_kb("VmHWM") / 1024,
+            "peak_rss_exact_mb": kept["peak_rss_exact_mb"],
+            "exact_reused": reused,
             "stage1": index.manifest["stage1"]["type"], "codes": bool(index.manifest.get(
                 "codes")), "device": device}
 
@@ -379,7 +396,7 @@ def measure_in_child(index, size, args):
     child = subprocess.run(
         [sys.executable, __file__, "--_reader", str(index), size, str(args.queries),
          str(args.candidates or 0), str(args.nprobe), str(args.threads),
-         str(_topics_of(size, args)), args.device], capture_output=True, text=True)
+         str(_topics_of(size, args)), args.device, args.truth], capture_output=True, text=True)
     if child.returncode:
         raise RuntimeError(f"the reader failed: {child.stderr[-3000:]}")
     result = json.loads(child.stdout.strip().splitlines()[-1])
@@ -407,7 +424,9 @@ def print_result(r, load):
           f"{r['finalists_p95']:.0f}); recall@10 {r['recall_at_10']:.3f}, recall@1 "
           f"{r['recall_at_1']:.3f}; exhaustive {r['exact_ms_single']:.0f} ms for one query, "
           f"{r['exact_ms_per_query_batched']:.1f} ms/query batched "
-          f"({r['exact_ms_single'] / r['cold_p50_ms']:.0f}x the two stages' cold p50); load {load}")
+          f"({r['exact_ms_single'] / r['cold_p50_ms']:.0f}x the two stages' cold p50"
+          f"{'; measured by the first reader, read from --truth' if r['exact_reused'] else ''});"
+          f" load {load}")
     if r["long_frames"]:
         padded = 100 * r["long_frames"] * DIM * 4 / 1e9
         print(f"long: peak resident size while querying {r['peak_rss_queries_mb']:.0f} MB, while "
@@ -485,7 +504,11 @@ def main():
     parser.add_argument("--page", action="store_true",
                         help="also measure the search page (serve's API over HTTP) against "
                              "the CLI's latency, in another fresh reader")
-    parser.add_argument("--_reader", nargs=8, help=argparse.SUPPRESS)
+    parser.add_argument("--truth", default="", metavar="FILE",
+                        help="keep the exhaustive search's answers and timings in FILE (made by "
+                             "the first reader, read by the next ones of the same index and "
+                             "queries: with --reuse, only the first repeats it)")
+    parser.add_argument("--_reader", nargs=9, help=argparse.SUPPRESS)
     parser.add_argument("--_page", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._page:
@@ -494,9 +517,10 @@ def main():
                                       int(threads))))
         return
     if args._reader:
-        folder, size, queries, candidates, nprobe, threads, topics, device = args._reader
+        folder, size, queries, candidates, nprobe, threads, topics, device, truth = args._reader
         print(json.dumps(measure_reader(folder, size, int(queries), int(candidates) or None,
-                                        int(nprobe) or None, int(threads), int(topics), device)))
+                                        int(nprobe) or None, int(threads), int(topics), device,
+                                        truth)))
         return
     if args.model:
         saved = [json.loads(line) for line in Path(args.model).read_text().splitlines() if line]
