@@ -1,4 +1,5 @@
 """The benchmark and GPU-check scripts run (tiny sizes, CPU) and print every figure."""
+import json
 import os
 import re
 import subprocess
@@ -178,12 +179,18 @@ def test_bench_search_keeps_an_index_then_measures_it_again_with_ivfsq8(tmp_path
     assert re.search(r"^quick \(2000 videos x 20 frames, 200 topics, stage 1 ivfsq8, codes yes, "
                      r"stage 2 on cpu\): build \d+ s", built.stdout, re.M)
     assert list(work.iterdir()) == [] and (kept / "manifest.json").is_file()
-    reused = subprocess.run(bench + ["--reuse", str(kept)], capture_output=True, text=True,
-                            timeout=600)
-    assert reused.returncode == 0, reused.stderr[-3000:]
-    assert re.search(r"^quick \(2000 videos x 20 frames, 200 topics, stage 1 ivfsq8, codes yes, "
-                     r"stage 2 on cpu\): reused, disk .* recall@10 [01]\.\d{3}", reused.stdout,
-                     re.M)
+    truth = tmp_path / "truth.json"
+    recalls = []
+    for reader in range(2):  # the first reader searches exhaustively, the second reads --truth
+        reused = subprocess.run(bench + ["--reuse", str(kept), "--truth", str(truth)],
+                                capture_output=True, text=True, timeout=600)
+        assert reused.returncode == 0, reused.stderr[-3000:]
+        line = re.search(r"^quick \(2000 videos x 20 frames, 200 topics, stage 1 ivfsq8, codes "
+                         r"yes, stage 2 on cpu\): reused, disk .* recall@10 ([01]\.\d{3}).*$",
+                         reused.stdout, re.M)
+        assert line and ("read from --truth" in line.group(0)) == (reader == 1)
+        recalls.append(line.group(1))
+    assert recalls[0] == recalls[1] and len(json.loads(truth.read_text())["exact"]) == 20
     refused = subprocess.run(bench + ["--keep", str(kept)], capture_output=True, text=True,
                              timeout=60)
     assert refused.returncode == 2 and f"--keep {kept} exists" in refused.stderr
