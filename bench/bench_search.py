@@ -440,6 +440,9 @@ def model_10m(results):
     serves it. returns: lines to print."""
     small = next(r for r in results if r["size"] == "100k")
     large = next(r for r in results if r["size"] == "1M")
+    # A --reuse run has no build time: take the latest build of that size.
+    large = {**large, "build_s": next(r["build_s"] for r in results
+                                      if r["size"] == "1M" and r["build_s"] is not None)}
     scale = 10  # 10M x 16 is ten times 1M x 16, file by file
     mapped = lambda r: (r["codes_bytes"] + r["stage1_bytes"]) / 2 ** 20  # noqa: E731 (in RAM)
     # RAM beyond the codes and stage 1 (the table, torch): a base plus a cost per video.
