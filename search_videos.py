@@ -101,7 +101,7 @@ def _index_parser(parser):
         help="with --prune: prune even a missing or empty named folder, or most of the index")
     add("--stage1", choices=STAGE1_TYPES, default=None,
         help="the FAISS candidate index over segment means: auto (flat up to 200k vectors, "
-             "IVF-SQ8 up to 4M, then IVF-PQ), flat, ivfsq8, ivfpq or hnsw (default: what the "
+             "IVF-SQ8 up to 1M, then IVF-PQ), flat, ivfsq8, ivfpq or hnsw (default: what the "
              "index has, auto for a new one)")
     add("--commit_every", type=int, default=DEFAULT_COMMIT_EVERY, metavar="N",
         help="commit after every N videos (per rank under torchrun): a kill loses at most "
@@ -125,8 +125,9 @@ def _search_parser(parser):
     add("--exact", action="store_true",
         help="score every video exactly (no FAISS candidates): the ground truth, slower")
     add("--candidates", type=int, default=None,
-        help="videos that stage 1 proposes per query (default: 100, or one in 1000 of the "
-             "index's videos when that is more)")
+        help="videos that stage 1 proposes per query, exactly (default: 100, or one in 1000 "
+             "of the index's videos when that is more, doubled up to 16 times while the lower "
+             "half of them may still hold a top-k video)")
     add("--mass", type=float, default=DEFAULT_MASS,
         help=f"share of the frame weight the moment holds (default {DEFAULT_MASS})")
     add("--json", action="store_true",

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from clip_hitchhiker.errors import VideoIndexError
-from clip_hitchhiker.search import frame_codes, index_codes
+from clip_hitchhiker.search import candidate_index, frame_codes
 from clip_hitchhiker.search import index_format as fmt
 from clip_hitchhiker.search.index_writer import EncodedVideo, IndexWriter, write_videos
 from clip_hitchhiker.search.video_index import VideoIndex
@@ -380,3 +380,71 @@ def test_stage_2_on_the_gpu_finds_what_the_cpu_finds(dense_index):
     for a, b in zip(on_gpu, on_cpu):  # the hits' own scores are computed on the CPU
         shared = {h["video"]: h["score"] for h in b}
         assert all(h["score"] == shared[h["video"]] for h in a if h["video"] in shared)
+
+
+def test_an_older_index_whose_long_video_overflowed_its_ids_opens_and_upgrades(tmp_path,
+                                                                               monkeypatch):
+    """Versions 1 and 2 wrote ids id << 16 | segment unchecked, so a video of 524 289 frames
+    overflowed into the next video's. Such an index, its stage-1 file damaged, opens with stage
+    1 rebuilt in memory with 32-bit ids (the long video found at its last frame), and its
+    upgrade commit, which here also drops the long video, succeeds."""
+    rng = np.random.default_rng(1)
+    centres = topic_vectors(2)
+    long_frames = centres[1] + 0.1 * rng.standard_normal((524_289, DIM))
+    long_frames[-1] = centres[0]
+    videos = [encoded("/synthetic/a-long.mp4", long_frames),
+              encoded("/synthetic/b-next.mp4", centres[1] + 0.1 * rng.standard_normal((8, DIM)))]
+
+    def unchecked_ids(video_ids, num_frames, segment_bits=16):  # as versions 1 and 2 wrote them
+        return np.concatenate([(int(v) << segment_bits) + np.arange(
+            candidate_index.segment_count(f), dtype=np.int64)
+            for v, f in zip(video_ids, num_frames)])
+
+    monkeypatch.setattr(candidate_index, "vector_ids", unchecked_ids)
+    manifest = write_v1_index(tmp_path / "old", CONFIG, videos, version=2)
+    monkeypatch.undo()
+    stage1 = tmp_path / "old" / manifest["stage1"]["file"]
+    data = bytearray(stage1.read_bytes())
+    data[-1] ^= 0xFF
+    stage1.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="rebuilding the stage-1 index in memory"):
+        index = VideoIndex.open(tmp_path / "old")
+    assert index.segment_bits == 32
+    hits = index.search_embeddings(torch.from_numpy(centres[:1]), k=1, candidates=1)[0]
+    assert (hits[0]["video"], hits[0]["peak_frame"]) == ("/synthetic/a-long.mp4", 524_288)
+    writer = IndexWriter(tmp_path / "old", CONFIG)
+    try:
+        writer.commit([], drop=["/synthetic/a-long.mp4"])
+    finally:
+        writer.close()
+    upgraded = VideoIndex.open(tmp_path / "old")
+    assert upgraded.manifest["version"] == 3 and upgraded.segment_bits == 32
+    assert [h["video"] for h in upgraded.search_embeddings(
+        torch.from_numpy(centres[:1]), k=2)[0]] == ["/synthetic/b-next.mp4"]
+
+
+def test_image_and_page_searches_run_stage_2_on_the_device_asked(dense_index, monkeypatch,
+                                                                  tmp_path):
+    """search_images and the page's searches hand their device to stage 2, as search does
+    (they ran it on the CPU whatever the device). "cpu:0" stands for a GPU here."""
+    import inspect
+
+    from clip_hitchhiker.search.server import SearchService
+
+    original, devices = dense_index.search_embeddings, []
+
+    def spy(*args, **kwargs):
+        devices.append(str(inspect.signature(original).bind(*args, **kwargs).arguments.get(
+            "device", "cpu")))
+        return original(*args, **kwargs)
+
+    query = queries(6, 1)
+    monkeypatch.setattr(dense_index, "search_embeddings", spy)
+    monkeypatch.setattr(dense_index, "encode_images", lambda images, device, model_file=None:
+                        query.repeat(len(images), 1))
+    dense_index.search_images(["a.png"], k=3, device="cpu:0")
+    service = SearchService(dense_index, tmp_path / "cache", device="cpu:0",
+                            encode_texts=lambda texts: query.repeat(len(texts), 1))
+    service.text_job("q", {"k": 3, "temperature": 0.1, "aggregate": "queryscoring",
+                           "exact": False, "candidates": None, "mass": 0.5})()
+    assert devices == ["cpu:0", "cpu:0"]

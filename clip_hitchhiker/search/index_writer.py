@@ -360,9 +360,12 @@ class IndexWriter:
         replaced = (set(drop) | set(new_rows["path"]) | {p for p, _, _ in failed}) - set(renamed)
         keep = [r for r, p in enumerate(self.table["path"]) if p not in replaced]
         removed = [r for r, p in enumerate(self.table["path"]) if p in replaced]
+        # An older index's 16-bit ids are not updated but rebuilt (_write_stage1): they may not
+        # even be computable (a video of more than 2^19 frames overflowed them).
         removed_ids = candidate_index.vector_ids(
             [self.table["id"][r] for r in removed],
-            [len(self.table["frame_times"][r]) for r in removed], self.segment_bits)
+            [len(self.table["frame_times"][r]) for r in removed]) \
+            if self.segment_bits == candidate_index.SEGMENT_BITS else np.zeros(0, np.int64)
         new_means, _ = fmt.segment_vectors(self.folder, new_rows, self.config["embed_dim"])
         kept = {c: [self.table[c][r] for r in keep] for c in fmt.TABLE_COLUMNS}
         _rename_rows(kept, renamed)

@@ -206,7 +206,8 @@ class SearchService:
         search = {k: v for k, v in options.items() if k != "k"}
         hits = self.index.search_embeddings(embeds, options["k"], search["temperature"],
                                             search["aggregate"], search["exact"],
-                                            search["candidates"], search["mass"])[0]
+                                            search["candidates"], search["mass"],
+                                            device=self.device)[0]
         self._add_strips(hits, embeds, search["temperature"])
         return rounded_for_print(search_report(self.index.folder, [{**query, "hits": hits}],
                                                search["aggregate"], search["temperature"],

@@ -60,7 +60,7 @@ class VideoIndex:
     def __init__(self, folder, manifest, table, stage1, codes=None):
         self.folder, self.manifest, self.table, self.stage1 = Path(folder), manifest, table, stage1
         self.config = manifest["config"]
-        # Version 1 indexes numbered segments with 16 bits.
+        # Versions 1 and 2 numbered segments with 16 bits, and recorded none.
         self.segment_bits = manifest["stage1"]["params"].get("segment_bits", 16)
         ids = np.asarray(table["id"], dtype=np.int64)
         self._id_order = np.argsort(ids, kind="stable")
@@ -118,8 +118,10 @@ class VideoIndex:
         except (VideoIndexError, RuntimeError) as e:
             warnings.warn(f"{e}: rebuilding the stage-1 index in memory from the means files "
                           "(run search_videos.py index again to rewrite it)", stacklevel=3)
-        vectors, ids = fmt.segment_vectors(self.folder, self.table, self.config["embed_dim"],
-                                           segment_bits=self.segment_bits)
+        # Rebuilt with 32-bit segment numbers, whatever the file had (an older index's 16 bits
+        # overflowed with a video of more than 2^19 frames).
+        self.segment_bits = candidate_index.SEGMENT_BITS
+        vectors, ids = fmt.segment_vectors(self.folder, self.table, self.config["embed_dim"])
         index, _ = candidate_index.build(stage1["type"], vectors, ids)
         return index
 
@@ -214,7 +216,7 @@ class VideoIndex:
         check_search_settings(k, temperature, aggregate, candidates, mass, AGGREGATES, nprobe)
         image_embeds = self.encode_images(images, device, model_file)
         results = self.search_embeddings(image_embeds, k, temperature, aggregate, exact,
-                                         candidates, mass, nprobe)
+                                         candidates, mass, nprobe, device)
         return [{"image": str(Path(i).resolve()) if isinstance(i, (str, Path)) else None,
                  "hits": hits} for i, hits in zip(images, results)]
 
