@@ -13,6 +13,7 @@ Layout of the release's zip (https://github.com/m-bain/frozen-in-time), extracte
 import csv
 import json
 import os
+import signal
 import warnings
 from pathlib import Path
 
@@ -402,6 +403,13 @@ class VideoDataset(Dataset):
             return torch.zeros(self.num_frames, 3, 0, 0, dtype=torch.uint8)
         size = self.preprocess.crop
         return torch.zeros(self.num_frames, 3, size, size, dtype=self.preprocess.dtype)
+
+
+def ignore_interrupts(worker_id):
+    """A DataLoader worker's worker_init_fn: Ctrl-C reaches the whole process group, and a
+    worker that took it printed a traceback from wherever it was (decord's VideoReader.__del__
+    in one run). The main process takes it alone and ends its workers as it stops."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def collate_videos(items):

@@ -381,6 +381,8 @@ def encode_and_commit(writer, model, plan, sampling, preprocess, ctx, args):
     videos per rank; after each round every rank writes its files and rank 0 commits them (the
     plan's renames, drops and unreadable files with the first). returns: this run's counts,
     summed over the ranks."""
+    from data_loader import ignore_interrupts
+
     to_encode = plan["to_encode"]
     mine = [to_encode[i] for i in shard(len(to_encode), ctx)]
     placement = resolve_preprocess_on(args.preprocess_on, ctx.device)
@@ -389,7 +391,7 @@ def encode_and_commit(writer, model, plan, sampling, preprocess, ctx, args):
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size,
                                          num_workers=loader_workers(args.num_workers,
                                                                     args.decode_on),
-                                         collate_fn=_collate)
+                                         collate_fn=_collate, worker_init_fn=ignore_interrupts)
     items = (item for batch in loader for item in batch)
     counts = {"encoded": 0, "failed": 0, "vanished": 0, "frames_encoded": 0, "capped": 0}
     start = time.perf_counter()

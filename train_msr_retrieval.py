@@ -397,7 +397,7 @@ def _train(args, ctx, output, videos):
                             num_workers=loader_workers(args.num_workers, args.decode_on),
                             collate_fn=collate_clips,
                             pin_memory=ctx.device.type == "cuda" and args.decode_on == "cpu",
-                            drop_last=True)
+                            drop_last=True, worker_init_fn=data_loader.ignore_interrupts)
         for batch in tqdm(loader, desc=f"epoch {number}/{args.epochs}",
                           disable=not ctx.is_main):
             loss = train_step(trainer, batch, device_preprocess, output)

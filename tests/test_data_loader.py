@@ -333,3 +333,26 @@ def test_one_file_under_several_paths_is_one_video(tmp_path, clip_preprocess):
 def test_csv_that_is_a_folder(tmp_path, clip_preprocess):
     with pytest.raises(DatasetError, match="is a folder; pass the CSV file"):
         CSVDataset(tmp_path, tmp_path, clip_preprocess, 2)
+
+
+class _SigintHandlers(torch.utils.data.Dataset):
+    """Each item: how SIGINT is handled in the process that makes it."""
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        import signal
+
+        return str(signal.getsignal(signal.SIGINT))
+
+
+def test_loader_workers_leave_ctrl_c_to_the_main_process():
+    """A worker with ignore_interrupts ignores SIGINT (a worker that took a terminal's Ctrl-C
+    printed a traceback from decord's VideoReader.__del__); the main process still takes it."""
+    import signal
+
+    loader = torch.utils.data.DataLoader(_SigintHandlers(), batch_size=1, num_workers=1,
+                                         worker_init_fn=data_loader.ignore_interrupts)
+    assert [batch[0] for batch in loader] == [str(signal.SIG_IGN)] * 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

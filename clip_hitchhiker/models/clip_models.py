@@ -12,7 +12,7 @@ from clip_hitchhiker.downloads import sha256_file_once
 from clip_hitchhiker.embedding_cache import cache_content
 from clip_hitchhiker.errors import EmbeddingError, ModelLoadError
 from clip_hitchhiker.torchrun import all_gather_json, all_gather_rows, collective_step, shard
-from data_loader import collate_videos
+from data_loader import collate_videos, ignore_interrupts
 
 _TEXT_BATCH = 256
 
@@ -169,7 +169,7 @@ def encode_videos(model, dataset, indices, device, *, batch_size=1, num_workers=
     pin = device.type == "cuda" and getattr(dataset, "decode_device", "cpu") == "cpu"
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, pin_memory=pin, collate_fn=collate_videos,
-                        **options)
+                        worker_init_fn=ignore_interrupts, **options)
     encoder = ChunkedImageEncoder(model, frame_chunk)
     kept, failures, decoded = [], [], []
     for batch in tqdm(loader, desc="encoding videos", unit="batch", disable=not show_progress):

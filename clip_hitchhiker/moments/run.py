@@ -35,7 +35,7 @@ from clip_hitchhiker.moments.rule import DEFAULT_MASS, moment_from_weights
 from clip_hitchhiker.models.options import resolve_preprocess_on
 from clip_hitchhiker.output_files import cache_is_writable, check_output_files
 from clip_hitchhiker.reporting import package_versions
-from data_loader import FramePreprocess, collate_videos
+from data_loader import FramePreprocess, collate_videos, ignore_interrupts
 from query_scoring import queryscoring_frame_weights
 
 MOMENT_FORMAT = "moments-1"
@@ -130,7 +130,7 @@ def encode_by_time(model, dataset, device, *, batch_size=1, num_workers=0, frame
     --save_embeddings writes (see moment_content).
     """
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_videos)
+                        collate_fn=collate_videos, worker_init_fn=ignore_interrupts)
     encoder = ChunkedImageEncoder(model, frame_chunk)
     kept, counts, decoded, failures = [], [], [], []
     for batch in loader:
