@@ -352,7 +352,11 @@ def test_loader_workers_leave_ctrl_c_to_the_main_process():
     printed a traceback from decord's VideoReader.__del__); the main process still takes it."""
     import signal
 
-    loader = torch.utils.data.DataLoader(_SigintHandlers(), batch_size=1, num_workers=1,
-                                         worker_init_fn=data_loader.ignore_interrupts)
-    assert [batch[0] for batch in loader] == [str(signal.SIG_IGN)] * 2
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    try:
+        loader = torch.utils.data.DataLoader(_SigintHandlers(), batch_size=1, num_workers=1,
+                                             worker_init_fn=data_loader.ignore_interrupts)
+        assert [batch[0] for batch in loader] == [str(signal.SIG_IGN)] * 2
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
