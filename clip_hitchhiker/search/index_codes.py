@@ -63,9 +63,9 @@ def commit_codes(folder, table, entry, new_files, generation):
              "means": {m: p for m, p in entry["means"].items() if m in set(table["means_file"])}}
     codec, owners = _codec_of(folder, entry), _rows_by_file(table)
     for frames_file, means_file in new_files:
-        rank_part = frames_file.rsplit("-", 1)[1]  # "r<rank>.npy"
-        codes_name = f"codes-{generation:06d}-{rank_part}"
-        means_name = f"meancodes-{generation:06d}-{rank_part}"
+        rank = int(frames_file.rsplit("-r", 1)[1].removesuffix(".npy"))  # frames-<g>-r<rank>
+        codes_name = fmt.codes_name("codes", generation, rank)
+        means_name = fmt.codes_name("meancodes", generation, rank)
         fmt.write_npy(folder / codes_name, _frame_file_codes(
             folder, table, frames_file, owners.get(frames_file, []), codec,
             entry["error_step"]))
@@ -90,7 +90,8 @@ def _train_and_encode_all(folder, table, generation):
     """Train a codec on a sample of the table's frames, then write the codes of every frames
     and means file the table names, each in one file (rows in file-name order)."""
     codec, error_step, trained_on = _train(folder, table)
-    codebook, mean_range = f"codebook-{generation:06d}.npy", f"meanrange-{generation:06d}.npy"
+    codebook, mean_range = (fmt.codes_name(kind, generation) for kind in ("codebook",
+                                                                          "meanrange"))
     fmt.write_npy(folder / codebook, codec.centroids)
     fmt.write_npy(folder / mean_range, codec.mean_range())
     entry = {"codebook": codebook, "mean_range": mean_range, "error_step": error_step,
@@ -106,9 +107,9 @@ def _train_and_encode_all(folder, table, generation):
         for name in files:
             blocks.append(encode(name))
             entry["frames" if kind == "codes" else "means"][name] = [
-                f"{kind}-{generation:06d}.npy", first]
+                fmt.codes_name(kind, generation), first]
             first += len(blocks[-1])
-        fmt.write_npy(folder / f"{kind}-{generation:06d}.npy", np.concatenate(blocks))
+        fmt.write_npy(folder / fmt.codes_name(kind, generation), np.concatenate(blocks))
     return entry, _entry_files(entry)
 
 

@@ -546,7 +546,7 @@ def stage1_name(generation):
 
 
 def shard_name(kind, generation, rank):
-    """kind: "frames" or "means"."""
+    """kind: "frames" or "means" (or "codes", "meancodes": codes_name)."""
     return f"{kind}-{generation:06d}-r{rank}.npy"
 
 
@@ -566,13 +566,19 @@ def commit_file_names(generation, ranks):
             *codes_file_names(generation, ranks)]
 
 
+def codes_name(kind, generation, rank=None):
+    """kind: "codes", "meancodes" (rank: of the shard they code; None: one file for all),
+    "codebook" or "meanrange"."""
+    return f"{kind}-{generation:06d}.npy" if rank is None else shard_name(kind, generation, rank)
+
+
 def codes_file_names(generation, ranks):
     """The names a commit's codes may take (index_codes): per rank's shards, or one file each
     when every frame is coded again, and the codec's two files."""
-    return [*(f"{kind}-{generation:06d}-r{rank}.npy" for kind in ("codes", "meancodes")
+    return [*(codes_name(kind, generation, rank) for kind in ("codes", "meancodes")
               for rank in range(ranks)),
-            *(f"{kind}-{generation:06d}.npy" for kind in ("codes", "meancodes", "codebook",
-                                                          "meanrange"))]
+            *(codes_name(kind, generation) for kind in ("codes", "meancodes", "codebook",
+                                                         "meanrange"))]
 
 
 def index_marker(folder):
