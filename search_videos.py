@@ -542,6 +542,8 @@ def run_search(args):
     queries = read_queries(args)  # refused before the index and the model are loaded
     thumbnails = (ThumbnailFolder.claim(args.thumbnails, len(queries) + len(args.image), args.k)
                   if args.thumbnails else None)
+    if args.clips:
+        clips_folder(args.clips)
     index = VideoIndex.open(args.index)
     options = dict(k=args.k, temperature=args.temperature, aggregate=args.aggregate,
                    exact=args.exact, candidates=args.candidates, device=args.device,
@@ -570,13 +572,26 @@ def write_thumbnails(thumbnails, index, results):
     return sum(path is not None for _, _, path, _ in outcomes)
 
 
+def clips_folder(folder):
+    """--clips DIR made if missing, before any search work; ConfigError (one line) where it is
+    a file or cannot be written."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"--clips {folder} is a file; give a folder for the clips") from None
+    except OSError as e:
+        raise ConfigError(f"--clips {folder} cannot be made ({e.strerror}); give a folder you "
+                          "can write") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"--clips {folder} cannot be written; give a folder you can write")
+
+
 def write_moment_clips(results, folder):
     """Each hit's moment as an MP4 in folder (hit["clip"]: its path), never replacing a file."""
     from clip_hitchhiker.search.moment_clips import (clip_name, new_part_file, place_clip,
                                                      write_clip)
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     for result in results:
         for hit in result["hits"]:
             made = new_part_file(folder)

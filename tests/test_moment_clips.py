@@ -245,6 +245,26 @@ def test_place_clip_raises_what_is_not_a_missing_hard_link(tmp_path, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["made"]
 
 
+def test_clips_that_is_a_file_or_read_only_is_one_line_before_any_search(gop_index, tmp_path,
+                                                                           capsys, monkeypatch):
+    """--clips naming a file raised FileExistsError after the search; now both cases are one
+    ConfigError line, before the index is opened."""
+    from clip_hitchhiker.errors import ConfigError
+
+    opened = []
+    monkeypatch.setattr(search_videos.VideoIndex, "open", lambda folder: opened.append(folder))
+    a_file = tmp_path / "report.json"
+    a_file.write_text("mine")
+    with pytest.raises(ConfigError, match=f"^--clips {a_file} is a file; give a folder"):
+        search_json(capsys, "--index", gop_index["index"], "a green video", "--clips", a_file)
+    read_only = tmp_path / "read-only"
+    read_only.mkdir(mode=0o555)
+    monkeypatch.setattr(search_videos.os, "access", lambda path, mode: False)  # root writes all
+    with pytest.raises(ConfigError, match=f"^--clips {read_only} cannot be written"):
+        search_json(capsys, "--index", gop_index["index"], "a green video", "--clips", read_only)
+    assert opened == [] and a_file.read_text() == "mine"
+
+
 def test_clips_on_a_file_system_without_hard_links(gop_index, tmp_path, capsys, monkeypatch):
     def no_link(source, target):
         raise PermissionError(errno.EPERM, "Operation not permitted", str(source), None,
