@@ -486,3 +486,26 @@ def test_an_explicit_candidate_count_asks_stage_1_once_for_it(dense_index, monke
     stats = []
     dense_index.search_embeddings(queries(6, 3, seed=12), k=10, candidates=50, stats=stats)
     assert asked == [50] and [s["candidates"] for s in stats] == [50, 50, 50]
+
+
+def test_frame_blocks_against_every_greedy_split_of_small_cases():
+    """Blocks of consecutive rows, each within the budget (or one longer row alone), each as
+    long as the budget allows: checked against the direct greedy rule on every small case."""
+    from itertools import product
+
+    from clip_hitchhiker.search.video_index import _frame_blocks
+
+    for count in range(5):
+        for lengths in product([1, 2, 3, 5], repeat=count):
+            lengths = np.array(lengths, dtype=np.int64)
+            rows = np.arange(count)[::-1]  # any order of rows
+            for budget in (1, 3, 4, 6):
+                expected, block, held = [], [], 0
+                for row in rows.tolist():
+                    if block and held + lengths[row] > budget:
+                        expected.append(block)
+                        block, held = [], 0
+                    block.append(row)
+                    held += lengths[row]
+                expected += [block] if block else []
+                assert [b.tolist() for b in _frame_blocks(rows, lengths, budget)] == expected

@@ -45,6 +45,9 @@ _EXACT_BLOCK_FRAMES = 1 << 16   # padded frames scored per block by the exhausti
 _OPEN_RETRIES = 5               # a writer may commit (and remove old files) while we open
 # Finalists are scored exactly in rounds of at least this many (and 2k), best bound first.
 _FINALIST_ROUND = 16
+# Candidates' codes are decoded and bounded this many frames at a time (8 MB of float32 at
+# 512-d): what a query holds stays small, and the blocks stay in the processor's cache.
+_BOUND_BLOCK_FRAMES = 4096
 # Stage 2's bound on a score: its estimate with each frame's error leaning towards the text by
 # this many typical lengths (or the certain bound, when lower): ragged_scoring.approximate_scores
 # and docs/search.md.
@@ -442,11 +445,13 @@ class _Stage2:
     def _bound(self, rows):
         """Add rows with the upper bounds of their scores from the codes."""
         order = self._by_length(rows)
-        frames, errors, lengths = self.index._decoded(rows[order], self.device)
-        _, upper = approximate_scores(self.text, frames, errors, lengths, self.temperature,
-                                      self.aggregate, BOUND_SPREAD)
+        upper = []
+        for block in _frame_blocks(rows[order], self.index._lengths, _BOUND_BLOCK_FRAMES):
+            frames, errors, lengths = self.index._decoded(block, self.device)
+            upper.append(approximate_scores(self.text, frames, errors, lengths, self.temperature,
+                                            self.aggregate, BOUND_SPREAD)[1].cpu().numpy())
         self.rows = np.concatenate([self.rows, rows])
-        self.upper = np.concatenate([self.upper, _unsorted(upper.cpu().numpy(), order)])
+        self.upper = np.concatenate([self.upper, _unsorted(np.concatenate(upper), order)])
 
     def _by_length(self, rows):
         """The order of rows by their lengths (scoring takes one batched product per length)."""
@@ -484,6 +489,17 @@ class _Stage2:
         rows = np.fromiter(self.scored, dtype=np.int64, count=len(self.scored))
         scores = np.fromiter(self.scored.values(), dtype=np.float64, count=len(self.scored))
         return _best_rows(scores, rows, self.k)
+
+
+def _frame_blocks(rows, lengths, budget):
+    """rows in consecutive blocks of at most `budget` frames (or one longer video alone)."""
+    ends = np.cumsum(lengths[rows])
+    first = 0
+    while first < len(rows):
+        base = ends[first - 1] if first else 0
+        last = max(first + 1, int(np.searchsorted(ends, base + budget, side="right")))
+        yield rows[first:last]
+        first = last
 
 
 def _unsorted(values, order):
