@@ -3,6 +3,8 @@ query_scoring's padded functions, hand values, and the bounds of scores from app
 against every perturbation tried (random, along the text, along the frame, and optimised)."""
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -202,3 +204,26 @@ def test_the_optimistic_estimate_raises_each_frame_by_its_error():
     _, certain = score_bounds(text, frames, errors, [2], 1.0)
     assert float(estimate) < expected < float(certain)
     assert float(upper) == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("lengths, runs, batched", [
+    ([3, 3, 3, 3, 5, 5, 5, 5], [(4, 3), (4, 5)], True),           # 2 runs of 4 videos
+    ([5] * 9, [(9, 5)], True),                                     # one run
+    ([1, 2, 3, 4, 2, 7, 1, 8], [(1, n) for n in [1, 2, 3, 4, 2, 7, 1, 8]], False)])  # sparse
+def test_weighted_sums_equal_the_direct_sums_by_runs_or_sparse(lengths, runs, batched,
+                                                                monkeypatch):
+    from clip_hitchhiker.search.ragged_scoring import _Ragged, _runs
+
+    sparse, original = [], torch.sparse_csr_tensor
+    monkeypatch.setattr(torch, "sparse_csr_tensor", lambda *a, **k: sparse.append(1) or
+                        original(*a, **k))
+    generator = torch.Generator().manual_seed(9)
+    frames = torch.randn(sum(lengths), 16, generator=generator)
+    weights = [torch.rand(sum(lengths), generator=generator) for _ in range(2)]
+    sums = _Ragged(frames, lengths).weighted_sums(*weights)
+    bounds = np.cumsum([0] + lengths)
+    for w, got in zip(weights, sums):
+        expected = torch.stack([(w[a:b, None].double() * frames[a:b].double()).sum(0)
+                                for a, b in zip(bounds[:-1], bounds[1:])]).float()
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert _runs(torch.tensor(lengths)) == runs and bool(sparse) != batched

@@ -448,3 +448,64 @@ def test_image_and_page_searches_run_stage_2_on_the_device_asked(dense_index, mo
     service.text_job("q", {"k": 3, "temperature": 0.1, "aggregate": "queryscoring",
                            "exact": False, "candidates": None, "mass": 0.5})()
     assert devices == ["cpu:0", "cpu:0"]
+
+
+def test_stage_1_is_asked_for_the_first_deepening_then_again_only_for_deeper(dense_index,
+                                                                              monkeypatch):
+    """The proposals a query takes are the first ones of the whole ranking (stage 1 asked for
+    DEEPEN_LIMIT times the start at once), whatever count stage 1 was asked for first."""
+    from clip_hitchhiker.search import video_index
+
+    asked, original = [], candidate_index.search
+    monkeypatch.setattr(candidate_index, "search", lambda index, texts, count, *rest: asked.append(
+        (len(texts), count)) or original(index, texts, count, *rest))
+    texts = queries(6, 4, seed=11)
+    start = candidate_index.candidate_count(len(dense_index))
+    stats = []
+    dense_index.search_embeddings(texts, k=10, stats=stats)
+    limit = start * video_index.DEEPEN_LIMIT
+    # One batched call for 2 x start; a query that took more than that asked again, alone.
+    assert asked[0] == (4, 2 * start)
+    deeper = [s for s in stats if s["candidates"] > 2 * start]
+    assert [a[0] for a in asked[1:]] == [1] * len(asked[1:]) and len(asked) - 1 >= (
+        1 if deeper else 0)
+    ids = original(dense_index.stage1, texts.numpy(), limit, None, dense_index.segment_bits)
+    for t in range(len(texts)):
+        whole = dense_index._rows(ids[t])
+        first = original(dense_index.stage1, texts[t:t + 1].numpy(), 2 * start, None,
+                         dense_index.segment_bits)[0]
+        proposals = video_index._Proposals(dense_index, texts[t], first, 2 * start, limit, None)
+        for count in (start, 2 * start, 4 * start, 8 * start, limit):
+            np.testing.assert_array_equal(proposals.first(count), whole[:count])
+
+
+def test_an_explicit_candidate_count_asks_stage_1_once_for_it(dense_index, monkeypatch):
+    asked, original = [], candidate_index.search
+    monkeypatch.setattr(candidate_index, "search", lambda index, texts, count, *rest: asked.append(
+        count) or original(index, texts, count, *rest))
+    stats = []
+    dense_index.search_embeddings(queries(6, 3, seed=12), k=10, candidates=50, stats=stats)
+    assert asked == [50] and [s["candidates"] for s in stats] == [50, 50, 50]
+
+
+def test_frame_blocks_against_every_greedy_split_of_small_cases():
+    """Blocks of consecutive rows, each within the budget (or one longer row alone), each as
+    long as the budget allows: checked against the direct greedy rule on every small case."""
+    from itertools import product
+
+    from clip_hitchhiker.search.video_index import _frame_blocks
+
+    for count in range(5):
+        for lengths in product([1, 2, 3, 5], repeat=count):
+            lengths = np.array(lengths, dtype=np.int64)
+            rows = np.arange(count)[::-1]  # any order of rows
+            for budget in (1, 3, 4, 6):
+                expected, block, held = [], [], 0
+                for row in rows.tolist():
+                    if block and held + lengths[row] > budget:
+                        expected.append(block)
+                        block, held = [], 0
+                    block.append(row)
+                    held += lengths[row]
+                expected += [block] if block else []
+                assert [b.tolist() for b in _frame_blocks(rows, lengths, budget)] == expected

@@ -22,6 +22,9 @@ AGGREGATES = ("queryscoring", "mean")
 _EPS = 1e-8
 # Rounding slack of the bounds: they are computed in float32.
 _SLACK = 1e-5
+# Weighted sums take batched products when the runs of equal lengths hold this many videos on
+# average (a product per run costs a few microseconds of overhead), a sparse product otherwise.
+_VIDEOS_PER_RUN = 4
 
 
 def video_of_frame(lengths):
@@ -58,8 +61,21 @@ class _Ragged:
 
     def weighted_sums(self, *weights):
         """weights: [N] each. returns: one [C, D] per weights, sum_f w_f v_f of each video, in
-        one pass over the frames (a sparse [C, N] product: a third of the time of forming
-        w_f v_f and adding them up)."""
+        one pass over the frames: a batched product [n, W, L] x [n, L, D] for each run of
+        consecutive videos of one length L (videos ordered by length make few runs), or where
+        the runs are many, a sparse [C, N] product (a third of the time of forming w_f v_f and
+        adding them up; the batched one is 2-3 times faster again)."""
+        runs = _runs(self.lengths)
+        if len(runs) <= max(1, self.count // _VIDEOS_PER_RUN):
+            stacked = torch.stack(weights)  # [W, N]
+            sums, first = [], 0
+            for count, length in runs:
+                last = first + count * length
+                sums.append(torch.bmm(
+                    stacked[:, first:last].reshape(len(weights), count, length).transpose(0, 1),
+                    self.frames[first:last].view(count, length, -1)))  # [count, W, D]
+                first = last
+            return torch.cat(sums).unbind(1)
         total = len(self.frames)
         crow = torch.cat([self.offsets] + [self.offsets[1:] + i * total
                                            for i in range(1, len(weights))])
@@ -80,6 +96,12 @@ class _Ragged:
         # works (the softmax does not change).
         exps = torch.exp((cosines - self.max(cosines)[self.video_of]) / temperature)
         return exps / self.sum(exps)[self.video_of]
+
+
+def _runs(lengths):
+    """[(count, length)]: lengths [C] as runs of equal consecutive values."""
+    values, counts = torch.unique_consecutive(lengths, return_counts=True)
+    return list(zip(counts.tolist(), values.tolist()))
 
 
 def _check_aggregate(aggregate):
@@ -118,15 +140,14 @@ def video_score(text_unit, frames, temperature=0.1, aggregate="queryscoring"):
     """One video's score and its frames' query-scoring weights (whatever the aggregate: they
     give the moment), computed from its frames [F, D] alone. returns: (float, float32 [F])."""
     _check_aggregate(aggregate)
-    ragged = _Ragged(frames, [len(frames)])
-    weights = ragged.weights(frames @ text_unit / ragged.norms.clamp_min(_EPS), temperature,
-                             "queryscoring")
-    if aggregate == "mean":
-        weights_used = ragged.weights(None, temperature, "mean")
-    else:
-        weights_used = weights
-    pooled, = ragged.weighted_sums(weights_used)
-    return float(_cosine(pooled, text_unit)[0]), weights
+    # The formulas of _Ragged for one video, without its bookkeeping (a search scores each of
+    # its k hits this way).
+    cosines = frames @ text_unit / torch.linalg.vector_norm(frames, dim=1).clamp_min(_EPS)
+    exps = torch.exp((cosines - cosines.max()) / temperature)
+    weights = exps / exps.sum()
+    weights_used = torch.full_like(weights, 1.0 / len(frames)) if aggregate == "mean" \
+        else weights
+    return float(_cosine((weights_used @ frames)[None], text_unit)[0]), weights
 
 
 def score_bounds(text_unit, frames, error_norms, lengths, temperature=0.1,

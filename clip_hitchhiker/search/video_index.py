@@ -45,6 +45,9 @@ _EXACT_BLOCK_FRAMES = 1 << 16   # padded frames scored per block by the exhausti
 _OPEN_RETRIES = 5               # a writer may commit (and remove old files) while we open
 # Finalists are scored exactly in rounds of at least this many (and 2k), best bound first.
 _FINALIST_ROUND = 16
+# Candidates' codes are decoded and bounded this many frames at a time (8 MB of float32 at
+# 512-d): what a query holds stays small, and the blocks stay in the processor's cache.
+_BOUND_BLOCK_FRAMES = 4096
 # Stage 2's bound on a score: its estimate with each frame's error leaning towards the text by
 # this many typical lengths (or the certain bound, when lower): ragged_scoring.approximate_scores
 # and docs/search.md.
@@ -288,13 +291,17 @@ class VideoIndex:
         else:
             start = max(candidates or candidate_index.candidate_count(len(self)), k)
             limit = start if candidates else start * DEEPEN_LIMIT
-            ids = candidate_index.search(self.stage1, text_embeds.numpy(), limit, nprobe,
+            # Stage 1 asked first for what the first deepening takes (its cost grows with the
+            # count asked), then again, per query, only when a query goes deeper.
+            first = min(limit, 2 * start)
+            ids = candidate_index.search(self.stage1, text_embeds.numpy(), first, nprobe,
                                          self.segment_bits)
             best = []
             for t in range(len(text_embeds)):
                 stage2 = _Stage2(self, text_embeds[t], k, temperature, aggregate,
                                  torch.device(device))
-                best.append(stage2.best(self._rows(ids[t]), start))
+                proposals = _Proposals(self, text_embeds[t], ids[t], first, limit, nprobe)
+                best.append(stage2.best(proposals, start))
                 if stats is not None:
                     stats.append({"candidates": max(len(stage2.rows), len(stage2.scored)),
                                   "finalists": len(stage2.scored)})
@@ -366,9 +373,10 @@ class VideoIndex:
         first. The frame weights (query-scoring's, whatever the aggregate) give the moment."""
         text = unit_text(text_embed)
         hits = []
-        for row in sorted(int(r) for r in rows):
-            frames = torch.from_numpy(self.frames(row)).float()
-            score, weights = video_score(text, frames, temperature, aggregate)
+        rows = sorted(int(r) for r in rows)
+        for row, frames in zip(rows, self._read_frames(rows)):
+            score, weights = video_score(text, torch.from_numpy(frames).float(), temperature,
+                                         aggregate)
             hits.append(self._hit(row, score, weights.numpy(), mass))
         hits.sort(key=lambda h: -h["score"])  # stable: ties keep the earlier row first
         return [{"rank": rank, **hit} for rank, hit in enumerate(hits, start=1)]
@@ -413,12 +421,13 @@ class _Stage2:
         self.scored = {}  # row: exact score
         self.threshold = -np.inf  # the k-th best exact score so far
 
-    def best(self, ranked, start):
-        """ranked: candidate rows, best first; start: how many to take first. Twice as many are
-        taken while the lower half of those taken holds a contender (a bound, or without codes
-        an exact score, that reaches the k-th best exact score). returns: [row] of the best k,
-        best first."""
-        count, done = min(start, len(ranked)), 0
+    def best(self, proposals, start):
+        """proposals: stage 1's candidate rows, best first (_Proposals); start: how many to take
+        first. Twice as many are taken while the lower half of those taken holds a contender (a
+        bound, or without codes an exact score, that reaches the k-th best exact score).
+        returns: [row] of the best k, best first."""
+        ranked = proposals.first(start)
+        count, done = len(ranked), 0
         while True:
             if self.index._codes is None or count <= max(2 * self.k, _FINALIST_ROUND):
                 self._score_exactly(ranked[done:count], bound=True)
@@ -426,17 +435,27 @@ class _Stage2:
                 self._bound(ranked[done:count])
                 self._finalists()
             # The lower half of stage 1's proposals still holds a contender: look deeper.
-            if count >= len(ranked) or not (self.upper[count // 2:count] >= self.threshold).any():
+            if not (self.upper[count // 2:count] >= self.threshold).any():
                 return self._top()
-            done, count = count, min(2 * count, len(ranked))
+            ranked = proposals.first(2 * count)
+            if len(ranked) <= count:  # stage 1 has no more
+                return self._top()
+            done, count = count, len(ranked)
 
     def _bound(self, rows):
         """Add rows with the upper bounds of their scores from the codes."""
-        frames, errors, lengths = self.index._decoded(rows, self.device)
-        _, upper = approximate_scores(self.text, frames, errors, lengths, self.temperature,
-                                      self.aggregate, BOUND_SPREAD)
+        order = self._by_length(rows)
+        upper = []
+        for block in _frame_blocks(rows[order], self.index._lengths, _BOUND_BLOCK_FRAMES):
+            frames, errors, lengths = self.index._decoded(block, self.device)
+            upper.append(approximate_scores(self.text, frames, errors, lengths, self.temperature,
+                                            self.aggregate, BOUND_SPREAD)[1].cpu().numpy())
         self.rows = np.concatenate([self.rows, rows])
-        self.upper = np.concatenate([self.upper, upper.cpu().numpy()])
+        self.upper = np.concatenate([self.upper, _unsorted(np.concatenate(upper), order)])
+
+    def _by_length(self, rows):
+        """The order of rows by their lengths (scoring takes one batched product per length)."""
+        return np.argsort(self.index._lengths[rows], kind="stable")
 
     def _finalists(self):
         """Score the unscored rows exactly, best bound first, in rounds (each twice the last),
@@ -454,9 +473,11 @@ class _Stage2:
     def _score_exactly(self, rows, bound=False):
         """Score rows from their frames (bound: they are new candidates, whose exact scores are
         their bounds)."""
-        frames, lengths = self.index._ragged_frames(rows, self.device)
-        scores = ragged_scores(self.text, frames, lengths.to(self.device), self.temperature,
-                               self.aggregate).cpu().numpy()
+        rows = np.asarray(rows, dtype=np.int64)
+        order = self._by_length(rows)
+        frames, lengths = self.index._ragged_frames(rows[order], self.device)
+        scores = _unsorted(ragged_scores(self.text, frames, lengths.to(self.device),
+                                         self.temperature, self.aggregate).cpu().numpy(), order)
         self.scored.update(zip(np.asarray(rows).tolist(), scores.tolist()))
         if bound:
             self.rows = np.concatenate([self.rows, rows])
@@ -468,6 +489,48 @@ class _Stage2:
         rows = np.fromiter(self.scored, dtype=np.int64, count=len(self.scored))
         scores = np.fromiter(self.scored.values(), dtype=np.float64, count=len(self.scored))
         return _best_rows(scores, rows, self.k)
+
+
+def _frame_blocks(rows, lengths, budget):
+    """rows in consecutive blocks of at most `budget` frames (or one longer video alone)."""
+    ends = np.cumsum(lengths[rows])
+    first = 0
+    while first < len(rows):
+        base = ends[first - 1] if first else 0
+        last = max(first + 1, int(np.searchsorted(ends, base + budget, side="right")))
+        yield rows[first:last]
+        first = last
+
+
+def _unsorted(values, order):
+    """values [n] of the rows rows[order]: as values of rows."""
+    out = np.empty_like(values)
+    out[order] = values
+    return out
+
+
+class _Proposals:
+    """Stage 1's ranking of one query, asked for again with a larger count only when stage 2
+    takes more of it than was asked (the ranking with a larger count extends the smaller one:
+    videos in the order of their best segment)."""
+
+    def __init__(self, index, text_embed, ids, asked, limit, nprobe):
+        self.index, self.text_embed, self.limit, self.nprobe = index, text_embed, limit, nprobe
+        self.asked, self.rows = asked, index._rows(ids)
+
+    def first(self, count):
+        """int64 [<= count]: the first `count` proposals (fewer where stage 1 has no more
+        within the limit)."""
+        count = min(count, self.limit)
+        if count > len(self.rows) and self.asked < self.limit:
+            self.asked = min(self.limit, 4 * count)
+            ids = candidate_index.search(self.index.stage1, self.text_embed.numpy()[None],
+                                         self.asked, self.nprobe, self.index.segment_bits)[0]
+            # Rows taken already keep their places (a tie may order the new ranking
+            # differently), the others follow in the new ranking's order.
+            more = self.index._rows(ids)
+            self.rows = np.concatenate([self.rows, more[~np.isin(more, self.rows)]])
+        return self.rows[:count]
 
 
 def _row_bases(names, base):
