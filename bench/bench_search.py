@@ -20,6 +20,7 @@ exhaustive search's latency: the floor the stages beat. Size "long": 500 one-min
     python bench/bench_search.py --sizes 10k 100k --runs 3
     python bench/bench_search.py --sizes 1M --runs 1      # ~21 GB of disk; deleted after
     python bench/bench_search.py --quick                  # a smoke run
+    python bench/bench_search.py --quick --videos 500 --topics 50   # smaller (the tests)
     python bench/bench_search.py --sizes 100k --runs 1 --keep /tmp/i100k   # build, keep it
     python bench/bench_search.py --sizes 100k --runs 3 --reuse /tmp/i100k  # fresh readers only
     python bench/bench_search.py --model results.jsonl    # the 10M model from saved runs
@@ -48,6 +49,12 @@ LONG_FRAMES = 36_000   # the "long" size's extra video: 10 hours at 1 frame a se
 DIM, TOPICS, SECONDARY_SHARE = 512, 2000, 0.2
 BATCH = 100
 DISK_LIMIT = 25e9
+
+
+def size_shape(size, videos=None):
+    """(videos, frames a video) of a size; videos (--videos), if given, in place of its count."""
+    num_videos, frames = SIZES[size]
+    return videos or num_videos, frames
 
 
 def synthetic_videos(first, count, frames, seed=0, topics_count=TOPICS):
@@ -137,7 +144,7 @@ def disk_bytes(folder):
 
 
 def measure_reader(folder, size, num_queries, candidates, nprobe, threads, topics, device,
-                   truth_file=""):
+                   truth_file="", videos=None):
     """In a fresh process: open, latencies cold and warm, recall against the exhaustive search,
     RAM beyond the maps. truth_file: where the exhaustive search's answers (and its timings) are
     kept for this index and these queries, so that fresh readers of one --reuse index need not
@@ -147,7 +154,7 @@ def measure_reader(folder, size, num_queries, candidates, nprobe, threads, topic
 
     from clip_hitchhiker.search.video_index import VideoIndex
 
-    num_videos, frames = SIZES[size]
+    num_videos, frames = size_shape(size, videos)
     torch.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)
     start = time.perf_counter()
@@ -328,7 +335,8 @@ def _page_server(folder, num_videos, frames, num_queries, threads, ports):
 def measure_page_in_child(index, size, args):
     child = subprocess.run(
         [sys.executable, __file__, "--_page", str(index), size, str(args.queries),
-         str(args.candidates or 0), str(args.threads)], capture_output=True, text=True)
+         str(args.candidates or 0), str(args.threads), str(args.videos or 0)],
+        capture_output=True, text=True)
     if child.returncode:
         raise RuntimeError(f"the page's reader failed: {child.stderr[-3000:]}")
     return json.loads(child.stdout.strip().splitlines()[-1])
@@ -352,7 +360,7 @@ def _status_kb(field):
 def one_run(size, args, workdir):
     """Build an index of `size` (or take --reuse's), then measure it in a fresh reader process.
     What it built is deleted unless --keep names a folder for it."""
-    num_videos, frames = SIZES[size]
+    num_videos, frames = size_shape(size, args.videos)
     topics = _topics_of(size, args)
     described = {"size": size, "videos": num_videos, "frames": frames, "topics": topics,
                  "long_frames": LONG_FRAMES if size == "long" else 0}
@@ -396,7 +404,8 @@ def measure_in_child(index, size, args):
     child = subprocess.run(
         [sys.executable, __file__, "--_reader", str(index), size, str(args.queries),
          str(args.candidates or 0), str(args.nprobe), str(args.threads),
-         str(_topics_of(size, args)), args.device, args.truth], capture_output=True, text=True)
+         str(_topics_of(size, args)), args.device, args.truth, str(args.videos or 0)],
+        capture_output=True, text=True)
     if child.returncode:
         raise RuntimeError(f"the reader failed: {child.stderr[-3000:]}")
     result = json.loads(child.stdout.strip().splitlines()[-1])
@@ -477,6 +486,9 @@ def main():
     parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=["10k", "100k"])
     parser.add_argument("--runs", type=int, default=3, help="fresh builds per size")
     parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--videos", type=int, default=None,
+                        help="videos in the index instead of the size's own count (a smaller "
+                             "smoke run; give it again with --reuse)")
     parser.add_argument("--candidates", type=int, default=None,
                         help="videos stage 1 proposes per query (default: the index's own "
                              "rule, candidate_index.candidate_count, deepened as needed)")
@@ -511,19 +523,20 @@ def main():
                         help="keep the exhaustive search's answers and timings in FILE (made by "
                              "the first reader, read by the next ones of the same index and "
                              "queries: with --reuse, only the first repeats it)")
-    parser.add_argument("--_reader", nargs=9, help=argparse.SUPPRESS)
-    parser.add_argument("--_page", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--_reader", nargs=10, help=argparse.SUPPRESS)
+    parser.add_argument("--_page", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._page:
-        folder, size, queries, candidates, threads = args._page
-        print(json.dumps(measure_page(folder, *SIZES[size], int(queries), int(candidates) or None,
-                                      int(threads))))
+        folder, size, queries, candidates, threads, videos = args._page
+        print(json.dumps(measure_page(folder, *size_shape(size, int(videos)), int(queries),
+                                      int(candidates) or None, int(threads))))
         return
     if args._reader:
-        folder, size, queries, candidates, nprobe, threads, topics, device, truth = args._reader
+        (folder, size, queries, candidates, nprobe, threads, topics, device, truth,
+         videos) = args._reader
         print(json.dumps(measure_reader(folder, size, int(queries), int(candidates) or None,
                                         int(nprobe) or None, int(threads), int(topics), device,
-                                        truth)))
+                                        truth, int(videos) or None)))
         return
     if args.model:
         saved = [json.loads(line) for line in Path(args.model).read_text().splitlines() if line]
@@ -531,6 +544,8 @@ def main():
         return
     if args.quick:
         args.sizes, args.runs, args.queries = ["quick"], 1, 20
+    if args.videos is not None and args.videos < 1:
+        parser.error(f"--videos must be >= 1, got {args.videos}")
     if (args.keep or args.reuse) and len(args.sizes) != 1 or (args.keep and args.runs != 1):
         parser.error("--keep takes one size and one run, --reuse one size")
     if args.keep and Path(args.keep).exists():

@@ -16,12 +16,17 @@ while [ $# -gt 0 ]; do
   esac
 done
 python=${PYTHON:-python3}
-missing=()
-for pair in decord:decord av:av ftfy:ftfy regex:regex clip:openai-clip pkg_resources:setuptools \
-            pandas:pandas tqdm:tqdm; do
-  module=${pair%%:*} package=${pair#*:}
-  "$python" -c "import $module" 2>/dev/null || missing+=("$package")
-done
+# One interpreter for all the imports: clip's alone loads torch (seconds a process).
+missing=($("$python" -c '
+import importlib
+for pair in ("decord:decord av:av ftfy:ftfy regex:regex clip:openai-clip "
+             "pkg_resources:setuptools pandas:pandas tqdm:tqdm").split():
+    module, package = pair.split(":")
+    try:
+        importlib.import_module(module)
+    except Exception:
+        print(package)
+' 2>/dev/null || true))
 if [ ${#missing[@]} -gt 0 ]; then
   if [ -z "$wheels" ]; then
     echo "gpu_check.sh: missing ${missing[*]}; pass --wheels DIR (see bench/fetch_gpu_wheels.sh)" >&2

@@ -144,12 +144,13 @@ def test_bench_bootstrap_quick():
 
 
 def test_bench_search_quick_with_the_page_against_the_cli(tmp_path):
+    # 500 videos in 50 topics: 10 a topic, as the quick size's 2000 in 200, at a quarter the build.
     result = subprocess.run([sys.executable, str(REPO / "bench" / "bench_search.py"), "--quick",
-                             "--page", "--workdir", str(tmp_path)], capture_output=True,
-                            text=True, timeout=600)
+                             "--videos", "500", "--topics", "50", "--page", "--workdir",
+                             str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     # The size's own line (a run without --page prints the same), then the page's.
-    assert re.search(r"^quick \(2000 videos x 20 frames, 200 topics, stage 1 flat, codes yes, "
+    assert re.search(r"^quick \(500 videos x 20 frames, 50 topics, stage 1 flat, codes yes, "
                      r"stage 2 on cpu\): build \d+ s, .* one query cold p50 [\d.]+ / p95 [\d.]+ / "
                      r"p99 [\d.]+ ms .* warm p50 .* recall@10 [01]\.\d{3}, recall@1 [01]\.\d{3}; "
                      r"exhaustive \d+ ms", result.stdout, re.M)
@@ -163,25 +164,25 @@ def test_bench_search_quick_with_the_page_against_the_cli(tmp_path):
 
 
 def test_bench_search_keeps_an_index_then_measures_it_again_with_ivfsq8(tmp_path):
-    bench = [sys.executable, str(REPO / "bench" / "bench_search.py"), "--quick"]
-    work, kept = tmp_path / "work", tmp_path / "kept"
+    bench = [sys.executable, str(REPO / "bench" / "bench_search.py"), "--quick", "--videos",
+             "500", "--topics", "50"]
+    work, kept, truth = tmp_path / "work", tmp_path / "kept", tmp_path / "truth.json"
     work.mkdir()
+    # The build's reader searches exhaustively and writes --truth; the reused index's reads it.
     built = subprocess.run(bench + ["--workdir", str(work), "--keep", str(kept), "--stage1",
-                                    "ivfsq8"], capture_output=True, text=True, timeout=600)
+                                    "ivfsq8", "--truth", str(truth)], capture_output=True,
+                           text=True, timeout=600)
     assert built.returncode == 0, built.stderr[-3000:]
-    assert re.search(r"^quick \(2000 videos x 20 frames, 200 topics, stage 1 ivfsq8, codes yes, "
-                     r"stage 2 on cpu\): build \d+ s", built.stdout, re.M)
     assert list(work.iterdir()) == [] and (kept / "manifest.json").is_file()
-    truth = tmp_path / "truth.json"
+    reused = subprocess.run(bench + ["--reuse", str(kept), "--truth", str(truth)],
+                            capture_output=True, text=True, timeout=600)
+    assert reused.returncode == 0, reused.stderr[-3000:]
     recalls = []
-    for reader in range(2):  # the first reader searches exhaustively, the second reads --truth
-        reused = subprocess.run(bench + ["--reuse", str(kept), "--truth", str(truth)],
-                                capture_output=True, text=True, timeout=600)
-        assert reused.returncode == 0, reused.stderr[-3000:]
-        line = re.search(r"^quick \(2000 videos x 20 frames, 200 topics, stage 1 ivfsq8, codes "
-                         r"yes, stage 2 on cpu\): reused, disk .* recall@10 ([01]\.\d{3}).*$",
-                         reused.stdout, re.M)
-        assert line and ("read from --truth" in line.group(0)) == (reader == 1)
+    for result, built_or_reused in ((built, r"build \d+ s"), (reused, "reused")):
+        line = re.search(r"^quick \(500 videos x 20 frames, 50 topics, stage 1 ivfsq8, codes "
+                         rf"yes, stage 2 on cpu\): {built_or_reused}, disk .* recall@10 "
+                         r"([01]\.\d{3}).*$", result.stdout, re.M)
+        assert line and ("read from --truth" in line.group(0)) == (result is reused)
         recalls.append(line.group(1))
     assert recalls[0] == recalls[1] and len(json.loads(truth.read_text())["exact"]) == 20
     refused = subprocess.run(bench + ["--keep", str(kept)], capture_output=True, text=True,

@@ -96,7 +96,7 @@ def test_ground_truth_ranks_chunking(monkeypatch):
 def test_full_test_size_is_vectorised():
     # MSR-VTT full test: 2990 videos x 20 captions. Correctness at that size, not timing.
     rng = np.random.default_rng(3)
-    sims = rng.standard_normal((59800, 2990), dtype=np.float32)
+    sims = rng.random((59800, 2990), dtype=np.float32)  # 3x faster to draw than normals
     query_to_video = np.repeat(np.arange(2990), 20)
     sims[np.arange(59800), query_to_video] += 10.0  # ground truth always first
     assert t2v_metrics(sims, query_to_video=query_to_video)["R1"] == 100.0

@@ -110,19 +110,22 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 # ---------------------------------------------------------------- the whole recipe
 
 def test_it_learns_and_query_scoring_beats_mean_pooling(colours, tmp_path):
+    # 8 of the 15 epochs' schedule (8 steps each): its learning rate is still high there, where
+    # a schedule of 8 epochs has decayed before the model learns. Query-scoring's R1 is 100 from
+    # step 40 on (seeds 2 and 3: 100 and 83 at step 64).
     history = train(colours, tmp_path / "run", "--batch_size", 24, "--epochs", 15,
-                    "--num_workers", 2, "--eval_temperatures", 0.1)
+                    "--max_steps", 64, "--num_workers", 2, "--eval_temperatures", 0.1)
     first, last = history[0]["results"], history[-1]["results"]
     chance = 100 / 12
-    assert last[1]["aggregation"] == "query-scoring" and history[-1]["step"] == 120
+    assert last[1]["aggregation"] == "query-scoring" and history[-1]["step"] == 64
     assert last[1]["t2v"]["R1"] >= 75 > 3 * chance  # far above chance
     assert last[1]["t2v"]["R1"] > last[0]["t2v"]["R1"]  # query-scoring beats mean pooling
     assert last[1]["t2v"]["R1"] > first[1]["t2v"]["R1"]  # and it got there by training
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     steps = [r for r in log if "loss" in r]
-    assert [r["step"] for r in steps] == list(range(1, 121))
+    assert [r["step"] for r in steps] == list(range(1, 65))
     assert np.mean([r["loss"] for r in steps[-8:]]) < np.mean([r["loss"] for r in steps[:8]])
-    assert sum("eval" in r for r in log) == 15
+    assert sum("eval" in r for r in log) == 8
 
 
 def test_resume_equals_an_uninterrupted_run_bit_for_bit(colours, tmp_path):
