@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset
-from torchvision.transforms import CenterCrop, Normalize, Resize
 
 from clip_hitchhiker.datasets import DatasetEntry, Reference, UrlOption, register
 from clip_hitchhiker.downloads import COMPLETE_MARKER, fetch_and_extract, load_restricted_pickle
@@ -255,6 +254,10 @@ class FramePreprocess:
     """
 
     def __init__(self, preprocess, dtype=torch.float32, antialias=False):
+        # Imported here: torchvision's import takes 1.5 s (it loads torch._dynamo), which every
+        # command that never preprocesses a frame (search, info, --help) would pay.
+        from torchvision.transforms import CenterCrop, Normalize, Resize
+
         transforms = getattr(preprocess, "transforms", [])
         resize = [t for t in transforms if isinstance(t, Resize)]
         crop = [t for t in transforms if isinstance(t, CenterCrop)]
