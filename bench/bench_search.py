@@ -423,10 +423,10 @@ def print_result(r, load):
     print(f"{r['size']} ({r['videos']} videos x {r['frames']} frames{long}, {r['topics']} topics, "
           f"stage 1 {r['stage1']}, codes {'yes' if r['codes'] else 'no'}, stage 2 on "
           f"{r['device']}): {built}, disk "
-          f"{r['disk_gb']:.2f} GB, reader RAM beyond maps {r['rss_anon_mb']:.0f} MB (at open "
-          f"{r['rss_open_mb']:.0f} MB, opened in {r['open_s']:.1f} s); one query cold p50 "
+          f"{r['disk_gb']:.2f} GB, reader RAM beyond maps {r['rss_anon_mb']:.0f} MiB (at open "
+          f"{r['rss_open_mb']:.0f} MiB, opened in {r['open_s']:.1f} s); one query cold p50 "
           f"{r['cold_p50_ms']:.1f} / p95 {r['cold_p95_ms']:.1f} / p99 {r['cold_p99_ms']:.1f} ms "
-          f"(frame files in the page cache at most {r['frames_resident_mb']:.1f} MB before "
+          f"(frame files in the page cache at most {r['frames_resident_mb']:.1f} MiB before "
           f"each), warm p50 {r['warm_p50_ms']:.1f} / p95 {r['warm_p95_ms']:.1f} / p99 "
           f"{r['warm_p99_ms']:.1f} ms; batch of {BATCH} {r['batch_ms_per_query']:.1f} ms/query; "
           f"{r['candidates']:.0f} candidates and {r['finalists']:.0f} finalists a query (p95 "
@@ -438,9 +438,9 @@ def print_result(r, load):
           f" load {load}")
     if r["long_frames"]:
         padded = 100 * r["long_frames"] * DIM * 4 / 1e9
-        print(f"long: peak resident size while querying {r['peak_rss_queries_mb']:.0f} MB, while "
-              f"searching exhaustively {r['peak_rss_exact_mb']:.0f} MB, for a reader of "
-              f"{r['rss_open_mb']:.0f} MB (anonymous) at open (100 candidates padded to the "
+        print(f"long: peak resident size while querying {r['peak_rss_queries_mb']:.0f} MiB, while "
+              f"searching exhaustively {r['peak_rss_exact_mb']:.0f} MiB, for a reader of "
+              f"{r['rss_open_mb']:.0f} MiB (anonymous) at open (100 candidates padded to the "
               f"long video's frames would take {padded:.1f} GB)")
 
 
@@ -466,7 +466,7 @@ def model_10m(results):
     latency = fixed + slope * scale * work(large)
     shard_ram = large["rss_anon_mb"]
     return [f"10M x 16 (model from the 100k and 1M runs): one index would need "
-            f"{ram / 1024:.1f} GB of RAM beyond maps (codes "
+            f"{ram / 1024:.1f} GiB of RAM beyond maps (codes "
             f"{scale * large['codes_bytes'] / 2**30:.1f} GB, stage 1 "
             f"{scale * large['stage1_bytes'] / 2**30:.1f} GB), "
             f"{scale * large['disk_gb']:.0f} GB of disk, one query cold p50 ~{latency:.0f} ms "
@@ -475,7 +475,7 @@ def model_10m(results):
             f"~{scale * large['build_s'] / 60:.0f} min",
             f"10M served as 10 shards of 1M (one index per disk of >= {large['disk_gb'] + 2:.0f}"
             f" GB, a reader process per shard, each query fanned out to all and the 10 top-10 "
-            f"lists merged by their exact scores): RAM 10 x {shard_ram / 1024:.1f} GB, a query "
+            f"lists merged by their exact scores): RAM 10 x {shard_ram / 1024:.1f} GiB, a query "
             f"~{large['cold_p50_ms']:.0f} ms cold p50 with a core per shard (5 x that on 2 "
             f"cores); recall as at 1M ({large['recall_at_10']:.3f}: each shard's top 10 holds "
             f"every global top-10 hit it has)"]

@@ -509,3 +509,16 @@ def test_frame_blocks_against_every_greedy_split_of_small_cases():
                     held += lengths[row]
                 expected += [block] if block else []
                 assert [b.tolist() for b in _frame_blocks(rows, lengths, budget)] == expected
+
+
+def test_a_reader_holds_no_frame_indices_until_asked_then_reads_the_committed_ones(dense_index):
+    """Search never uses the frame indices (128 MB at 1M x 16): the reader's table loads them
+    from the committed file only when asked for, equal to a full read of the table."""
+    index = VideoIndex.open(dense_index.folder)
+    assert "frame_indices" not in index.table and "frame_times" in index.table
+    full = fmt.read_table(index.folder, index.manifest)["frame_indices"]
+    lazy = index.table["frame_indices"]
+    assert "frame_indices" in index.table and len(lazy) == len(full) == len(index)
+    assert all(lazy[r].tolist() == list(full[r]) for r in (0, 1, len(index) - 1))
+    with pytest.raises(KeyError):
+        index.table["no such column"]

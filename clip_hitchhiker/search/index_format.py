@@ -478,7 +478,8 @@ def read_table(folder, manifest, compact=False):
     """The committed videos table as {column: list, numpy array or RaggedColumn}
     (TABLE_COLUMNS), checked against its sha256; a version 1 table gets inode and ctime_ns -1
     (not recorded). compact: string columns as StringColumn, not lists (readers; "path" too
-    when every path is valid UTF-8)."""
+    when every path is valid UTF-8), and "frame_indices" read from the file only when first
+    asked for (search never uses them: at 1M x 16 they held 128 MB of a reader's 2 GB)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -489,8 +490,11 @@ def read_table(folder, manifest, compact=False):
     if table.column_names != file_columns() and not version_1:
         raise VideoIndexError(f"{Path(folder) / name} has columns {table.column_names}, "
                               f"expected {file_columns()}; {_REPAIR}")
-    columns = {}
+    columns = _LazyColumns(lambda: read_table(folder, manifest)["frame_indices"]) if compact \
+        else {}
     for column in TABLE_COLUMNS:
+        if compact and column == "frame_indices":
+            continue
         if version_1 and column in ("inode", "ctime_ns"):
             columns[column] = np.full(table.num_rows, -1, dtype=np.int64)
             continue
@@ -511,6 +515,20 @@ def read_table(folder, manifest, compact=False):
         columns["path"] = [os.fsdecode(raw) if raw is not None else text for text, raw in
                            zip(table.column("path").to_pylist(), raws.to_pylist())]
     return columns
+
+
+class _LazyColumns(dict):
+    """A table's columns, "frame_indices" loaded (by load()) when first asked for."""
+
+    def __init__(self, load):
+        super().__init__()
+        self._load = load
+
+    def __missing__(self, column):
+        if column != "frame_indices":
+            raise KeyError(column)
+        self[column] = self._load()
+        return self[column]
 
 
 def segment_vectors(folder, table, dim, maps=None, segment_bits=None):
