@@ -467,8 +467,8 @@ def model_10m(results):
     shard_ram = large["rss_anon_mb"]
     return [f"10M x 16 (model from the 100k and 1M runs): one index would need "
             f"{ram / 1024:.1f} GiB of RAM beyond maps (codes "
-            f"{scale * large['codes_bytes'] / 2**30:.1f} GB, stage 1 "
-            f"{scale * large['stage1_bytes'] / 2**30:.1f} GB), "
+            f"{scale * large['codes_bytes'] / 2**30:.1f} GiB, stage 1 "
+            f"{scale * large['stage1_bytes'] / 2**30:.1f} GiB), "
             f"{scale * large['disk_gb']:.0f} GB of disk, one query cold p50 ~{latency:.0f} ms "
             f"(fixed {fixed:.0f} ms + {slope * 1000:.2f} ms per 1000 frames scored from codes, "
             f"{scale * large['candidates']:.0f} candidates x 16 frames); build "

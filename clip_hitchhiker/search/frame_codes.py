@@ -151,7 +151,7 @@ def decode_frames(codec, mean_codes, frame_codes, segment_of_frame):
     # Sub-vector j of frame f is the sum of two rows of one table, [the centroids as M * 256
     # rows of W; the means cut into rows of W]: centroid row j * 256 + code, mean row
     # segment * M + j. One gather-and-add pass (embedding_bag), not two gathers and an add
-    # (3-5 times slower); the same two-term sums, so the same values to the bit.
+    # (1.5-6 times slower); the same two-term sums, so the same values to the bit.
     subvector = torch.arange(subvectors, device=codes.device)
     rows = torch.stack([codes.long() + count * subvector,
                         subvectors * count + segments[:, None] * subvectors + subvector], dim=2)
