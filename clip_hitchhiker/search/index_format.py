@@ -490,8 +490,7 @@ def read_table(folder, manifest, compact=False):
     if table.column_names != file_columns() and not version_1:
         raise VideoIndexError(f"{Path(folder) / name} has columns {table.column_names}, "
                               f"expected {file_columns()}; {_REPAIR}")
-    columns = _LazyColumns(lambda: read_table(folder, manifest)["frame_indices"]) if compact \
-        else {}
+    columns = _LazyColumns(lambda: _frame_indices(folder, manifest)) if compact else {}
     for column in TABLE_COLUMNS:
         if compact and column == "frame_indices":
             continue
@@ -500,11 +499,8 @@ def read_table(folder, manifest, compact=False):
             continue
         values = table.column(column)
         if column in ("frame_times", "frame_indices"):
-            flat = values.combine_chunks()
-            dtype = np.float64 if column == "frame_times" else np.int64
-            columns[column] = RaggedColumn(
-                flat.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False),
-                flat.offsets.to_numpy(zero_copy_only=False) - flat.offsets[0].as_py())
+            columns[column] = _ragged_column(
+                values, np.float64 if column == "frame_times" else np.int64)
         elif column in ("path", "sha256", "frames_file", "means_file"):
             columns[column] = (StringColumn(values.combine_chunks()) if compact
                                else values.to_pylist())
@@ -515,6 +511,23 @@ def read_table(folder, manifest, compact=False):
         columns["path"] = [os.fsdecode(raw) if raw is not None else text for text, raw in
                            zip(table.column("path").to_pylist(), raws.to_pylist())]
     return columns
+
+
+def _ragged_column(values, dtype):
+    """An Arrow column of lists as a RaggedColumn of dtype."""
+    flat = values.combine_chunks()
+    return RaggedColumn(flat.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False),
+                        flat.offsets.to_numpy(zero_copy_only=False) - flat.offsets[0].as_py())
+
+
+def _frame_indices(folder, manifest):
+    """The committed table's "frame_indices" column alone (checked against its sha256)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = checked_bytes(folder, manifest["table"], manifest)
+    return _ragged_column(pq.read_table(pa.BufferReader(data), columns=["frame_indices"])
+                          .column("frame_indices"), np.int64)
 
 
 class _LazyColumns(dict):

@@ -64,7 +64,8 @@ class _Ragged:
         one pass over the frames: a batched product [n, W, L] x [n, L, D] for each run of
         consecutive videos of one length L (videos ordered by length make few runs), or where
         the runs are many, a sparse [C, N] product (a third of the time of forming w_f v_f and
-        adding them up; the batched one took 1/1.4 of its time at 16 frames a video, 1/4.9 at 60)."""
+        adding them up; the batched one took 1/1.4 of its time at 16 frames a video, 1/4.9
+        at 60)."""
         runs = _runs(self.lengths)
         if len(runs) <= max(1, self.count // _VIDEOS_PER_RUN):
             stacked = torch.stack(weights)  # [W, N]

@@ -478,7 +478,7 @@ class _Stage2:
         frames, lengths = self.index._ragged_frames(rows[order], self.device)
         scores = _unsorted(ragged_scores(self.text, frames, lengths.to(self.device),
                                          self.temperature, self.aggregate).cpu().numpy(), order)
-        self.scored.update(zip(np.asarray(rows).tolist(), scores.tolist()))
+        self.scored.update(zip(rows.tolist(), scores.tolist()))
         if bound:
             self.rows = np.concatenate([self.rows, rows])
             self.upper = np.concatenate([self.upper, scores])
