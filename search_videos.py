@@ -126,8 +126,8 @@ def _search_parser(parser):
         help="score every video exactly (no FAISS candidates): the ground truth, slower")
     add("--candidates", type=int, default=None,
         help="videos that stage 1 proposes per query, exactly (default: 100, or one in 1000 "
-             "of the index's videos when that is more, doubled up to 16 times while the lower "
-             "half of them may still hold a top-k video)")
+             "of the index's videos when that is more, grown 1.5 times over, up to 16 times "
+             "the start, while the newest third of them may still hold a top-k video)")
     add("--mass", type=float, default=DEFAULT_MASS,
         help=f"share of the frame weight the moment holds (default {DEFAULT_MASS})")
     add("--json", action="store_true",

@@ -71,6 +71,34 @@ def test_an_nprobe_holds_for_its_own_search_only():
     assert faiss.extract_index_ivf(ivf).nprobe == params["nprobe"] == 2
 
 
+def test_a_deep_ask_probes_lists_holding_twice_the_vectors_asked_for():
+    """probes_for: the index's nprobe, or ceil(2 x wanted / mean list size) when more, at most
+    every list; search probes that many (recorded afterwards as before), or exactly the
+    nprobe given."""
+    import faiss
+
+    means = np.random.default_rng(0).standard_normal((800, DIM)).astype(np.float32)
+    ids = (np.arange(400).repeat(2) << 32) + np.tile([0, 1], 400)
+    ivf, params = ci.build("ivfsq8", means, ids)  # 800 vectors: min(2 sqrt(800), 800 // 40)
+    inner = faiss.extract_index_ivf(ivf)
+    assert (inner.nlist, inner.ntotal, params["nprobe"]) == (20, 800, 8)
+    assert ci.PROBED_SHARE == 2
+    assert [ci.probes_for(inner, wanted) for wanted in (1, 160, 161, 200, 399, 400, 10 ** 6)] \
+        == [8, 8, 9, 10, 20, 20, 20]
+    probed = []
+    original = faiss.IndexIVFScalarQuantizer.search
+    queries = np.stack([basis(t) for t in range(TOPICS)])
+    try:
+        faiss.IndexIVFScalarQuantizer.search = lambda self, *a, **k: probed.append(
+            self.nprobe) or original(self, *a, **k)
+        ci.search(ivf, queries, 20)          # 160 vectors: its own 8
+        ci.search(ivf, queries, 25)          # 200 vectors: 10 lists
+        ci.search(ivf, queries, 25, nprobe=3)
+    finally:
+        faiss.IndexIVFScalarQuantizer.search = original
+    assert probed == [8, 10, 3] and inner.nprobe == 8
+
+
 def test_ivfsq8_is_updated_in_place_and_survives_serialisation():
     means, ids = clustered_means()
     ivf, params = ci.build("ivfsq8", means, ids)

@@ -92,3 +92,70 @@ def test_a_trained_codec_is_far_closer_than_the_frames_are_apart():
                                np.arange(8192) // 8).numpy()
     errors = np.linalg.norm(decoded - frames, axis=1)
     assert np.median(errors) < 0.2 * np.median(np.linalg.norm(frames - frames[::-1], axis=1))
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring from the codes (CodedFrames), against the rebuilt frames
+
+
+def test_coded_frames_give_the_hand_computed_dots_and_sums():
+    """The hand codec: one segment of mean cell centres (2.5, 2.5, 2.5, 0.5), frames with codes 7
+    and 251: v~ = (9.5, 2.5, 2.5, -6.5) and (253.5, 2.5, 2.5, -250.5)."""
+    codec = hand_codec()
+    mean_codes = fc.encode_means(codec, np.array([[2.0, 2.0, 2.0, 0.0]], np.float32))
+    norms = torch.tensor([np.sqrt(9.5 ** 2 + 2 * 2.5 ** 2 + 6.5 ** 2),
+                          np.sqrt(253.5 ** 2 + 2 * 2.5 ** 2 + 250.5 ** 2)], dtype=torch.float32)
+    coded = fc.CodedFrames(codec, torch.from_numpy(mean_codes), torch.tensor([[7], [251]],
+                                                                            dtype=torch.uint8),
+                           torch.tensor([0, 0]), [2], norms)
+    text = torch.tensor([1.0, 0.0, 0.0, 1.0])  # t . v~ = v~_0 + v~_3
+    torch.testing.assert_close(coded.dots(text), torch.tensor([3.0, 3.0]))
+    total, = coded.weighted_sums(torch.tensor([0.25, 0.75]))
+    torch.testing.assert_close(total, torch.tensor([[0.25 * 9.5 + 0.75 * 253.5, 2.5, 2.5,
+                                                     0.25 * -6.5 + 0.75 * -250.5]]))
+    assert coded.norms is norms or torch.equal(coded.norms, norms)
+
+
+@pytest.mark.parametrize("aggregate", ["queryscoring", "mean"])
+def test_scores_from_the_codes_equal_those_of_the_rebuilt_frames(aggregate):
+    """Ragged videos (1 frame, a segment and a frame, segments cut short): the dot products,
+    weighted sums and stage 2's estimates and bounds from CodedFrames equal those computed from
+    the frames decode_frames rebuilds, to float32 rounding."""
+    from clip_hitchhiker.search.ragged_scoring import _Ragged, approximate_scores
+
+    generator = np.random.default_rng(3)
+    frames = generator.standard_normal((fc.MIN_TRAINING_FRAMES, 32)).astype(np.float32)
+    means = np.repeat(frames.reshape(-1, 8, 32).mean(1), 8, axis=0)
+    codec = fc.train(frames, means, means[::8])
+    lengths = [1, 9, 8, 17, 3, 24]
+    segment_of_frame = np.concatenate([
+        first + np.arange(n) // 8 for first, n in
+        zip(np.cumsum([0] + [-(-n // 8) for n in lengths])[:-1], lengths)])
+    segments = int(segment_of_frame.max()) + 1
+    mean_codes = torch.from_numpy(fc.encode_means(codec, means[::8][:segments]))
+    codes = torch.from_numpy(generator.integers(0, 256, (sum(lengths), 2), dtype=np.uint8))
+    decoded = fc.decode_frames(codec, mean_codes, codes, segment_of_frame)
+    coded = fc.CodedFrames(codec, mean_codes, codes, torch.from_numpy(segment_of_frame), lengths,
+                           torch.linalg.vector_norm(decoded, dim=1))
+    ragged = _Ragged(decoded, lengths)
+    text = torch.from_numpy(generator.standard_normal(32).astype(np.float32))
+    text /= text.norm()
+    torch.testing.assert_close(coded.dots(text), decoded @ text, rtol=0, atol=1e-5)
+    weights = [torch.from_numpy(generator.random(sum(lengths)).astype(np.float32))
+               for _ in range(2)]
+    for got, expected in zip(coded.weighted_sums(*weights), ragged.weighted_sums(*weights)):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    errors = torch.from_numpy(generator.random(sum(lengths)).astype(np.float32))
+    errors[4] = float("inf")  # unknown
+    for got, expected in zip(approximate_scores(text, coded, errors, None, 0.1, aggregate),
+                             approximate_scores(text, decoded, errors, lengths, 0.1, aggregate)):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_frame_norms_are_the_rebuilt_frames_lengths():
+    codec = hand_codec()
+    mean_codes = fc.encode_means(codec, np.array([[2.0, 2.0, 2.0, 0.0]], np.float32))
+    norms = fc.frame_norms(codec, mean_codes, np.array([[7], [251]], np.uint8), [0, 0])
+    torch.testing.assert_close(norms, torch.tensor([np.sqrt(9.5 ** 2 + 12.5 + 6.5 ** 2),
+                                                    np.sqrt(253.5 ** 2 + 12.5 + 250.5 ** 2)],
+                                                   dtype=torch.float32))

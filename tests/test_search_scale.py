@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from clip_hitchhiker.errors import VideoIndexError
-from clip_hitchhiker.search import candidate_index, frame_codes
+from clip_hitchhiker.search import candidate_index, frame_codes, index_codes
 from clip_hitchhiker.search import index_format as fmt
 from clip_hitchhiker.search.index_writer import EncodedVideo, IndexWriter, write_videos
 from clip_hitchhiker.search.video_index import VideoIndex
@@ -98,7 +98,7 @@ def dense_index(tmp_path_factory):
 def test_codes_are_files_of_the_manifest_with_sizes_and_digests(dense_index):
     manifest, folder = dense_index.manifest, dense_index.folder
     codes = manifest["codes"]
-    assert manifest["version"] == fmt.VERSION == 3
+    assert manifest["version"] == fmt.VERSION == 4
     assert manifest["stage1"]["params"]["segment_bits"] == 32
     named = {codes["codebook"], codes["mean_range"]} | {c for c, _ in codes["frames"].values()} \
         | {c for c, _ in codes["means"].values()}
@@ -108,7 +108,15 @@ def test_codes_are_files_of_the_manifest_with_sizes_and_digests(dense_index):
     # Trained at the first commit (800 videos), not again: 3 x < 4 x as many frames.
     assert codes["trained_on"] == sum(len(v.frames) for v in clustered_videos(800, 6))
     frames = np.load(folder / codes["frames"][dense_index.table["frames_file"][0]][0])
-    assert frames.dtype == np.uint8 and frames.shape[1] == frame_codes.subquantizers(DIM) + 1
+    subvectors = frame_codes.subquantizers(DIM)
+    assert frames.dtype == np.uint8 and frames.shape[1] == subvectors + 1 + 4
+    # The last 4 columns: |v~| of each coded frame, as decode_frames rebuilds it.
+    rows = np.arange(len(dense_index))
+    decoded, _, _ = dense_index._decoded(rows, torch.device("cpu"))
+    place = dense_index._code_places(rows)[0]
+    stored = index_codes.stored_norms(dense_index._codes["frames"][place])
+    np.testing.assert_allclose(stored, torch.linalg.vector_norm(decoded, dim=1).numpy(),
+                               rtol=1e-6, atol=0)
 
 
 def test_a_frames_error_code_bounds_its_true_error(dense_index):
@@ -247,7 +255,7 @@ def test_an_older_index_opens_and_is_upgraded_to_equal_a_fresh_build(tmp_path, v
     finally:
         writer.close()
     upgraded, fresh = contents(tmp_path / "old"), contents(tmp_path / "fresh")
-    assert upgraded[-1] == fmt.VERSION == 3 and upgraded[1] is not None
+    assert upgraded[-1] == fmt.VERSION == 4 and upgraded[1] is not None
     assert upgraded == fresh
     manifest = json.loads((tmp_path / "old" / fmt.MANIFEST).read_text())
     assert sorted(os.listdir(tmp_path / "old")) == sorted([fmt.MANIFEST, fmt.JOURNAL,
@@ -275,10 +283,52 @@ def upgrade_in_a_process(folder, pause=None, signal_file=None):
                             env=env, cwd=REPO, stderr=subprocess.PIPE)
 
 
-@pytest.mark.parametrize("point", ["codes", "manifest", "cleanup"])
-def test_kill_9_during_the_upgrade_then_a_rerun_equals_a_clean_build(tmp_path, point):
+def as_version_3(folder):
+    """A version 4 index rewritten as version 3 wrote it: codes without the frames' lengths."""
+    manifest = fmt.read_manifest(folder)
+    for name in {codes for codes, _ in manifest["codes"]["frames"].values()}:
+        codes = np.load(folder / name)[:, :-index_codes.NORM_BYTES]
+        (folder / name).unlink()
+        fmt.write_npy(folder / name, codes)
+        manifest["files"][name] = fmt.file_record(folder, name)
+    fmt.write_manifest(folder, {**manifest, "version": 3})
+
+
+def test_a_version_3_index_opens_with_its_lengths_computed_and_upgrades_to_a_fresh_build(
+        tmp_path):
     videos = clustered_videos(600, 6)
-    write_v1_index(tmp_path / "old", CONFIG, videos)
+    fresh = build(tmp_path / "fresh", videos)
+    build(tmp_path / "old", videos)
+    as_version_3(tmp_path / "old")
+    with pytest.warns(UserWarning, match="format version 3: the lengths of its coded frames "
+                                         "were computed on opening it"):
+        old = VideoIndex.open(tmp_path / "old")
+    assert old._codes["frames"].shape[1] == fresh._codes["frames"].shape[1] - 4
+    place = fresh._code_places(np.arange(len(fresh)))[0]
+    np.testing.assert_allclose(old._codes["norms"][place],
+                               index_codes.stored_norms(fresh._codes["frames"][place]),
+                               rtol=1e-6, atol=0)
+    texts = queries(6, 6)
+    assert old.search_embeddings(texts, k=5) == fresh.search_embeddings(texts, k=5)
+    writer = IndexWriter(tmp_path / "old", CONFIG)
+    try:
+        assert writer.upgrade_pending
+        writer.commit([])
+    finally:
+        writer.close()
+    assert contents(tmp_path / "old") == contents(tmp_path / "fresh")
+
+
+@pytest.mark.filterwarnings("ignore:.*has format version 3")  # opened before the upgrade
+@pytest.mark.parametrize("version, point", [(1, "codes"), (1, "manifest"), (1, "cleanup"),
+                                            (3, "codes")])
+def test_kill_9_during_the_upgrade_then_a_rerun_equals_a_clean_build(tmp_path, version, point):
+    videos = clustered_videos(600, 6)
+    if version == 1:
+        write_v1_index(tmp_path / "old", CONFIG, videos)
+    else:
+        build(tmp_path / "old", videos)
+        as_version_3(tmp_path / "old")
     before = contents(tmp_path / "old")
     signal_file = tmp_path / "paused"
     process = upgrade_in_a_process(tmp_path / "old", point, signal_file)
@@ -289,7 +339,7 @@ def test_kill_9_during_the_upgrade_then_a_rerun_equals_a_clean_build(tmp_path, p
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
     process.stderr.close()
-    if point != "cleanup":  # killed before its manifest: still the version 1 index, usable
+    if point != "cleanup":  # killed before its manifest: still the old index, usable
         assert contents(tmp_path / "old") == before
     assert VideoIndex.open(tmp_path / "old").search_embeddings(queries(6, 6), k=5, exact=True)
     rerun = upgrade_in_a_process(tmp_path / "old")
@@ -418,7 +468,7 @@ def test_an_older_index_whose_long_video_overflowed_its_ids_opens_and_upgrades(t
     finally:
         writer.close()
     upgraded = VideoIndex.open(tmp_path / "old")
-    assert upgraded.manifest["version"] == 3 and upgraded.segment_bits == 32
+    assert upgraded.manifest["version"] == fmt.VERSION and upgraded.segment_bits == 32
     assert [h["video"] for h in upgraded.search_embeddings(
         torch.from_numpy(centres[:1]), k=2)[0]] == ["/synthetic/b-next.mp4"]
 
@@ -464,19 +514,25 @@ def test_stage_1_is_asked_for_the_first_deepening_then_again_only_for_deeper(den
     stats = []
     dense_index.search_embeddings(texts, k=10, stats=stats)
     limit = start * video_index.DEEPEN_LIMIT
-    # One batched call for 2 x start; a query that took more than that asked again, alone.
-    assert asked[0] == (4, 2 * start)
-    deeper = [s for s in stats if s["candidates"] > 2 * start]
+    first_count = video_index._deeper(start)
+    # One batched call for the first deepening; a query that took more asked again, alone.
+    assert first_count == int(start * video_index.DEEPEN_FACTOR + 0.999999)
+    assert asked[0] == (4, first_count)
+    deeper = [s for s in stats if s["candidates"] > first_count]
     assert [a[0] for a in asked[1:]] == [1] * len(asked[1:]) and len(asked) - 1 >= (
         1 if deeper else 0)
     ids = original(dense_index.stage1, texts.numpy(), limit, None, dense_index.segment_bits)
     for t in range(len(texts)):
         whole = dense_index._rows(ids[t])
-        first = original(dense_index.stage1, texts[t:t + 1].numpy(), 2 * start, None,
+        first = original(dense_index.stage1, texts[t:t + 1].numpy(), first_count, None,
                          dense_index.segment_bits)[0]
-        proposals = video_index._Proposals(dense_index, texts[t], first, 2 * start, limit, None)
-        for count in (start, 2 * start, 4 * start, 8 * start, limit):
+        proposals = video_index._Proposals(dense_index, texts[t], first, first_count, limit,
+                                           None)
+        count = start
+        while count < limit:
             np.testing.assert_array_equal(proposals.first(count), whole[:count])
+            count = video_index._deeper(count)
+        np.testing.assert_array_equal(proposals.first(limit), whole[:limit])
 
 
 def test_an_explicit_candidate_count_asks_stage_1_once_for_it(dense_index, monkeypatch):
@@ -511,14 +567,44 @@ def test_frame_blocks_against_every_greedy_split_of_small_cases():
                 assert [b.tolist() for b in _frame_blocks(rows, lengths, budget)] == expected
 
 
-def test_a_reader_holds_no_frame_indices_until_asked_then_reads_the_committed_ones(dense_index):
-    """Search never uses the frame indices (128 MB at 1M x 16): the reader's table loads them
-    from the committed file only when asked for, equal to a full read of the table."""
-    index = VideoIndex.open(dense_index.folder)
-    assert "frame_indices" not in index.table and "frame_times" in index.table
-    full = fmt.read_table(index.folder, index.manifest)["frame_indices"]
+def test_a_reader_holds_no_frame_indices_or_digests_until_asked_then_reads_the_committed_ones(
+        tmp_path):
+    """Search never uses the frame indices or the files' sha256 (128 and 72 MB at 1M x 16): the
+    reader's table loads them from the committed file only when asked for, equal to a full read
+    of the table."""
+    import dataclasses
+
+    videos = [dataclasses.replace(v, fingerprint={**v.fingerprint, "sha256": f"{i:064x}"},
+                                  indices=[3 * i + j for j in range(len(v.indices))])
+              for i, v in enumerate(clustered_videos(40, 4))]
+    index = build(tmp_path / "index", videos)
+    index.search_embeddings(queries(4, 2), k=3)
+    assert "frame_indices" not in index.table and "sha256" not in index.table
+    assert "frame_times" in index.table
+    full = fmt.read_table(index.folder, index.manifest)
     lazy = index.table["frame_indices"]
-    assert "frame_indices" in index.table and len(lazy) == len(full) == len(index)
-    assert all(lazy[r].tolist() == list(full[r]) for r in (0, 1, len(index) - 1))
+    assert "frame_indices" in index.table and len(lazy) == len(full["frame_indices"]) == len(
+        index)
+    assert all(lazy[r].tolist() == list(full["frame_indices"][r])
+               for r in (0, 1, len(index) - 1))
+    digests = index.table["sha256"]
+    assert [digests[r] for r in range(len(index))] == list(full["sha256"])
+    assert sorted(full["sha256"]) == [f"{i:064x}" for i in range(40)]
     with pytest.raises(KeyError):
         index.table["no such column"]
+
+
+def test_frames_convert_and_check_as_torch_and_zlib_do():
+    """The faster paths give the same values: float16 -> float32 (copied into a numpy buffer)
+    equal to torch's .float(), and frames_crc32 (zlib-ng) equal to zlib.crc32."""
+    import zlib
+
+    from clip_hitchhiker.search.video_index import _float32
+
+    frames = (np.random.default_rng(0).standard_normal((37, 16)) * 100).astype(np.float16)
+    frames[0, :3] = [np.inf, -0.0, 6e-8]
+    converted = _float32(frames)
+    assert converted.dtype == torch.float32 and torch.equal(converted,
+                                                            torch.from_numpy(frames).float())
+    assert fmt.frames_crc32(frames) == zlib.crc32(frames.tobytes())
+    assert fmt.frames_crc32(frames[:0]) == zlib.crc32(b"") == 0

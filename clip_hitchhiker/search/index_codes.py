@@ -1,4 +1,4 @@
-"""Writing the codes of an index (format version 3; frame_codes.py is the codec, index_format.py
+"""Writing the codes of an index (format version 4; frame_codes.py is the codec, index_format.py
 the files): at each commit, the codes of the frames files it adds, or, when the index has grown
 RETRAIN_GROWTH times past the frames the codec was trained on (while those were fewer than
 SETTLED_TRAINING), or has none yet, or is upgraded from version 1 or 2, a codec trained again
@@ -6,7 +6,9 @@ and the codes of every frame.
 
 A codes file mirrors the rows of the frames files it covers (a frames file's rows are rows
 first..first + N - 1 of its codes file), so a video's codes are found from its table row alone;
-rows of videos no longer in the table are zeros, with the "unknown error" code. The manifest's
+rows of videos no longer in the table are zeros, with the "unknown error" code. A row is
+uint8 [M + 5]: the M residual codes, the error code, then |v~| (the coded frame's length) as 4
+bytes of a little-endian float32 (version 4; version 3 had M + 1 columns). The manifest's
 "codes" entry:
     {"codebook", "mean_range": file names, "error_step": float, "trained_on": frames,
      "frames": {frames file: [codes file, first row]}, "means": {means file: [meancodes file,
@@ -19,7 +21,8 @@ from clip_hitchhiker.search import frame_codes
 from clip_hitchhiker.search import index_format as fmt
 from clip_hitchhiker.search.candidate_index import SEGMENT_FRAMES, segment_count
 
-__all__ = ["ERROR_CODES", "RETRAIN_GROWTH", "commit_codes", "error_norms"]
+__all__ = ["ERROR_CODES", "NORM_BYTES", "RETRAIN_GROWTH", "commit_codes", "error_norms",
+           "stored_norms"]
 
 RETRAIN_GROWTH = 4
 # A codec trained on a sample drawn from this many frames or more is kept as the index grows:
@@ -30,6 +33,9 @@ SETTLED_TRAINING = 1 << 20
 # at least that (readers take it as unbounded).
 ERROR_CODES = 256
 UNKNOWN_ERROR = ERROR_CODES - 1
+# The last columns of a frame's codes: |v~| as a little-endian float32 (stage 2's softmax needs
+# each frame's length; rebuilding the frame to measure it cost 4 times the rest of its scoring).
+NORM_BYTES = 4
 # error_step: the largest training error over this many steps, so most errors fit the byte.
 _ERROR_HEADROOM = 128
 _SAMPLE = frame_codes.TRAINING_SAMPLE
@@ -43,6 +49,13 @@ def error_norms(error_codes, error_step):
     codes = torch.as_tensor(error_codes)
     bounds = codes.float() * error_step
     return torch.where(codes == UNKNOWN_ERROR, torch.full_like(bounds, float("inf")), bounds)
+
+
+def stored_norms(codes_rows):
+    """codes_rows: uint8 [n, M + 1 + NORM_BYTES] rows of a codes file. returns: float32 [n],
+    |v~| of each."""
+    return np.ascontiguousarray(codes_rows[:, -NORM_BYTES:]).view("<f4")[:, 0].astype(
+        np.float32)
 
 
 def commit_codes(folder, table, entry, new_files, generation):
@@ -133,8 +146,8 @@ def _train(folder, table):
                                       rows * (1 << 32) + within // SEGMENT_FRAMES)
     codec = frame_codes.train(frames, means[segment_of_pick], means)
     codes = frame_codes.encode_frames(codec, frames, means[segment_of_pick])
-    errors = _errors(codec, frames, frame_codes.encode_means(codec, means), segment_of_pick,
-                     codes)
+    errors, _ = _errors(codec, frames, frame_codes.encode_means(codec, means), segment_of_pick,
+                        codes)
     return codec, float(max(errors.max(), 1e-12)) / _ERROR_HEADROOM, total
 
 
@@ -182,10 +195,11 @@ def _counts(table):
 
 
 def _errors(codec, frames, mean_codes, segment_of_frame, codes):
-    """float32 [n]: |v - v~| of frames [n, D] (float32) coded as codes [n, M], frame i in the
-    segment whose mean's codes are mean_codes[segment_of_frame[i]]."""
+    """(float32 [n] |v - v~|, float32 [n] |v~|) of frames [n, D] (float32) coded as codes [n, M],
+    frame i in the segment whose mean's codes are mean_codes[segment_of_frame[i]]."""
     decoded = frame_codes.decode_frames(codec, mean_codes, codes, segment_of_frame)
-    return torch.linalg.vector_norm(torch.from_numpy(frames) - decoded, dim=1).numpy()
+    return (torch.linalg.vector_norm(torch.from_numpy(frames) - decoded, dim=1).numpy(),
+            torch.linalg.vector_norm(decoded, dim=1).numpy())
 
 
 def _rows_by_file(table):
@@ -197,12 +211,13 @@ def _rows_by_file(table):
 
 
 def _frame_file_codes(folder, table, frames_file, owners, codec, error_step):
-    """uint8 [rows of frames_file, M + 1]: the codes of the rows of the table rows `owners`
-    (others zeros with the unknown error)."""
+    """uint8 [rows of frames_file, M + 1 + NORM_BYTES]: the codes of the rows of the table
+    rows `owners` (others zeros, with the unknown error and length 0)."""
     maps = _Maps(folder)
-    out = np.zeros((len(maps.array(frames_file, np.float16)), len(codec.centroids) + 1),
+    subvectors = len(codec.centroids)
+    out = np.zeros((len(maps.array(frames_file, np.float16)), subvectors + 1 + NORM_BYTES),
                    np.uint8)
-    out[:, -1] = UNKNOWN_ERROR
+    out[:, subvectors] = UNKNOWN_ERROR
     for start in range(0, len(owners), _OWNERS_BLOCK):
         block = owners[start:start + _OWNERS_BLOCK]
         counts = [len(table["frame_times"][r]) for r in block]
@@ -214,12 +229,13 @@ def _frame_file_codes(folder, table, frames_file, owners, codec, error_step):
         segment_of_frame = np.concatenate([f + np.arange(c) // SEGMENT_FRAMES
                                            for f, c in zip(firsts, counts)])
         codes = frame_codes.encode_frames(codec, frames, means[segment_of_frame])
-        errors = _errors(codec, frames, frame_codes.encode_means(codec, means),
-                         segment_of_frame, codes)
-        out[rows, :-1] = codes
+        errors, norms = _errors(codec, frames, frame_codes.encode_means(codec, means),
+                                segment_of_frame, codes)
+        out[rows, :subvectors] = codes
         # Rounded up (and past float32 rounding): a bound, never below the true error.
-        out[rows, -1] = np.minimum(np.ceil(errors * (1 + 1e-6) / error_step + 1e-6),
-                                   UNKNOWN_ERROR).astype(np.uint8)
+        out[rows, subvectors] = np.minimum(np.ceil(errors * (1 + 1e-6) / error_step + 1e-6),
+                                           UNKNOWN_ERROR).astype(np.uint8)
+        out[rows, subvectors + 1:] = norms.astype("<f4").view(np.uint8).reshape(-1, NORM_BYTES)
     return out
 
 

@@ -8,7 +8,8 @@ An index folder holds:
     means-<generation>-r<rank>.npy    float32 [n, D] segment means: of each run of 8 frames
     stage1-<generation>.faiss      FAISS index over the segment means (ids: the table's "id"
                                    * 2^32 + the segment's number; 2^16 before version 3)
-    codes-<generation>[-r<rank>].npy      uint8 [N, M + 1] the frames' codes (frame_codes.py)
+    codes-<generation>[-r<rank>].npy      uint8 [N, M + 5] the frames' codes (frame_codes.py),
+                                   error codes and lengths |v~| (index_codes.py)
     meancodes-<generation>[-r<rank>].npy  uint8 [n, ceil(D / 2)] the segment means' codes
     codebook-<generation>.npy      float32 [M, 256, D / M] the residuals' product quantiser
     meanrange-<generation>.npy     float32 [2, D] the segment means' quantiser (low, step)
@@ -16,10 +17,12 @@ An index folder holds:
                                    (JOURNAL); it also marks the folder as an index
     .lock                          held by the one writer
 
-The codes (version 3) are a compressed copy of every frame, held in memory by readers for
-stage 2; the manifest's "codes" entry says which rows of which codes file hold the codes of each
-frames file (and means file). Versions 1 and 2 have none: readers score their candidates from
-the frames, and the writer upgrades them (`upgrade_pending`, in index_writer) at its next commit.
+The codes (version 3; with each coded frame's length since version 4) are a compressed copy of
+every frame, held in memory by readers for stage 2; the manifest's "codes" entry says which rows
+of which codes file hold the codes of each frames file (and means file). Versions 1 and 2 have
+none: readers score their candidates from the frames. A version 3 index's readers compute the
+lengths from its codes when they open it. The writer upgrades an older index (`upgrade_pending`,
+in index_writer) at its next commit.
 
 Files are never changed once written: a commit records in the journal the names it is about to
 write, writes them under new names, then the manifest that names them, then removes what it
@@ -46,6 +49,11 @@ from clip_hitchhiker.embedding_cache import write_atomically
 from clip_hitchhiker.errors import VideoIndexError
 from clip_hitchhiker.run_folder import remove_stale_temporaries
 
+try:
+    from zlib_ng.zlib_ng import crc32 as _crc32
+except ImportError:  # the same values, slower (requirements.txt installs zlib-ng)
+    _crc32 = zlib.crc32
+
 __all__ = ["FORMAT", "VERSION", "MANIFEST", "JOURNAL", "TABLE_COLUMNS", "FrameFiles",
            "RaggedColumn", "check_files", "commit_file_names", "file_record", "frames_crc32",
            "index_marker", "manifest_temporary", "read_codes", "read_journal", "read_manifest",
@@ -54,12 +62,15 @@ __all__ = ["FORMAT", "VERSION", "MANIFEST", "JOURNAL", "TABLE_COLUMNS", "FrameFi
 
 FORMAT = "clip-hitchhiker-video-index"
 # 2: the table's path_bytes, inode and ctime_ns columns. 3: the codes, and 32-bit segment
-# numbers in stage 1's ids (16 before). Versions 1 and 2 are read as they are (a version 1
-# table's inode and ctime_ns unknown) and written as version 3 by their next commit.
-VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+# numbers in stage 1's ids (16 before). 4: each coded frame's length in its codes. Older
+# versions are read as they are (a version 1 table's inode and ctime_ns unknown) and written as
+# the current version by their next commit.
+VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 # Below this version an index has no codes and 16-bit segment numbers in stage 1's ids.
 CODES_VERSION = 3
+# From this version on, the codes hold each coded frame's length (index_codes.NORM_BYTES).
+NORMS_VERSION = 4
 MANIFEST = "manifest.json"
 JOURNAL = ".index-files.json"
 # The table's columns, in order, and what each holds (in memory, "path" is the path as the file
@@ -86,6 +97,9 @@ TABLE_COLUMNS = {
 # other path), whose "path" then holds a readable form (invalid bytes as \xNN).
 PATH_BYTES = "path_bytes"
 _VERSION_1_COLUMNS = [c for c in TABLE_COLUMNS if c not in ("inode", "ctime_ns")]
+# Read by a reader (read_table(compact=True)) only when first asked for: search needs neither
+# (the page's clips use "sha256").
+_LAZY_COLUMNS = ("frame_indices", "sha256")
 _REPAIR = ("rebuild it: move the folder aside and run search_videos.py index again with the same "
            "options")
 
@@ -107,8 +121,9 @@ def file_record(folder, name, data=None):
 
 
 def frames_crc32(rows):
-    """rows: float16 [F, D] (C-contiguous). returns: zlib.crc32 of their bytes."""
-    return zlib.crc32(np.ascontiguousarray(rows).view(np.uint8).ravel())
+    """rows: float16 [F, D] (C-contiguous). returns: zlib.crc32 of their bytes (by zlib-ng's
+    crc32, the same value 13 times faster: every frame a search reads is checked)."""
+    return _crc32(np.ascontiguousarray(rows).view(np.uint8).ravel())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -306,11 +321,12 @@ def _read_npy_header(f):
 
 
 def read_codes(folder, manifest):
-    """The codes of a version 3 index, read whole into memory and checked against their sha256:
-    {"codec": frame_codes.Codec, "error_step": float, "frames": uint8 [N, M + 1] every frame's
-    codes, "means": uint8 [n, ceil(D / 2)] every segment mean's, "frame_base": {frames file:
-    its first row in "frames"}, "mean_base": {means file: its first row in "means"}}; None for
-    an index without codes."""
+    """The codes of a version 3 or 4 index, read whole into memory and checked against their
+    sha256: {"codec": frame_codes.Codec, "error_step": float, "frames": uint8 [N, M + 5] every
+    frame's codes (M + 1 in version 3: no lengths), "means": uint8 [n, ceil(D / 2)] every segment
+    mean's, "frame_base": {frames file: its first row in "frames"}, "mean_base": {means file: its
+    first row in "means"}, "norms": "stored" (version 4: in the last 4 columns of "frames") or
+    None}; None for an index without codes."""
     from clip_hitchhiker.search.frame_codes import Codec
 
     entry = manifest.get("codes")
@@ -320,8 +336,14 @@ def read_codes(folder, manifest):
                               _checked_npy(folder, entry["codebook"], manifest))
     frames, frame_base = _stacked_codes(folder, manifest, entry["frames"])
     means, mean_base = _stacked_codes(folder, manifest, entry["means"])
+    with_norms = manifest["version"] >= NORMS_VERSION
+    width = len(codec.centroids) + 1 + (4 if with_norms else 0)
+    if len(frames) and frames.shape[1] != width:
+        raise VideoIndexError(f"the codes files of {folder} have {frames.shape[1]} columns, not "
+                              f"{width} (format version {manifest['version']}); {_REPAIR}")
     return {"codec": codec, "error_step": float(entry["error_step"]), "frames": frames,
-            "means": means, "frame_base": frame_base, "mean_base": mean_base}
+            "means": means, "frame_base": frame_base, "mean_base": mean_base,
+            "norms": "stored" if with_norms else None}
 
 
 def _stacked_codes(folder, manifest, placement):
@@ -478,8 +500,9 @@ def read_table(folder, manifest, compact=False):
     """The committed videos table as {column: list, numpy array or RaggedColumn}
     (TABLE_COLUMNS), checked against its sha256; a version 1 table gets inode and ctime_ns -1
     (not recorded). compact: string columns as StringColumn, not lists (readers; "path" too
-    when every path is valid UTF-8), and "frame_indices" read from the file only when first
-    asked for (search never uses them: at 1M x 16 they held 128 MB of a reader's 2 GB)."""
+    when every path is valid UTF-8), and "frame_indices" and "sha256" read from the file only
+    when first asked for (_LAZY_COLUMNS: search never uses them; at 1M x 16 they held 128 and
+    72 MB of a reader's 2 GB)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -490,9 +513,10 @@ def read_table(folder, manifest, compact=False):
     if table.column_names != file_columns() and not version_1:
         raise VideoIndexError(f"{Path(folder) / name} has columns {table.column_names}, "
                               f"expected {file_columns()}; {_REPAIR}")
-    columns = _LazyColumns(lambda: _frame_indices(folder, manifest)) if compact else {}
+    columns = _LazyColumns(_LAZY_COLUMNS, lambda c: _one_column(folder, manifest, c)) \
+        if compact else {}
     for column in TABLE_COLUMNS:
-        if compact and column == "frame_indices":
+        if compact and column in _LAZY_COLUMNS:
             continue
         if version_1 and column in ("inode", "ctime_ns"):
             columns[column] = np.full(table.num_rows, -1, dtype=np.int64)
@@ -520,27 +544,31 @@ def _ragged_column(values, dtype):
                         flat.offsets.to_numpy(zero_copy_only=False) - flat.offsets[0].as_py())
 
 
-def _frame_indices(folder, manifest):
-    """The committed table's "frame_indices" column alone (checked against its sha256)."""
+def _one_column(folder, manifest, column):
+    """The committed table's column alone (checked against its sha256), as read_table(compact=True)
+    gives it."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     data = checked_bytes(folder, manifest["table"], manifest)
-    return _ragged_column(pq.read_table(pa.BufferReader(data), columns=["frame_indices"])
-                          .column("frame_indices"), np.int64)
+    values = pq.read_table(pa.BufferReader(data), columns=[column]).column(column)
+    if column == "frame_indices":
+        return _ragged_column(values, np.int64)
+    return StringColumn(values.combine_chunks())
 
 
 class _LazyColumns(dict):
-    """A table's columns, "frame_indices" loaded (by load()) when first asked for."""
+    """A table's columns, those of `lazy` read from the file (by load(column)) when first asked
+    for."""
 
-    def __init__(self, load):
+    def __init__(self, lazy, load):
         super().__init__()
-        self._load = load
+        self._lazy, self._load = lazy, load
 
     def __missing__(self, column):
-        if column != "frame_indices":
+        if column not in self._lazy:
             raise KeyError(column)
-        self[column] = self._load()
+        self[column] = self._load(column)
         return self[column]
 
 

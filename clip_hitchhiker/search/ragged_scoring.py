@@ -33,15 +33,43 @@ def video_of_frame(lengths):
     return torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
 
 
-class _Ragged:
-    """C videos' frames [N, D] one after the other, and the sums over each video's frames."""
+class RaggedLayout:
+    """How C videos' N frames lie one after the other ([N] per-frame values, videos in order),
+    and the per-video sums, maxima and query-scoring weights of per-frame values. What scores
+    need beyond it (frame norms, dot products with the text, weighted sums of the frames) comes
+    from the frames themselves (_Ragged) or from their codes (frame_codes.CodedFrames)."""
 
-    def __init__(self, frames, lengths):
-        self.frames = frames
-        lengths = torch.as_tensor(lengths, dtype=torch.long, device=frames.device)
-        self.lengths, self.count = lengths, len(lengths)
+    def __init__(self, lengths, device, dtype=torch.float32):
+        lengths = torch.as_tensor(lengths, dtype=torch.long, device=device)
+        self.lengths, self.count, self.dtype = lengths, len(lengths), dtype
         self.video_of = video_of_frame(lengths)
         self.offsets = torch.cat([lengths.new_zeros(1), torch.cumsum(lengths, 0)])
+
+    def sum(self, values):
+        """values [N]. returns: [C], the sum over each video's frames."""
+        return values.new_zeros(self.count).index_add_(0, self.video_of, values)
+
+    def max(self, values):
+        return values.new_full((self.count,), -math.inf).scatter_reduce_(
+            0, self.video_of, values, "amax", include_self=True)
+
+    def weights(self, cosines, temperature, aggregate):
+        """[N]: each frame's weight in its video: softmax(cosines / temperature) by
+        query-scoring, 1 / F by mean pooling."""
+        if aggregate == "mean":
+            return 1.0 / self.lengths.to(self.dtype)[self.video_of]
+        # The best cosine of each video subtracted first, so that any positive temperature
+        # works (the softmax does not change).
+        exps = torch.exp((cosines - self.max(cosines)[self.video_of]) / temperature)
+        return exps / self.sum(exps)[self.video_of]
+
+
+class _Ragged(RaggedLayout):
+    """C videos' frames [N, D] one after the other."""
+
+    def __init__(self, frames, lengths):
+        super().__init__(lengths, frames.device, frames.dtype)
+        self.frames, self.dim = frames, frames.shape[1]
         self._norms = None
 
     @property
@@ -51,13 +79,9 @@ class _Ragged:
             self._norms = torch.linalg.vector_norm(self.frames, dim=1)
         return self._norms
 
-    def sum(self, values):
-        """values [N]. returns: [C], the sum over each video's frames."""
-        return values.new_zeros(self.count).index_add_(0, self.video_of, values)
-
-    def max(self, values):
-        return values.new_full((self.count,), -math.inf).scatter_reduce_(
-            0, self.video_of, values, "amax", include_self=True)
+    def dots(self, text_unit):
+        """[N]: t^ . v_f."""
+        return self.frames @ text_unit
 
     def weighted_sums(self, *weights):
         """weights: [N] each. returns: one [C, D] per weights, sum_f w_f v_f of each video, in
@@ -87,16 +111,6 @@ class _Ragged:
                                              (len(weights) * self.count, total),
                                              check_invariants=False)
             return (matrix @ self.frames).split(self.count)
-
-    def weights(self, cosines, temperature, aggregate):
-        """[N]: each frame's weight in its video: softmax(cosines / temperature) by
-        query-scoring, 1 / F by mean pooling."""
-        if aggregate == "mean":
-            return 1.0 / self.lengths.to(self.frames.dtype)[self.video_of]
-        # The best cosine of each video subtracted first, so that any positive temperature
-        # works (the softmax does not change).
-        exps = torch.exp((cosines - self.max(cosines)[self.video_of]) / temperature)
-        return exps / self.sum(exps)[self.video_of]
 
 
 def _runs(lengths):
@@ -182,13 +196,15 @@ def score_bounds(text_unit, frames, error_norms, lengths, temperature=0.1,
     dots = frames @ text_unit
     weights = ragged.weights(dots / ragged.norms.clamp_min(_EPS), temperature, aggregate)
     pooled, = ragged.weighted_sums(weights)
-    return _bounds(ragged, dots, weights, pooled, text_unit, _finite(error_norms, frames),
+    return _bounds(ragged, dots, weights, pooled, text_unit, _finite(error_norms, ragged),
                    temperature, aggregate)
 
 
-def _finite(error_norms, frames):
-    """Unknown (infinite) errors as a finite huge value, so that a zero weight times one is 0."""
-    errors = torch.as_tensor(error_norms, dtype=frames.dtype, device=frames.device)
+def _finite(error_norms, source):
+    """Unknown (infinite) errors as a finite huge value, so that a zero weight times one is 0.
+    source: the frames' _Ragged or CodedFrames (their dtype and device)."""
+    norms = source.norms
+    errors = torch.as_tensor(error_norms, dtype=norms.dtype, device=norms.device)
     return errors.clamp(max=1e30)
 
 
@@ -217,7 +233,7 @@ def _bounds(ragged, dots, weights, pooled, text_unit, errors, temperature, aggre
     return lower, upper
 
 
-def approximate_scores(text_unit, frames, error_norms, lengths, temperature=0.1,
+def approximate_scores(text_unit, frames, error_norms, lengths=None, temperature=0.1,
                        aggregate="queryscoring", spread=2.0):
     """Stage 2's estimate of each video's score from approximate frames v~_f, and an upper
     bound for choosing which videos to score exactly.
@@ -231,14 +247,16 @@ def approximate_scores(text_unit, frames, error_norms, lengths, temperature=0.1,
     weight to it: the videos whose matching frames are coded worst are raised most
     (docs/search.md gives the coverage measured).
 
-    frames: float32 [N, D]; error_norms: [N] (inf: unknown); lengths: [C].
-    returns: (estimate [C], upper [C]), float32.
+    frames: float32 [N, D] with lengths [C], or the frames' codes (frame_codes.CodedFrames, which
+    knows its lengths: the same values computed from the codes, without rebuilding a frame);
+    error_norms: [N] (inf: unknown). returns: (estimate [C], upper [C]), float32.
     """
     _check_aggregate(aggregate)
-    ragged, errors = _Ragged(frames, lengths), _finite(error_norms, frames)
+    ragged = frames if lengths is None else _Ragged(frames, lengths)
+    errors = _finite(error_norms, ragged)
     norms = ragged.norms.clamp_min(_EPS)
-    dots = frames @ text_unit
-    raised = dots + spread * errors / math.sqrt(frames.shape[1])
+    dots = ragged.dots(text_unit)
+    raised = dots + spread * errors / math.sqrt(ragged.dim)
     weights = ragged.weights(dots / norms, temperature, aggregate)
     raised_weights = ragged.weights(raised / norms, temperature, aggregate)
     pooled, raised_pooled = ragged.weighted_sums(weights, raised_weights)

@@ -3,7 +3,8 @@
     1. candidates: the FAISS index over segment means (candidate_index) proposes `candidates`
        videos per query (by default a number that grows with the index: candidate_count);
     2. scoring: each candidate is scored approximately from the codes held in memory
-       (frame_codes: 64 bytes a frame at 512-d), with an upper bound on its exact score
+       (frame_codes: 69 bytes a frame at 512-d, scored as they are, no frame rebuilt:
+       frame_codes.CodedFrames), with an upper bound on its exact score
        (ragged_scoring.approximate_scores); the candidates are then scored exactly from their
        float16 frames in the order of their bounds, until no bound left can reach the k-th
        exact score: the finalists, read with one pread each (index_format.FrameFiles). The best
@@ -21,6 +22,7 @@ scoring holds is a constant plus the scored videos' own frames, whatever the lon
     index.search(["a dog catches a frisbee"], k=10, temperature=0.1)
     # -> [{"query": ..., "hits": [{"rank", "video", "score", "start", "end", "peak"}, ...]}]
 """
+import math
 import time
 import warnings
 from pathlib import Path
@@ -45,14 +47,16 @@ _EXACT_BLOCK_FRAMES = 1 << 16   # padded frames scored per block by the exhausti
 _OPEN_RETRIES = 5               # a writer may commit (and remove old files) while we open
 # Finalists are scored exactly in rounds of at least this many (and 2k), best bound first.
 _FINALIST_ROUND = 16
-# Candidates' codes are decoded and bounded this many frames at a time (8 MB of float32 at
-# 512-d): what a query holds stays small, and the blocks stay in the processor's cache.
-_BOUND_BLOCK_FRAMES = 4096
+# Candidates are bounded from their codes this many frames at a time (about 700 bytes a frame
+# while scoring, 11 MB a block at 512-d): what a query holds stays small.
+_BOUND_BLOCK_FRAMES = 16384
 # Stage 2's bound on a score: its estimate with each frame's error leaning towards the text by
 # this many typical lengths (or the certain bound, when lower): ragged_scoring.approximate_scores
 # and docs/search.md.
 BOUND_SPREAD = 2.0
-# The default candidates double at most this many times over: from 100 to 1600.
+# The default candidates grow by DEEPEN_FACTOR while the newest of them hold a contender, up
+# to DEEPEN_LIMIT times the start (from 100 to 1600).
+DEEPEN_FACTOR = 1.5
 DEEPEN_LIMIT = 16
 
 
@@ -80,6 +84,8 @@ class VideoIndex:
         self._files = fmt.FrameFiles(folder, [n for n in manifest["files"]
                                               if n.startswith("frames-")],
                                      self.config["embed_dim"])
+        # Each row's frames file as a number (a str per row read from the column cost 2 us).
+        self._frames_files, self._frames_file_of = _file_numbers(table["frames_file"])
         self._model, self._model_device, self._device_codecs = None, None, {}
         self._row_of_path = None  # built when first asked (recorded_file only)
 
@@ -110,6 +116,13 @@ class VideoIndex:
     def _load(cls, folder, manifest):
         table = fmt.read_table(folder, manifest, compact=True)
         index = cls(folder, manifest, table, None, fmt.read_codes(folder, manifest))
+        if index._codes is not None and index._codes["norms"] is None:
+            started = time.perf_counter()
+            index._codes["norms"] = index._all_norms()
+            warnings.warn(f"{folder} has format version {manifest['version']}: the lengths of its "
+                          f"coded frames were computed on opening it ("
+                          f"{time.perf_counter() - started:.1f} s); run search_videos.py index "
+                          "on it once to store them (an upgrade in place)", stacklevel=3)
         index.stage1 = index._load_stage1()
         return index
 
@@ -145,27 +158,36 @@ class VideoIndex:
     def _read_frames(self, rows):
         """The frames of table rows (one pread each), each video's crc32 checked.
         returns: [float16 [F_r, D] per row], views into one buffer."""
-        rows = [int(r) for r in rows]
-        data = self._files.read([(self.table["frames_file"][r], int(self.table["offset"][r]),
-                                  int(self._lengths[r])) for r in rows])
-        out, position = [], 0
-        for row in rows:
-            frames = data[position:position + self._lengths[row]]
-            position += self._lengths[row]
-            if fmt.frames_crc32(frames) != self.table["frames_crc32"][row]:
+        data = self._read_block(rows)
+        ends = np.cumsum(self._lengths[np.asarray(rows, dtype=np.int64)]).tolist()
+        return [data[end - length:end] for end, length in
+                zip(ends, self._lengths[np.asarray(rows, dtype=np.int64)].tolist())]
+
+    def _read_block(self, rows):
+        """float16 [N, D]: the frames of table rows one after the other (one pread each), each
+        video's crc32 checked."""
+        rows = np.asarray(rows, dtype=np.int64)
+        lengths = self._lengths[rows].tolist()
+        data = self._files.read(list(zip(
+            [self._frames_files[f] for f in self._frames_file_of[rows].tolist()],
+            np.asarray(self.table["offset"])[rows].tolist(), lengths)))
+        end = 0
+        for row, length, crc in zip(rows.tolist(), lengths,
+                                    np.asarray(self.table["frames_crc32"])[rows].tolist()):
+            end += length
+            if fmt.frames_crc32(data[end - length:end]) != crc:
                 name = self.table["frames_file"][row]
                 raise VideoIndexError(f"{self.folder / name} was altered (the frames of "
                                       f"{self.table['path'][row]} fail their crc32); rebuild it: "
                                       "move the folder aside and run search_videos.py index again")
-            out.append(frames)
-        return out
+        return data
 
     def _ragged_frames(self, rows, device="cpu"):
         """(float32 [N, D], lengths [len(rows)]) of table rows, their frames one after the
         other (converted by torch: numpy converts float16 element by element, 15x slower)."""
-        frames = np.concatenate(self._read_frames(rows)) if len(rows) else np.zeros(
+        frames = self._read_block(rows) if len(rows) else np.zeros(
             (0, self.config["embed_dim"]), np.float16)
-        return (torch.from_numpy(frames).to(device).float(),
+        return (_float32(frames, device),
                 torch.as_tensor(self._lengths[np.asarray(rows, dtype=np.int64)]))
 
     def recorded_file(self, path):
@@ -186,7 +208,7 @@ class VideoIndex:
         for i, video in enumerate(self._read_frames(rows)):
             frames[i, :counts[i]] = video
             mask[i, :counts[i]] = True
-        return torch.from_numpy(frames).float(), torch.from_numpy(mask)
+        return _float32(frames), torch.from_numpy(mask)
 
     # ------------------------------------------------------------------------------------------
     # Searching
@@ -276,9 +298,10 @@ class VideoIndex:
         "video", "score", "start", "end", "peak", "duration", "peak_frame"}, best first.
 
         candidates: videos stage 1 proposes per query (an integer >= 1). None (the default):
-        first candidate_index.candidate_count of the index's size, then twice as many while the
-        lower half of those proposed holds a video whose bound reaches the k-th exact score (up
-        to DEEPEN_LIMIT times as many): the proposals go as deep as the query's look-alikes do.
+        first candidate_index.candidate_count of the index's size, then DEEPEN_FACTOR times as
+        many while the newest of those proposed (the last third) hold a video whose bound
+        reaches the k-th exact score (up to DEEPEN_LIMIT times the start): the proposals go as
+        deep as the query's look-alikes do.
         device: where stage 2 scores; the hits' own scores are always computed on the CPU.
         stats: a list, to which each query's {"candidates", "finalists"} (videos stage 2 scored
         from codes, and from their frames) is appended (diagnostics: bench_search.py)."""
@@ -293,7 +316,7 @@ class VideoIndex:
             limit = start if candidates else start * DEEPEN_LIMIT
             # Stage 1 asked first for what the first deepening takes (its cost grows with the
             # count asked), then again, per query, only when a query goes deeper.
-            first = min(limit, 2 * start)
+            first = min(limit, _deeper(start))
             ids = candidate_index.search(self.stage1, text_embeds.numpy(), first, nprobe,
                                          self.segment_bits)
             best = []
@@ -315,27 +338,67 @@ class VideoIndex:
         found = self._sorted_ids[places] == ids
         return self._id_order[places[found]]
 
-    def _decoded(self, rows, device):
-        """Stage 2's approximate frames of table rows: (float32 [N, D] v~, float32 [N] error
-        bounds, lengths [len(rows)]), on device."""
-        codes, lengths = self._codes, torch.as_tensor(self._lengths[rows])
-        segments = (self._lengths[rows] + candidate_index.SEGMENT_FRAMES - 1) \
-            // candidate_index.SEGMENT_FRAMES
-        frame_rows = _ranges(self._code_rows[rows], self._lengths[rows])
+    def _code_places(self, rows):
+        """Where the codes of table rows are: (int64 [N] rows of codes["frames"], their frames
+        one video after the other; int64 [S] rows of codes["means"], their segments likewise;
+        int64 [N] each frame's segment among those S)."""
+        lengths = self._lengths[rows]
+        segments = (lengths + candidate_index.SEGMENT_FRAMES - 1) // candidate_index.SEGMENT_FRAMES
+        frame_rows = _ranges(self._code_rows[rows], lengths)
         mean_rows = _ranges(self._mean_code_rows[rows], segments)
         # Each frame's segment among the gathered means: its video's first + frame // 8.
-        within = np.arange(len(frame_rows)) - np.repeat(np.cumsum(self._lengths[rows])
-                                                        - self._lengths[rows], self._lengths[rows])
-        segment_of_frame = np.repeat(np.cumsum(segments) - segments, self._lengths[rows]) + \
+        within = np.arange(len(frame_rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        segment_of_frame = np.repeat(np.cumsum(segments) - segments, lengths) + \
             within // candidate_index.SEGMENT_FRAMES
+        return frame_rows, mean_rows, segment_of_frame
+
+    def _decoded(self, rows, device):
+        """Stage 2's approximate frames of table rows, rebuilt: (float32 [N, D] v~, float32 [N]
+        error bounds, lengths [len(rows)]), on device."""
+        codes, lengths = self._codes, torch.as_tensor(self._lengths[rows])
+        frame_rows, mean_rows, segment_of_frame = self._code_places(rows)
         frame_codes_rows = codes["frames"][frame_rows]
+        subvectors = len(codes["codec"].centroids)
         decoded = frame_codes.decode_frames(
             self._codec_on(device), torch.from_numpy(codes["means"][mean_rows]).to(device),
-            torch.from_numpy(frame_codes_rows[:, :-1]).to(device),
+            torch.from_numpy(frame_codes_rows[:, :subvectors]).to(device),
             torch.from_numpy(segment_of_frame).to(device))
-        errors = index_codes.error_norms(torch.from_numpy(frame_codes_rows[:, -1]).to(device),
-                                         codes["error_step"])
+        errors = index_codes.error_norms(
+            torch.from_numpy(frame_codes_rows[:, subvectors]).to(device), codes["error_step"])
         return decoded, errors, lengths.to(device)
+
+    def _coded(self, rows, device):
+        """Stage 2's view of table rows from their codes: (frame_codes.CodedFrames, float32 [N]
+        error bounds), on device."""
+        codes = self._codes
+        frame_rows, mean_rows, segment_of_frame = self._code_places(rows)
+        block = codes["frames"][frame_rows]
+        subvectors = len(codes["codec"].centroids)
+        move = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
+        norms = self._norms_of(block, frame_rows)
+        coded = frame_codes.CodedFrames(
+            self._codec_on(device), move(codes["means"][mean_rows]), move(block[:, :subvectors]),
+            move(segment_of_frame), move(self._lengths[rows]), move(norms))
+        return coded, index_codes.error_norms(move(block[:, subvectors]), codes["error_step"])
+
+    def _all_norms(self):
+        """float32 [rows of codes["frames"]]: |v~_f| of every frame of the table (0 elsewhere),
+        from the frames rebuilt from their codes (a version 3 index stores none)."""
+        codes = self._codes
+        subvectors = len(codes["codec"].centroids)
+        norms = np.zeros(len(codes["frames"]), np.float32)
+        for block in _frame_blocks(np.arange(len(self)), self._lengths, 1 << 16):
+            frame_rows, mean_rows, segment_of_frame = self._code_places(block)
+            norms[frame_rows] = frame_codes.frame_norms(
+                codes["codec"], codes["means"][mean_rows],
+                codes["frames"][frame_rows][:, :subvectors], segment_of_frame).numpy()
+        return norms
+
+    def _norms_of(self, block, frame_rows):
+        """float32 [N]: |v~_f| of the frames at frame_rows of codes["frames"] (block: those
+        rows)."""
+        norms = self._codes["norms"]
+        return index_codes.stored_norms(block) if isinstance(norms, str) else norms[frame_rows]
 
     def _codec_on(self, device):
         """The codec with its arrays on device (kept there: a few hundred kB)."""
@@ -375,7 +438,7 @@ class VideoIndex:
         hits = []
         rows = sorted(int(r) for r in rows)
         for row, frames in zip(rows, self._read_frames(rows)):
-            score, weights = video_score(text, torch.from_numpy(frames).float(), temperature,
+            score, weights = video_score(text, _float32(frames), temperature,
                                          aggregate)
             hits.append(self._hit(row, score, weights.numpy(), mass))
         hits.sort(key=lambda h: -h["score"])  # stable: ties keep the earlier row first
@@ -423,8 +486,9 @@ class _Stage2:
 
     def best(self, proposals, start):
         """proposals: stage 1's candidate rows, best first (_Proposals); start: how many to take
-        first. Twice as many are taken while the lower half of those taken holds a contender (a
-        bound, or without codes an exact score, that reaches the k-th best exact score).
+        first. DEEPEN_FACTOR times as many are taken while the newest of those taken (the last
+        1 - 1 / DEEPEN_FACTOR of them) hold a contender (a bound, or without codes an exact
+        score, that reaches the k-th best exact score).
         returns: [row] of the best k, best first."""
         ranked = proposals.first(start)
         count, done = len(ranked), 0
@@ -434,10 +498,10 @@ class _Stage2:
             else:
                 self._bound(ranked[done:count])
                 self._finalists()
-            # The lower half of stage 1's proposals still holds a contender: look deeper.
-            if not (self.upper[count // 2:count] >= self.threshold).any():
+            # The newest of stage 1's proposals still hold a contender: look deeper.
+            if not (self.upper[int(count / DEEPEN_FACTOR):count] >= self.threshold).any():
                 return self._top()
-            ranked = proposals.first(2 * count)
+            ranked = proposals.first(_deeper(count))
             if len(ranked) <= count:  # stage 1 has no more
                 return self._top()
             done, count = count, len(ranked)
@@ -447,8 +511,8 @@ class _Stage2:
         order = self._by_length(rows)
         upper = []
         for block in _frame_blocks(rows[order], self.index._lengths, _BOUND_BLOCK_FRAMES):
-            frames, errors, lengths = self.index._decoded(block, self.device)
-            upper.append(approximate_scores(self.text, frames, errors, lengths, self.temperature,
+            coded, errors = self.index._coded(block, self.device)
+            upper.append(approximate_scores(self.text, coded, errors, None, self.temperature,
                                             self.aggregate, BOUND_SPREAD)[1].cpu().numpy())
         self.rows = np.concatenate([self.rows, rows])
         self.upper = np.concatenate([self.upper, _unsorted(np.concatenate(upper), order)])
@@ -489,6 +553,20 @@ class _Stage2:
         rows = np.fromiter(self.scored, dtype=np.int64, count=len(self.scored))
         scores = np.fromiter(self.scored.values(), dtype=np.float64, count=len(self.scored))
         return _best_rows(scores, rows, self.k)
+
+
+def _deeper(count):
+    """The next count of candidates after count."""
+    return math.ceil(count * DEEPEN_FACTOR)
+
+
+def _float32(frames, device="cpu"):
+    """float16 numpy [..] as a float32 torch copy on device (copied into float32: 8 times faster
+    here than torch's .float(), the same values)."""
+    if torch.device(device).type != "cpu":
+        return torch.from_numpy(frames).to(device).float()
+    # Into an array numpy allocates: torch's own fresh CPU buffer made the copy 4-8 times slower.
+    return torch.from_numpy(np.empty(frames.shape, np.float32)).copy_(torch.from_numpy(frames))
 
 
 def _frame_blocks(rows, lengths, budget):
@@ -533,9 +611,9 @@ class _Proposals:
         return self.rows[:count]
 
 
-def _row_bases(names, base):
-    """int64 [rows]: base[name] of each row's file name (base None: the name's number in sorted
-    order). names: a table column of file names, with few distinct ones."""
+def _file_numbers(names):
+    """(sorted distinct names, int32 [rows] each row's name's place among them). names: a table
+    column of file names, with few distinct ones."""
     if hasattr(names, "array"):  # an Arrow column: encoded once, not a str per row
         encoded = names.array.dictionary_encode()
         distinct, which = encoded.dictionary.to_pylist(), encoded.indices.to_numpy()
@@ -544,9 +622,19 @@ def _row_bases(names, base):
         position = {n: i for i, n in enumerate(distinct)}
         which = np.array([position[n] for n in names], dtype=np.int64)
     order = sorted(range(len(distinct)), key=lambda i: distinct[i])
-    values = (np.argsort(order) if base is None
-              else np.array([base[n] for n in distinct], dtype=np.int64))
-    return np.asarray(values, dtype=np.int64)[which] if len(distinct) else np.zeros(0, np.int64)
+    place = np.argsort(order)
+    return ([distinct[i] for i in order],
+            place[which].astype(np.int32) if len(distinct) else np.zeros(0, np.int32))
+
+
+def _row_bases(names, base):
+    """int64 [rows]: base[name] of each row's file name (base None: the name's number in sorted
+    order). names: a table column of file names, with few distinct ones."""
+    distinct, number = _file_numbers(names)
+    if base is None:
+        return number.astype(np.int64)
+    return np.array([base[n] for n in distinct], dtype=np.int64)[number] if distinct else \
+        np.zeros(0, np.int64)
 
 
 def _ranges(starts, counts):
