@@ -325,8 +325,8 @@ def read_codes(folder, manifest):
     sha256: {"codec": frame_codes.Codec, "error_step": float, "frames": uint8 [N, M + 5] every
     frame's codes (M + 1 in version 3: no lengths), "means": uint8 [n, ceil(D / 2)] every segment
     mean's, "frame_base": {frames file: its first row in "frames"}, "mean_base": {means file: its
-    first row in "means"}, "norms": "stored" (version 4: in the last 4 columns of "frames") or
-    None}; None for an index without codes."""
+    first row in "means"}, "norms_stored": whether the last 4 columns of "frames" hold each coded
+    frame's length (version 4)}; None for an index without codes."""
     from clip_hitchhiker.search.frame_codes import Codec
 
     entry = manifest.get("codes")
@@ -343,7 +343,7 @@ def read_codes(folder, manifest):
                               f"{width} (format version {manifest['version']}); {_REPAIR}")
     return {"codec": codec, "error_step": float(entry["error_step"]), "frames": frames,
             "means": means, "frame_base": frame_base, "mean_base": mean_base,
-            "norms": "stored" if with_norms else None}
+            "norms_stored": with_norms}
 
 
 def _stacked_codes(folder, manifest, placement):

@@ -116,7 +116,7 @@ class VideoIndex:
     def _load(cls, folder, manifest):
         table = fmt.read_table(folder, manifest, compact=True)
         index = cls(folder, manifest, table, None, fmt.read_codes(folder, manifest))
-        if index._codes is not None and index._codes["norms"] is None:
+        if index._codes is not None and not index._codes["norms_stored"]:
             started = time.perf_counter()
             index._codes["norms"] = index._all_norms()
             warnings.warn(f"{folder} has format version {manifest['version']}: the lengths of its "
@@ -158,10 +158,9 @@ class VideoIndex:
     def _read_frames(self, rows):
         """The frames of table rows (one pread each), each video's crc32 checked.
         returns: [float16 [F_r, D] per row], views into one buffer."""
-        data = self._read_block(rows)
-        ends = np.cumsum(self._lengths[np.asarray(rows, dtype=np.int64)]).tolist()
+        data, lengths = self._read_block(rows), self._lengths[np.asarray(rows, dtype=np.int64)]
         return [data[end - length:end] for end, length in
-                zip(ends, self._lengths[np.asarray(rows, dtype=np.int64)].tolist())]
+                zip(np.cumsum(lengths).tolist(), lengths.tolist())]
 
     def _read_block(self, rows):
         """float16 [N, D]: the frames of table rows one after the other (one pread each), each
@@ -343,7 +342,7 @@ class VideoIndex:
         one video after the other; int64 [S] rows of codes["means"], their segments likewise;
         int64 [N] each frame's segment among those S)."""
         lengths = self._lengths[rows]
-        segments = (lengths + candidate_index.SEGMENT_FRAMES - 1) // candidate_index.SEGMENT_FRAMES
+        segments = -(-lengths // candidate_index.SEGMENT_FRAMES)
         frame_rows = _ranges(self._code_rows[rows], lengths)
         mean_rows = _ranges(self._mean_code_rows[rows], segments)
         # Each frame's segment among the gathered means: its video's first + frame // 8.
@@ -397,8 +396,9 @@ class VideoIndex:
     def _norms_of(self, block, frame_rows):
         """float32 [N]: |v~_f| of the frames at frame_rows of codes["frames"] (block: those
         rows)."""
-        norms = self._codes["norms"]
-        return index_codes.stored_norms(block) if isinstance(norms, str) else norms[frame_rows]
+        if self._codes["norms_stored"]:
+            return index_codes.stored_norms(block)
+        return self._codes["norms"][frame_rows]
 
     def _codec_on(self, device):
         """The codec with its arrays on device (kept there: a few hundred kB)."""
