@@ -569,9 +569,9 @@ def test_frame_blocks_against_every_greedy_split_of_small_cases():
 
 def test_a_reader_holds_no_frame_indices_or_digests_until_asked_then_reads_the_committed_ones(
         tmp_path):
-    """Search never uses the frame indices or the files' sha256 (128 and 72 MB at 1M x 16): the
-    reader's table loads them from the committed file only when asked for, equal to a full read
-    of the table."""
+    """Search never uses the frame indices or the files' fingerprints and sha256 (128, 32 and 72
+    MB at 1M x 16): the reader's table loads them from the committed file only when asked for,
+    equal to a full read of the table."""
     import dataclasses
 
     videos = [dataclasses.replace(v, fingerprint={**v.fingerprint, "sha256": f"{i:064x}"},
@@ -579,17 +579,21 @@ def test_a_reader_holds_no_frame_indices_or_digests_until_asked_then_reads_the_c
               for i, v in enumerate(clustered_videos(40, 4))]
     index = build(tmp_path / "index", videos)
     index.search_embeddings(queries(4, 2), k=3)
-    assert "frame_indices" not in index.table and "sha256" not in index.table
-    assert "frame_times" in index.table
+    unread = ("frame_indices", "sha256", "size", "mtime_ns", "inode", "ctime_ns")
+    assert not any(index.table.loaded(c) for c in unread) and all(c in index.table
+                                                                  for c in unread)
+    assert index.table.loaded("frame_times")
     full = fmt.read_table(index.folder, index.manifest)
     lazy = index.table["frame_indices"]
-    assert "frame_indices" in index.table and len(lazy) == len(full["frame_indices"]) == len(
-        index)
+    assert index.table.loaded("frame_indices") and len(lazy) == len(
+        full["frame_indices"]) == len(index)
     assert all(lazy[r].tolist() == list(full["frame_indices"][r])
                for r in (0, 1, len(index) - 1))
     digests = index.table["sha256"]
     assert [digests[r] for r in range(len(index))] == list(full["sha256"])
     assert sorted(full["sha256"]) == [f"{i:064x}" for i in range(40)]
+    assert index.recorded_file(full["path"][3]) == {
+        key: int(full[key][3]) for key in ("size", "mtime_ns", "inode", "ctime_ns")}
     with pytest.raises(KeyError):
         index.table["no such column"]
 

@@ -97,9 +97,9 @@ TABLE_COLUMNS = {
 # other path), whose "path" then holds a readable form (invalid bytes as \xNN).
 PATH_BYTES = "path_bytes"
 _VERSION_1_COLUMNS = [c for c in TABLE_COLUMNS if c not in ("inode", "ctime_ns")]
-# Read by a reader (read_table(compact=True)) only when first asked for: search needs neither
-# (the page's clips use "sha256").
-_LAZY_COLUMNS = ("frame_indices", "sha256")
+# Read by a reader (read_table(compact=True)) only when first asked for: search needs none of
+# them (the page's clips use "sha256", a hit's thumbnail the file's fingerprint).
+_LAZY_COLUMNS = ("frame_indices", "sha256", "size", "mtime_ns", "inode", "ctime_ns")
 _REPAIR = ("rebuild it: move the folder aside and run search_videos.py index again with the same "
            "options")
 
@@ -500,19 +500,22 @@ def read_table(folder, manifest, compact=False):
     """The committed videos table as {column: list, numpy array or RaggedColumn}
     (TABLE_COLUMNS), checked against its sha256; a version 1 table gets inode and ctime_ns -1
     (not recorded). compact: string columns as StringColumn, not lists (readers; "path" too
-    when every path is valid UTF-8), and "frame_indices" and "sha256" read from the file only
-    when first asked for (_LAZY_COLUMNS: search never uses them; at 1M x 16 they held 128 and
-    72 MB of a reader's 2 GB)."""
+    when every path is valid UTF-8), and the columns search never uses read from the file only
+    when first asked for (_LAZY_COLUMNS: at 1M x 16 the frame indices held 128 MB of a reader's
+    2 GB, the file fingerprints 32 MB and their sha256 72 MB)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     name = manifest["table"]
     data = checked_bytes(folder, name, manifest)
-    table = pq.read_table(pa.BufferReader(data))
-    version_1 = manifest["version"] == 1 and table.column_names == _VERSION_1_COLUMNS
-    if table.column_names != file_columns() and not version_1:
-        raise VideoIndexError(f"{Path(folder) / name} has columns {table.column_names}, "
+    names = pq.read_schema(pa.BufferReader(data)).names
+    version_1 = manifest["version"] == 1 and names == _VERSION_1_COLUMNS
+    if names != file_columns() and not version_1:
+        raise VideoIndexError(f"{Path(folder) / name} has columns {names}, "
                               f"expected {file_columns()}; {_REPAIR}")
+    # The lazy columns are not even read: Arrow's allocator keeps what it freed.
+    table = pq.read_table(pa.BufferReader(data), columns=[
+        c for c in names if not (compact and c in _LAZY_COLUMNS)])
     columns = _LazyColumns(_LAZY_COLUMNS, lambda c: _one_column(folder, manifest, c)) \
         if compact else {}
     for column in TABLE_COLUMNS:
@@ -551,10 +554,14 @@ def _one_column(folder, manifest, column):
     import pyarrow.parquet as pq
 
     data = checked_bytes(folder, manifest["table"], manifest)
+    if column not in pq.read_schema(pa.BufferReader(data)).names:  # version 1: inode, ctime_ns
+        return np.full(pq.ParquetFile(pa.BufferReader(data)).metadata.num_rows, -1, np.int64)
     values = pq.read_table(pa.BufferReader(data), columns=[column]).column(column)
     if column == "frame_indices":
         return _ragged_column(values, np.int64)
-    return StringColumn(values.combine_chunks())
+    if column == "sha256":
+        return StringColumn(values.combine_chunks())
+    return values.to_numpy()
 
 
 class _LazyColumns(dict):
@@ -570,6 +577,16 @@ class _LazyColumns(dict):
             raise KeyError(column)
         self[column] = self._load(column)
         return self[column]
+
+    def __contains__(self, column):  # a lazy column is there, read or not
+        return column in self._lazy or super().__contains__(column)
+
+    def get(self, column, default=None):
+        return self[column] if column in self else default
+
+    def loaded(self, column):
+        """Whether column is in memory (a lazy one: read already)."""
+        return super().__contains__(column)
 
 
 def segment_vectors(folder, table, dim, maps=None, segment_bits=None):

@@ -48,8 +48,8 @@ _OPEN_RETRIES = 5               # a writer may commit (and remove old files) whi
 # Finalists are scored exactly in rounds of at least this many (and 2k), best bound first.
 _FINALIST_ROUND = 16
 # Candidates are bounded from their codes this many frames at a time (about 700 bytes a frame
-# while scoring, 11 MB a block at 512-d): what a query holds stays small.
-_BOUND_BLOCK_FRAMES = 16384
+# while scoring, 6 MB a block at 512-d): what a query holds stays small.
+_BOUND_BLOCK_FRAMES = 8192
 # Stage 2's bound on a score: its estimate with each frame's error leaning towards the text by
 # this many typical lengths (or the certain bound, when lower): ragged_scoring.approximate_scores
 # and docs/search.md.
