@@ -175,7 +175,7 @@ class CodedFrames(RaggedLayout):
             per sub-vector, never a [N, D] array);
         |v~_f|: given (the index stores them beside the codes: index_codes).
 
-    Rebuilding the frames and scoring them took 4-5 times as long (docs/search.md).
+    Rebuilding the frames and scoring them took 3.7 times as long (docs/search.md).
     codec: its arrays on the codes' device (Codec.on); mean_codes: uint8 [S, ceil(D / 2)] of the
     videos' segments, each video's one after the other; frame_codes: uint8 [N, M];
     segment_of_frame: int [N] (rows of mean_codes); lengths: [C]; norms: float32 [N], |v~_f|.
