@@ -598,6 +598,39 @@ def test_a_reader_holds_no_frame_indices_or_digests_until_asked_then_reads_the_c
         index.table["no such column"]
 
 
+def test_a_reader_reads_its_lazy_columns_after_a_writer_removed_its_table(tmp_path):
+    """The table file stays open in a reader (as the frames files do): after a commit has
+    replaced and removed it, the columns read when first asked for are still the reader's own
+    committed ones, read once per group."""
+    import dataclasses
+
+    videos = [dataclasses.replace(v, fingerprint={**v.fingerprint, "sha256": f"{i:064x}",
+                                                  "size": 1000 + i})
+              for i, v in enumerate(clustered_videos(40, 4))]
+    index = build(tmp_path / "index", videos)
+    before = fmt.read_table(index.folder, index.manifest)
+    old_table = tmp_path / "index" / index.manifest["table"]
+    writer = IndexWriter(tmp_path / "index", CONFIG)
+    try:
+        writer.commit([], drop=[videos[0].path])
+    finally:
+        writer.close()
+    assert not old_table.exists()
+    reads = []
+    original = fmt._columns_of
+    fmt._columns_of = lambda file, columns: reads.append(columns) or original(file, columns)
+    try:
+        assert [index.table["sha256"][r] for r in range(len(index))] == before["sha256"]
+        assert index.recorded_file(before["path"][5]) == {
+            key: int(before[key][5]) for key in ("size", "mtime_ns", "inode", "ctime_ns")}
+        assert index.table["frame_indices"][7].tolist() == list(before["frame_indices"][7])
+    finally:
+        fmt._columns_of = original
+    assert reads == [fmt._LAZY_GROUPS[1], fmt._LAZY_GROUPS[0]]
+    assert int(before["size"][5]) == 1005
+    index.close()
+
+
 def test_frames_convert_and_check_as_torch_and_zlib_do():
     """The faster paths give the same values: float16 -> float32 (copied into a numpy buffer)
     equal to torch's .float(), and frames_crc32 (zlib-ng) equal to zlib.crc32."""

@@ -27,7 +27,8 @@ import torch
 from clip_hitchhiker.search.ragged_scoring import RaggedLayout
 
 __all__ = ["CENTROIDS", "LEVELS", "MIN_TRAINING_FRAMES", "Codec", "CodedFrames", "decode_frames",
-           "decode_means", "encode_frames", "encode_means", "subquantizers", "train"]
+           "decode_means", "encode_frames", "encode_means", "frame_norms", "subquantizers",
+           "train"]
 
 LEVELS = 16                # 4-bit codes of the segment means
 CENTROIDS = 256            # one byte per residual sub-vector
@@ -178,7 +179,8 @@ class CodedFrames(RaggedLayout):
     Rebuilding the frames and scoring them took 3.7 times as long (docs/search.md).
     codec: its arrays on the codes' device (Codec.on); mean_codes: uint8 [S, ceil(D / 2)] of the
     videos' segments, each video's one after the other; frame_codes: uint8 [N, M];
-    segment_of_frame: int [N] (rows of mean_codes); lengths: [C]; norms: float32 [N], |v~_f|.
+    segment_of_frame: int [N] (rows of mean_codes); lengths: [C], each >= 1; norms: float32 [N],
+    |v~_f|.
     """
 
     def __init__(self, codec, mean_codes, frame_codes, segment_of_frame, lengths, norms):

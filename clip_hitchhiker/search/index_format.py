@@ -40,6 +40,8 @@ every file's sha256.
 import hashlib
 import json
 import os
+import threading
+import weakref
 import zlib
 from pathlib import Path
 
@@ -97,9 +99,11 @@ TABLE_COLUMNS = {
 # other path), whose "path" then holds a readable form (invalid bytes as \xNN).
 PATH_BYTES = "path_bytes"
 _VERSION_1_COLUMNS = [c for c in TABLE_COLUMNS if c not in ("inode", "ctime_ns")]
-# Read by a reader (read_table(compact=True)) only when first asked for: search needs none of
-# them (the page's clips use "sha256", a hit's thumbnail the file's fingerprint).
-_LAZY_COLUMNS = ("frame_indices", "sha256", "size", "mtime_ns", "inode", "ctime_ns")
+# Read by a reader (read_table(compact=True)) only when first asked for, a group at a time:
+# search needs none of them (the page's clips use "sha256", a hit's thumbnail the file's
+# fingerprint).
+_LAZY_GROUPS = (("frame_indices",), ("sha256", "size", "mtime_ns", "inode", "ctime_ns"))
+_LAZY_COLUMNS = tuple(column for group in _LAZY_GROUPS for column in group)
 _REPAIR = ("rebuild it: move the folder aside and run search_videos.py index again with the same "
            "options")
 
@@ -507,7 +511,8 @@ def read_table(folder, manifest, compact=False):
     import pyarrow.parquet as pq
 
     name = manifest["table"]
-    data = checked_bytes(folder, name, manifest)
+    table_file = _TableFile(folder, manifest) if compact else None
+    data = table_file.data() if compact else checked_bytes(folder, name, manifest)
     names = pq.read_schema(pa.BufferReader(data)).names
     version_1 = manifest["version"] == 1 and names == _VERSION_1_COLUMNS
     if names != file_columns() and not version_1:
@@ -516,8 +521,7 @@ def read_table(folder, manifest, compact=False):
     # The lazy columns are not even read: Arrow's allocator keeps what it freed.
     table = pq.read_table(pa.BufferReader(data), columns=[
         c for c in names if not (compact and c in _LAZY_COLUMNS)])
-    columns = _LazyColumns(_LAZY_COLUMNS, lambda c: _one_column(folder, manifest, c)) \
-        if compact else {}
+    columns = _LazyColumns(table_file) if compact else {}
     for column in TABLE_COLUMNS:
         if compact and column in _LAZY_COLUMNS:
             continue
@@ -547,39 +551,75 @@ def _ragged_column(values, dtype):
                         flat.offsets.to_numpy(zero_copy_only=False) - flat.offsets[0].as_py())
 
 
-def _one_column(folder, manifest, column):
-    """The committed table's column alone (checked against its sha256), as read_table(compact=True)
-    gives it."""
+class _TableFile:
+    """The committed table's file, held open (as the frames files are) so that a reader can read
+    its lazy columns after a writer has committed and removed the file's name."""
+
+    def __init__(self, folder, manifest):
+        self.path = Path(folder) / manifest["table"]
+        self.sha256 = manifest["files"][manifest["table"]]["sha256"]
+        self.fd = os.open(self.path, os.O_RDONLY)
+        self._close = weakref.finalize(self, os.close, self.fd)
+
+    def data(self):
+        """The file's bytes (a bytearray), checked against the manifest's sha256."""
+        data = bytearray(os.fstat(self.fd).st_size)
+        view, done = memoryview(data), 0
+        while done < len(data):
+            got = os.preadv(self.fd, [view[done:]], done)
+            if got == 0:
+                break
+            done += got
+        if done < len(data) or hashlib.sha256(data).hexdigest() != self.sha256:
+            raise VideoIndexError(f"{self.path} was altered (sha256 differs from {MANIFEST}); "
+                                  f"{_REPAIR}")
+        return data
+
+    def close(self):
+        self._close()
+
+
+def _columns_of(table_file, columns):
+    """{column: its values as read_table(compact=True) gives them} of the table file's columns
+    (inode and ctime_ns of a version 1 table: -1)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    data = checked_bytes(folder, manifest["table"], manifest)
-    if column not in pq.read_schema(pa.BufferReader(data)).names:  # version 1: inode, ctime_ns
-        return np.full(pq.ParquetFile(pa.BufferReader(data)).metadata.num_rows, -1, np.int64)
-    values = pq.read_table(pa.BufferReader(data), columns=[column]).column(column)
-    if column == "frame_indices":
-        return _ragged_column(values, np.int64)
-    if column == "sha256":
-        return StringColumn(values.combine_chunks())
-    return values.to_numpy()
+    data = table_file.data()
+    names = pq.read_schema(pa.BufferReader(data)).names
+    table = pq.read_table(pa.BufferReader(data), columns=[c for c in columns if c in names])
+    out = {}
+    for column in columns:
+        if column not in names:
+            out[column] = np.full(table.num_rows, -1, np.int64)
+        elif column == "frame_indices":
+            out[column] = _ragged_column(table.column(column), np.int64)
+        elif column == "sha256":
+            out[column] = StringColumn(table.column(column).combine_chunks())
+        else:
+            out[column] = table.column(column).to_numpy()
+    return out
 
 
 class _LazyColumns(dict):
-    """A table's columns, those of `lazy` read from the file (by load(column)) when first asked
-    for."""
+    """A table's columns, those of _LAZY_GROUPS read from its file (held open) when one of their
+    group is first asked for. close() closes the file."""
 
-    def __init__(self, lazy, load):
+    def __init__(self, table_file):
         super().__init__()
-        self._lazy, self._load = lazy, load
+        self._file, self._lock = table_file, threading.Lock()
 
     def __missing__(self, column):
-        if column not in self._lazy:
+        group = next((g for g in _LAZY_GROUPS if column in g), None)
+        if group is None:
             raise KeyError(column)
-        self[column] = self._load(column)
-        return self[column]
+        with self._lock:  # two request threads read it once
+            if not super().__contains__(column):
+                self.update(_columns_of(self._file, group))
+        return super().__getitem__(column)
 
     def __contains__(self, column):  # a lazy column is there, read or not
-        return column in self._lazy or super().__contains__(column)
+        return column in _LAZY_COLUMNS or super().__contains__(column)
 
     def get(self, column, default=None):
         return self[column] if column in self else default
@@ -587,6 +627,9 @@ class _LazyColumns(dict):
     def loaded(self, column):
         """Whether column is in memory (a lazy one: read already)."""
         return super().__contains__(column)
+
+    def close(self):
+        self._file.close()
 
 
 def segment_vectors(folder, table, dim, maps=None, segment_bits=None):

@@ -142,8 +142,10 @@ class VideoIndex:
         return index
 
     def close(self):
-        """Close the frames files (the index is unusable after)."""
+        """Close the frames files and the table's (the index is unusable after)."""
         self._files.close()
+        if hasattr(self.table, "close"):
+            self.table.close()
 
     # ------------------------------------------------------------------------------------------
     # Reading
