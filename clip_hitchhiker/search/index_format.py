@@ -518,30 +518,32 @@ def read_table(folder, manifest, compact=False):
     if names != file_columns() and not version_1:
         raise VideoIndexError(f"{Path(folder) / name} has columns {names}, "
                               f"expected {file_columns()}; {_REPAIR}")
-    # The lazy columns are not even read: Arrow's allocator keeps what it freed.
+    # The lazy columns are not decoded now (_LazyColumns reads them when asked for).
     table = pq.read_table(pa.BufferReader(data), columns=[
         c for c in names if not (compact and c in _LAZY_COLUMNS)])
     columns = _LazyColumns(table_file) if compact else {}
     for column in TABLE_COLUMNS:
-        if compact and column in _LAZY_COLUMNS:
-            continue
-        if version_1 and column in ("inode", "ctime_ns"):
-            columns[column] = np.full(table.num_rows, -1, dtype=np.int64)
-            continue
-        values = table.column(column)
-        if column in ("frame_times", "frame_indices"):
-            columns[column] = _ragged_column(
-                values, np.float64 if column == "frame_times" else np.int64)
-        elif column in ("path", "sha256", "frames_file", "means_file"):
-            columns[column] = (StringColumn(values.combine_chunks()) if compact
-                               else values.to_pylist())
-        else:
-            columns[column] = values.to_numpy()
+        if not (compact and column in _LAZY_COLUMNS):
+            columns[column] = _column_values(table, column, compact)
     raws = None if version_1 else table.column(PATH_BYTES)
     if raws is not None and raws.null_count < len(raws):  # a path that is not UTF-8
         columns["path"] = [os.fsdecode(raw) if raw is not None else text for text, raw in
                            zip(table.column("path").to_pylist(), raws.to_pylist())]
     return columns
+
+
+def _column_values(table, column, compact):
+    """A column of an Arrow table as read_table gives it: a RaggedColumn of the lists, strings
+    as a StringColumn (compact) or a list, numbers as numpy; inode and ctime_ns, which a version 1
+    table lacks, -1."""
+    if column not in table.column_names:
+        return np.full(table.num_rows, -1, dtype=np.int64)
+    values = table.column(column)
+    if column in ("frame_times", "frame_indices"):
+        return _ragged_column(values, np.float64 if column == "frame_times" else np.int64)
+    if column in ("path", "sha256", "frames_file", "means_file"):
+        return StringColumn(values.combine_chunks()) if compact else values.to_pylist()
+    return values.to_numpy()
 
 
 def _ragged_column(values, dtype):
@@ -588,17 +590,7 @@ def _columns_of(table_file, columns):
     data = table_file.data()
     names = pq.read_schema(pa.BufferReader(data)).names
     table = pq.read_table(pa.BufferReader(data), columns=[c for c in columns if c in names])
-    out = {}
-    for column in columns:
-        if column not in names:
-            out[column] = np.full(table.num_rows, -1, np.int64)
-        elif column == "frame_indices":
-            out[column] = _ragged_column(table.column(column), np.int64)
-        elif column == "sha256":
-            out[column] = StringColumn(table.column(column).combine_chunks())
-        else:
-            out[column] = table.column(column).to_numpy()
-    return out
+    return {column: _column_values(table, column, compact=True) for column in columns}
 
 
 class _LazyColumns(dict):
