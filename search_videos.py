@@ -731,6 +731,9 @@ def cli(argv=None):
     """The command line: the project's own errors become one line on stderr and exit code 1."""
     silence_third_party_notices()
     warnings.filterwarnings("ignore", message="no CUDA device found")
+    # The project's warnings (an index of an older format, a stage-1 file rebuilt) as one line,
+    # without the source line Python would quote.
+    warnings.formatwarning = lambda message, *_: f"warning: {message}\n"
     # A video's name that is not UTF-8 is printed as its own bytes, as ls prints it (Python's
     # stdout is strict outside the C locale, and a results table would end in a traceback).
     if hasattr(sys.stdout, "reconfigure"):

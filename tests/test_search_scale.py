@@ -319,6 +319,20 @@ def test_a_version_3_index_opens_with_its_lengths_computed_and_upgrades_to_a_fre
     assert contents(tmp_path / "old") == contents(tmp_path / "fresh")
 
 
+def test_the_command_line_says_a_version_3_index_needs_an_upgrade_in_one_line(tmp_path):
+    build(tmp_path / "index", clustered_videos(600, 6))
+    as_version_3(tmp_path / "index")
+    result = subprocess.run([sys.executable, str(REPO / "search_videos.py"), "info", "--index",
+                             str(tmp_path / "index")], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if "format version 3" in line]
+    assert len(lines) == 1 and lines[0].startswith(f"warning: {tmp_path / 'index'} has format "
+                                                   "version 3: the lengths of its coded frames")
+    assert lines[0].endswith("run search_videos.py index on it once to store them (an upgrade "
+                             "in place)")
+    assert "VideoIndex.open" not in result.stderr  # no quoted source line
+
+
 @pytest.mark.filterwarnings("ignore:.*has format version 3")  # opened before the upgrade
 @pytest.mark.parametrize("version, point", [(1, "codes"), (1, "manifest"), (1, "cleanup"),
                                             (3, "codes")])
