@@ -121,7 +121,7 @@ def test_scores_from_the_codes_equal_those_of_the_rebuilt_frames(aggregate):
     """Ragged videos (1 frame, a segment and a frame, segments cut short): the dot products,
     weighted sums and stage 2's estimates and bounds from CodedFrames equal those computed from
     the frames decode_frames rebuilds, to float32 rounding."""
-    from clip_hitchhiker.search.ragged_scoring import _Ragged, approximate_scores
+    from clip_hitchhiker.search.ragged_scoring import _Ragged, approximate_scores, raised_scores
 
     generator = np.random.default_rng(3)
     frames = generator.standard_normal((fc.MIN_TRAINING_FRAMES, 32)).astype(np.float32)
@@ -150,6 +150,9 @@ def test_scores_from_the_codes_equal_those_of_the_rebuilt_frames(aggregate):
     for got, expected in zip(approximate_scores(text, coded, errors, None, 0.1, aggregate),
                              approximate_scores(text, decoded, errors, lengths, 0.1, aggregate)):
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(raised_scores(text, coded, errors, None, 0.1, aggregate),
+                               raised_scores(text, decoded, errors, lengths, 0.1, aggregate),
+                               rtol=0, atol=1e-5)
 
 
 def test_frame_norms_are_the_rebuilt_frames_lengths():

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from clip_hitchhiker.search.ragged_scoring import (approximate_scores, ragged_scores,
-                                                   score_bounds, unit_text, video_score)
+                                                   raised_scores, score_bounds, unit_text,
+                                                   video_score)
 from query_scoring import (queryscoring_frame_weights, similarity_meanpooling,
                            similarity_queryscoring)
 
@@ -186,6 +187,10 @@ def test_the_bound_used_is_the_lower_of_the_certain_one_and_the_typical_one():
     torch.testing.assert_close(wide, estimate)
     torch.testing.assert_close(wide_upper, certain)  # a huge spread: the certain bound
     assert bool((estimate < upper).all() and (upper < certain).all())
+    # Stage 2's bound is the raised estimate alone: here (below the certain one) the same.
+    torch.testing.assert_close(raised_scores(text, frames, errors, lengths, 0.1, spread=2.0),
+                               upper, rtol=0, atol=0)
+    assert bool((raised_scores(text, frames, errors, lengths, 0.1, spread=1e9) > certain).all())
 
 
 def test_the_optimistic_estimate_raises_each_frame_by_its_error():
@@ -204,6 +209,8 @@ def test_the_optimistic_estimate_raises_each_frame_by_its_error():
     _, certain = score_bounds(text, frames, errors, [2], 1.0)
     assert float(estimate) < expected < float(certain)
     assert float(upper) == pytest.approx(expected, abs=1e-6)
+    assert float(raised_scores(text, frames, errors, [2], 1.0, spread=1.0)) == pytest.approx(
+        expected, abs=1e-6)
 
 
 @pytest.mark.parametrize("lengths, runs, batched", [

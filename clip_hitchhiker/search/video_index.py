@@ -5,7 +5,7 @@
     2. scoring: each candidate is scored approximately from the codes held in memory
        (frame_codes: 69 bytes a frame at 512-d, scored as they are, no frame rebuilt:
        frame_codes.CodedFrames), with an upper bound on its exact score
-       (ragged_scoring.approximate_scores); the candidates are then scored exactly from their
+       (ragged_scoring.raised_scores); the candidates are then scored exactly from their
        float16 frames in the order of their bounds, until no bound left can reach the k-th
        exact score: the finalists, read with one pread each (index_format.FrameFiles). The best
        k are scored once more, each by query_scoring.similarity_queryscoring on its own frames,
@@ -32,8 +32,8 @@ import torch
 
 from clip_hitchhiker.search import candidate_index, frame_codes, index_codes
 from clip_hitchhiker.search import index_format as fmt
-from clip_hitchhiker.search.ragged_scoring import (AGGREGATES, approximate_scores,
-                                                   ragged_scores, unit_text, video_score)
+from clip_hitchhiker.search.ragged_scoring import (AGGREGATES, ragged_scores, raised_scores,
+                                                   unit_text, video_score)
 from clip_hitchhiker.search.video_listing import STAT_KEYS
 from clip_hitchhiker.errors import VideoIndexError
 from clip_hitchhiker.moments.rule import DEFAULT_MASS, moment_from_weights, peak_frame
@@ -51,8 +51,7 @@ _FINALIST_ROUND = 16
 # while scoring, 6 MB a block at 512-d): what a query holds stays small.
 _BOUND_BLOCK_FRAMES = 8192
 # Stage 2's bound on a score: its estimate with each frame's error leaning towards the text by
-# this many typical lengths (or the certain bound, when lower): ragged_scoring.approximate_scores
-# and docs/search.md.
+# this many typical lengths: ragged_scoring.raised_scores and docs/search.md.
 BOUND_SPREAD = 2.0
 # The default candidates grow by DEEPEN_FACTOR while the newest of them hold a contender, up
 # to DEEPEN_LIMIT times the start (from 100 to 1600).
@@ -514,8 +513,8 @@ class _Stage2:
         upper = []
         for block in _frame_blocks(rows[order], self.index._lengths, _BOUND_BLOCK_FRAMES):
             coded, errors = self.index._coded(block, self.device)
-            upper.append(approximate_scores(self.text, coded, errors, None, self.temperature,
-                                            self.aggregate, BOUND_SPREAD)[1].cpu().numpy())
+            upper.append(raised_scores(self.text, coded, errors, None, self.temperature,
+                                       self.aggregate, BOUND_SPREAD).cpu().numpy())
         self.rows = np.concatenate([self.rows, rows])
         self.upper = np.concatenate([self.upper, _unsorted(np.concatenate(upper), order)])
 
