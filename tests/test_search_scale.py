@@ -206,6 +206,32 @@ def test_each_finalist_is_one_read_and_no_frames_file_is_mapped(dense_index, mon
                    if name.startswith("frames-"))
 
 
+def test_every_finalist_is_asked_of_the_disk_ahead_of_its_read(dense_index, monkeypatch):
+    """A cold page cache costs one wait, not one a round: each pread's span was handed to the
+    kernel (posix_fadvise WILLNEED) before, stage 1's first 2k proposals and, before the first
+    round's reads, the first two rounds (2k + 4k videos by bound)."""
+    events = []
+    read, advise = os.preadv, os.posix_fadvise
+    monkeypatch.setattr(os, "preadv", lambda fd, buffers, offset: events.append(
+        ("read", fd, offset, sum(len(b) for b in buffers))) or read(fd, buffers, offset))
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, size, advice: events.append(
+        ("ahead", fd, offset, size)) if advice == os.POSIX_FADV_WILLNEED else
+        advise(fd, offset, size, advice))
+    stats = []
+    proposed = candidate_index.search(dense_index.stage1, queries(6, 1, seed=7).numpy(), 20,
+                                      None, dense_index.segment_bits)[0]
+    dense_index.search_embeddings(queries(6, 1, seed=7), k=10, stats=stats)
+    reads = [i for i, e in enumerate(events) if e[0] == "read"]
+    assert len(reads) == stats[0]["finalists"] + 10
+    for i in reads:
+        assert ("ahead", *events[i][1:]) in events[:i]
+    assert len(set(events[:reads[0]])) >= min(60, stats[0]["candidates"])
+    spans = dense_index._spans(dense_index._rows(proposed))
+    assert events[:20] == [("ahead", dense_index._files._files[name][0],
+                            dense_index._files._files[name][1] + first * 2 * DIM, rows * 2 * DIM)
+                           for name, first, rows in spans]
+
+
 # ----------------------------------------------------------------------------------------------
 # Version 1 indexes
 

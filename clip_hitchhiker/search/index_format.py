@@ -282,9 +282,23 @@ class FrameFiles:
     def read(self, spans):
         """spans: [(name, first row, rows)]. returns: float16 [sum of rows, D], the spans one
         after the other."""
-        row_bytes = 2 * self.dim
         total = sum(count for _, _, count in spans)
         out = np.empty((total, self.dim), dtype=np.float16)
+        placed = self.prefetch(spans)
+        buffer, position = memoryview(out.view(np.uint8).reshape(-1)), 0
+        for fd, offset, size in placed:
+            got = os.preadv(fd, [buffer[position:position + size]], offset)
+            if got != size:
+                raise VideoIndexError(f"a frames file of {self.folder} ended early ({got} of "
+                                      f"{size} bytes at {offset}); {_REPAIR}")
+            position += size
+        return out
+
+    def prefetch(self, spans):
+        """Ask the kernel to start reading spans [(name, first row, rows)] into the page cache
+        (posix_fadvise WILLNEED: it returns at once, the disk reads them in parallel), each
+        checked against its file's rows. returns: [(fd, byte offset, bytes)] of the spans."""
+        row_bytes = 2 * self.dim
         placed = []
         for name, first, count in spans:
             fd, start, rows = self._files[name]
@@ -294,14 +308,7 @@ class FrameFiles:
             placed.append((fd, start + first * row_bytes, count * row_bytes))
             if hasattr(os, "posix_fadvise"):
                 os.posix_fadvise(fd, placed[-1][1], placed[-1][2], os.POSIX_FADV_WILLNEED)
-        buffer, position = memoryview(out.view(np.uint8).reshape(-1)), 0
-        for fd, offset, size in placed:
-            got = os.preadv(fd, [buffer[position:position + size]], offset)
-            if got != size:
-                raise VideoIndexError(f"a frames file of {self.folder} ended early ({got} of "
-                                      f"{size} bytes at {offset}); {_REPAIR}")
-            position += size
-        return out
+        return placed
 
     def drop_cached(self):
         """Ask the kernel to drop these files' clean pages from the page cache (a cold start,

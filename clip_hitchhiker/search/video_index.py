@@ -163,14 +163,22 @@ class VideoIndex:
         return [data[end - length:end] for end, length in
                 zip(np.cumsum(lengths).tolist(), lengths.tolist())]
 
+    def _spans(self, rows):
+        """[(frames file, first row, rows)] of table rows (int64 [n])."""
+        return list(zip([self._frames_files[f] for f in self._frames_file_of[rows].tolist()],
+                        np.asarray(self.table["offset"])[rows].tolist(),
+                        self._lengths[rows].tolist()))
+
+    def _prefetch(self, rows):
+        """Start the disk reads of table rows' frames (returns at once)."""
+        self._files.prefetch(self._spans(np.asarray(rows, dtype=np.int64)))
+
     def _read_block(self, rows):
         """float16 [N, D]: the frames of table rows one after the other (one pread each), each
         video's crc32 checked."""
         rows = np.asarray(rows, dtype=np.int64)
         lengths = self._lengths[rows].tolist()
-        data = self._files.read(list(zip(
-            [self._frames_files[f] for f in self._frames_file_of[rows].tolist()],
-            np.asarray(self.table["offset"])[rows].tolist(), lengths)))
+        data = self._files.read(self._spans(rows))
         end = 0
         for row, length, crc in zip(rows.tolist(), lengths,
                                     np.asarray(self.table["frames_crc32"])[rows].tolist()):
@@ -492,6 +500,9 @@ class _Stage2:
         score, that reaches the k-th best exact score).
         returns: [row] of the best k, best first."""
         ranked = proposals.first(start)
+        # Stage 1's best proposals are mostly finalists: the disk reads their frames while
+        # stage 2 bounds the candidates (a cold query took 1 ms less at 100k).
+        self.index._prefetch(ranked[:max(2 * self.k, _FINALIST_ROUND)])
         count, done = len(ranked), 0
         while True:
             if self.index._codes is None or count <= max(2 * self.k, _FINALIST_ROUND):
@@ -532,6 +543,9 @@ class _Stage2:
             if not waiting.any():
                 return
             order = np.flatnonzero(waiting)[np.argsort(-self.upper[waiting], kind="stable")]
+            # The disk reads this round's frames and the next round's together, the next
+            # while this one is scored: a cold page cache costs one wait, not one a round.
+            self.index._prefetch(self.rows[order[:3 * size]])
             self._score_exactly(self.rows[order[:size]])
             size *= 2
 
