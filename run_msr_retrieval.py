@@ -52,7 +52,7 @@ from clip_hitchhiker.reporting import (compare_reports, format_bootstrap_line, i
                                        print_published, print_results, published_comparison,
                                        result_label, run_manifest, silence_third_party_notices)
 from clip_hitchhiker.torchrun import (DEFAULT_TIMEOUT_S, broadcast_json, collective_step,
-                                      setup_context, teardown)
+                                      process_group)
 from clip_hitchhiker.video.decoders import (check_decoder, decoder_id, decoder_line,
                                             resolve_decoder)
 from data_loader import FramePreprocess
@@ -300,16 +300,13 @@ def main(args):
         print("\n".join(list_models()))
         return None
     start = time.perf_counter()
-    ctx = setup_context(args.device, args.dist_timeout)
-    try:
+    with process_group(args.device, args.dist_timeout) as ctx:
         if is_moment_run(args):
             return run_moments(args, ctx, start, check_decode_failures=check_decode_failures,
                                preprocess_id=preprocess_id)
         if args.suite is not None:
             return _run_suite(args, ctx)
         return _run(args, ctx, start)
-    finally:
-        teardown(ctx)
 
 
 def _prepare(args, ctx, download, loaded=None):

@@ -36,7 +36,7 @@ from clip_hitchhiker.models.options import (DEVICE_PATTERN, add_encoding_argumen
 from clip_hitchhiker.moments.rule import DEFAULT_MASS
 from clip_hitchhiker.reporting import silence_third_party_notices
 from clip_hitchhiker.torchrun import (all_gather_json, broadcast_json, collective_step,
-                                      explicit_device, setup_context, shard, teardown)
+                                      explicit_device, process_group, shard)
 from clip_hitchhiker.video.decoders import check_decoder, decoder_log, resolve_decoder
 from clip_hitchhiker.search.index_model import index_run_model
 from clip_hitchhiker.search.queries import check_queries
@@ -285,11 +285,8 @@ def _collate(items):
 def run_index(args):
     """Add the new and changed videos of args.paths to the index; under torchrun, each rank
     encodes its share and rank 0 commits. returns: a summary dict (rank 0; None elsewhere)."""
-    ctx = setup_context(args.device)
-    try:
+    with process_group(args.device) as ctx:
         return _run_index(args, ctx)
-    finally:
-        teardown(ctx)
 
 
 def _run_index(args, ctx):

@@ -34,7 +34,7 @@ from clip_hitchhiker.models.options import (add_model_arguments, check_model_arg
                                            decode_device, loader_workers, resolve_preprocess_on)
 from clip_hitchhiker.output_files import folder_problem
 from clip_hitchhiker.run_folder import FolderLock, move_aside, remove_stale_temporaries
-from clip_hitchhiker.torchrun import broadcast_json, collective_step, setup_context, teardown
+from clip_hitchhiker.torchrun import broadcast_json, collective_step, process_group
 from clip_hitchhiker.video.decoders import check_decoder, decoder_line
 from clip_hitchhiker.training import (PRECISIONS, DualEncoder, EpochSampler, Trainer,
                                       TrainingClips, TrainingDiverged, append_jsonl,
@@ -345,11 +345,8 @@ def main(args):
         if done:
             print(done)
             return []
-    ctx = setup_context(args.device)
-    try:
+    with process_group(args.device) as ctx:
         return _run(args, ctx)
-    finally:
-        teardown(ctx)
 
 
 def _run(args, ctx):

@@ -4,6 +4,7 @@ Every collective goes through an initialised process group; without one (a plain
 the helpers return their input. Nothing received from another rank is unpickled: metadata
 travels as JSON in uint8 tensors.
 """
+import contextlib
 import datetime
 import json
 import os
@@ -85,10 +86,32 @@ def explicit_device(device_arg):
     return device
 
 
-def teardown(ctx):
-    """Leave the process group that setup_context joined, if any."""
+def teardown(ctx, finished=True):
+    """Leave the process group that setup_context joined, if any. finished: this rank's run
+    ended without an error; it then first waits for every rank to finish (a monitored barrier:
+    it names a rank that does not arrive within ctx.timeout_s), so that no rank tears down its
+    connections while another still uses them (gloo aborted a rank at exit now and then,
+    "terminate called without an active exception", without it). A failing rank leaves at once:
+    the others' barrier fails and names it."""
     if ctx.world_size > 1 and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if finished:
+                wait_for_all_ranks(ctx)
+        finally:
+            dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group(device_arg, timeout_s=DEFAULT_TIMEOUT_S):
+    """setup_context's Context, the group left on the way out (teardown: after waiting for the
+    other ranks when the body finished, at once when it raised)."""
+    ctx = setup_context(device_arg, timeout_s)
+    try:
+        yield ctx
+    except BaseException:
+        teardown(ctx, finished=False)
+        raise
+    teardown(ctx)
 
 
 def _in_group():

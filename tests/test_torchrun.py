@@ -105,3 +105,96 @@ def test_a_stopped_rank_is_named_after_the_timeout(tmp_path):
     message = report.read_text()
     assert "Ranks 1 failed to pass monitoredBarrier" in message
     assert "--dist_timeout 3 s" in message
+
+
+def test_teardown_waits_for_every_rank_only_when_this_one_finished(monkeypatch):
+    """A finished rank passes a barrier before it leaves the group (no rank closes its
+    connections while another uses them); a failing one leaves at once; a barrier that fails
+    still leaves the group, and its PeerFailure reaches the caller."""
+    from clip_hitchhiker import torchrun
+    from clip_hitchhiker.errors import PeerFailure
+    calls = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: calls.append("leave"))
+    monkeypatch.setattr(torchrun, "wait_for_all_ranks", lambda ctx: calls.append("wait"))
+    two = Context(torch.device("cpu"), rank=1, world_size=2)
+    torchrun.teardown(two)
+    assert calls == ["wait", "leave"]
+    calls.clear()
+    torchrun.teardown(two, finished=False)
+    assert calls == ["leave"]
+    calls.clear()
+    torchrun.teardown(CPU)  # no group joined: nothing to leave
+    assert calls == []
+
+    def failing(ctx):
+        calls.append("wait")
+        raise PeerFailure("rank 0: gone")
+    monkeypatch.setattr(torchrun, "wait_for_all_ranks", failing)
+    with pytest.raises(PeerFailure, match="rank 0: gone"):
+        torchrun.teardown(two)
+    assert calls == ["wait", "leave"]
+
+
+def test_process_group_leaves_without_waiting_when_its_body_raises(monkeypatch):
+    from clip_hitchhiker import torchrun
+    left = []
+    monkeypatch.setattr(torchrun, "setup_context", lambda device, timeout_s: CPU)
+    monkeypatch.setattr(torchrun, "teardown", lambda ctx, finished=True: left.append(finished))
+    with torchrun.process_group("cpu") as ctx:
+        assert ctx is CPU
+    with pytest.raises(KeyError, match="boom"):
+        with torchrun.process_group("cpu"):
+            raise KeyError("boom")
+    assert left == [True, False]
+
+
+def _leaving_rank(rank, store_path, report_path, rank_fails):
+    """Both ranks gather once; then rank 1 fails (or finishes) and both leave by teardown."""
+    from clip_hitchhiker.errors import PeerFailure
+    from clip_hitchhiker.torchrun import teardown
+    store = dist.FileStore(store_path, 2)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=2)
+    ctx = Context(torch.device("cpu"), rank=rank, world_size=2, timeout_s=20)
+    all_gather_json(ctx, rank)
+    try:
+        teardown(ctx, finished=not (rank_fails and rank == 1))
+        message = "left"
+    except PeerFailure as e:
+        message = str(e)
+    with open(f"{report_path}.{rank}", "w") as f:
+        f.write(message)
+
+
+@pytest.mark.parametrize("rank_fails", [False, True])
+def test_ranks_leave_together_and_a_failed_one_is_named(tmp_path, rank_fails):
+    import multiprocessing
+    import os
+    import signal
+    import time
+    context = multiprocessing.get_context("spawn")
+    report = tmp_path / "report"
+    ranks = [context.Process(target=_leaving_rank,
+                             args=(r, str(tmp_path / "store"), str(report), rank_fails))
+             for r in (0, 1)]
+    start = time.monotonic()
+    for process in ranks:
+        process.start()
+    try:
+        for process in ranks:
+            process.join(timeout=120)
+        assert [p.exitcode for p in ranks] == [0, 0]
+    finally:
+        for process in ranks:
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGKILL)
+                process.join()
+    messages = [(tmp_path / f"report.{r}").read_text() for r in (0, 1)]
+    if rank_fails:
+        # Rank 0 finished, and its barrier names rank 1, which left without it.
+        assert messages[1] == "left"
+        assert "Ranks 1 failed to pass monitoredBarrier" in messages[0]
+        assert "--dist_timeout 20 s" in messages[0]
+    else:
+        assert messages == ["left", "left"]
+    assert time.monotonic() - start < 100
