@@ -155,11 +155,11 @@ def measure_reader(folder, size, num_queries, candidates, nprobe, threads, topic
     from clip_hitchhiker.search.video_index import VideoIndex
 
     num_videos, frames = size_shape(size, videos)
-    torch.set_num_threads(threads)
-    faiss.omp_set_num_threads(threads)
+    _set_threads(threads)
     start = time.perf_counter()
     index = VideoIndex.open(folder)
-    opened = {"open_s": time.perf_counter() - start, "rss_open_mb": _status_kb("RssAnon") / 1024}
+    opened = {"open_s": time.perf_counter() - start, "rss_open_mb": _status_kb("RssAnon") / 1024,
+              "threads": [torch.get_num_threads(), faiss.omp_get_max_threads()]}
     _reset_peak()
     queries = torch.from_numpy(queries_for(num_queries, num_videos, frames, topics_count=topics))
     stats = []
@@ -251,6 +251,17 @@ def _reset_peak():
         pass
 
 
+def _set_threads(threads):
+    """threads > 0: torch's and FAISS's threads; 0: their own defaults (one a core), as
+    search_videos.py and serve run."""
+    import faiss
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+        faiss.omp_set_num_threads(threads)
+
+
 def measure_page(folder, num_videos, frames, num_queries, candidates, threads):
     """In a fresh process: the search page's latency against the CLI's on the same queries.
     The page's server (serve's app under uvicorn, on 127.0.0.1) runs in a process of its own,
@@ -262,13 +273,11 @@ def measure_page(folder, num_videos, frames, num_queries, candidates, threads):
     import http.client
     import multiprocessing
 
-    import faiss
     import torch
 
     from clip_hitchhiker.search.video_index import VideoIndex
 
-    torch.set_num_threads(threads)
-    faiss.omp_set_num_threads(threads)
+    _set_threads(threads)
     index = VideoIndex.open(folder)
     queries = torch.from_numpy(queries_for(num_queries, num_videos, frames))
     context = multiprocessing.get_context("spawn")
@@ -309,15 +318,13 @@ def _page_server(folder, num_videos, frames, num_queries, threads, ports):
     """The page's server over the index, its port put on `ports` once it listens."""
     import threading
 
-    import faiss
     import torch
     import uvicorn
 
     from clip_hitchhiker.search.server import SearchService, create_app
     from clip_hitchhiker.search.video_index import VideoIndex
 
-    torch.set_num_threads(threads)
-    faiss.omp_set_num_threads(threads)
+    _set_threads(threads)
     queries = torch.from_numpy(queries_for(num_queries, num_videos, frames))
     # No clip is asked for, so the cache folder is never made.
     service = SearchService(VideoIndex.open(folder), Path(folder) / "no-clips",
@@ -414,6 +421,13 @@ def measure_in_child(index, size, args):
     return result
 
 
+def _threads(r):
+    """torch's and FAISS's threads of a run (runs saved before they were recorded: 1)."""
+    torch_threads, faiss_threads = r.get("threads", [1, 1])
+    return str(torch_threads) if torch_threads == faiss_threads else \
+        f"{torch_threads} torch, {faiss_threads} FAISS"
+
+
 def print_result(r, load):
     if "skipped" in r:
         print(f"{r['size']}: skipped ({r['skipped']})")
@@ -422,7 +436,7 @@ def print_result(r, load):
     long = (f" + one of {r['long_frames']}" if r["long_frames"] else "")
     print(f"{r['size']} ({r['videos']} videos x {r['frames']} frames{long}, {r['topics']} topics, "
           f"stage 1 {r['stage1']}, codes {'yes' if r['codes'] else 'no'}, stage 2 on "
-          f"{r['device']}): {built}, disk "
+          f"{r['device']}, reader threads {_threads(r)}): {built}, disk "
           f"{r['disk_gb']:.2f} GB, reader RAM beyond maps {r['rss_anon_mb']:.0f} MiB (at open "
           f"{r['rss_open_mb']:.0f} MiB, opened in {r['open_s']:.1f} s); one query cold p50 "
           f"{r['cold_p50_ms']:.1f} / p95 {r['cold_p95_ms']:.1f} / p99 {r['cold_p99_ms']:.1f} ms "
@@ -507,9 +521,9 @@ def main():
     parser.add_argument("--workdir", default=tempfile.gettempdir())
     parser.add_argument("--commit_size", type=int, default=5000, help="videos per commit")
     parser.add_argument("--quick", action="store_true", help="one small run")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch and FAISS threads of the reader (default 1: one query's "
-                             "work is too small to share, and the machine is shared)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch and FAISS threads of the reader (default 0: their own "
+                             "defaults, one a core, as search_videos.py runs)")
     parser.add_argument("--save", default=None, metavar="FILE",
                         help="append each run's figures to FILE as a JSON line")
     parser.add_argument("--model", default=None, metavar="FILE",

@@ -151,7 +151,7 @@ def test_bench_search_quick_with_the_page_against_the_cli(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     # The size's own line (a run without --page prints the same), then the page's.
     assert re.search(r"^quick \(500 videos x 20 frames, 50 topics, stage 1 flat, codes yes, "
-                     r"stage 2 on cpu\): build \d+ s, .* one query cold p50 [\d.]+ / p95 [\d.]+ / "
+                     r"stage 2 on cpu, reader threads \d+\): build \d+ s, .* one query cold p50 [\d.]+ / p95 [\d.]+ / "
                      r"p99 [\d.]+ ms .* warm p50 .* recall@10 [01]\.\d{3}, recall@1 [01]\.\d{3}; "
                      r"exhaustive \d+ ms", result.stdout, re.M)
     line = re.search(r"^quick search page: one query p50 ([\d.]+) ms against the CLI's ([\d.]+) "
@@ -174,13 +174,15 @@ def test_bench_search_keeps_an_index_then_measures_it_again_with_ivfsq8(tmp_path
                            text=True, timeout=600)
     assert built.returncode == 0, built.stderr[-3000:]
     assert list(work.iterdir()) == [] and (kept / "manifest.json").is_file()
-    reused = subprocess.run(bench + ["--reuse", str(kept), "--truth", str(truth)],
-                            capture_output=True, text=True, timeout=600)
+    reused = subprocess.run(bench + ["--reuse", str(kept), "--truth", str(truth), "--threads",
+                                     "1"], capture_output=True, text=True, timeout=600)
     assert reused.returncode == 0, reused.stderr[-3000:]
     recalls = []
-    for result, built_or_reused in ((built, r"build \d+ s"), (reused, "reused")):
+    for result, threads, built_or_reused in ((built, r"\d+", r"build \d+ s"),
+                                             (reused, "1", "reused")):
         line = re.search(r"^quick \(500 videos x 20 frames, 50 topics, stage 1 ivfsq8, codes "
-                         rf"yes, stage 2 on cpu\): {built_or_reused}, disk .* recall@10 "
+                         rf"yes, stage 2 on cpu, reader threads {threads}\): {built_or_reused}, "
+                         r"disk .* recall@10 "
                          r"([01]\.\d{3}).*$", result.stdout, re.M)
         assert line and ("read from --truth" in line.group(0)) == (result is reused)
         recalls.append(line.group(1))
