@@ -19,6 +19,8 @@ from clip_hitchhiker.errors import ConfigError, PeerFailure
 
 
 DEFAULT_TIMEOUT_S = 1800.0
+# How long a finished rank waits at the end for the others (rank 0 evaluates and writes alone).
+LEAVE_TIMEOUT_S = 7 * 24 * 3600.0
 
 
 @dataclass
@@ -26,7 +28,8 @@ class Context:
     """Where this process runs: its device and, under torchrun, its rank.
 
     timeout_s: how long a collective waits for the other ranks; monitor_group: the gloo group
-    whose monitored barrier names the ranks that did not answer (None: the default group).
+    whose monitored barrier names the ranks that did not answer (None: the default group);
+    leave_group: the gloo group of the wait at the end (teardown), with a timeout of its own.
     """
     device: torch.device
     rank: int = 0
@@ -34,6 +37,7 @@ class Context:
     world_size: int = 1
     timeout_s: float = DEFAULT_TIMEOUT_S
     monitor_group: object = None
+    leave_group: object = None
 
     @property
     def is_main(self):
@@ -69,7 +73,17 @@ def setup_context(device_arg, timeout_s=DEFAULT_TIMEOUT_S):
         dist.init_process_group(backend, timeout=timeout)
         if backend != "gloo":  # monitored barriers exist for gloo only
             monitor_group = dist.new_group(backend="gloo", timeout=timeout)
-    return Context(device, rank, local_rank, world_size, timeout_s, monitor_group)
+        return Context(device, rank, local_rank, world_size, timeout_s, monitor_group,
+                       new_leave_group())
+    return Context(device, rank, local_rank, world_size, timeout_s)
+
+
+def new_leave_group():
+    """A gloo group over every rank for teardown's wait (every rank must call this, in the same
+    order as any other new_group): a group's own timeout bounds what a barrier's other ranks
+    wait for rank 0, so the wait at the end, while rank 0 evaluates and writes alone, needs a
+    group whose timeout is LEAVE_TIMEOUT_S, not the collectives' --dist_timeout."""
+    return dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=LEAVE_TIMEOUT_S))
 
 
 def explicit_device(device_arg):
@@ -88,17 +102,34 @@ def explicit_device(device_arg):
 
 def teardown(ctx, finished=True):
     """Leave the process group that setup_context joined, if any. finished: this rank's run
-    ended without an error; it then first waits for every rank to finish (a monitored barrier:
-    it names a rank that does not arrive within ctx.timeout_s), so that no rank tears down its
-    connections while another still uses them (gloo aborted a rank at exit now and then,
-    "terminate called without an active exception", without it). A failing rank leaves at once:
-    the others' barrier fails and names it."""
+    ended without an error; it then first waits for every rank to finish (a monitored barrier),
+    so that no rank tears down its connections while another still uses them (gloo aborted a
+    rank at exit now and then, "terminate called without an active exception", without it).
+    That wait is not bounded by ctx.timeout_s: rank 0 alone evaluates and writes the results
+    after the last collective, for as long as that takes (a rank that exited early is still
+    named at once: gloo sees its connections close). A run whose barrier fails raises PeerFailure (on
+    rank 0 naming the ranks that left early). A failing rank leaves at once, and an error in
+    leaving never hides the error that ended its run (a warning instead)."""
     if ctx.world_size > 1 and dist.is_initialized():
         try:
             if finished:
-                wait_for_all_ranks(ctx)
+                _wait_to_leave(ctx)
         finally:
-            dist.destroy_process_group()
+            try:
+                dist.destroy_process_group()
+            except Exception as e:  # noqa: BLE001  the run's own outcome matters more
+                warnings.warn(f"leaving the process group failed: {type(e).__name__}: {e}",
+                              stacklevel=2)
+
+
+def _wait_to_leave(ctx):
+    try:
+        dist.monitored_barrier(group=ctx.leave_group,
+                               timeout=datetime.timedelta(seconds=LEAVE_TIMEOUT_S),
+                               wait_all_ranks=True)
+    except RuntimeError as e:
+        raise PeerFailure(f"{str(e).strip()} (at the end of the run: a rank stopped before "
+                          "it finished)") from e
 
 
 @contextlib.contextmanager

@@ -110,6 +110,16 @@ def test_coded_frames_give_the_hand_computed_dots_and_sums():
                            torch.tensor([0, 0]), [2], norms)
     text = torch.tensor([1.0, 0.0, 0.0, 1.0])  # t . v~ = v~_0 + v~_3
     torch.testing.assert_close(coded.dots(text), torch.tensor([3.0, 3.0]))
+    # The codec as a reader holds it (Codec.on: its centroids also stored by column) gives the
+    # same lookup table.
+    on_cpu = codec.on("cpu")
+    assert on_cpu.columns.shape == (1, 4, 256) and on_cpu.columns.is_contiguous()
+    assert torch.equal(on_cpu.columns[0, 0], torch.arange(256.0))
+    assert torch.equal(on_cpu.columns[0, 3], -torch.arange(256.0))
+    held = fc.CodedFrames(on_cpu, torch.from_numpy(mean_codes),
+                          torch.tensor([[7], [251]], dtype=torch.uint8), torch.tensor([0, 0]),
+                          [2], norms)
+    torch.testing.assert_close(held.dots(text), torch.tensor([3.0, 3.0]), rtol=0, atol=0)
     total, = coded.weighted_sums(torch.tensor([0.25, 0.75]))
     torch.testing.assert_close(total, torch.tensor([[0.25 * 9.5 + 0.75 * 253.5, 2.5, 2.5,
                                                      0.25 * -6.5 + 0.75 * -250.5]]))

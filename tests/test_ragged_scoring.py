@@ -173,6 +173,9 @@ def test_unknown_errors_allow_any_score_and_never_nan():
     assert (float(lower), float(upper)) == (pytest.approx(-1 - 1e-5), pytest.approx(1 + 1e-5))
     estimate, bound = approximate_scores(torch.tensor([1.0, 0.0]), approx, errors, [2], 0.1)
     assert not torch.isnan(estimate).any() and float(bound) == pytest.approx(1 + 1e-5)
+    # Stage 2's bound: the unknown error raised to the cap (such a video is always scored).
+    raised = raised_scores(torch.tensor([1.0, 0.0]), approx, errors, [2], 0.1)
+    assert float(raised) == float(torch.tensor(1e30))
 
 
 def test_the_bound_used_is_the_lower_of_the_certain_one_and_the_typical_one():
@@ -189,7 +192,7 @@ def test_the_bound_used_is_the_lower_of_the_certain_one_and_the_typical_one():
     assert bool((estimate < upper).all() and (upper < certain).all())
     # Stage 2's bound is the raised estimate alone: here (below the certain one) the same.
     torch.testing.assert_close(raised_scores(text, frames, errors, lengths, 0.1, spread=2.0),
-                               upper, rtol=0, atol=0)
+                               upper, rtol=0, atol=1e-6)
     assert bool((raised_scores(text, frames, errors, lengths, 0.1, spread=1e9) > certain).all())
 
 

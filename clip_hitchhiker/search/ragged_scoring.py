@@ -235,8 +235,9 @@ def _bounds(ragged, dots, weights, pooled, text_unit, errors, temperature, aggre
 
 def approximate_scores(text_unit, frames, error_norms, lengths=None, temperature=0.1,
                        aggregate="queryscoring", spread=2.0):
-    """Stage 2's estimate of each video's score from approximate frames v~_f, and an upper
-    bound for choosing which videos to score exactly.
+    """An estimate of each video's score from approximate frames v~_f, and an upper bound: the
+    smaller of the certain bound and the raised estimate (stage 2 prunes by the raised estimate
+    alone: raised_scores).
 
     The certain upper bound of score_bounds lets each frame's error point straight at the text,
     and is loose: at 512-d an error of random direction has about 1/sqrt(D) of its norm along
@@ -268,11 +269,11 @@ def approximate_scores(text_unit, frames, error_norms, lengths=None, temperature
 
 def raised_scores(text_unit, frames, error_norms, lengths=None, temperature=0.1,
                   aggregate="queryscoring", spread=2.0):
-    """approximate_scores' optimistic estimate alone (its upper bound without the certain cap):
-    what stage 2 prunes by. The certain bound costs a second weighted sum of the frames (a
-    third of the time) and never was the lower one on bench_search.py's 100k videos (300
-    queries: the same finalists, the same hits), being some 20 times too wide at 512-d; without
-    it a bound can only be higher, so no video is left out that the cap would have kept.
+    """approximate_scores' raised estimate alone (its upper bound without the certain cap):
+    what stage 2 prunes by, scoring a candidate exactly unless this is below the k-th best
+    exact score. The certain cap costs a second weighted sum of the frames (a third of the
+    time) and, some 20 times too wide at 512-d, never was the lower one on bench_search.py's
+    100k videos (300 queries: the same finalists, the same hits).
     Arguments as approximate_scores'. returns: float32 [C]."""
     _check_aggregate(aggregate)
     ragged = frames if lengths is None else _Ragged(frames, lengths)
