@@ -136,7 +136,10 @@ def test_search_play_keys_strip_drop_and_more_like_this(page_index, served, brow
     assert first.find_element(By.CSS_SELECTOR, ".when b").text == \
         f"{clock(red['start'])} – {clock(red['end'])}"
     assert first.find_element(By.CSS_SELECTOR, ".name").text == "red.mp4"
-    assert first.find_element(By.CSS_SELECTOR, ".thumb img").get_attribute("naturalWidth") != "0"
+    # The thumbnail arrives after the card (the server decodes its frame): it must load.
+    thumb = first.find_element(By.CSS_SELECTOR, ".thumb img")
+    wait_for(browser, lambda d: thumb.get_attribute("naturalWidth") not in ("0", None),
+             message="the first card's thumbnail to load")
 
     # Click: plays the file itself from the moment's start, and pauses at its end.
     first.find_element(By.CSS_SELECTOR, ".thumb").click()  # the card's middle is its strip
