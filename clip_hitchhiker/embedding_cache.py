@@ -80,6 +80,9 @@ def write_json(path, obj):
 
 def write_atomically(path, write, replace=True, make_folder=True, temporary=None):
     """write(tmp_path) into a temporary file beside path, then os.replace: never half-written.
+    The temporary file is flushed to the disk (fsync) before it takes path's name, and the
+    folder after, so that after a power cut or an OS crash path holds either its old content or
+    the whole new one (a rename alone is only ordered before the data on some file systems).
 
     The file gets the permissions the user's umask gives any new file (the temporary file's
     own are 0600). replace=False: an existing path is never replaced (FileExistsError);
@@ -100,15 +103,30 @@ def write_atomically(path, write, replace=True, make_folder=True, temporary=None
     try:
         write(tmp_name)
         os.chmod(tmp_name, 0o666 & ~current_umask())
+        _flush_to_disk(tmp_name)
         if not replace and os.path.lexists(path):
             raise FileExistsError(errno.EEXIST, "a file of that name exists", str(path))
         os.replace(tmp_name, path)
+        _flush_to_disk(path.parent, folder=True)
     except BaseException:
         # Some writers (pyarrow) remove their half-written file themselves: the cause, not a
         # FileNotFoundError about the temporary file, is what the caller must see.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+
+
+def _flush_to_disk(path, folder=False):
+    """fsync a file, or a folder's entries (a file system that cannot sync a folder, EINVAL,
+    is left as it is)."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if folder else 0))
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if not (folder and e.errno == errno.EINVAL):
+            raise
+    finally:
+        os.close(fd)
 
 
 def temporary_prefix(path):

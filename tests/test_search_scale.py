@@ -232,6 +232,29 @@ def test_every_finalist_is_asked_of_the_disk_ahead_of_its_read(dense_index, monk
                            for name, first, rows in spans]
 
 
+def test_a_commit_flushes_every_file_it_names_to_disk_before_the_manifest(tmp_path, monkeypatch):
+    """After a power cut a manifest never names a file whose bytes did not reach the disk: each
+    file the manifest lists, and the manifest itself, was fsynced before it took its name, and
+    the folder after the manifest's."""
+    events = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(
+        ("fsync", os.readlink(f"/proc/self/fd/{fd}"))) or fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", str(a), str(b)))
+                        or replace(a, b))
+    folder = tmp_path / "index"
+    build(folder, clustered_videos(600, 6))
+    manifest = fmt.read_manifest(folder)
+    named = [i for i, e in enumerate(events) if e[0] == "replace"]
+    synced_then_named = {e[2] for i in named for e in [events[i]]
+                         if ("fsync", e[1]) in events[:i]}
+    assert {str(folder / name) for name in manifest["files"]} | {
+        str(folder / "manifest.json")} <= synced_then_named
+    last = max(i for i in named if events[i][2] == str(folder / "manifest.json"))
+    assert ("fsync", str(folder)) in events[last + 1:]
+    assert manifest["codes"] is not None  # the codes' files are among those checked
+
+
 # ----------------------------------------------------------------------------------------------
 # Version 1 indexes
 
