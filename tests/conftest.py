@@ -69,3 +69,16 @@ def data_root(msrvtt_root, tmp_path):
     root = tmp_path / "data"
     shutil.copytree(msrvtt_root / "MSRVTT", root / "MSRVTT")
     return root
+
+
+@pytest.fixture
+def disk_order(monkeypatch):
+    """The order of fsyncs and renames: a list that fills with ("fsync", the synced path) and
+    ("replace", source, target) as they happen (both still done)."""
+    events = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(
+        ("fsync", os.readlink(f"/proc/self/fd/{fd}"))) or fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", str(a), str(b)))
+                        or replace(a, b))
+    return events

@@ -143,19 +143,12 @@ def test_fingerprint_follows_size_and_modification_time(tmp_path):
     assert fingerprint_files([video, tmp_path / "missing.mp4"]) not in (first, touched)
 
 
-def test_a_write_reaches_the_disk_before_its_name_then_the_folder(tmp_path, monkeypatch):
+def test_a_write_reaches_the_disk_before_its_name_then_the_folder(tmp_path, disk_order):
     """After a power cut the path holds the old content or the whole new one: the temporary
     file is fsynced before os.replace gives it the name, and the folder's entries after."""
-    import os
-    events = []
-    fsync, replace = os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: events.append(
-        ("fsync", os.readlink(f"/proc/self/fd/{fd}"))) or fsync(fd))
-    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", str(a), str(b)))
-                        or replace(a, b))
     path = tmp_path / "report.json"
     write_json(path, {"a": 1})
-    (_, temporary), (_, moved, named), (_, folder) = events
+    (_, temporary), (_, moved, named), (_, folder) = disk_order
     assert (moved, named, folder) == (temporary, str(path), str(tmp_path))
     assert Path(temporary).name.startswith(".report.json.")
     assert json.loads(path.read_text()) == {"a": 1}

@@ -232,16 +232,11 @@ def test_every_finalist_is_asked_of_the_disk_ahead_of_its_read(dense_index, monk
                            for name, first, rows in spans]
 
 
-def test_a_commit_flushes_every_file_it_names_to_disk_before_the_manifest(tmp_path, monkeypatch):
+def test_a_commit_flushes_every_file_it_names_to_disk_before_the_manifest(tmp_path, disk_order):
     """After a power cut a manifest never names a file whose bytes did not reach the disk: each
     file the manifest lists, and the manifest itself, was fsynced before it took its name, and
     the folder after the manifest's."""
-    events = []
-    fsync, replace = os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: events.append(
-        ("fsync", os.readlink(f"/proc/self/fd/{fd}"))) or fsync(fd))
-    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", str(a), str(b)))
-                        or replace(a, b))
+    events = disk_order
     folder = tmp_path / "index"
     build(folder, clustered_videos(600, 6))
     manifest = fmt.read_manifest(folder)

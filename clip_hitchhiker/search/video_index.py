@@ -177,11 +177,11 @@ class VideoIndex:
         """float16 [N, D]: the frames of table rows one after the other (one pread each), each
         video's crc32 checked."""
         rows = np.asarray(rows, dtype=np.int64)
-        lengths = self._lengths[rows].tolist()
-        data = self._files.read(self._spans(rows))
+        spans = self._spans(rows)
+        data = self._files.read(spans)
         end = 0
-        for row, length, crc in zip(rows.tolist(), lengths,
-                                    np.asarray(self.table["frames_crc32"])[rows].tolist()):
+        for row, (_, _, length), crc in zip(rows.tolist(), spans,
+                                            np.asarray(self.table["frames_crc32"])[rows].tolist()):
             end += length
             if fmt.frames_crc32(data[end - length:end]) != crc:
                 name = self.table["frames_file"][row]
