@@ -585,6 +585,8 @@ def main():
         args.sizes, args.runs, args.queries = ["quick"], 1, 20
     if args.videos is not None and args.videos < 1:
         parser.error(f"--videos must be >= 1, got {args.videos}")
+    if args.threads < 0:
+        parser.error(f"--threads must be >= 0 (0: the libraries' own counts), got {args.threads}")
     if (args.keep or args.reuse) and len(args.sizes) != 1 or (args.keep and args.runs != 1):
         parser.error("--keep takes one size and one run, --reuse one size")
     if args.keep and Path(args.keep).exists():

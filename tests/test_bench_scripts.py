@@ -191,3 +191,10 @@ def test_bench_search_keeps_an_index_then_measures_it_again_with_ivfsq8(tmp_path
     refused = subprocess.run(bench + ["--keep", str(kept)], capture_output=True, text=True,
                              timeout=60)
     assert refused.returncode == 2 and f"--keep {kept} exists" in refused.stderr
+
+
+def test_bench_search_refuses_a_negative_thread_count_before_building():
+    refused = subprocess.run([sys.executable, str(REPO / "bench" / "bench_search.py"), "--quick",
+                              "--threads", "-1"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2
+    assert "--threads must be >= 0 (0: the libraries' own counts), got -1" in refused.stderr
