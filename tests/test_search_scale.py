@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from clip_hitchhiker.errors import VideoIndexError
-from clip_hitchhiker.search import candidate_index, frame_codes, index_codes
+from clip_hitchhiker.search import candidate_index, frame_codes, index_codes, video_index
 from clip_hitchhiker.search import index_format as fmt
 from clip_hitchhiker.search.index_writer import EncodedVideo, IndexWriter, write_videos
 from clip_hitchhiker.search.video_index import VideoIndex
@@ -189,18 +189,23 @@ def test_the_two_stages_print_the_exhaustive_searchs_scores_to_the_bit(dense_ind
 
 
 def test_each_finalist_is_one_read_and_no_frames_file_is_mapped(dense_index, monkeypatch):
-    reads = []
-    original = os.preadv
+    reads, stages = [], []
+    original, best = os.preadv, video_index._Stage2.best
     monkeypatch.setattr(os, "preadv", lambda fd, buffers, offset: reads.append(
         sum(len(b) for b in buffers)) or original(fd, buffers, offset))
+    monkeypatch.setattr(video_index._Stage2, "best", lambda self, *args: stages.append(
+        self) or best(self, *args))
     stats = []
     hits = dense_index.search_embeddings(queries(6, 1, seed=7), k=10, stats=stats)[0]
-    # One read per finalist, then one per hit (scored again on its own).
-    assert len(reads) == stats[0]["finalists"] + len(hits)
-    lengths = dense_index._lengths
-    assert sorted(reads[-len(hits):]) == sorted(
-        2 * DIM * int(lengths[dense_index.table["path"].array.to_pylist().index(h["video"])])
-        for h in hits)
+    # One read per finalist, of its frames; the hits are scored again from the frames stage 2
+    # kept, those of the best k and no others.
+    finalists, lengths = list(stages[0].scored), dense_index._lengths
+    assert len(finalists) == stats[0]["finalists"] and len(hits) == 10
+    assert sorted(reads) == sorted(2 * DIM * int(lengths[row]) for row in finalists)
+    paths = dense_index.table["path"].array.to_pylist()
+    assert sorted(paths[row] for row in stages[0].frames) == sorted(h["video"] for h in hits)
+    for row, frames in stages[0].frames.items():
+        assert np.array_equal(frames, dense_index.frames(row))
     maps = Path("/proc/self/maps").read_text()
     assert not any(name in maps for name in dense_index.manifest["files"]
                    if name.startswith("frames-"))
@@ -222,9 +227,12 @@ def test_every_finalist_is_asked_of_the_disk_ahead_of_its_read(dense_index, monk
                                       None, dense_index.segment_bits)[0]
     dense_index.search_embeddings(queries(6, 1, seed=7), k=10, stats=stats)
     reads = [i for i, e in enumerate(events) if e[0] == "read"]
-    assert len(reads) == stats[0]["finalists"] + 10
+    assert len(reads) == stats[0]["finalists"]
     for i in reads:
         assert ("ahead", *events[i][1:]) in events[:i]
+    # Each span asked for once in the query.
+    asked = [e for e in events if e[0] == "ahead"]
+    assert len(asked) == len(set(asked))
     assert len(set(events[:reads[0]])) >= min(60, stats[0]["candidates"])
     spans = dense_index._spans(dense_index._rows(proposed))
     assert events[:20] == [("ahead", dense_index._files._files[name][0],

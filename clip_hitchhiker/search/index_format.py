@@ -279,12 +279,12 @@ class FrameFiles:
     def names(self):
         return list(self._files)
 
-    def read(self, spans):
-        """spans: [(name, first row, rows)]. returns: float16 [sum of rows, D], the spans one
-        after the other."""
+    def read(self, spans, advise=True):
+        """spans: [(name, first row, rows)]; advise: False where they were prefetched already.
+        returns: float16 [sum of rows, D], the spans one after the other."""
         total = sum(count for _, _, count in spans)
         out = np.empty((total, self.dim), dtype=np.float16)
-        placed = self.prefetch(spans)
+        placed = self.prefetch(spans) if advise else self._placed(spans)
         buffer, position = memoryview(out.view(np.uint8).reshape(-1)), 0
         for fd, offset, size in placed:
             got = os.preadv(fd, [buffer[position:position + size]], offset)
@@ -298,6 +298,15 @@ class FrameFiles:
         """Ask the kernel to start reading spans [(name, first row, rows)] into the page cache
         (posix_fadvise WILLNEED: it returns at once, the disk reads them in parallel), each
         checked against its file's rows. returns: [(fd, byte offset, bytes)] of the spans."""
+        placed = self._placed(spans)
+        if hasattr(os, "posix_fadvise"):
+            for fd, offset, size in placed:
+                os.posix_fadvise(fd, offset, size, os.POSIX_FADV_WILLNEED)
+        return placed
+
+    def _placed(self, spans):
+        """[(fd, byte offset, bytes)] of spans [(name, first row, rows)], each checked against
+        its file's rows."""
         row_bytes = 2 * self.dim
         placed = []
         for name, first, count in spans:
@@ -306,8 +315,6 @@ class FrameFiles:
                 raise VideoIndexError(f"{self.folder / name} has {rows} rows; the table names "
                                       f"rows {first}..{first + count - 1}; {_REPAIR}")
             placed.append((fd, start + first * row_bytes, count * row_bytes))
-            if hasattr(os, "posix_fadvise"):
-                os.posix_fadvise(fd, placed[-1][1], placed[-1][2], os.POSIX_FADV_WILLNEED)
         return placed
 
     def drop_cached(self):

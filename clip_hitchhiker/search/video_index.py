@@ -173,12 +173,12 @@ class VideoIndex:
         """Start the disk reads of table rows' frames (returns at once)."""
         self._files.prefetch(self._spans(np.asarray(rows, dtype=np.int64)))
 
-    def _read_block(self, rows):
+    def _read_block(self, rows, advise=True):
         """float16 [N, D]: the frames of table rows one after the other (one pread each), each
-        video's crc32 checked."""
+        video's crc32 checked (advise: False where they were prefetched already)."""
         rows = np.asarray(rows, dtype=np.int64)
         spans = self._spans(rows)
-        data = self._files.read(spans)
+        data = self._files.read(spans, advise)
         end = 0
         for row, (_, _, length), crc in zip(rows.tolist(), spans,
                                             np.asarray(self.table["frames_crc32"])[rows].tolist()):
@@ -189,14 +189,6 @@ class VideoIndex:
                                       f"{self.table['path'][row]} fail their crc32); rebuild it: "
                                       "move the folder aside and run search_videos.py index again")
         return data
-
-    def _ragged_frames(self, rows, device="cpu"):
-        """(float32 [N, D], lengths [len(rows)]) of table rows, their frames one after the
-        other (converted by torch: numpy converts float16 element by element, 15x slower)."""
-        frames = self._read_block(rows) if len(rows) else np.zeros(
-            (0, self.config["embed_dim"]), np.float16)
-        return (_float32(frames, device),
-                torch.as_tensor(self._lengths[np.asarray(rows, dtype=np.int64)]))
 
     def recorded_file(self, path):
         """The stat fingerprint of the video file `path` as it was when indexed: {key: value}
@@ -327,15 +319,20 @@ class VideoIndex:
             first = min(limit, _deeper(start))
             ids = candidate_index.search(self.stage1, text_embeds.numpy(), first, nprobe,
                                          self.segment_bits)
-            best = []
+            results = []
             for t in range(len(text_embeds)):
                 stage2 = _Stage2(self, text_embeds[t], k, temperature, aggregate,
                                  torch.device(device))
                 proposals = _Proposals(self, text_embeds[t], ids[t], first, limit, nprobe)
-                best.append(stage2.best(proposals, start))
+                best = stage2.best(proposals, start)
+                # Each query's hits at once, from the frames stage 2 kept: a batch of queries
+                # never holds more than one query's.
+                results.append(self._hits(text_embeds[t], best, temperature, aggregate, mass,
+                                          stage2.frames))
                 if stats is not None:
                     stats.append({"candidates": max(len(stage2.rows), len(stage2.scored)),
                                   "finalists": len(stage2.scored)})
+            return results
         return [self._hits(text_embeds[t], rows, temperature, aggregate, mass)
                 for t, rows in enumerate(best)]
 
@@ -438,15 +435,19 @@ class VideoIndex:
         names = np.asarray(_row_bases(self.table["frames_file"], None))
         return np.lexsort((np.asarray(self.table["offset"]), names))
 
-    def _hits(self, text_embed, rows, temperature, aggregate, mass):
+    def _hits(self, text_embed, rows, temperature, aggregate, mass, kept=None):
         """The hits of the best rows, each scored again on its own frames alone (never with
         other videos, whose presence could change the rounding), so that both stages and the
         exhaustive search give a hit the same score to the bit; ties keep the earlier row
-        first. The frame weights (query-scoring's, whatever the aggregate) give the moment."""
+        first. The frame weights (query-scoring's, whatever the aggregate) give the moment.
+        kept: {row: float16 [F, D]} frames read already (stage 2's), the others are read."""
         text = unit_text(text_embed)
         hits = []
         rows = sorted(int(r) for r in rows)
-        for row, frames in zip(rows, self._read_frames(rows)):
+        kept = kept or {}
+        missing = [r for r in rows if r not in kept]
+        read = dict(zip(missing, self._read_frames(missing))) if missing else {}
+        for row, frames in ((r, kept[r] if r in kept else read[r]) for r in rows):
             score, weights = video_score(text, _float32(frames), temperature,
                                          aggregate)
             hits.append(self._hit(row, score, weights.numpy(), mass))
@@ -492,6 +493,18 @@ class _Stage2:
         self.rows, self.upper = np.zeros(0, np.int64), np.zeros(0, np.float32)
         self.scored = {}  # row: exact score
         self.threshold = -np.inf  # the k-th best exact score so far
+        # The float16 frames of the rows among the best k so far (at most k videos', ties
+        # aside): the hits are not read again.
+        self.frames = {}
+        self._advised = set()  # rows whose frames the disk was asked for
+
+    def _prefetch(self, rows):
+        """Ask the disk for the frames of rows not asked for before in this query."""
+        new = [row for row in np.asarray(rows, dtype=np.int64).tolist()
+               if row not in self._advised]
+        self._advised.update(new)
+        if new:
+            self.index._prefetch(new)
 
     def best(self, proposals, start):
         """proposals: stage 1's candidate rows, best first (_Proposals); start: how many to take
@@ -502,7 +515,7 @@ class _Stage2:
         ranked = proposals.first(start)
         # Stage 1's best proposals are mostly finalists: the disk reads their frames while
         # stage 2 bounds the candidates (a cold query took 1 ms less at 100k).
-        self.index._prefetch(ranked[:max(2 * self.k, _FINALIST_ROUND)])
+        self._prefetch(ranked[:max(2 * self.k, _FINALIST_ROUND)])
         count, done = len(ranked), 0
         while True:
             if self.index._codes is None or count <= max(2 * self.k, _FINALIST_ROUND):
@@ -545,7 +558,7 @@ class _Stage2:
             order = np.flatnonzero(waiting)[np.argsort(-self.upper[waiting], kind="stable")]
             # The disk reads this round's frames and the next round's together, the next
             # while this one is scored: a cold page cache costs one wait, not one a round.
-            self.index._prefetch(self.rows[order[:3 * size]])
+            self._prefetch(self.rows[order[:3 * size]])
             self._score_exactly(self.rows[order[:size]])
             size *= 2
 
@@ -553,16 +566,34 @@ class _Stage2:
         """Score rows from their frames (bound: they are new candidates, whose exact scores are
         their bounds)."""
         rows = np.asarray(rows, dtype=np.int64)
+        if not len(rows):
+            return
         order = self._by_length(rows)
-        frames, lengths = self.index._ragged_frames(rows[order], self.device)
-        scores = _unsorted(ragged_scores(self.text, frames, lengths.to(self.device),
+        ordered = rows[order]
+        self._prefetch(ordered)
+        block, lengths = self.index._read_block(ordered, advise=False), \
+            self.index._lengths[ordered]
+        # Converted by torch: numpy converts float16 element by element, 15 times slower.
+        scores = _unsorted(ragged_scores(self.text, _float32(block, self.device),
+                                         torch.as_tensor(lengths).to(self.device),
                                          self.temperature, self.aggregate).cpu().numpy(), order)
         self.scored.update(zip(rows.tolist(), scores.tolist()))
-        if bound:
+        if bound:  # in stage 1's order, as the deepening rule reads them
             self.rows = np.concatenate([self.rows, rows])
             self.upper = np.concatenate([self.upper, scores])
         if len(self.scored) >= self.k:
             self.threshold = sorted(self.scored.values(), reverse=True)[self.k - 1]
+        self._keep_frames(ordered, block, lengths)
+
+    def _keep_frames(self, rows, block, lengths):
+        """Keep (copied out of block) the frames of rows that reach the k-th best exact score,
+        and drop those of earlier rows that no longer do."""
+        for row, end, length in zip(rows.tolist(), np.cumsum(lengths).tolist(),
+                                    lengths.tolist()):
+            if self.scored[row] >= self.threshold:
+                self.frames[row] = block[end - length:end].copy()
+        self.frames = {row: frames for row, frames in self.frames.items()
+                       if self.scored[row] >= self.threshold}
 
     def _top(self):
         rows = np.fromiter(self.scored, dtype=np.int64, count=len(self.scored))
