@@ -213,8 +213,8 @@ def test_each_finalist_is_one_read_and_no_frames_file_is_mapped(dense_index, mon
 
 def test_every_finalist_is_asked_of_the_disk_ahead_of_its_read(dense_index, monkeypatch):
     """A cold page cache costs one wait, not one a round: each pread's span was handed to the
-    kernel (posix_fadvise WILLNEED) before, stage 1's first 2k proposals and, before the first
-    round's reads, the first two rounds (2k + 4k videos by bound)."""
+    kernel (posix_fadvise WILLNEED) before, stage 1's first 6k proposals (three rounds' worth)
+    first, each span once."""
     events = []
     read, advise = os.preadv, os.posix_fadvise
     monkeypatch.setattr(os, "preadv", lambda fd, buffers, offset: events.append(
@@ -223,7 +223,7 @@ def test_every_finalist_is_asked_of_the_disk_ahead_of_its_read(dense_index, monk
         ("ahead", fd, offset, size)) if advice == os.POSIX_FADV_WILLNEED else
         advise(fd, offset, size, advice))
     stats = []
-    proposed = candidate_index.search(dense_index.stage1, queries(6, 1, seed=7).numpy(), 20,
+    proposed = candidate_index.search(dense_index.stage1, queries(6, 1, seed=7).numpy(), 60,
                                       None, dense_index.segment_bits)[0]
     dense_index.search_embeddings(queries(6, 1, seed=7), k=10, stats=stats)
     reads = [i for i, e in enumerate(events) if e[0] == "read"]
@@ -235,7 +235,7 @@ def test_every_finalist_is_asked_of_the_disk_ahead_of_its_read(dense_index, monk
     assert len(asked) == len(set(asked))
     assert len(set(events[:reads[0]])) >= min(60, stats[0]["candidates"])
     spans = dense_index._spans(dense_index._rows(proposed))
-    assert events[:20] == [("ahead", dense_index._files._files[name][0],
+    assert len(proposed) == 60 and events[:60] == [("ahead", dense_index._files._files[name][0],
                             dense_index._files._files[name][1] + first * 2 * DIM, rows * 2 * DIM)
                            for name, first, rows in spans]
 
