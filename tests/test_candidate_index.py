@@ -71,8 +71,8 @@ def test_an_nprobe_holds_for_its_own_search_only():
     assert faiss.extract_index_ivf(ivf).nprobe == params["nprobe"] == 2
 
 
-def test_a_deep_ask_probes_lists_holding_twice_the_vectors_asked_for():
-    """probes_for: the index's nprobe, or ceil(2 x wanted / mean list size) when more, at most
+def test_a_deep_ask_probes_lists_holding_the_vectors_asked_for():
+    """probes_for: the index's nprobe, or ceil(wanted / mean list size) when more, at most
     every list; search probes that many (recorded afterwards as before), or exactly the
     nprobe given."""
     import faiss
@@ -81,22 +81,23 @@ def test_a_deep_ask_probes_lists_holding_twice_the_vectors_asked_for():
     ids = (np.arange(400).repeat(2) << 32) + np.tile([0, 1], 400)
     ivf, params = ci.build("ivfsq8", means, ids)  # 800 vectors: min(2 sqrt(800), 800 // 40)
     inner = faiss.extract_index_ivf(ivf)
-    assert (inner.nlist, inner.ntotal, params["nprobe"]) == (20, 800, 8)
-    assert ci.PROBED_SHARE == 2
-    assert [ci.probes_for(inner, wanted) for wanted in (1, 160, 161, 200, 399, 400, 10 ** 6)] \
-        == [8, 8, 9, 10, 20, 20, 20]
+    assert (inner.nlist, inner.ntotal, params["nprobe"]) == (20, 800, 4)
+    assert ci.PROBED_SHARE == 1
+    assert [ci.probes_for(inner, wanted) for wanted in (1, 160, 161, 200, 399, 400, 401, 10 ** 6)] \
+        == [4, 4, 5, 5, 10, 10, 11, 20]
     probed = []
     original = faiss.IndexIVFScalarQuantizer.search
     queries = np.stack([basis(t) for t in range(TOPICS)])
     try:
         faiss.IndexIVFScalarQuantizer.search = lambda self, *a, **k: probed.append(
             self.nprobe) or original(self, *a, **k)
-        ci.search(ivf, queries, 20)          # 160 vectors: its own 8
-        ci.search(ivf, queries, 25)          # 200 vectors: 10 lists
+        ci.search(ivf, queries, 20)          # 160 vectors: its own 4
+        ci.search(ivf, queries, 25)          # 200 vectors: 5 lists
+        ci.search(ivf, queries, 50)          # 400 vectors: 10 lists
         ci.search(ivf, queries, 25, nprobe=3)
     finally:
         faiss.IndexIVFScalarQuantizer.search = original
-    assert probed == [8, 10, 3] and inner.nprobe == 8
+    assert probed == [4, 5, 10, 3] and inner.nprobe == 4
 
 
 def test_ivfsq8_is_updated_in_place_and_survives_serialisation():

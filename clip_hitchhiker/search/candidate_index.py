@@ -6,7 +6,7 @@ that a video where the query fills only a minute still comes up.
 Types, chosen by the number of vectors unless the user says otherwise (`--stage1`):
     flat    exact inner product over every vector (fast enough up to FLAT_LIMIT vectors)
     ivfsq8  inverted lists (about 2 sqrt(n)) with 8-bit scalar-quantised vectors in RAM (D bytes
-            each), 8 lists probed (more for a deep ask: probes_for): the auto choice beyond
+            each), 4 lists probed (more for a deep ask: probes_for): the auto choice beyond
             FLAT_LIMIT, up to SQ8_LIMIT vectors
     ivfpq   inverted lists with 64-byte product-quantised codes in RAM (D / 8 times smaller than
             ivfsq8, and less exact: the auto choice beyond SQ8_LIMIT, where stage 2's codes rank
@@ -21,7 +21,7 @@ chosen; once the index holds RETRAIN_GROWTH times as many, the writer trains the
 
 Measured on bench/bench_search.py's 100k videos x 60 frames (800 000 segment means), the share
 of the exact top 10 among the 100 proposed videos: flat 0.998 (25 ms a query), ivfsq8 with 979
-lists 0.998 at 8, 16 or 32 probes (6, 9, 14 ms); ivfpq (64-byte codes) kept 0.888 of it with 50
+lists 0.998 at 8, 16 or 32 probes (6, 9, 14 ms; 4 is the default now: _DEFAULT_NPROBE); ivfpq (64-byte codes) kept 0.888 of it with 50
 proposed videos where flat kept 0.975: PQ's error lost the rest, not the lists.
 """
 import math
@@ -45,12 +45,15 @@ SEGMENTS_PER_CANDIDATE = 8
 SEGMENT_BITS = 32
 _PQ_BYTES = 64
 _HNSW_NEIGHBOURS = 32
-# Lists probed by default. ivfsq8: 8 of its ~2 sqrt(n) (at 100k x 60, 979 lists: the 1200
-# vectors a query asks first held the exact top 100 at 8 probes as at 16 and 32, at 2.0 ms
-# against 3.4 and 6 ms a query).
-_DEFAULT_NPROBE = {"ivfsq8": 8, "ivfpq": 64}
-# A search probes lists that hold on average at least this many times the vectors it asks for.
-PROBED_SHARE = 2
+# Lists probed by default. ivfsq8: 4 of its ~2 sqrt(n) (bench_search.py at 100k x 60, 979
+# lists, 600 queries: the top 10 at 4 probes held 0.99983 of those at 8 (at 3, the same; at 2,
+# 0.998), and stage 1 took 2.6 ms a query against 4.8 in the whole search: its lists, 3.3 MB
+# a query at 8 probes, also pushed stage 2's data out of the CPU's caches).
+_DEFAULT_NPROBE = {"ivfsq8": 4, "ivfpq": 64}
+# A search probes lists that hold on average at least this many times the vectors it asks for
+# (at 100k, 2 gave the same top 10 as 1 on 600 queries, at 1M on 400, with deep asks 0.4 ms
+# slower).
+PROBED_SHARE = 1
 _KMEANS_ROUNDS = 10
 RETRAIN_GROWTH = 4
 
