@@ -240,6 +240,34 @@ def test_every_finalist_is_asked_of_the_disk_ahead_of_its_read(dense_index, monk
                            for name, first, rows in spans]
 
 
+def test_stage_1s_first_round_is_scored_exactly_without_a_bound(dense_index, monkeypatch):
+    """Stage 1's first 2k proposals are the first round of finalists, their bounds never
+    computed; their exact scores take the bounds' place, and the hits equal the exhaustive
+    search's."""
+    bounded, rounds, stages = [], [], []
+    coded, score, best = VideoIndex._coded, video_index._Stage2._score_exactly, \
+        video_index._Stage2.best
+    monkeypatch.setattr(VideoIndex, "_coded", lambda self, rows, device: bounded.extend(
+        rows.tolist()) or coded(self, rows, device))
+    monkeypatch.setattr(video_index._Stage2, "_score_exactly", lambda self, rows, bound=False:
+                        rounds.append(sorted(np.asarray(rows).tolist())) or score(self, rows,
+                                                                                  bound))
+    monkeypatch.setattr(video_index._Stage2, "best", lambda self, *args: stages.append(
+        self) or best(self, *args))
+    query = queries(6, 1, seed=7)
+    proposed = dense_index._rows(candidate_index.search(
+        dense_index.stage1, query.numpy(), 20, None, dense_index.segment_bits)[0])
+    hits = dense_index.search_embeddings(query, k=10)[0]
+    assert len(proposed) == 20 and rounds[0] == sorted(proposed.tolist())
+    assert not set(proposed.tolist()) & set(bounded)
+    assert len(bounded) == len(set(bounded)) == len(stages[0].rows) - 20
+    stage2 = stages[0]
+    first = [np.flatnonzero(stage2.rows == row)[0] for row in proposed.tolist()]
+    assert np.isfinite(stage2.upper).all()
+    assert stage2.upper[first].tolist() == [stage2.scored[row] for row in proposed.tolist()]
+    assert hits == dense_index.search_embeddings(query, k=10, exact=True)[0]
+
+
 def test_a_commit_flushes_every_file_it_names_to_disk_before_the_manifest(tmp_path, disk_order):
     """After a power cut a manifest never names a file whose bytes did not reach the disk: each
     file the manifest lists, and the manifest itself, was fsynced before it took its name, and
