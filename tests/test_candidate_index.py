@@ -158,9 +158,9 @@ def test_a_video_whose_every_segment_matches_does_not_hide_the_next_ones():
     assert ci.search(flat, basis(0)[None], 3) == [[0, 1, 2]]
 
 
-def test_candidate_count_is_100_then_one_video_in_1000():
-    assert [ci.candidate_count(n) for n in (0, 1, 100_000, 100_001, 1_000_000, 10 ** 7)] == [
-        100, 100, 100, 101, 1000, 10_000]
+def test_candidate_count_is_150_then_one_video_in_1000():
+    assert [ci.candidate_count(n) for n in (0, 1, 100_000, 150_000, 150_001, 1_000_000,
+                                            10 ** 7)] == [150, 150, 150, 150, 151, 1000, 10_000]
 
 
 def test_segment_ids_cannot_reach_the_next_video():
