@@ -55,13 +55,15 @@ def moment_from_weights(frame_weights, frame_times, duration, mass=DEFAULT_MASS)
                          f"{np.shape(frame_times)} must have the same shape")
     if not (0 < mass <= 1):
         raise ValueError(f"mass must be in (0, 1], got {mass!r}")
-    if not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
+    total = weights.sum()
+    if not (np.isfinite(weights).all() and (weights >= 0).all() and total > 0):
         raise ValueError("frame_weights must be finite, non-negative and not all zero")
-    peak = peak_frame(weights)
-    weights = weights / weights.sum()
+    weights = weights / total
+    peak = first_best(weights)  # peak_frame's, the shares computed once
     starts, ends = frame_cells(frame_times, duration)
     first, last = _shortest_run(weights, starts, ends, peak, mass)
-    peak_time = float(np.clip(frame_times[peak], starts[first], ends[last]))
+    # The peak's time within the moment (np.clip's, without its overhead on scalars).
+    peak_time = min(max(float(frame_times[peak]), float(starts[first])), float(ends[last]))
     return {"start": float(starts[first]), "end": float(ends[last]), "peak": peak_time}
 
 
