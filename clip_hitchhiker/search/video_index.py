@@ -6,10 +6,10 @@
        (frame_codes: 69 bytes a frame at 512-d, scored as they are, no frame rebuilt:
        frame_codes.CodedFrames), with an upper bound on its exact score
        (ragged_scoring.raised_scores); the candidates are then scored exactly from their
-       float16 frames in the order of their bounds, until no bound left can reach the k-th
-       exact score: the finalists, read with one pread each (index_format.FrameFiles). The best
-       k are scored once more, each by query_scoring.similarity_queryscoring on its own frames,
-       so that a hit's score does not depend on the other videos scored with it (both stages
+       float16 frames (stage 1's first 2k first, never bounded), then in the order of their
+       bounds, until no bound left can reach the k-th exact score: the finalists, read with one
+       pread each (index_format.FrameFiles). The best k are scored once more, each by
+       ragged_scoring.video_score on its own frames (kept from their read), so that a hit's score does not depend on the other videos scored with it (both stages
        and the exhaustive search print the same scores to the bit), and each gets the moment
        its frame weights point at (clip_hitchhiker.moments.rule.moment_from_weights).
 
