@@ -237,3 +237,27 @@ def test_weighted_sums_equal_the_direct_sums_by_runs_or_sparse(lengths, runs, ba
                                 for a, b in zip(bounds[:-1], bounds[1:])]).float()
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
     assert _runs(torch.tensor(lengths)) == runs and bool(sparse) != batched
+
+
+def test_videos_of_one_length_take_a_grid_with_the_scatters_values():
+    """Every video of one length: sums, maxima and weights over a [C, L] view, equal to the
+    scatter path's (maxima exactly, sums to float32 rounding); mixed lengths take the scatter
+    path."""
+    from clip_hitchhiker.search.ragged_scoring import RaggedLayout
+
+    generator = torch.Generator().manual_seed(11)
+    values = torch.randn(12, generator=generator)
+    grid, scattered = RaggedLayout([4, 4, 4], "cpu"), RaggedLayout([4, 4, 4], "cpu")
+    scattered.length = None
+    assert grid.length == 4 and RaggedLayout([4, 3, 5], "cpu").length is None
+    assert torch.equal(grid.max(values), values.view(3, 4).amax(1))
+    assert torch.equal(grid.max(values), scattered.max(values))
+    torch.testing.assert_close(grid.sum(values), scattered.sum(values), rtol=0, atol=1e-6)
+    torch.testing.assert_close(grid.sum(values), torch.tensor(
+        [float(values[i:i + 4].double().sum()) for i in (0, 4, 8)]), rtol=0, atol=1e-6)
+    for aggregate in ("queryscoring", "mean"):
+        torch.testing.assert_close(grid.weights(values, 0.1, aggregate),
+                                   scattered.weights(values, 0.1, aggregate), rtol=0, atol=1e-6)
+    expected = torch.softmax(values.view(3, 4) / 0.1, dim=1).view(-1)
+    torch.testing.assert_close(grid.weights(values, 0.1, "queryscoring"), expected, rtol=0,
+                               atol=1e-6)

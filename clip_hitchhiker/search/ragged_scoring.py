@@ -43,14 +43,34 @@ class RaggedLayout:
     def __init__(self, lengths, device, dtype=torch.float32):
         lengths = torch.as_tensor(lengths, dtype=torch.long, device=device)
         self.lengths, self.count, self.dtype = lengths, len(lengths), dtype
-        self.video_of = video_of_frame(lengths)
         self.offsets = torch.cat([lengths.new_zeros(1), torch.cumsum(lengths, 0)])
+        # Every video of one length L (as sampling a fixed count of frames gives): per-video
+        # values over a [C, L] view, no scatter and no frame-to-video map (0.3-0.5 ms of a
+        # 100k query's 13).
+        first = int(lengths[0]) if self.count else 0
+        self.length = first if self.count and bool((lengths == first).all()) else None
+        self._video_of = None
+
+    @property
+    def video_of(self):
+        """long [N]: each frame's video (0..C-1)."""
+        if self._video_of is None:
+            self._video_of = video_of_frame(self.lengths)
+        return self._video_of
+
+    def _grid(self, values):
+        """values [N] as [C, L] (every video of length L)."""
+        return values.reshape(self.count, self.length)
 
     def sum(self, values):
         """values [N]. returns: [C], the sum over each video's frames."""
+        if self.length is not None:
+            return self._grid(values).sum(1)
         return values.new_zeros(self.count).index_add_(0, self.video_of, values)
 
     def max(self, values):
+        if self.length is not None:
+            return self._grid(values).amax(1)
         return values.new_full((self.count,), -math.inf).scatter_reduce_(
             0, self.video_of, values, "amax", include_self=True)
 
@@ -61,6 +81,10 @@ class RaggedLayout:
             return 1.0 / self.lengths.to(self.dtype)[self.video_of]
         # The best cosine of each video subtracted first, so that any positive temperature
         # works (the softmax does not change).
+        if self.length is not None:
+            grid = self._grid(cosines)
+            exps = torch.exp((grid - grid.amax(1, keepdim=True)) / temperature)
+            return (exps / exps.sum(1, keepdim=True)).view(-1)
         exps = torch.exp((cosines - self.max(cosines)[self.video_of]) / temperature)
         return exps / self.sum(exps)[self.video_of]
 
