@@ -203,9 +203,15 @@ class CodedFrames(RaggedLayout):
         total = len(codes)
         # Row j * 256 + c_fj of the centroids as one table, stored sub-vector-major (position
         # j * N + f), so that each (sub-vector, video) is one run: one bag of embedding_bag.
-        self._rows = torch.empty((subvectors, total), dtype=torch.long, device=device)
-        self._rows.copy_(codes.T.contiguous())  # transposed as bytes: 5 times faster
-        self._rows += count * torch.arange(subvectors, device=device)[:, None]
+        if device.type == "cpu":  # numpy's strided copy: 0.21 against torch's 0.36 ms at 9900
+            rows = np.empty((subvectors, total), np.int64)
+            np.copyto(rows, codes.numpy().T)
+            rows += count * np.arange(subvectors, dtype=np.int64)[:, None]
+            self._rows = torch.from_numpy(rows)
+        else:
+            self._rows = torch.empty((subvectors, total), dtype=torch.long, device=device)
+            self._rows.copy_(codes.T.contiguous())  # transposed as bytes: 5 times faster
+            self._rows += count * torch.arange(subvectors, device=device)[:, None]
         self._bags = (total * torch.arange(subvectors, device=device)[:, None]
                       + self.offsets[None, :-1]).view(-1)
         # Each video's segments are consecutive rows of means: its first frame's is the first.
