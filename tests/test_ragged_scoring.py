@@ -255,9 +255,14 @@ def test_videos_of_one_length_take_a_grid_with_the_scatters_values():
     torch.testing.assert_close(grid.sum(values), scattered.sum(values), rtol=0, atol=1e-6)
     torch.testing.assert_close(grid.sum(values), torch.tensor(
         [float(values[i:i + 4].double().sum()) for i in (0, 4, 8)]), rtol=0, atol=1e-6)
-    for aggregate in ("queryscoring", "mean"):
-        torch.testing.assert_close(grid.weights(values, 0.1, aggregate),
-                                   scattered.weights(values, 0.1, aggregate), rtol=0, atol=1e-6)
+    torch.testing.assert_close(grid.weights(values, 0.1, "queryscoring"),
+                               scattered.weights(values, 0.1, "queryscoring"), rtol=0, atol=1e-6)
     expected = torch.softmax(values.view(3, 4) / 0.1, dim=1).view(-1)
     torch.testing.assert_close(grid.weights(values, 0.1, "queryscoring"), expected, rtol=0,
                                atol=1e-6)
+    assert torch.equal(grid.weights(values, 0.1, "mean"), torch.full((12,), 0.25))
+    # A strided (non-contiguous) view of per-frame values works as its copy does.
+    strided = torch.randn(24, generator=generator)[::2]
+    assert torch.equal(grid.max(strided), grid.max(strided.contiguous()))
+    # Videos of no frames take the scatter path (an empty grid has no maximum).
+    assert RaggedLayout([0, 0], "cpu").length is None

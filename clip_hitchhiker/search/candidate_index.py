@@ -21,8 +21,9 @@ chosen; once the index holds RETRAIN_GROWTH times as many, the writer trains the
 
 Measured on bench/bench_search.py's 100k videos x 60 frames (800 000 segment means), the share
 of the exact top 10 among the 100 proposed videos: flat 0.998 (25 ms a query), ivfsq8 with 979
-lists 0.998 at 8, 16 or 32 probes (6, 9, 14 ms; 4 is the default now: _DEFAULT_NPROBE); ivfpq (64-byte codes) kept 0.888 of it with 50
-proposed videos where flat kept 0.975: PQ's error lost the rest, not the lists.
+lists 0.998 at 8, 16 or 32 probes (6, 9, 14 ms; 4 is the default now: _DEFAULT_NPROBE);
+ivfpq (64-byte codes) kept 0.888 of it with 50 proposed videos where flat kept 0.975: PQ's
+error lost the rest, not the lists.
 """
 import math
 
@@ -45,7 +46,8 @@ SEGMENTS_PER_CANDIDATE = 8
 SEGMENT_BITS = 32
 _PQ_BYTES = 64
 _HNSW_NEIGHBOURS = 32
-# Lists probed by default. ivfsq8: 4 of its ~2 sqrt(n) (bench_search.py at 100k x 60, 979
+# Lists probed by default, recorded at a build or retrain (an index keeps its own until then).
+# ivfsq8: 4 of its ~2 sqrt(n) (bench_search.py at 100k x 60, 979
 # lists, 600 queries: the top 10 at 4 probes held 0.99983 of those at 8 (at 3, the same; at 2,
 # 0.998), and stage 1 took 2.6 ms a query against 4.8 in the whole search: its lists, 3.3 MB
 # a query at 8 probes, also pushed stage 2's data out of the CPU's caches).

@@ -48,7 +48,7 @@ class RaggedLayout:
         # values over a [C, L] view, no scatter and no frame-to-video map (0.3-0.5 ms of a
         # 100k query's 13).
         first = int(lengths[0]) if self.count else 0
-        self.length = first if self.count and bool((lengths == first).all()) else None
+        self.length = first if first > 0 and bool((lengths == first).all()) else None
         self._video_of = None
 
     @property

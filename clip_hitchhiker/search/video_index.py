@@ -6,12 +6,13 @@
        (frame_codes: 69 bytes a frame at 512-d, scored as they are, no frame rebuilt:
        frame_codes.CodedFrames), with an upper bound on its exact score
        (ragged_scoring.raised_scores); the candidates are then scored exactly from their
-       float16 frames (stage 1's first 2k first, never bounded), then in the order of their
-       bounds, until no bound left can reach the k-th exact score: the finalists, read with one
-       pread each (index_format.FrameFiles). The best k are scored once more, each by
-       ragged_scoring.video_score on its own frames (kept from their read), so that a hit's score does not depend on the other videos scored with it (both stages
-       and the exhaustive search print the same scores to the bit), and each gets the moment
-       its frame weights point at (clip_hitchhiker.moments.rule.moment_from_weights).
+       float16 frames (stage 1's first max(2k, 16) first, unbounded), then in the order of
+       their bounds, until no bound left can reach the k-th exact score: the finalists, read
+       with one pread each (index_format.FrameFiles). The best k are scored once more, each by
+       ragged_scoring.video_score on its own frames (kept from their read), so that a hit's
+       score does not depend on the other videos scored with it (both stages and the
+       exhaustive search print the same scores to the bit), and each gets the moment its frame
+       weights point at (clip_hitchhiker.moments.rule.moment_from_weights).
 
 `exact=True` skips stage 1 and scores every video: the ground truth stage 1 is measured against.
 An index of format version 1 or 2 (no codes) scores every candidate from its frames.
@@ -484,7 +485,8 @@ class VideoIndex:
 class _Stage2:
     """Stage 2 for one query: candidates (table rows, best first by stage 1) scored from their
     codes, then exactly, in the order of their bounds, until no bound left reaches the k-th
-    exact score (the threshold rule); an index without codes scores them all exactly."""
+    exact score (the threshold rule); stage 1's first round's worth are scored exactly without
+    a bound; an index without codes scores them all exactly."""
 
     def __init__(self, index, text_embed, k, temperature, aggregate, device):
         self.index, self.k, self.device = index, k, device
@@ -591,7 +593,7 @@ class _Stage2:
         if bound:  # in stage 1's order, as the deepening rule reads them
             self.rows = np.concatenate([self.rows, rows])
             self.upper = np.concatenate([self.upper, scores])
-        unbounded = np.isinf(self.upper)
+        unbounded = np.isposinf(self.upper)
         if unbounded.any():  # rows never bounded: their exact scores are their bounds now
             unbounded &= np.isin(self.rows, rows)
             self.upper[unbounded] = [self.scored[r] for r in self.rows[unbounded].tolist()]
