@@ -160,9 +160,7 @@ class VideoIndex:
     def _read_frames(self, rows):
         """The frames of table rows (one pread each), each video's crc32 checked.
         returns: [float16 [F_r, D] per row], views into one buffer."""
-        data, lengths = self._read_block(rows), self._lengths[np.asarray(rows, dtype=np.int64)]
-        return [data[end - length:end] for end, length in
-                zip(np.cumsum(lengths).tolist(), lengths.tolist())]
+        return _per_video(self._read_block(rows), self._lengths[np.asarray(rows, dtype=np.int64)])
 
     def _spans(self, rows):
         """[(frames file, first row, rows)] of table rows (int64 [n])."""
@@ -604,10 +602,9 @@ class _Stage2:
     def _keep_frames(self, rows, block, lengths):
         """Keep (copied out of block) the frames of rows that reach the k-th best exact score,
         and drop those of earlier rows that no longer do."""
-        for row, end, length in zip(rows.tolist(), np.cumsum(lengths).tolist(),
-                                    lengths.tolist()):
+        for row, frames in zip(rows.tolist(), _per_video(block, lengths)):
             if self.scored[row] >= self.threshold:
-                self.frames[row] = block[end - length:end].copy()
+                self.frames[row] = frames.copy()
         self.frames = {row: frames for row, frames in self.frames.items()
                        if self.scored[row] >= self.threshold}
 
@@ -629,6 +626,12 @@ def _float32(frames, device="cpu"):
         return torch.from_numpy(frames).to(device).float()
     # Into an array numpy allocates: torch's own fresh CPU buffer made the copy 4-8 times slower.
     return torch.from_numpy(np.empty(frames.shape, np.float32)).copy_(torch.from_numpy(frames))
+
+
+def _per_video(block, lengths):
+    """[F_r, D] views of block [N, D], the frames of videos of lengths [C] one after the other."""
+    return [block[end - length:end] for end, length in
+            zip(np.cumsum(lengths).tolist(), np.asarray(lengths).tolist())]
 
 
 def _frame_blocks(rows, lengths, budget):
