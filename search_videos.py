@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from clip_hitchhiker.search import candidate_index
 from clip_hitchhiker.search import index_writer as writer_lib
 from clip_hitchhiker.search import video_listing
 from clip_hitchhiker.search.candidate_index import STAGE1_TYPES
@@ -125,9 +126,14 @@ def _search_parser(parser):
     add("--exact", action="store_true",
         help="score every video exactly (no FAISS candidates): the ground truth, slower")
     add("--candidates", type=int, default=None,
-        help="videos that stage 1 proposes per query, exactly (default: 100, or one in 1000 "
+        help="videos that stage 1 proposes per query, exactly (default: "
+             f"{candidate_index.MIN_CANDIDATES}, or one in {candidate_index.CANDIDATE_SHARE} "
              "of the index's videos when that is more, grown 1.5 times over, up to 16 times "
              "the start, while the newest third of them may still hold a top-k video)")
+    add("--nprobe", type=int, default=None,
+        help="inverted lists an IVF stage 1 probes (default: the number the index recorded "
+             "when it was built, more for a deep ask; an ivfsq8 index built before 6 Dec 2026 "
+             "recorded 8, where 4 is as good and faster)")
     add("--mass", type=float, default=DEFAULT_MASS,
         help=f"share of the frame weight the moment holds (default {DEFAULT_MASS})")
     add("--json", action="store_true",
@@ -193,6 +199,8 @@ def _check_search(parser, args):
         parser.error(f"--mass must be in (0, 1], got {args.mass}")
     if args.candidates is not None and args.candidates < 1:
         parser.error(f"--candidates must be >= 1, got {args.candidates}")
+    if args.nprobe is not None and args.nprobe < 1:
+        parser.error(f"--nprobe must be >= 1, got {args.nprobe}")
     if not DEVICE_PATTERN.fullmatch(args.device) or args.device == "auto":
         parser.error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
     if not args.queries and not args.queries_file and not args.image:
@@ -544,7 +552,7 @@ def run_search(args):
     index = VideoIndex.open(args.index)
     options = dict(k=args.k, temperature=args.temperature, aggregate=args.aggregate,
                    exact=args.exact, candidates=args.candidates, device=args.device,
-                   mass=args.mass, model_file=args.model)
+                   mass=args.mass, nprobe=args.nprobe, model_file=args.model)
     results = (index.search(queries, **options) if queries else []) + \
         (index.search_images(args.image, **options) if args.image else [])
     if args.clips:

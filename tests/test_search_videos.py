@@ -489,3 +489,15 @@ def test_frame_times_count_from_the_first_frame_under_either_sampling_rule(tmp_p
     _, info = search_videos.decode_video(str(path), sampling, "pyav")
     assert info["duration"] == 10.0
     assert info["times"] == [i / 4 for i in info["indices"]]
+
+
+def test_nprobe_reaches_the_search_and_a_wrong_one_is_refused(colour_data, capsys, monkeypatch):
+    code, err = search_error(capsys, colour_data["index"], "--nprobe", "0")
+    assert code == 2 and "--nprobe must be >= 1, got 0" in err
+    asked, original = [], VideoIndex.search_embeddings
+    monkeypatch.setattr(VideoIndex, "search_embeddings", lambda self, *args, **kwargs: asked.append(
+        kwargs.get("nprobe", args[7] if len(args) > 7 else None)) or original(self, *args,
+                                                                                **kwargs))
+    run("search", "--index", colour_data["index"], "a red video", "--nprobe", "3")
+    run("search", "--index", colour_data["index"], "a red video")
+    assert asked == [3, None]
